@@ -1,0 +1,1 @@
+"""recstream.export: ONNX export of the trained models, variants and parity checks."""

@@ -1,0 +1,4 @@
+"""recstream.model: PyTorch models, data adapters, training and metrics.
+
+Importing this package does not import torch; the modules that need it do.
+"""

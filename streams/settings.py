@@ -1,0 +1,120 @@
+"""One frozen settings object, read from ``RECSTREAM_*`` environment variables.
+
+Every field's variable is its name in upper case with the ``RECSTREAM_`` prefix,
+e.g. ``session_gap`` is ``RECSTREAM_SESSION_GAP``.  Durations are seconds; lists
+are comma-separated (``RECSTREAM_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; see each field for its variable."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_", frozen=True, extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """RECSTREAM_BOOTSTRAP_SERVERS: comma-separated host:port list of the Kafka cluster."""
+    app_id: str = "recstream"
+    """RECSTREAM_APP_ID: Faust app id, also the consumer group and changelog topic prefix."""
+    topic_prefix: str = ""
+    """RECSTREAM_TOPIC_PREFIX: prepended to every topic name (e.g. ``shop1.``)."""
+    partitions: int = Field(4, ge=1)
+    """RECSTREAM_PARTITIONS: partition count for the topics recstream creates."""
+    replication_factor: int = Field(1, ge=1)
+    """RECSTREAM_REPLICATION_FACTOR: replication factor for created topics."""
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """RECSTREAM_PROCESSING_GUARANTEE: ``exactly_once`` uses Kafka transactions."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """RECSTREAM_SECURITY_PROTOCOL: how every client talks to the brokers."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """RECSTREAM_SASL_MECHANISM: SASL mechanism when the protocol is SASL_*."""
+    sasl_username: str | None = None
+    """RECSTREAM_SASL_USERNAME: SASL user name."""
+    sasl_password: SecretStr | None = None
+    """RECSTREAM_SASL_PASSWORD: SASL password (never logged)."""
+    ssl_cafile: Path | None = None
+    """RECSTREAM_SSL_CAFILE: CA bundle to verify the brokers' certificates."""
+    ssl_certfile: Path | None = None
+    """RECSTREAM_SSL_CERTFILE: client certificate for mutual TLS."""
+    ssl_keyfile: Path | None = None
+    """RECSTREAM_SSL_KEYFILE: client private key for mutual TLS."""
+    ssl_password: SecretStr | None = None
+    """RECSTREAM_SSL_PASSWORD: password of the client private key."""
+
+    # --- Sessions and state -------------------------------------------------
+    session_gap: float = Field(1800.0, gt=0)
+    """RECSTREAM_SESSION_GAP: seconds of event-time inactivity that close a session."""
+    session_max_events: int = Field(200, ge=1)
+    """RECSTREAM_SESSION_MAX_EVENTS: a session longer than this is closed and a new one opened."""
+    history_length: int = Field(50, ge=1)
+    """RECSTREAM_HISTORY_LENGTH: most recent events kept per user across sessions (model input)."""
+    allowed_lateness: float = Field(300.0, ge=0)
+    """RECSTREAM_ALLOWED_LATENESS: seconds an event may arrive behind the user's latest event."""
+    state_ttl: float = Field(7 * 86_400.0, gt=0)
+    """RECSTREAM_STATE_TTL: seconds of event time after which an idle user's state is dropped."""
+    dedup_window: int = Field(64, ge=0)
+    """RECSTREAM_DEDUP_WINDOW: recent event ids remembered per user to drop duplicates."""
+    max_event_bytes: int = Field(65_536, ge=256)
+    """RECSTREAM_MAX_EVENT_BYTES: larger records are dead-lettered unread."""
+    max_future_skew: float = Field(86_400.0, ge=0)
+    """RECSTREAM_MAX_FUTURE_SKEW: seconds an event time may lie ahead of the wall clock."""
+    user_id_salt: SecretStr | None = None
+    """RECSTREAM_USER_ID_SALT: when set, user ids are keyed-hashed before state and outputs."""
+    data_dir: Path = Path(".recstream-data")
+    """RECSTREAM_DATA_DIR: local table state of the worker."""
+
+    # --- Scoring -------------------------------------------------------------
+    model_dir: Path = Path("models")
+    """RECSTREAM_MODEL_DIR: folder with ``recs.onnx`` and ``sentiment.onnx``."""
+    top_k: int = Field(10, ge=1, le=100)
+    """RECSTREAM_TOP_K: items per recommendation."""
+    batch_size: int = Field(256, ge=1)
+    """RECSTREAM_BATCH_SIZE: most events taken from a stream in one batch."""
+    batch_within: float = Field(0.01, gt=0)
+    """RECSTREAM_BATCH_WITHIN: seconds a batch waits to fill before it is processed."""
+    providers: CommaList = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    """RECSTREAM_PROVIDERS: onnxruntime execution providers, in order of preference."""
+    require_gpu: bool = False
+    """RECSTREAM_REQUIRE_GPU: refuse to start when onnxruntime cannot use CUDA."""
+    intra_op_threads: int = Field(1, ge=0)
+    """RECSTREAM_INTRA_OP_THREADS: onnxruntime threads inside one operator (0 = all cores)."""
+    inter_op_threads: int = Field(1, ge=0)
+    """RECSTREAM_INTER_OP_THREADS: onnxruntime threads across operators."""
+
+    # --- Web, metrics and logs ---------------------------------------------
+    web_host: str = "127.0.0.1"
+    """RECSTREAM_WEB_HOST: address the worker's HTTP server binds (loopback by default)."""
+    web_port: int = Field(6066, ge=0, le=65535)
+    """RECSTREAM_WEB_PORT: port of the worker's HTTP server (metrics, health, queries)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """RECSTREAM_LOG_LEVEL: log level of the worker."""
+    log_json: bool = False
+    """RECSTREAM_LOG_JSON: structured JSON log lines instead of plain text."""
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def topic(self, name: str) -> str:
+        """The full name of one of recstream's topics."""
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
