@@ -1,16 +1,78 @@
-"""Scoring: the scorer interface the agents use, its onnxruntime implementation, a fake.
+"""Scoring: the scorer interface the agents use, its onnxruntime implementation, fakes.
 
 The agents only see the two protocols below.  Implementations run synchronously
-and are called off the event loop (in an executor), one micro-batch at a time.
+and are called off the event loop (in an executor), one micro-batch at a time;
+they are thread-safe.
+
+``load_scorers(settings)`` opens ``recs.onnx`` and ``sentiment.onnx`` from
+``settings.model_dir`` (files written by ``recstream export``).  Loading checks the
+file's recstream metadata (kind, vocabulary, tokenizer, ...) and raises
+``ModelLoadError`` with the reason when anything is missing or inconsistent.
+Execution providers come from ``settings.providers`` in order of preference; the
+providers onnxruntime really obtained are logged (it falls back to the CPU
+silently), and ``settings.require_gpu`` refuses to load without CUDA.
+
+Hot reload: each scorer checks at most every ``reload_interval`` seconds whether
+its file changed (inode, size, mtime; ``recstream export`` replaces files
+atomically), or reloads when ``reload()`` is called.  The new session is swapped
+in as one reference, so calls in flight finish on the model they started with,
+and every result names the model that scored it (``model_version``).  A new file
+that fails to load is logged and the running model kept.
+
+No torch here: this module is on the serving path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import logging
+import operator
+import threading
+import time
+import zlib
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import lru_cache
+from itertools import chain, compress, repeat
+from pathlib import Path
+from typing import Final, Generic, Protocol, TypeVar, cast
 
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from recstream.export.metadata import (
+    GRAPH_INPUTS,
+    GRAPH_OUTPUTS,
+    MetadataError,
+    ModelMetadata,
+    parse_metadata,
+)
+from recstream.model.features import (
+    ACTION_IDS,
+    FIRST_ITEM,
+    OOV,
+    WORDS_PER_SEARCH,
+    query_hashes,
+)
+from recstream.model.text_tokens import TextTokenizer
 from recstream.streams.records import ScoredItem
+from recstream.streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CUDA: Final = "CUDAExecutionProvider"
+#: Padded sequence lengths a batch is rounded up to (plus the model's max length),
+#: so onnxruntime sees a few shapes only and buffers are reused.
+SEQUENCE_BUCKETS: Final = (8, 16, 32, 64, 128, 256)
+#: Batches of at most this many histories are encoded without numpy.
+SMALL_BATCH: Final = 8
+#: Flag of a review whose text is empty or whitespace: label ``neutral``, p = 1.
+EMPTY_TEXT: Final = "empty_text"
+#: Default seconds between checks of a model file for a new version.
+RELOAD_INTERVAL: Final = 10.0
+_SEARCH: Final = ACTION_IDS["search"]
+_ACTION_OF = operator.attrgetter("action")
+_ITEM_OF = operator.attrgetter("item_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,15 +86,25 @@ class Token:
 
 @dataclass(frozen=True, slots=True)
 class RecsResult:
+    """Items best first.  ``fallback``: popular items, the history gave the model nothing.
+
+    ``model_version`` names the model that produced the result ("" from scorers
+    that do not set it).
+    """
+
     items: tuple[ScoredItem, ...]
     fallback: bool
+    model_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class SentimentResult:
+    """A label, the probability of every label (summing to 1) and flags (``empty_text``)."""
+
     label: str
     probs: dict[str, float]
     flags: tuple[str, ...] = ()
+    model_version: str = ""
 
 
 class RecsScorer(Protocol):
@@ -53,3 +125,655 @@ class SentimentScorer(Protocol):
     def model_version(self) -> str: ...
 
     def classify(self, texts: Sequence[str]) -> list[SentimentResult]: ...
+
+
+class ModelLoadError(RuntimeError):
+    """A model file is missing, unreadable, of the wrong kind, or cannot run as asked."""
+
+
+# --- sessions ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How sessions are opened: providers in order, GPU requirement, thread counts."""
+
+    providers: tuple[str, ...] = (CUDA, "CPUExecutionProvider")
+    require_gpu: bool = False
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeOptions:
+        return cls(
+            tuple(settings.providers),
+            settings.require_gpu,
+            settings.intra_op_threads,
+            settings.inter_op_threads,
+        )
+
+
+def _session_options(
+    options: RuntimeOptions, level: ort.GraphOptimizationLevel
+) -> ort.SessionOptions:
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.inter_op_num_threads = options.inter_op_threads
+    session_options.graph_optimization_level = level
+    session_options.log_severity_level = 3  # onnxruntime's own warnings go to stderr
+    return session_options
+
+
+def _providers(options: RuntimeOptions) -> list[str]:
+    available = ort.get_available_providers()
+    unknown = [p for p in options.providers if p not in available]
+    if unknown:
+        log.warning("onnxruntime lacks providers %s (has %s)", unknown, available)
+    usable = [p for p in options.providers if p in available]
+    if options.require_gpu and CUDA not in usable:
+        raise ModelLoadError(
+            f"RECSTREAM_REQUIRE_GPU is set but {CUDA} is not among the usable providers "
+            f"(requested {list(options.providers)}, onnxruntime has {available})"
+        )
+    if not usable:
+        raise ModelLoadError(f"none of the providers {list(options.providers)} exist here")
+    return usable
+
+
+def open_model(
+    path: Path, kind: str, options: RuntimeOptions
+) -> tuple[ort.InferenceSession, ModelMetadata]:
+    """Open and check one exported model; ``ModelLoadError`` says what is wrong."""
+    if not path.is_file():
+        raise ModelLoadError(f"no {kind} model at {path} (run `recstream export`)")
+    providers = _providers(options)
+    try:
+        # A first, unoptimised CPU session only reads the metadata: the variant
+        # decides how the real session may be optimised.
+        peek = ort.InferenceSession(
+            str(path),
+            _session_options(options, ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from exc
+    try:
+        meta = parse_metadata(peek.get_modelmeta().custom_metadata_map, kind, str(path))
+    except MetadataError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    inputs = tuple(i.name for i in peek.get_inputs())
+    outputs = tuple(o.name for o in peek.get_outputs())
+    if (inputs, outputs) != (GRAPH_INPUTS[kind], GRAPH_OUTPUTS[kind]):
+        raise ModelLoadError(
+            f"{path}: graph has inputs {inputs} and outputs {outputs}, a {kind} model has "
+            f"{GRAPH_INPUTS[kind]} and {GRAPH_OUTPUTS[kind]}"
+        )
+    # onnxruntime 1.31's CPU provider crashes in the extended fusions of fp16 graphs.
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if meta.variant == "fp16" and CUDA not in providers:
+        level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    try:
+        session = ort.InferenceSession(
+            str(path), _session_options(options, level), providers=providers
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"{path} cannot be opened with {providers}: {exc}") from exc
+    obtained = session.get_providers()
+    log.info("%s %s loaded with providers %s (asked %s)", kind, meta.version, obtained, providers)
+    if options.require_gpu and CUDA not in obtained:
+        raise ModelLoadError(
+            f"RECSTREAM_REQUIRE_GPU is set but onnxruntime fell back to {obtained} for {path} "
+            "(CUDA libraries or device missing?)"
+        )
+    if obtained[0] != providers[0]:
+        log.warning("%s runs on %s, not on the preferred %s", kind, obtained[0], providers[0])
+    return session, meta
+
+
+# --- hot reload ------------------------------------------------------------------
+
+LoadedT = TypeVar("LoadedT")
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+class ReloadingModel(Generic[LoadedT]):
+    """A loaded model that replaces itself when its file changes.
+
+    ``current()`` is what a call uses: at most every ``interval`` seconds it looks
+    at the file's signature, and one thread (the others keep using the old model)
+    loads a changed file and swaps the reference.  A file that fails to load is
+    logged once per signature and the running model kept.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        load: Callable[[Path], LoadedT],
+        interval: float = RELOAD_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self._load = load
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._signature = _signature(path)
+        self._model = load(path)  # errors here propagate: no model, no scorer
+        self._next_check = clock() + interval
+
+    def current(self) -> LoadedT:
+        if self._clock() >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = self._clock() + self._interval
+                signature = _signature(self.path)
+                if signature is not None and signature != self._signature:
+                    self._swap(signature)
+            finally:
+                self._lock.release()
+        return self._model
+
+    def reload(self) -> bool:
+        """Load the file now (e.g. on a control message); False if it fails to load."""
+        with self._lock:
+            return self._swap(_signature(self.path))
+
+    def _swap(self, signature: tuple[int, int, int] | None) -> bool:
+        self._signature = signature  # a broken file is not retried until it changes
+        try:
+            model = self._load(self.path)
+        except ModelLoadError as exc:
+            log.error("keeping the running model; new %s failed to load: %s", self.path, exc)
+            return False
+        self._model = model
+        return True
+
+
+# --- recommender -------------------------------------------------------------------
+
+
+@lru_cache(maxsize=65_536)
+def _cached_query_hashes(query: str) -> tuple[int, ...]:
+    return tuple(query_hashes(query))
+
+
+def bucket_length(length: int, max_len: int) -> int:
+    """The padded length for a batch whose longest history has ``length`` tokens."""
+    for bucket in SEQUENCE_BUCKETS:
+        if length <= bucket < max_len:
+            return bucket
+    return max_len
+
+
+@dataclass
+class EncodedBatch:
+    """Model inputs for the rows of a batch that have a usable history.
+
+    The arrays are views of the calling thread's reusable buffers: valid until that
+    thread encodes its next batch.
+    """
+
+    rows: list[int]
+    items: npt.NDArray[np.int64]
+    actions: npt.NDArray[np.int64]
+    words: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
+
+
+class InputBuffers:
+    """Reusable input arrays, one set per padded length, grown by doubling; per thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(
+        self, batch: int, length: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Zeroed ``items [B,L]``, ``actions [B,L]``, ``words [B,L,W]`` (C-contiguous views)."""
+        sets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = (
+            getattr(self._local, "sets", None) or {}
+        )
+        self._local.sets = sets
+        held = sets.get(length)
+        if held is None or held[0].shape[0] < batch:
+            capacity = max(batch, 2 * held[0].shape[0] if held else 8)
+            held = (
+                np.zeros((capacity, length), np.int64),
+                np.zeros((capacity, length), np.int64),
+                np.zeros((capacity, length, WORDS_PER_SEARCH), np.int64),
+            )
+            sets[length] = held
+        items, actions, words = (array[:batch] for array in held)
+        items.fill(0)
+        actions.fill(0)
+        words.fill(0)
+        return items, actions, words
+
+
+class RecsModel:
+    """One loaded recommender: session, vocabulary, popular items, buffers."""
+
+    def __init__(
+        self, session: ort.InferenceSession, meta: ModelMetadata, io_binding: bool | None = None
+    ) -> None:
+        self.session = session
+        self.meta = meta
+        self.version = meta.version
+        self.max_len = meta.max_len
+        self.top_k = meta.top_k
+        # index -> item id (PAD and OOV never come out of the graph's top-k unmasked)
+        self.item_id_array = np.array(["", "", *meta.vocab], dtype=object)
+        self.index = {item: i for i, item in enumerate(meta.vocab, start=FIRST_ITEM)}
+        self.popular = list(meta.popular)
+        self.buffers = InputBuffers()
+        self.io_binding = CUDA in session.get_providers() if io_binding is None else io_binding
+
+    def encode(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
+        """Inputs for the usable histories of a batch.
+
+        Each history contributes its last ``max_len`` tokens, minus invalid ones (an
+        unknown action, a click without an item).  A history is usable when those
+        hold an in-vocabulary item or a search with words; the others are left out
+        (``rows`` lists the histories kept) and get the popular-items fallback.
+        Small batches are encoded token by token, larger ones with numpy over all
+        tokens at once (the same result; numpy's fixed cost only pays off at size).
+        """
+        if len(histories) <= SMALL_BATCH:
+            return self.encode_loop(histories)
+        return self.encode_numpy(histories)
+
+    def _tails(self, histories: Sequence[Sequence[Token]]) -> list[Sequence[Token]]:
+        max_len = self.max_len
+        return [
+            h[-max_len:] if isinstance(h, list | tuple) else list(h)[-max_len:] for h in histories
+        ]
+
+    def encode_loop(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
+        """``encode`` one token at a time (fast for a few histories)."""
+        index = self.index
+        kept: list[tuple[int, list[int], list[int], list[tuple[int, tuple[int, ...]]]]] = []
+        for row, tail in enumerate(self._tails(histories)):
+            items: list[int] = []
+            actions: list[int] = []
+            searches: list[tuple[int, tuple[int, ...]]] = []
+            usable = False
+            for token in tail:
+                action = ACTION_IDS.get(token.action, 0)
+                if action == _SEARCH:
+                    hashes = _cached_query_hashes(token.query or "")
+                    usable = usable or hashes[0] != 0
+                    searches.append((len(items), hashes))
+                    items.append(0)
+                elif action and token.item_id is not None:
+                    item = index.get(token.item_id, OOV)
+                    usable = usable or item >= FIRST_ITEM
+                    items.append(item)
+                else:
+                    continue
+                actions.append(action)
+            if usable:
+                kept.append((row, items, actions, searches))
+        lengths = np.array([len(k[1]) for k in kept], np.int64)
+        width = bucket_length(int(lengths.max()) if kept else 1, self.max_len)
+        items_in, actions_in, words_in = self.buffers.get(len(kept), width)
+        for b, (_, items, actions, searches) in enumerate(kept):
+            items_in[b, : len(items)] = items
+            actions_in[b, : len(actions)] = actions
+            for position, hashes in searches:
+                words_in[b, position] = hashes
+        return EncodedBatch([k[0] for k in kept], items_in, actions_in, words_in, lengths)
+
+    def encode_numpy(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
+        """``encode`` with numpy over all tokens of the batch at once."""
+        max_len, batch = self.max_len, len(histories)
+        tails = self._tails(histories)
+        counts = np.fromiter(map(len, tails), np.int64, batch)
+        flat: list[Token] = list(chain.from_iterable(tails))
+        n = len(flat)
+        actions = np.fromiter(map(ACTION_IDS.get, map(_ACTION_OF, flat), repeat(0)), np.int64, n)
+        item_ids = list(map(_ITEM_OF, flat))
+        items = np.fromiter(map(self.index.get, item_ids, repeat(OOV)), np.int64, n)
+        search = actions == _SEARCH
+        items[search] = 0
+        no_item = np.fromiter(map(operator.is_, item_ids, repeat(None)), np.bool_, n)
+        valid = (actions != 0) & (search | ~no_item)
+        words = np.zeros((n, WORDS_PER_SEARCH), np.int64)
+        for position in np.flatnonzero(search & valid).tolist():
+            words[position] = _cached_query_hashes(flat[position].query or "")
+        row_of = np.repeat(np.arange(batch), counts)
+        if not valid.all():
+            keep = np.flatnonzero(valid)
+            items, actions, words, search = items[keep], actions[keep], words[keep], search[keep]
+            row_of = row_of[keep]
+            counts = np.bincount(row_of, minlength=batch)
+        telling = (items >= FIRST_ITEM) | (search & (words[:, 0] != 0))
+        usable = np.bincount(row_of, weights=telling, minlength=batch) > 0
+        rows = np.flatnonzero(usable)
+        offsets = np.arange(row_of.size) - (np.cumsum(counts) - counts)[row_of]
+        compact = np.cumsum(usable) - 1
+        lengths = counts[rows]
+        width = bucket_length(int(lengths.max()) if rows.size else 1, max_len)
+        items_in, actions_in, words_in = self.buffers.get(rows.size, width)
+        take = usable[row_of]
+        at = (compact[row_of[take]], offsets[take])
+        items_in[at] = items[take]
+        actions_in[at] = actions[take]
+        words_in[at] = words[take]
+        return EncodedBatch(rows.tolist(), items_in, actions_in, words_in, lengths)
+
+    def exclusions(self, rows: list[int], exclude: Sequence[Collection[str]]) -> np.ndarray:
+        """``[B, E]`` vocab indices to mask per row (unknown ids dropped, 0 pads)."""
+        per_row = [[self.index[i] for i in exclude[row] if i in self.index] for row in rows]
+        array = np.zeros((len(rows), max(1, *(len(r) for r in per_row))), np.int64)
+        for b, indices in enumerate(per_row):
+            array[b, : len(indices)] = indices
+        return array
+
+    def run(self, batch: EncodedBatch, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(top_items [B,K], top_scores [B,K])`` from onnxruntime."""
+        feeds = {
+            "items": batch.items,
+            "actions": batch.actions,
+            "words": batch.words,
+            "lengths": batch.lengths,
+            "exclude": exclude,
+        }
+        if not self.io_binding:
+            top_items, top_scores = self.session.run(list(GRAPH_OUTPUTS["recs"]), feeds)
+            return top_items, top_scores
+        # On CUDA, bind inputs and outputs explicitly: only the top-k results cross
+        # back to the host, the [B, V] scores never leave the device.
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in GRAPH_OUTPUTS["recs"]:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        top_items, top_scores = binding.copy_outputs_to_cpu()
+        return top_items, top_scores
+
+    def decode(
+        self, top_items: np.ndarray, top_scores: np.ndarray, k: int
+    ) -> list[tuple[ScoredItem, ...]]:
+        """Item ids and scores, best first, at most ``k``; -inf (masked) entries dropped."""
+        indices, scores = top_items[:, :k], top_scores[:, :k]
+        ids = self.item_id_array[indices].tolist()
+        values = scores.tolist()
+        keep = (scores > -np.inf) & (indices >= FIRST_ITEM)
+        complete = cast(list[bool], keep.all(axis=1).tolist())
+        decoded = []
+        for row, whole in enumerate(complete):
+            if whole:
+                decoded.append(tuple(map(ScoredItem, ids[row], values[row])))
+            else:
+                mask = keep[row].tolist()
+                decoded.append(
+                    tuple(map(ScoredItem, compress(ids[row], mask), compress(values[row], mask)))
+                )
+        return decoded
+
+    def popular_for(self, exclude: Collection[str], k: int) -> tuple[ScoredItem, ...]:
+        """The fallback: popular items not excluded, score 0.0 (not a model score)."""
+        chosen = [item for item in self.popular if item not in exclude][:k]
+        return tuple(ScoredItem(item, 0.0) for item in chosen)
+
+
+def load_recs_model(path: Path, options: RuntimeOptions) -> RecsModel:
+    session, meta = open_model(path, "recs", options)
+    return RecsModel(session, meta)
+
+
+class OnnxRecsScorer:
+    """``RecsScorer`` on an exported recommender (``recs.onnx``), hot-reloadable."""
+
+    def __init__(
+        self,
+        path: Path,
+        options: RuntimeOptions | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
+    ) -> None:
+        self._options = options or RuntimeOptions()
+        self._model = ReloadingModel(
+            Path(path), lambda p: load_recs_model(p, self._options), reload_interval
+        )
+        self._warned_k = False
+
+    @property
+    def model_version(self) -> str:
+        return self._model.current().version
+
+    @property
+    def max_k(self) -> int:
+        """The most items a recommendation can hold (the graph's top-k)."""
+        return self._model.current().top_k
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the current session really uses."""
+        providers: list[str] = self._model.current().session.get_providers()
+        return providers
+
+    def reload(self) -> bool:
+        """Load the model file again now; False (old model kept) if it fails."""
+        return self._model.reload()
+
+    def recommend(
+        self, histories: Sequence[Sequence[Token]], exclude: Sequence[Collection[str]], k: int
+    ) -> list[RecsResult]:
+        """Top ``k`` items per history, excluding ``exclude``; popular items as fallback."""
+        if len(exclude) != len(histories):
+            raise ValueError(f"{len(histories)} histories but {len(exclude)} exclusion sets")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        model = self._model.current()  # one model for the whole batch
+        if k > model.top_k and not self._warned_k:
+            log.warning(
+                "k=%d exceeds the model's top-k %d; returning %d", k, model.top_k, model.top_k
+            )
+            self._warned_k = True
+        batch = model.encode(histories)
+        scored: dict[int, tuple[ScoredItem, ...]] = {}
+        if batch.rows:
+            top_items, top_scores = model.run(batch, model.exclusions(batch.rows, exclude))
+            scored = dict(zip(batch.rows, model.decode(top_items, top_scores, k), strict=True))
+        results = []
+        for row in range(len(histories)):
+            items = scored.get(row)
+            if items is None:
+                results.append(RecsResult(model.popular_for(exclude[row], k), True, model.version))
+            else:
+                results.append(RecsResult(items, False, model.version))
+        return results
+
+
+# --- sentiment -----------------------------------------------------------------------
+
+
+class SentimentModel:
+    """One loaded sentiment model: session, tokenizer, labels."""
+
+    def __init__(self, session: ort.InferenceSession, meta: ModelMetadata) -> None:
+        self.session = session
+        self.version = meta.version
+        self.max_len = meta.max_len
+        self.labels = list(meta.labels)
+        try:
+            self.tokenizer = TextTokenizer.from_dict(meta.tokenizer)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"sentiment model {meta.version}: bad tokenizer: {exc}") from exc
+        self.neutral = {label: float(label == "neutral") for label in self.labels}
+
+    def classify(self, texts: Sequence[str]) -> list[SentimentResult]:
+        tokens, lengths = self.tokenizer.encode_batch(texts, self.max_len)
+        rows = np.flatnonzero(lengths > 0)
+        results = [
+            SentimentResult("neutral", dict(self.neutral), (EMPTY_TEXT,), self.version)
+            for _ in texts
+        ]
+        if rows.size == 0:
+            return results
+        width = bucket_length(int(lengths[rows].max()), self.max_len)
+        batch = np.zeros((rows.size, width), np.int64)
+        used = tokens[rows, :width]
+        batch[:, : used.shape[1]] = used
+        (probs,) = self.session.run(["probs"], {"tokens": batch, "lengths": lengths[rows]})
+        probs = probs.astype(np.float64)
+        probs /= probs.sum(axis=1, keepdims=True)
+        for row, p in zip(rows.tolist(), probs.tolist(), strict=True):
+            best = max(range(len(p)), key=p.__getitem__)
+            results[row] = SentimentResult(
+                self.labels[best], dict(zip(self.labels, p, strict=True)), (), self.version
+            )
+        return results
+
+
+def load_sentiment_model(path: Path, options: RuntimeOptions) -> SentimentModel:
+    session, meta = open_model(path, "sentiment", options)
+    return SentimentModel(session, meta)
+
+
+class OnnxSentimentScorer:
+    """``SentimentScorer`` on an exported sentiment model (``sentiment.onnx``), hot-reloadable.
+
+    Empty or whitespace-only text is not scored: it gets ``neutral`` with
+    probability 1.0 and the flag ``empty_text``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        options: RuntimeOptions | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
+    ) -> None:
+        self._options = options or RuntimeOptions()
+        self._model = ReloadingModel(
+            Path(path), lambda p: load_sentiment_model(p, self._options), reload_interval
+        )
+
+    @property
+    def model_version(self) -> str:
+        return self._model.current().version
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._model.current().labels)
+
+    def reload(self) -> bool:
+        """Load the model file again now; False (old model kept) if it fails."""
+        return self._model.reload()
+
+    def classify(self, texts: Sequence[str]) -> list[SentimentResult]:
+        return self._model.current().classify(texts)
+
+
+def model_file(folder: Path, kind: str, variant: str) -> Path:
+    """``recs.onnx`` for fp32, ``recs.int8.onnx`` / ``recs.fp16.onnx`` for the variants."""
+    return Path(folder) / (f"{kind}.onnx" if variant == "fp32" else f"{kind}.{variant}.onnx")
+
+
+def load_scorers(settings: Settings) -> tuple[OnnxRecsScorer, OnnxSentimentScorer]:
+    """The two scorers from ``settings.model_dir``, in ``settings.model_variant``."""
+    options = RuntimeOptions.from_settings(settings)
+    folder, variant = Path(settings.model_dir), settings.model_variant
+    interval = settings.model_reload_interval
+    recs = OnnxRecsScorer(model_file(folder, "recs", variant), options, interval)
+    sentiment = OnnxSentimentScorer(model_file(folder, "sentiment", variant), options, interval)
+    if settings.top_k > recs.max_k:
+        log.warning(
+            "RECSTREAM_TOP_K=%d but recs.onnx returns at most %d items; re-export with --top-k",
+            settings.top_k,
+            recs.max_k,
+        )
+    return recs, sentiment
+
+
+# --- fakes for unit tests -----------------------------------------------------------
+
+
+class FakeRecsScorer:
+    """A deterministic stand-in: ranks a fixed catalogue by a hash of the last token.
+
+    Not a model.  Histories with no item click get the first ``k`` catalogue items
+    with ``fallback=True``; items in ``exclude`` are never returned.
+    """
+
+    def __init__(self, catalogue: Sequence[str], version: str = "fake-recs") -> None:
+        self.catalogue = list(catalogue)
+        self._version = version
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    def recommend(
+        self, histories: Sequence[Sequence[Token]], exclude: Sequence[Collection[str]], k: int
+    ) -> list[RecsResult]:
+        results = []
+        for history, excluded in zip(histories, exclude, strict=True):
+            clicked = [t.item_id for t in history if t.item_id is not None]
+            candidates = [item for item in self.catalogue if item not in excluded]
+            if not clicked:
+                items = tuple(ScoredItem(item, 0.0) for item in candidates[:k])
+                results.append(RecsResult(items, True, self._version))
+                continue
+            ranked = sorted(
+                (
+                    (zlib.crc32(f"{clicked[-1]}|{item}".encode()) / 2**32, item)
+                    for item in candidates
+                ),
+                reverse=True,
+            )
+            items = tuple(ScoredItem(item, score) for score, item in ranked[:k])
+            results.append(RecsResult(items, False, self._version))
+        return results
+
+
+class FakeSentimentScorer:
+    """A deterministic stand-in: a text's label is picked by a hash of it.  Not a model.
+
+    Empty or whitespace text gives ``neutral`` with the ``empty_text`` flag, like
+    the real scorer; other texts get 0.8 on the hashed label and 0.1 on the rest.
+    """
+
+    labels: Final = ("negative", "neutral", "positive")
+
+    def __init__(self, version: str = "fake-sentiment") -> None:
+        self._version = version
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    def classify(self, texts: Sequence[str]) -> list[SentimentResult]:
+        results = []
+        for text in texts:
+            if not text.strip():
+                probs = {label: float(label == "neutral") for label in self.labels}
+                results.append(SentimentResult("neutral", probs, (EMPTY_TEXT,), self._version))
+                continue
+            label = self.labels[zlib.crc32(text.encode("utf-8")) % len(self.labels)]
+            probs = {name: 0.8 if name == label else 0.1 for name in self.labels}
+            results.append(SentimentResult(label, probs, (), self._version))
+        return results
+
+
+__all__ = [
+    "EMPTY_TEXT",
+    "FakeRecsScorer",
+    "FakeSentimentScorer",
+    "ModelLoadError",
+    "OnnxRecsScorer",
+    "OnnxSentimentScorer",
+    "RecsResult",
+    "RecsScorer",
+    "SentimentResult",
+    "SentimentScorer",
+    "Token",
+    "load_scorers",
+]

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     # --- Scoring -------------------------------------------------------------
     model_dir: Path = Path("models")
     """RECSTREAM_MODEL_DIR: folder with ``recs.onnx`` and ``sentiment.onnx``."""
+    catalog_path: Path | None = None
+    """RECSTREAM_CATALOG_PATH: a JSONL log whose clicks name the products the page shows."""
+    model_variant: Literal["fp32", "int8", "fp16"] = "fp32"
+    """RECSTREAM_MODEL_VARIANT: which exported file to serve (``recs.int8.onnx`` for int8...)."""
+    model_reload_interval: float = Field(10.0, gt=0)
+    """RECSTREAM_MODEL_RELOAD_INTERVAL: seconds between checks for a new model file."""
     top_k: int = Field(10, ge=1, le=100)
     """RECSTREAM_TOP_K: items per recommendation."""
     batch_size: int = Field(256, ge=1)
@@ -95,6 +101,9 @@ class Settings(BaseSettings):
     # --- Web, metrics and logs ---------------------------------------------
     web_host: str = "127.0.0.1"
     """RECSTREAM_WEB_HOST: address the worker's HTTP server binds (loopback by default)."""
+    web_advertised_host: str | None = None
+    """RECSTREAM_WEB_ADVERTISED_HOST: host other workers use to reach this one (default: the
+    bind address, or the machine's hostname when binding 0.0.0.0)."""
     web_port: int = Field(6066, ge=0, le=65535)
     """RECSTREAM_WEB_PORT: port of the worker's HTTP server (metrics, health, queries)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

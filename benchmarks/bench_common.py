@@ -1,0 +1,521 @@
+"""Shared helpers of the pipeline benchmarks: topics, backlogs, output counting, CPU, stats.
+
+The benchmark scripts run as ``python benchmarks/<script>.py``, so they import this
+module by its bare name.  Everything here talks only to 127.0.0.1 brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+PYTHON = sys.executable
+
+ACTION_WEIGHTS = (("view", 0.90), ("add_to_cart", 0.07), ("purchase", 0.03))
+
+
+# ----------------------------------------------------------------------------
+# Backlog: the click events every scenario consumes
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Pre-encoded click events (key, value) and where they came from."""
+
+    records: list[tuple[bytes, bytes]]
+    source: str
+    users: int
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def synthetic_clicks(n: int, users: int, items: int, seed: int = 7) -> Backlog:
+    """``n`` click JSONs keyed by ``users`` users, Zipf-like items, timestamps in the recent past.
+
+    Each user's timestamps increase, spaced 0.05 s apart overall, ending just before now,
+    so every event passes recstream's lateness and future-skew checks.
+    """
+    rng = random.Random(seed)
+    actions = [a for a, _ in ACTION_WEIGHTS]
+    weights = [w for _, w in ACTION_WEIGHTS]
+    start = time.time() - n * 0.05 - 60.0
+    item_weights = [1.0 / (rank + 1) ** 0.8 for rank in range(items)]
+    picked_items = rng.choices(range(items), weights=item_weights, k=n)
+    picked_actions = rng.choices(actions, weights=weights, k=n)
+    records = []
+    for i in range(n):
+        user = f"u{rng.randrange(users)}"
+        event = {
+            "event_id": f"e{i}",
+            "user_id": user,
+            "item_id": f"p{picked_items[i]}",
+            "action": picked_actions[i],
+            "ts": round(start + i * 0.05, 3),
+        }
+        records.append((user.encode(), orjson.dumps(event)))
+    return Backlog(records, f"synthetic ({users} users, {items} items, seed {seed})", users)
+
+
+def shoplog_clicks(n: int, users: int, items: int, seed: int = 7) -> Backlog | None:
+    """The first ``n`` clicks of recstream's built-in shop log, or None when it is missing.
+
+    Searches and reviews are left out: the benchmark topic is ``clicks``.
+    """
+    try:
+        from recstream.model.shoplog import generate
+    except ImportError:
+        return None
+    records = []
+    seen: set[str] = set()
+    days = max(2, math.ceil(2 * n / users))  # the log has more than one click per user-day
+    for obj in generate(users, items, days, seed):
+        if "action" not in obj:
+            continue
+        user = str(obj["user_id"])
+        seen.add(user)
+        records.append((user.encode(), orjson.dumps(obj)))
+        if len(records) >= n:
+            break
+    if len(records) < n:
+        return None
+    source = f"recstream.model.shoplog ({len(seen)} users, {items} items, seed {seed})"
+    return Backlog(records, source, len(seen))
+
+
+def make_backlog(n: int, users: int, items: int = 50_000, seed: int = 7) -> Backlog:
+    """The shop log when it can produce ``n`` clicks, else the synthetic generator."""
+    return shoplog_clicks(n, users, items, seed) or synthetic_clicks(n, users, items, seed)
+
+
+# ----------------------------------------------------------------------------
+# Kafka plumbing
+# ----------------------------------------------------------------------------
+
+
+#: Set explicitly because Quix Streams reads them back and fails when a broker omits them.
+TOPIC_CONFIGS = {"retention.ms": "604800000", "retention.bytes": "-1"}
+
+
+async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+    """Create topics (replication 1); existing ones are left as they are."""
+    names = list(names)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        new = [NewTopic(name, partitions, 1, topic_configs=dict(TOPIC_CONFIGS)) for name in names]
+        with contextlib.suppress(Exception):  # TopicAlreadyExists comes back per topic
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+    await wait_for_topics(bootstrap, names)
+
+
+async def wait_for_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> None:
+    """Wait until the broker's metadata lists every topic."""
+    wanted = set(names)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not wanted <= await consumer.topics():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {sorted(wanted)} not listed after {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+
+
+async def produce_backlog(
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]
+) -> float:
+    """Produce every record (acks=1, batched); returns the seconds it took."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value=value, key=key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+# ----------------------------------------------------------------------------
+# CPU use of the processes taking part in a run
+# ----------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU seconds of a process (and its live children); 0 if it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        total = sum(proc.cpu_times()[:2])
+        for child in proc.children(recursive=True) if children else []:
+            with contextlib.suppress(psutil.Error):
+                total += sum(child.cpu_times()[:2])
+        return float(total)
+    except psutil.Error:
+        return 0.0
+
+
+@dataclass
+class CpuWindow:
+    """CPU seconds of named processes between :meth:`begin` and :meth:`end`.
+
+    Each role counts its processes' children too, except the ``observer`` (this
+    process, whose children are the broker and the workers).
+    """
+
+    pids: dict[str, list[int]]
+    _start: dict[str, float] = field(default_factory=dict)
+    _t0: float = 0.0
+    result: dict[str, float] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, float]:
+        return {
+            role: sum(cpu_seconds(p, children=role != "observer") for p in pids)
+            for role, pids in self.pids.items()
+        }
+
+    def begin(self) -> None:
+        self._t0 = time.perf_counter()
+        self._start = self._sample()
+
+    def end(self) -> dict[str, float]:
+        """Per role: percent of one core used over the window."""
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        now = self._sample()
+        self.result = {
+            role: round(100.0 * (now[role] - self._start.get(role, 0.0)) / wall, 1) for role in now
+        }
+        return self.result
+
+
+# ----------------------------------------------------------------------------
+# Watching an output topic
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class OutputWatch:
+    """What an output counter saw.  ``target`` may be raised or lowered while it runs.
+
+    With a ``tag``, only outputs whose ``trigger_event_id`` starts with it count (and
+    the counter starts at the topic's end); ``latency`` records ``now - event_ts``
+    seconds per counted output; ``keep_times``/``keep_values`` keep receipt times
+    (epoch seconds) and decoded outputs.
+    """
+
+    target: int
+    tag: str | None = None
+    latency: bool = False
+    keep_times: bool = False
+    keep_values: bool = False
+    count: int = 0
+    first_at: float | None = None
+    first_count: int = 0
+    done_at: float | None = None
+    receipt_times: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    values: list[dict[str, Any]] = field(default_factory=list)
+
+    def rate(self) -> float:
+        """Outputs per second between the first received batch and the target count."""
+        if self.first_at is None or self.done_at is None or self.done_at <= self.first_at:
+            return 0.0
+        return (self.count - self.first_count) / (self.done_at - self.first_at)
+
+    def add(self, values: list[bytes], now: float) -> int:
+        """Count a fetched batch; returns how many outputs counted."""
+        if self.tag is None and not self.latency and not self.keep_values:
+            counted = len(values)
+        else:
+            counted = 0
+            for raw in values:
+                obj = orjson.loads(raw)
+                trigger = obj.get("trigger_event_id")
+                if self.tag is not None and not (
+                    isinstance(trigger, str) and trigger.startswith(self.tag)
+                ):
+                    continue
+                counted += 1
+                event_ts = obj.get("event_ts")
+                if self.latency and isinstance(event_ts, int | float):
+                    self.latencies.append(now - float(event_ts))
+                if self.keep_values:
+                    self.values.append(obj)
+        if counted and self.first_at is None:
+            self.first_at = time.perf_counter()
+            self.first_count = counted
+        self.count += counted
+        if self.keep_times:
+            self.receipt_times.extend([now] * counted)
+        return counted
+
+
+async def watch_output(
+    bootstrap: str,
+    topic: str,
+    watch: OutputWatch,
+    timeout: float,
+    *,
+    cpu: CpuWindow | None = None,
+    started: asyncio.Event | None = None,
+    alive: Callable[[], str | None] | None = None,
+) -> OutputWatch:
+    """Count outputs on ``topic`` until ``watch.target`` have come or ``timeout`` passes.
+
+    ``cpu`` is begun at the first output and ended at the target.  ``started`` is set
+    once the consumer has its partitions and positions (so a producer can start
+    without losing outputs).  ``alive`` is polled; when it returns a reason the
+    watch stops early (a worker died).
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest" if watch.tag is None else "latest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+            if time.monotonic() > deadline:
+                return watch
+        for partition in consumer.assignment():
+            await consumer.position(partition)  # resolve "latest" before anything is sent
+        if started is not None:
+            started.set()
+        last_check = time.monotonic()
+        cpu_begun = False
+        while watch.count < watch.target and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            now = time.time()
+            values = [record.value for records in batches.values() for record in records]
+            if values:
+                watch.add(values, now)
+            if cpu is not None and not cpu_begun and watch.first_at is not None:
+                cpu.begin()
+                cpu_begun = True
+            if alive is not None and time.monotonic() - last_check > 1.0:
+                last_check = time.monotonic()
+                if alive() is not None:
+                    break
+        if watch.count >= watch.target:
+            watch.done_at = time.perf_counter()
+            if cpu is not None:
+                cpu.end()
+    finally:
+        await consumer.stop()
+    return watch
+
+
+async def watch_end_offsets(
+    bootstrap: str,
+    topic: str,
+    watch: OutputWatch,
+    timeout: float,
+    *,
+    cpu: CpuWindow | None = None,
+    alive: Callable[[], str | None] | None = None,
+    interval: float = 0.05,
+) -> OutputWatch:
+    """Like :func:`watch_output` for plain counting, by polling the topic's end offsets.
+
+    Costs the observer almost nothing, so use it on brokers whose ListOffsets answer is
+    the true log end (noida; not Tansu).  Receipt times are those of the polls.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        if not partitions:
+            await consumer.force_metadata_update()
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+            ]
+        deadline = time.monotonic() + timeout
+        last_check = time.monotonic()
+        while watch.count < watch.target and time.monotonic() < deadline:
+            ends = await consumer.end_offsets(partitions)
+            total = sum(ends.values())
+            if total > watch.count:
+                if watch.first_at is None:
+                    watch.first_at = time.perf_counter()
+                    watch.first_count = total
+                    if cpu is not None:
+                        cpu.begin()
+                watch.count = total
+            if watch.count >= watch.target:
+                break
+            if alive is not None and time.monotonic() - last_check > 1.0:
+                last_check = time.monotonic()
+                if alive() is not None:
+                    break
+            await asyncio.sleep(interval)
+        if watch.count >= watch.target:
+            watch.done_at = time.perf_counter()
+            if cpu is not None:
+                cpu.end()
+    finally:
+        await consumer.stop()
+    return watch
+
+
+async def send_one(bootstrap: str, topic: str, user: str, event_id: str) -> None:
+    """Produce one click for ``user`` stamped now."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1)
+    await producer.start()
+    try:
+        event = {
+            "event_id": event_id,
+            "user_id": user,
+            "item_id": "p1",
+            "action": "view",
+            "ts": time.time(),
+        }
+        await producer.send_and_wait(topic, orjson.dumps(event), key=user.encode())
+    finally:
+        await producer.stop()
+
+
+async def read_changelog(
+    bootstrap: str, topic: str, idle_s: float = 1.5
+) -> tuple[int, dict[bytes, bytes]]:
+    """All records of a changelog: (record count, latest value per key without deletions).
+
+    Reads until no record has come for ``idle_s`` (end offsets are not trusted: Tansu
+    answers a wrong log end).
+    """
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records = 0
+    live: dict[bytes, bytes] = {}
+    try:
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < idle_s:
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for batch in batches.values():
+                for record in batch:
+                    records += 1
+                    key = record.key or b""
+                    if record.value is None:
+                        live.pop(key, None)
+                    else:
+                        live[key] = record.value
+                    idle_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records, live
+
+
+async def paced_produce(
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    users: int,
+    *,
+    seed: int = 11,
+    id_prefix: str = "p",
+) -> int:
+    """Produce fresh clicks at ``rate`` events/s for ``seconds``, each stamped ``ts = now``.
+
+    Sends in 5 ms ticks so the rate is smooth; returns how many were sent.
+    """
+    rng = random.Random(seed)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=1)
+    await producer.start()
+    sent = 0
+    tick = 0.005
+    try:
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            due = int(elapsed * rate) + 1
+            while sent < due:
+                user = f"u{rng.randrange(users)}"
+                event = {
+                    "event_id": f"{id_prefix}{sent}",
+                    "user_id": user,
+                    "item_id": f"p{rng.randrange(2_000)}",
+                    "action": "view",
+                    "ts": time.time(),
+                }
+                await producer.send(topic, value=orjson.dumps(event), key=user.encode())
+                sent += 1
+            await asyncio.sleep(tick)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+# ----------------------------------------------------------------------------
+# Statistics and output
+# ----------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, 0.0 for no values."""
+    return float(statistics.median(values)) if values else 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by nearest rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100.0 * len(ordered))))
+    return float(ordered[rank - 1])
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    """A number with thousands separators, or '-' for a missing one."""
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def unique_name(*parts: str) -> str:
+    """A topic or group name unlikely to clash with other runs."""
+    return "-".join([*parts, f"{random.randrange(16**6):06x}"])

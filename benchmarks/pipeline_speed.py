@@ -1,0 +1,1092 @@
+"""Issue #8: recstream's Faust pipeline against the raw Kafka floor, Quix Streams and plain Faust.
+
+One run starts its own brokers (Tansu and noida), loads a click backlog and measures,
+side by side on each broker:
+
+* throughput of raw aiokafka (consume + decode; + one produced output), Quix Streams
+  (per-user state + one output), a naive Faust agent with a Table, recstream's stateful
+  pass-through (sessions + one output, scoring disabled) and the full pipeline with
+  scoring (when ``recstream worker`` and ONNX models are available);
+* CPU use per process (app, broker, this observer) over the measured window;
+* latency (event ts -> output receipt) at 25/50/80% of the measured capacity;
+* state size per user, changelog records per event and changelog recovery time;
+* scale-out with 1, 2, 3 worker processes and the rebalance pause when one joins;
+
+and, without a broker, bare onnxruntime on a SASRec-size recommender.  It prints a
+table and writes ``benchmarks/results/pipeline_speed.json`` and ``.md``.
+
+    .venv/bin/python benchmarks/pipeline_speed.py            # full (long; run by hand)
+    .venv/bin/python benchmarks/pipeline_speed.py --quick    # tiny, ~2 min (*_quick.json)
+
+Absolute figures depend on the machine and on what else runs on it; compare the
+ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import bench_common as bc
+import capacity_guide
+import orjson
+
+from recstream.streams.broker import BROKER_CAVEATS, EmbeddedBroker, free_port
+
+SCHEMA_VERSION = 1
+#: Throughput scenarios in table order.
+THROUGHPUT_SCENARIOS = (
+    "raw-decode",
+    "raw-produce",
+    "quix-memory",
+    "quix-rocksdb",
+    "faust-naive",
+    "recstream-passthrough",
+    "recstream-tuned",
+    "recstream-full",
+)
+LABELS = {
+    "raw-decode": "aiokafka consume + orjson decode",
+    "raw-produce": "aiokafka consume + decode + produce 1 output",
+    "quix-memory": "Quix Streams, state list<=50 (memory store) + 1 output",
+    "quix-rocksdb": "Quix Streams, state list<=50 (RocksDB) + 1 output",
+    "faust-naive": "Faust agent + Table, await send() per event",
+    "recstream-passthrough": "recstream sessions + 1 output (scoring disabled)",
+    "recstream-tuned": "same + proposed tweaks (linger 5 ms, no spinner, orjson dataclass)",
+    "recstream-full": "recstream worker, full pipeline with scoring",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one benchmark run."""
+
+    events: int
+    users: int
+    partitions: int
+    repeats: int
+    brokers: tuple[str, ...]
+    scenarios: tuple[str, ...]
+    latency_loads: tuple[float, ...]
+    latency_seconds: float
+    scale_workers: tuple[int, ...]
+    rebalance_phase_s: float
+    onnx_batches: tuple[int, ...]
+    onnx_seconds: float
+    onnx_items: int
+    timeout_s: float
+    deep: bool = True
+    """Run latency, state/recovery and scale-out on the main recstream scenario."""
+
+
+#: About two minutes: one broker (noida starts Faust workers fastest), the scenarios
+#: that define the comparison, short deep phases.  Use --brokers tansu,noida for both.
+QUICK = Config(
+    events=2_000,
+    users=200,
+    partitions=4,
+    repeats=1,
+    brokers=("noida",),
+    scenarios=(
+        "raw-decode",
+        "raw-produce",
+        "quix-memory",
+        "faust-naive",
+        "recstream-passthrough",
+        "recstream-full",
+    ),
+    latency_loads=(0.25, 0.5, 0.8),
+    latency_seconds=1.5,
+    scale_workers=(1, 2),
+    rebalance_phase_s=3.0,
+    onnx_batches=(32, 128),
+    onnx_seconds=1.0,
+    onnx_items=50_000,
+    timeout_s=90.0,
+)
+FULL = Config(
+    events=200_000,
+    users=5_000,
+    partitions=4,
+    repeats=3,
+    brokers=("tansu", "noida"),
+    scenarios=THROUGHPUT_SCENARIOS,
+    latency_loads=(0.25, 0.5, 0.8),
+    latency_seconds=20.0,
+    scale_workers=(1, 2, 3),
+    rebalance_phase_s=15.0,
+    onnx_batches=(1, 32, 128),
+    onnx_seconds=5.0,
+    onnx_items=50_000,
+    timeout_s=1_200.0,
+)
+
+
+# ----------------------------------------------------------------------------
+# Stream applications run as child processes
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one run of a stream app reads and writes, and how it is started."""
+
+    scenario: str
+    source: str
+    sink: str
+    app_id: str
+    changelog: str | None
+    env: dict[str, str]
+    extra_topics: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+
+
+def worker_available() -> str | None:
+    """None when ``recstream worker`` exists, else why the full pipeline cannot run."""
+    if not (bc.REPO / "streams" / "worker.py").is_file():
+        return "streams/worker.py does not exist yet"
+    return None
+
+
+def make_target(
+    scenario: str, bootstrap: str, partitions: int, model_dir: Path | None = None
+) -> Target:
+    """Fresh topic and group names for one run of ``scenario``."""
+    run = bc.unique_name("bench", scenario.replace("-", ""))
+    workers = str(bc.BENCH_DIR / "bench_workers.py")
+    if scenario.startswith("quix-"):
+        source, sink = f"{run}-in", f"{run}-out"
+        return Target(
+            scenario,
+            source,
+            sink,
+            run,
+            f"changelog__{run}--{source}--default",
+            {},
+            command=(
+                bc.PYTHON,
+                str(bc.BENCH_DIR / "quix_baseline.py"),
+                "--bootstrap",
+                bootstrap,
+                "--source",
+                source,
+                "--sink",
+                sink,
+                "--group",
+                run,
+                "--store",
+                scenario.removeprefix("quix-"),
+            ),
+        )
+    if scenario == "faust-naive":
+        source, sink = f"{run}-in", f"{run}-out"
+        return Target(
+            scenario,
+            source,
+            sink,
+            run,
+            f"{run}-history-changelog",
+            {},
+            command=(
+                bc.PYTHON,
+                workers,
+                "faust-naive",
+                "--bootstrap",
+                bootstrap,
+                "--source",
+                source,
+                "--sink",
+                sink,
+                "--app-id",
+                run,
+                "--partitions",
+                str(partitions),
+            ),
+        )
+    if scenario in ("recstream-passthrough", "recstream-tuned", "recstream-full"):
+        prefix = f"{run}."
+        env = {
+            "RECSTREAM_BOOTSTRAP_SERVERS": bootstrap,
+            "RECSTREAM_TOPIC_PREFIX": prefix,
+            "RECSTREAM_APP_ID": run,
+            "RECSTREAM_PARTITIONS": str(partitions),
+            "RECSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="bench-recstream-data-"),
+            "RECSTREAM_WEB_PORT": str(free_port()),
+            "RECSTREAM_LOG_LEVEL": "warning",
+            "RECSTREAM_PROVIDERS": "CPUExecutionProvider",
+        }
+        if scenario == "recstream-full":
+            env["RECSTREAM_MODEL_DIR"] = str(model_dir)
+            command: tuple[str, ...] = (bc.PYTHON, "-m", "recstream", "worker")
+        else:
+            command = (bc.PYTHON, workers, scenario)
+        return Target(
+            scenario,
+            f"{prefix}clicks",
+            f"{prefix}recommendations",
+            run,
+            f"{run}-user-state-changelog",
+            env,
+            extra_topics=tuple(
+                f"{prefix}{name}"
+                for name in (
+                    "searches",
+                    "reviews",
+                    "privacy",
+                    "sentiment",
+                    "sessions",
+                    "deadletter",
+                )
+            ),
+            command=command,
+        )
+    raise ValueError(f"not a stream-app scenario: {scenario}")
+
+
+@dataclass
+class Workers:
+    """Child worker processes of one target, with their log files."""
+
+    target: Target
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    spawned_at: list[float] = field(default_factory=list)
+
+    def spawn(self) -> float:
+        """Start one more worker; returns its start time (perf_counter)."""
+        log = Path(tempfile.mkstemp(prefix=f"bench-{self.target.scenario}-", suffix=".log")[1])
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                self.target.command,
+                cwd=bc.REPO,
+                env={**os.environ, **self.target.env, "PYTHONUNBUFFERED": "1"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        self.logs.append(log)
+        started = time.perf_counter()
+        self.spawned_at.append(started)
+        return started
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def dead(self) -> str | None:
+        """The log tail of a worker that exited, if any did."""
+        for proc, log in zip(self.procs, self.logs, strict=True):
+            if proc.poll() is not None:
+                return f"worker exited with {proc.returncode}: {tail(log)}"
+        return None
+
+    def stop(self) -> None:
+        """SIGTERM every worker, then SIGKILL what is left after 10 s; remove the logs."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for log in self.logs:
+            log.unlink(missing_ok=True)
+        self.procs.clear()
+        self.logs.clear()
+
+
+def tail(path: Path, chars: int = 1_500) -> str:
+    """The end of a log file."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+# ----------------------------------------------------------------------------
+# Measurements
+# ----------------------------------------------------------------------------
+
+
+async def prepare_target(
+    bootstrap: str, target: Target, partitions: int, backlog: bc.Backlog
+) -> None:
+    """Create the run's topics and load the backlog into its source topic."""
+    names = [target.source, target.sink, *target.extra_topics]
+    if target.scenario.startswith("recstream"):
+        from recstream.streams.settings import Settings
+        from recstream.streams.topic_admin import create_topics
+
+        await create_topics(
+            Settings(
+                bootstrap_servers=bootstrap,
+                topic_prefix=target.env["RECSTREAM_TOPIC_PREFIX"],
+                partitions=partitions,
+            )
+        )
+        await bc.wait_for_topics(bootstrap, names)
+    else:
+        await bc.create_topics(bootstrap, names, partitions)
+    if len(backlog):
+        await bc.produce_backlog(bootstrap, target.source, backlog.records)
+
+
+def per_event(rate: float) -> float:
+    """Microseconds per event at ``rate`` events/s."""
+    return 1e6 / rate if rate > 0 else 0.0
+
+
+async def raw_throughput(
+    broker: EmbeddedBroker, scenario: str, backlog: bc.Backlog, cfg: Config
+) -> dict[str, Any]:
+    """One run of a self-timed raw aiokafka scenario."""
+    bootstrap = broker.bootstrap_servers
+    run = bc.unique_name("bench", scenario.replace("-", ""))
+    source, sink = f"{run}-in", f"{run}-out"
+    await bc.create_topics(bootstrap, [source, sink], cfg.partitions)
+    await bc.produce_backlog(bootstrap, source, backlog.records)
+    command = [
+        bc.PYTHON,
+        str(bc.BENCH_DIR / "bench_workers.py"),
+        scenario,
+        "--bootstrap",
+        bootstrap,
+        "--source",
+        source,
+        "--sink",
+        sink,
+        "--group",
+        run,
+        "--events",
+        str(len(backlog)),
+    ]
+    proc = subprocess.Popen(command, cwd=bc.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = await asyncio.to_thread(proc.communicate, timeout=cfg.timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise TimeoutError(f"{scenario} did not finish in {cfg.timeout_s:.0f}s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{scenario} failed: {err.decode(errors='replace')[-1500:]}")
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    rate = result["rate"]
+    app_cpu = 100.0 * result["cpu_s"] / result["seconds"] if result["seconds"] else 0.0
+    return {
+        "rate": rate,
+        "seconds": result["seconds"],
+        "cpu_percent": {"app": round(app_cpu, 1)},
+        "app_cpu_us_per_event": app_cpu / 100.0 * per_event(rate),
+    }
+
+
+async def app_throughput(
+    broker: EmbeddedBroker,
+    scenario: str,
+    backlog: bc.Backlog,
+    cfg: Config,
+    *,
+    workers: int = 1,
+    keep: bool = False,
+    model_dir: Path | None = None,
+) -> tuple[dict[str, Any], Workers]:
+    """Start ``workers`` processes on a fresh backlog and time its outputs.
+
+    Returns the figures and the workers (still running when ``keep``, else stopped).
+    """
+    bootstrap = broker.bootstrap_servers
+    target = make_target(scenario, bootstrap, cfg.partitions, model_dir)
+    await prepare_target(bootstrap, target, cfg.partitions, backlog)
+    group = Workers(target)
+    try:
+        spawned = next(group.spawn() for _ in range(workers))
+        cpu = bc.CpuWindow(
+            {"app": group.pids, "broker": [broker.pid or 0], "observer": [os.getpid()]}
+        )
+        watch = bc.OutputWatch(target=len(backlog))
+        # On noida a consuming observer spins a core (no long-poll); its end offsets are
+        # exact, so count by polling them there.
+        count = bc.watch_end_offsets if broker.traits.exact_end_offsets else bc.watch_output
+        await count(bootstrap, target.sink, watch, cfg.timeout_s, cpu=cpu, alive=group.dead)
+        if watch.done_at is None or watch.first_at is None:
+            why = group.dead() or f"only {watch.count}/{len(backlog)} outputs"
+            raise RuntimeError(f"{scenario}: {why}; log: {tail(group.logs[0])}")
+        rate = watch.rate()
+        result = {
+            "rate": rate,
+            "seconds": watch.done_at - watch.first_at,
+            "cold_start_s": watch.first_at - spawned,
+            "cpu_percent": cpu.result,
+            "app_cpu_us_per_event": cpu.result["app"] / 100.0 * per_event(rate),
+        }
+    except BaseException:
+        group.stop()
+        raise
+    if not keep:
+        group.stop()
+    return result, group
+
+
+async def latency_phase(
+    bootstrap: str, target: Target, rate: float, seconds: float, users: int, tag: str
+) -> dict[str, Any]:
+    """Paced load at ``rate``: event time to output receipt, in milliseconds."""
+    watch = bc.OutputWatch(target=10**12, tag=tag, latency=True)
+    started = asyncio.Event()
+    watcher = asyncio.create_task(
+        bc.watch_output(bootstrap, target.sink, watch, seconds + 30.0, started=started)
+    )
+    await started.wait()
+    sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, users, id_prefix=tag)
+    watch.target = sent
+    await watcher
+    lat = [value * 1000.0 for value in watch.latencies]
+    return {
+        "rate": round(rate, 1),
+        "sent": sent,
+        "received": watch.count,
+        "p50_ms": bc.percentile(lat, 50),
+        "p99_ms": bc.percentile(lat, 99),
+        "p999_ms": bc.percentile(lat, 99.9),
+        "max_ms": max(lat, default=0.0),
+    }
+
+
+async def probe(
+    bootstrap: str, target: Target, user: str, tag: str, timeout: float
+) -> dict[str, Any]:
+    """Send one event for ``user`` and wait for its output; returns the output object."""
+    watch = bc.OutputWatch(target=1, tag=tag, keep_values=True)
+    started = asyncio.Event()
+    watcher = asyncio.create_task(
+        bc.watch_output(bootstrap, target.sink, watch, timeout, started=started)
+    )
+    await started.wait()
+    await bc.send_one(bootstrap, target.source, user, tag)
+    await watcher
+    if not watch.values:
+        raise TimeoutError(f"no output for probe {tag} within {timeout:.0f}s")
+    return watch.values[0]
+
+
+def same_state(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether the probe after a restart saw the state the probe before it left."""
+    if "session_id" in before:
+        return bool(before["session_id"] == after.get("session_id"))
+    return bool(after.get("history") == before.get("history", 0) + 1)
+
+
+async def state_and_recovery(
+    broker: EmbeddedBroker, group: Workers, cold_start_s: float, cfg: Config
+) -> dict[str, Any]:
+    """Changelog size per user, then restart the worker and time its recovery."""
+    bootstrap = broker.bootstrap_servers
+    target = group.target
+    before = await probe(bootstrap, target, "u0", "probe-a-", 30.0)
+    result: dict[str, Any] = {}
+    if target.changelog:
+        records, live = await bc.read_changelog(bootstrap, target.changelog)
+        result["changelog_records"] = records
+        result["users_in_state"] = len(live)
+        result["bytes_per_user"] = (
+            sum(len(k) + len(v) for k, v in live.items()) / len(live) if live else 0.0
+        )
+    group.stop()
+    restarted = group.spawn()
+    try:
+        after = await probe(bootstrap, target, "u0", "probe-b-", cfg.timeout_s)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; restarted worker's log: {tail(group.logs[-1])}") from None
+    restart_s = time.perf_counter() - restarted
+    result.update(
+        {
+            "cold_start_s": cold_start_s,
+            "restart_s": restart_s,
+            "recovery_s": max(restart_s - cold_start_s, 0.0),
+            "state_recovered": same_state(before, after),
+        }
+    )
+    if "changelog_records" in result and result["recovery_s"] > 0:
+        result["changelog_records_per_s"] = result["changelog_records"] / result["recovery_s"]
+    return result
+
+
+async def rebalance_pauses(
+    broker: EmbeddedBroker, scenario: str, capacity: float, cfg: Config, model_dir: Path | None
+) -> dict[str, Any]:
+    """Steady load at 50% of one worker's capacity while workers join one by one.
+
+    Starts with one worker and adds one per phase up to ``max(cfg.scale_workers)``.  The
+    pause after a join is the longest gap between consecutive outputs in the phase that
+    follows it; phase 0 (one worker, no join) gives the normal gap.
+    """
+    bootstrap = broker.bootstrap_servers
+    target = make_target(scenario, bootstrap, cfg.partitions, model_dir)
+    await prepare_target(bootstrap, target, cfg.partitions, bc.Backlog([], "none", 0))
+    group = Workers(target)
+    try:
+        group.spawn()
+        await probe(bootstrap, target, "u0", "warm-", cfg.timeout_s)
+        phases = max(cfg.scale_workers)
+        seconds = cfg.rebalance_phase_s * phases
+        watch = bc.OutputWatch(target=10**12, tag="reb-", keep_times=True)
+        started = asyncio.Event()
+        watcher = asyncio.create_task(
+            bc.watch_output(bootstrap, target.sink, watch, seconds + 60.0, started=started)
+        )
+        await started.wait()
+        producer = asyncio.create_task(
+            bc.paced_produce(
+                bootstrap, target.source, capacity * 0.5, seconds, cfg.users, id_prefix="reb-"
+            )
+        )
+        t0 = time.time()
+        joins = []
+        for _ in range(1, phases):
+            await asyncio.sleep(cfg.rebalance_phase_s)
+            group.spawn()
+            joins.append(time.time())
+        watch.target = await producer
+        await watcher
+    finally:
+        group.stop()
+    times = watch.receipt_times
+
+    def max_gap(start: float, end: float) -> float:
+        inside = [start, *[t for t in times if start <= t <= end]]
+        after = [t for t in times if t > end]
+        if after:
+            inside.append(after[0])
+        return max((b - a for a, b in itertools.pairwise(inside)), default=end - start)
+
+    return {
+        "load_rate": round(capacity * 0.5, 1),
+        "baseline_max_gap_s": max_gap(t0 + 0.5, t0 + cfg.rebalance_phase_s),
+        "joins": [
+            {"workers_after": n + 2, "max_gap_s": max_gap(j, j + cfg.rebalance_phase_s)}
+            for n, j in enumerate(joins)
+        ],
+        "sent": watch.target,
+        "received": watch.count,
+    }
+
+
+# ----------------------------------------------------------------------------
+# Bare onnxruntime
+# ----------------------------------------------------------------------------
+
+
+def sasrec_size_models(items: int) -> Path:
+    """A folder with a random-init SASRec-size ``recs.onnx`` (and a tiny sentiment model).
+
+    Exported once through recstream's real export path and cached in the temp dir;
+    scores are meaningless (random weights), speed is what a trained model of the same
+    shape costs.  Built in a child process (torch) at low priority.
+    """
+    folder = Path(tempfile.gettempdir()) / f"recstream-bench-models-p{items}"
+    if (folder / "recs.onnx").is_file() and (folder / "sentiment.onnx").is_file():
+        return folder
+    subprocess.run(
+        [
+            bc.PYTHON,
+            str(bc.BENCH_DIR / "bench_workers.py"),
+            "build-models",
+            "--out",
+            str(folder),
+            "--items",
+            str(items),
+        ],
+        cwd=bc.REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+        capture_output=True,
+        preexec_fn=lambda: os.nice(10),
+    )
+    return folder
+
+
+def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
+    """Sequences/s of bare onnxruntime on ``recs.onnx`` at each batch size (CPU, 2 threads)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(model_dir / "recs.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    meta = session.get_modelmeta().custom_metadata_map
+    max_len = int(meta["recstream.max_len"])
+    num_items = int(meta["recstream.num_items"])
+    rng = np.random.default_rng(3)
+    rows = []
+    for batch in cfg.onnx_batches:
+        feeds = {
+            "items": rng.integers(2, num_items, size=(batch, max_len), dtype=np.int64),
+            "actions": np.ones((batch, max_len), dtype=np.int64),
+            "words": np.zeros((batch, max_len, 4), dtype=np.int64),
+            "lengths": np.full((batch,), max_len, dtype=np.int64),
+            "exclude": np.zeros((batch, 1), dtype=np.int64),
+        }
+        feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
+        session.run(None, feeds)  # warm-up
+        calls = 0
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < cfg.onnx_seconds or calls < 3:
+            session.run(None, feeds)
+            calls += 1
+        rows.append(
+            {
+                "batch": batch,
+                "sequences_per_s": calls * batch / elapsed,
+                "ms_per_batch": elapsed / calls * 1000.0,
+            }
+        )
+    return {
+        "model": {"items": num_items - 2, "max_len": max_len, "source": str(model_dir)},
+        "threads": 2,
+        "provider": "CPUExecutionProvider",
+        "batches": rows,
+    }
+
+
+# ----------------------------------------------------------------------------
+# One broker, everything
+# ----------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def run_broker(
+    kind: str, backlog: bc.Backlog, cfg: Config, model_dir: Path | None
+) -> dict[str, Any]:
+    """Every broker-bound measurement on one fresh broker of ``kind``."""
+    out: dict[str, Any] = {"caveats": BROKER_CAVEATS[kind], "throughput": {}}
+    broker = EmbeddedBroker(kind)  # type: ignore[arg-type]
+    broker.start()
+    try:
+        main = "recstream-full" if model_dir and "recstream-full" in cfg.scenarios else None
+        main = main or "recstream-passthrough"
+        kept: Workers | None = None
+        for scenario in cfg.scenarios:
+            if scenario == "recstream-full" and model_dir is None:
+                out["throughput"][scenario] = {"skipped": worker_available() or "no models"}
+                continue
+            runs: list[dict[str, Any]] = []
+            entry: dict[str, Any] = {"label": LABELS[scenario]}
+            try:
+                for repeat in range(cfg.repeats):
+                    log(f"{kind}: {scenario} run {repeat + 1}/{cfg.repeats}")
+                    if scenario.startswith("raw-"):
+                        runs.append(await raw_throughput(broker, scenario, backlog, cfg))
+                        continue
+                    keep = cfg.deep and scenario == main and repeat == cfg.repeats - 1
+                    result, group = await app_throughput(
+                        broker, scenario, backlog, cfg, keep=keep, model_dir=model_dir
+                    )
+                    runs.append(result)
+                    if keep:
+                        kept = group
+            except Exception as exc:  # one broken scenario must not hide the others
+                entry["error"] = f"{type(exc).__name__}: {exc}"[:2_000]
+                log(f"{kind}: {scenario} failed: {entry['error'][:300]}")
+            if runs:
+                entry.update(summarise(runs))
+            out["throughput"][scenario] = entry
+        if kept is not None:
+            try:
+                out.update(
+                    await deep_measurements(broker, main, kept, out, backlog, cfg, model_dir)
+                )
+            finally:
+                kept.stop()
+        out["ratios"] = ratios(out["throughput"], main)
+        out["cpu_cost_ratios"] = ratios(out["throughput"], main, "app_cpu_us_per_event")
+    finally:
+        broker.stop()
+    return out
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeats (every run's rate kept)."""
+    rates = [run["rate"] for run in runs]
+    rate = bc.median(rates)
+    summary: dict[str, Any] = {
+        "rate": rate,
+        "rates": rates,
+        "us_per_event": per_event(rate),
+    }
+    cpus = [run["cpu_percent"] for run in runs if run.get("cpu_percent")]
+    if cpus:
+        summary["cpu_percent"] = {role: bc.median([c[role] for c in cpus]) for role in cpus[0]}
+        summary["app_cpu_us_per_event"] = bc.median([run["app_cpu_us_per_event"] for run in runs])
+    starts = [run["cold_start_s"] for run in runs if "cold_start_s" in run]
+    if starts:
+        summary["cold_start_s"] = bc.median(starts)
+    return summary
+
+
+def ratios(throughput: dict[str, Any], main: str, key: str = "rate") -> dict[str, float]:
+    """``key`` of the main recstream scenario over the others' (same run, same broker)."""
+    mine = throughput.get(main, {}).get(key)
+    if not mine:
+        return {}
+    return {
+        f"{main}/{name}": mine / entry[key]
+        for name, entry in throughput.items()
+        if name != main and entry.get(key)
+    }
+
+
+async def deep_measurements(
+    broker: EmbeddedBroker,
+    scenario: str,
+    group: Workers,
+    out: dict[str, Any],
+    backlog: bc.Backlog,
+    cfg: Config,
+    model_dir: Path | None,
+) -> dict[str, Any]:
+    """Latency, state/recovery and scale-out of the main scenario (its workers still run)."""
+    kind = broker.kind
+    capacity = out["throughput"][scenario]["rate"]
+    deep: dict[str, Any] = {"deep_scenario": scenario}
+    phases = []
+    for load in cfg.latency_loads:
+        log(f"{kind}: latency of {scenario} at {load:.0%} of {capacity:,.0f}/s")
+        tag = f"lat{int(load * 100)}-"
+        try:
+            phase = await latency_phase(
+                broker.bootstrap_servers,
+                group.target,
+                load * capacity,
+                cfg.latency_seconds,
+                cfg.users,
+                tag,
+            )
+            phases.append({"load": load, **phase})
+        except Exception as exc:
+            phases.append({"load": load, "error": f"{type(exc).__name__}: {exc}"})
+    deep["latency"] = phases
+    log(f"{kind}: state size and recovery of {scenario}")
+    cold = out["throughput"][scenario].get("cold_start_s", 0.0)
+    try:
+        deep["state"] = await state_and_recovery(broker, group, cold, cfg)
+        if not broker.traits.exact_end_offsets:
+            deep["state"]["recovery_caveat"] = (
+                "this broker's ListOffsets 'latest' is wrong: Faust stops recovery early"
+            )
+    except Exception as exc:
+        deep["state"] = {"error": f"{type(exc).__name__}: {exc}"}
+    group.stop()
+    scale = []
+    for workers in cfg.scale_workers:
+        log(f"{kind}: scale-out of {scenario} with {workers} worker(s)")
+        try:
+            result, _ = await app_throughput(
+                broker, scenario, backlog, cfg, workers=workers, model_dir=model_dir
+            )
+            scale.append({"workers": workers, **result})
+        except Exception as exc:
+            scale.append({"workers": workers, "error": f"{type(exc).__name__}: {exc}"})
+    deep["scale_out"] = scale
+    log(f"{kind}: rebalance pauses of {scenario}")
+    try:
+        deep["rebalance"] = await rebalance_pauses(broker, scenario, capacity, cfg, model_dir)
+    except Exception as exc:
+        deep["rebalance"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return deep
+
+
+# ----------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------
+
+
+def throughput_table(results: dict[str, Any]) -> str:
+    """Scenario rows, one column group per broker."""
+    kinds = list(results["brokers"])
+    headers = ["scenario"]
+    for kind in kinds:
+        headers += [f"{kind} ev/s", f"{kind} µs/ev", f"{kind} app CPU %", f"{kind} CPU µs/ev"]
+    rows = []
+    for scenario in THROUGHPUT_SCENARIOS:
+        row = [LABELS[scenario]]
+        present = False
+        for kind in kinds:
+            entry = results["brokers"][kind]["throughput"].get(scenario, {})
+            present = present or bool(entry)
+            if entry.get("rate"):
+                cpu = entry.get("cpu_percent", {}) or {}
+                row += [
+                    bc.fmt(entry["rate"]),
+                    bc.fmt(entry["us_per_event"], 1),
+                    bc.fmt(cpu.get("app")),
+                    bc.fmt(entry.get("app_cpu_us_per_event"), 1),
+                ]
+            else:
+                reason = entry.get("skipped") or ("error" if "error" in entry else "-")
+                row += [reason, "-", "-", "-"]
+        if present:
+            rows.append(row)
+    return bc.markdown_table(headers, rows)
+
+
+def deep_tables(results: dict[str, Any]) -> list[str]:
+    """Latency, state, scale-out and rebalance sections per broker."""
+    parts = []
+    for kind, out in results["brokers"].items():
+        if "latency" not in out:
+            continue
+        scenario = out["deep_scenario"]
+        parts.append(f"### {kind}: {scenario}\n")
+        rows = [
+            [
+                f"{p['load']:.0%}",
+                bc.fmt(p.get("rate")),
+                p.get("received", "-"),
+                bc.fmt(p.get("p50_ms"), 1),
+                bc.fmt(p.get("p99_ms"), 1),
+                bc.fmt(p.get("p999_ms"), 1),
+            ]
+            for p in out["latency"]
+        ]
+        parts.append(
+            "Latency, event ts → output receipt:\n\n"
+            + bc.markdown_table(["load", "ev/s", "outputs", "p50 ms", "p99 ms", "p99.9 ms"], rows)
+        )
+        state = out.get("state", {})
+        parts.append(
+            "State and recovery:\n\n"
+            + bc.markdown_table(
+                ["measure", "value"],
+                [[k, bc.fmt(v, 3) if isinstance(v, float) else v] for k, v in state.items()],
+            )
+        )
+        rows = [
+            [
+                s["workers"],
+                bc.fmt(s.get("rate")),
+                bc.fmt((s.get("cpu_percent") or {}).get("app")),
+                s.get("error", "")[:80],
+            ]
+            for s in out.get("scale_out", [])
+        ]
+        parts.append(
+            "Scale-out (one backlog, N worker processes):\n\n"
+            + bc.markdown_table(["workers", "ev/s", "app CPU % (all workers)", "error"], rows)
+        )
+        reb = out.get("rebalance", {})
+        if "joins" in reb:
+            rows = [["1 (no join)", bc.fmt(reb["baseline_max_gap_s"], 2)]] + [
+                [f"{j['workers_after']} (join)", bc.fmt(j["max_gap_s"], 2)] for j in reb["joins"]
+            ]
+            parts.append(
+                f"Rebalance pause at {bc.fmt(reb['load_rate'])} ev/s (longest output gap):\n\n"
+                + bc.markdown_table(["workers", "max gap s"], rows)
+            )
+        elif "error" in reb:
+            parts.append(f"Rebalance: {reb['error'][:200]}")
+    return parts
+
+
+def onnx_table(results: dict[str, Any]) -> str:
+    onnx = results.get("onnx", {})
+    if "batches" not in onnx:
+        return f"onnxruntime: {onnx.get('error') or onnx.get('skipped', 'not run')}"
+    rows = [
+        [b["batch"], bc.fmt(b["sequences_per_s"]), bc.fmt(b["ms_per_batch"], 2)]
+        for b in onnx["batches"]
+    ]
+    model = onnx["model"]
+    return (
+        f"Bare onnxruntime, SASRec-size recs.onnx ({model['items']:,} items, length "
+        f"{model['max_len']}), CPU, {onnx['threads']} threads:\n\n"
+        + bc.markdown_table(["batch", "sequences/s", "ms/batch"], rows)
+    )
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown report."""
+    meta = results["meta"]
+    parts = [
+        "# Pipeline speed (issue #8)\n",
+        f"Run {meta['started_at']} on {meta['cpus']} CPUs ({meta['mode']}); backlog "
+        f"{meta['events']:,} clicks, {meta['backlog_source']}; {meta['partitions']} partitions; "
+        f"medians of {meta['repeats']} run(s); load average at start {meta['load_average']}. "
+        "Absolute figures depend on what else ran; compare ratios within this run.\n",
+        "## Throughput\n",
+        "ev/s: outputs per second from the first output to the last (median of the runs); "
+        "µs/ev: wall time per event; app CPU %: the app's processes, in % of one core, over "
+        "that window; CPU µs/ev: the app's CPU time per event (least disturbed by other load "
+        "on the machine).\n",
+        throughput_table(results),
+        "",
+    ]
+    for kind, out in results["brokers"].items():
+        if out.get("ratios"):
+            ratio_text = ", ".join(f"{k} = {v:.2f}" for k, v in out["ratios"].items())
+            parts.append(f"Throughput ratios on {kind}: {ratio_text}\n")
+        if out.get("cpu_cost_ratios"):
+            cost_text = ", ".join(f"{k} = {v:.2f}" for k, v in out["cpu_cost_ratios"].items())
+            parts.append(f"CPU-cost ratios on {kind} (CPU µs/ev over CPU µs/ev): {cost_text}\n")
+    parts += [
+        "## Latency, state, scale-out\n",
+        *deep_tables(results),
+        "",
+        "## Scoring\n",
+        onnx_table(results),
+        "",
+    ]
+    if "capacity_guide" in results:
+        parts += ["## Capacity guide\n", capacity_guide.render(results["capacity_guide"])]
+    parts += ["## Broker caveats\n"] + [f"- {k}: {v}" for k, v in BROKER_CAVEATS.items()]
+    return "\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------
+
+
+async def run(cfg: Config, mode: str, with_models: bool) -> dict[str, Any]:
+    """Every measurement of one configuration."""
+    started = time.time()
+    backlog = bc.make_backlog(cfg.events, cfg.users, cfg.onnx_items)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "meta": {
+            "mode": mode,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "cpus": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "backlog_source": backlog.source,
+            **{k: v for k, v in asdict(cfg).items() if not isinstance(v, tuple)},
+            "brokers": list(cfg.brokers),
+            "scenarios": list(cfg.scenarios),
+        },
+        "brokers": {},
+    }
+    model_dir: Path | None = None
+    if with_models:
+        try:
+            log(f"building a SASRec-size model ({cfg.onnx_items:,} items) if not cached")
+            model_dir = sasrec_size_models(cfg.onnx_items)
+            results["onnx"] = onnx_bare(model_dir, cfg)
+        except Exception as exc:
+            results["onnx"] = {"error": f"{type(exc).__name__}: {exc}"[:1_000]}
+            model_dir = None
+    else:
+        results["onnx"] = {"skipped": "--no-models"}
+    full_model_dir = model_dir if worker_available() is None else None
+    for kind in cfg.brokers:
+        log(f"broker {kind}")
+        results["brokers"][kind] = await run_broker(kind, backlog, cfg, full_model_dir)
+    results["capacity_guide"] = capacity_guide.from_results(results)
+    results["meta"]["duration_s"] = round(time.time() - started, 1)
+    return results
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny configuration (~2 minutes)")
+    parser.add_argument("--brokers", help="comma-separated subset of tansu,noida")
+    parser.add_argument("--scenarios", help=f"comma-separated subset of {THROUGHPUT_SCENARIOS}")
+    parser.add_argument("--events", type=int, help="backlog size")
+    parser.add_argument("--users", type=int, help="distinct users in the backlog")
+    parser.add_argument("--repeats", type=int, help="runs per throughput figure (median)")
+    parser.add_argument("--no-deep", action="store_true", help="skip latency/state/scale-out")
+    parser.add_argument("--no-models", action="store_true", help="skip onnxruntime and scoring")
+    parser.add_argument("--scale-workers", help="comma-separated worker counts, e.g. 1,2,3")
+    parser.add_argument(
+        "--rerender",
+        type=Path,
+        help="rewrite the .md (and capacity guide) of an existing JSON result, run nothing",
+    )
+    parser.add_argument("--latency-seconds", type=float, help="seconds of paced load per level")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where the JSON goes, the .md beside it (default benchmarks/results/"
+        "pipeline_speed.json, or pipeline_speed_quick.json with --quick)",
+    )
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """The quick or full configuration with the command-line overrides applied."""
+    cfg = QUICK if args.quick else FULL
+    updates: dict[str, Any] = {}
+    if args.brokers:
+        updates["brokers"] = tuple(b.strip() for b in args.brokers.split(",") if b.strip())
+    if args.scenarios:
+        names = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+        unknown = set(names) - set(THROUGHPUT_SCENARIOS)
+        if unknown:
+            raise SystemExit(f"unknown scenarios: {sorted(unknown)}")
+        updates["scenarios"] = names
+    for name in ("events", "users", "repeats"):
+        if getattr(args, name):
+            updates[name] = getattr(args, name)
+    if args.scale_workers:
+        updates["scale_workers"] = tuple(int(n) for n in args.scale_workers.split(","))
+    if args.latency_seconds:
+        updates["latency_seconds"] = args.latency_seconds
+    if args.no_deep:
+        updates["deep"] = False
+    return replace(cfg, **updates)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.rerender:
+        results = orjson.loads(args.rerender.read_bytes())
+        results["capacity_guide"] = capacity_guide.from_results(results)
+        for out in results["brokers"].values():
+            main_scenario = out.get("deep_scenario", "recstream-passthrough")
+            out["cpu_cost_ratios"] = ratios(
+                out["throughput"], main_scenario, "app_cpu_us_per_event"
+            )
+        args.rerender.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        args.rerender.with_suffix(".md").write_text(render(results))
+        print(render(results))
+        return 0
+    cfg = config_from(args)
+    mode = "quick" if args.quick else "full"
+    output = args.output or bc.RESULTS_DIR / f"pipeline_speed{'_quick' if args.quick else ''}.json"
+    results = asyncio.run(run(cfg, mode, with_models=not args.no_models))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    report = render(results)
+    output.with_suffix(".md").write_text(report)
+    print(report)
+    log(f"wrote {output} and {output.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Profile recstream's worker with py-spy while it drains a click backlog; print where time goes.
+
+    .venv/bin/python benchmarks/profile_worker.py [--scenario recstream-passthrough|recstream-full]
+        [--broker tansu|noida] [--events 20000]
+
+Starts a broker, loads the backlog, runs the worker under ``py-spy record`` (raw
+collapsed stacks, written to ``$TMPDIR/recstream-profile-<scenario>-<broker>.txt``) until
+every output has arrived, then prints the functions with the most samples, self and
+inclusive, as a share of all samples and as microseconds per event.  Needs ``py-spy``
+(``pip install py-spy``) and permission to trace child processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import bench_common as bc
+import pipeline_speed as ps
+
+from recstream.streams.broker import EmbeddedBroker
+
+#: Readable name -> (function, a fragment of its file path); counted when anywhere in a stack.
+GROUPS = {
+    "recstream BatchProcessor.process (whole batch)": ("process", "streams/agents.py"),
+    "recstream Pipeline.decode": ("decode", "streams/pipeline.py"),
+    "recstream Pipeline.prepare": ("prepare", "streams/pipeline.py"),
+    "recstream sessions.apply": ("apply", "streams/sessions.py"),
+    "recstream UserState.to_bytes": ("to_bytes", "streams/sessions.py"),
+    "recstream UserState.from_bytes": ("from_bytes", "streams/sessions.py"),
+    "recstream UserState.tokens": ("tokens", "streams/sessions.py"),
+    "recstream Pipeline.score": ("score", "streams/pipeline.py"),
+    "recstream Pipeline.finish": ("finish", "streams/pipeline.py"),
+    "recstream Pipeline.sweep": ("sweep", "streams/pipeline.py"),
+    "recstream records.to_json": ("to_json", "streams/records.py"),
+    "recstream TableStateStore.put": ("put", "streams/state_store.py"),
+    "recstream BatchProcessor._send": ("_send", "streams/agents.py"),
+    "recstream metrics": ("", "streams/metrics.py"),
+    "faust Collection.send_changelog": ("send_changelog", "faust/tables/base.py"),
+    "faust Stream (take_events etc.)": ("", "faust/streams.py"),
+    "faust Conductor.on_message": ("on_message", "faust/transport/conductor.py"),
+    "faust transport Consumer": ("", "faust/transport/consumer.py"),
+    "faust Producer.send": ("send", "faust/transport/drivers/aiokafka.py"),
+    "aiokafka producer": ("", "aiokafka/producer/"),
+    "aiokafka consumer/fetcher": ("", "aiokafka/consumer/"),
+    "onnxruntime run": ("run", "onnxruntime/capi/onnxruntime_inference_collection.py"),
+    "logging": ("", "logging/__init__.py"),
+    "mode (Faust's service framework)": ("", "/mode/"),
+}
+
+
+def _matches(frame: str, function: str, fragment: str) -> bool:
+    """Whether ``frame`` ("Class.method (path)") is ``function`` in a file matching ``fragment``."""
+    if fragment not in frame:
+        return False
+    name = frame.split(" (", 1)[0]
+    return not function or name == function or name.endswith(f".{function}")
+
+
+def parse_collapsed(path: Path) -> tuple[int, Counter[str], Counter[str]]:
+    """(total samples, self samples per leaf frame, inclusive samples per group).
+
+    Stacks inside an import (start-up) are left out.
+    """
+    total = 0
+    leaf: Counter[str] = Counter()
+    groups: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if any("_find_and_load" in frame for frame in frames):
+            continue
+        total += count
+        leaf[frames[-1]] += count
+        for name, (function, fragment) in GROUPS.items():
+            if any(_matches(frame, function, fragment) for frame in frames):
+                groups[name] += count
+    return total, leaf, groups
+
+
+async def profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the worker under py-spy on a fresh backlog; returns the figures."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("py-spy not found: pip install py-spy")
+    backlog = bc.make_backlog(args.events, args.users)
+    out_path = args.output or Path(tempfile.gettempdir()) / (
+        f"recstream-profile-{args.scenario}-{args.broker}.txt"
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model_dir = ps.sasrec_size_models(50_000) if args.scenario == "recstream-full" else None
+    broker = EmbeddedBroker(args.broker)
+    broker.start()
+    try:
+        target = ps.make_target(args.scenario, broker.bootstrap_servers, 4, model_dir)
+        await ps.prepare_target(broker.bootstrap_servers, target, 4, backlog)
+        command = (
+            py_spy,
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            str(args.rate),
+            "--nonblocking",
+            "--nolineno",
+            "--output",
+            str(out_path),
+            "--",
+            *target.command,
+        )
+        group = ps.Workers(dataclasses.replace(target, command=command))
+        group.spawn()
+        try:
+            watch = bc.OutputWatch(target=len(backlog))
+            await bc.watch_output(
+                broker.bootstrap_servers, target.sink, watch, args.timeout, alive=group.dead
+            )
+            rate = watch.rate()
+        finally:
+            # SIGINT to py-spy's group: the worker stops and py-spy writes its file.
+            for proc in group.procs:
+                proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and any(p.poll() is None for p in group.procs):
+                await asyncio.sleep(0.2)
+            group.stop()
+    finally:
+        broker.stop()
+    total, leaf, groups = parse_collapsed(out_path)
+    return {
+        "rate": rate,
+        "events": len(backlog),
+        "total": total,
+        "leaf": leaf,
+        "groups": groups,
+        "path": out_path,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--scenario",
+        choices=("recstream-passthrough", "recstream-full", "faust-naive"),
+        default="recstream-passthrough",
+    )
+    parser.add_argument("--broker", choices=("tansu", "noida"), default="tansu")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--output", type=Path, help="collapsed stacks file (default: temp dir)")
+    args = parser.parse_args(argv)
+    result = asyncio.run(profile(args))
+    total = max(result["total"], 1)
+    # One non-idle sample stands for 1/rate s of one thread's CPU; spread over the events.
+    us_per_sample = 1e6 / args.rate / result["events"]
+    print(f"{args.scenario} on {args.broker}: {result['rate']:,.0f} ev/s under py-spy")
+    print(
+        f"{result['total']} non-idle samples in {result['path']} = "
+        f"{result['total'] * us_per_sample:,.0f} µs of CPU per event (imports left out)\n"
+    )
+    print("Top frames by self samples (share of samples, CPU µs per event):")
+    for frame, count in result["leaf"].most_common(25):
+        print(f"  {count / total:6.1%} {count * us_per_sample:8.1f} µs  {frame}")
+    print("\nInclusive (anywhere in the stack):")
+    for name, count in result["groups"].most_common():
+        print(f"  {count / total:6.1%} {count * us_per_sample:8.1f} µs  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

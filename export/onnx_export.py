@@ -1,0 +1,321 @@
+"""Export trained models to ONNX: graphs with top-k / softmax inside, metadata, parity.
+
+``export_recs`` and ``export_sentiment`` take a model in eval mode and its
+checkpoint metadata, export the serving graph with torch's dynamo exporter
+(dynamic batch and sequence axes), check it against PyTorch on synthetic batches
+and only then write ``recs.onnx`` / ``sentiment.onnx`` (atomically, so a running
+worker never reads half a file).  Each requested variant (int8, fp16) is made from
+the fp32 graph, measured against PyTorch fp32 and written only if it meets its
+bar (``recstream.export.parity``); the measured agreement goes into its metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from recstream.export import metadata as md
+from recstream.export import parity, variants
+from recstream.model.features import FIRST_ITEM, WORD_BUCKETS, WORDS_PER_SEARCH
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 20
+OPSET = 20
+
+
+class ExportError(RuntimeError):
+    """The model or its checkpoint metadata cannot be exported."""
+
+
+class RecsServingGraph(nn.Module):
+    """``score_last`` + exclusion + top-k: what the recommender ONNX graph computes.
+
+    Outputs ``top_items [B,K]`` (vocab indices, best first) and ``top_scores [B,K]``.
+    ``exclude [B,E]`` holds vocab indices set to -inf before top-k (0 pads it).
+    """
+
+    def __init__(self, model: nn.Module, top_k: int) -> None:
+        super().__init__()
+        self.model = model
+        self.top_k = top_k
+
+    def forward(
+        self,
+        items: torch.Tensor,
+        actions: torch.Tensor,
+        words: torch.Tensor,
+        lengths: torch.Tensor,
+        exclude: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        scores: torch.Tensor = cast(Any, self.model).score_last(items, actions, words, lengths)
+        scores = scores.scatter(1, exclude, float("-inf"))
+        top_scores, top_items = torch.topk(scores, self.top_k, dim=1)
+        return top_items, top_scores
+
+
+class SentimentServingGraph(nn.Module):
+    """The sentiment encoder with softmax: ``probs [B, labels]``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(tokens, lengths), dim=-1)
+
+
+@dataclass
+class WrittenModel:
+    """One file ``export_*`` wrote (or refused to write), with its agreement."""
+
+    kind: str
+    variant: str
+    path: Path
+    version: str
+    agreement: parity.Agreement
+    written: bool
+
+    def describe(self) -> str:
+        state = "written" if self.written else "NOT written"
+        return f"{self.kind} {self.variant}: {self.path.name} {state}; {self.agreement.describe()}"
+
+
+def _state_sha256(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _require(meta: dict[str, Any], keys: Sequence[str], kind: str) -> None:
+    missing = [key for key in keys if key not in meta]
+    if missing:
+        raise ExportError(f"{kind} checkpoint metadata lacks {missing}")
+    if meta["kind"] != kind:
+        raise ExportError(f"checkpoint holds a {meta['kind']!r} model, expected {kind!r}")
+
+
+def _common_values(kind: str, model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    weights = meta.get("weights_sha256") or _state_sha256(model)
+    trained_at = str(meta.get("trained_at") or "unknown")
+    for key in ("trained_at", "data_fingerprint", "metrics"):
+        if key not in meta:
+            log.warning("%s checkpoint metadata lacks %s; exported as unknown", kind, key)
+    return {
+        "kind": kind,
+        "format": md.FORMAT,
+        "trained_at": trained_at,
+        "weights_sha256": weights,
+        "data_fingerprint": str(meta.get("data_fingerprint") or "unknown"),
+        "metrics": meta.get("metrics") or {},
+        "max_len": int(meta["max_len"]),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _dynamo_export(
+    graph: nn.Module,
+    example: parity.Batch,
+    dynamic: dict[str, dict[int, Any]],
+    outputs: Sequence[str],
+    path: Path,
+) -> None:
+    """Export ``graph`` with the dynamo exporter; raise ExportError on failure."""
+    args = tuple(torch.from_numpy(v) for v in example.values())
+    shapes = tuple(dynamic.get(name, {}) for name in example)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph,
+                args,
+                dynamo=True,
+                input_names=list(example),
+                output_names=list(outputs),
+                dynamic_shapes=shapes,
+                opset_version=OPSET,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed: {exc}") from exc
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(path))
+
+
+def write_with_metadata(src: Path, dest: Path, values: dict[str, Any]) -> None:
+    """Copy an ONNX file adding recstream metadata; the final rename is atomic."""
+    model = onnx.load(str(src))
+    props = md.to_props(values)
+    kept = [p for p in model.metadata_props if not p.key.startswith(md.PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    md.parse_metadata(props, values["kind"], str(dest))  # never write what serving refuses
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, dest)
+
+
+def _runner(path: Path, variant: str, output_names: Sequence[str]) -> parity.Runner:
+    session = variants.open_session(path, variant)
+
+    def run(batch: parity.Batch) -> list[np.ndarray]:
+        return list(session.run(list(output_names), batch))
+
+    return run
+
+
+def _export_with_variants(
+    kind: str,
+    graph: nn.Module,
+    example: parity.Batch,
+    dynamic: dict[str, dict[int, Any]],
+    batches: list[parity.Batch],
+    values: dict[str, Any],
+    out_dir: Path,
+    variant_names: Sequence[str],
+) -> list[WrittenModel]:
+    outputs = md.GRAPH_OUTPUTS[kind]
+    reference = [parity.torch_runner(graph)(batch) for batch in batches]
+    written: list[WrittenModel] = []
+    with tempfile.TemporaryDirectory(prefix=f"recstream-{kind}-") as tmp:
+        fp32_tmp = Path(tmp) / f"{kind}.onnx"
+        _dynamo_export(graph, example, dynamic, outputs, fp32_tmp)
+        for variant in ("fp32", *[v for v in variant_names if v != "fp32"]):
+            if variant not in md.VARIANTS:
+                raise ExportError(f"unknown variant {variant!r} (choose from {md.VARIANTS})")
+            name = f"{kind}.onnx" if variant == "fp32" else f"{kind}.{variant}.onnx"
+            version = md.model_version(
+                kind, values["trained_at"], values["weights_sha256"], variant
+            )
+            src = fp32_tmp
+            try:
+                if variant != "fp32":
+                    src = Path(tmp) / name
+                    variants.MAKERS[variant](fp32_tmp, src)
+                agreement = parity.measure(
+                    kind, variant, batches, _runner(src, variant, outputs), reference
+                )
+            except Exception as exc:
+                if variant == "fp32":
+                    raise ExportError(f"{kind} fp32 graph does not run: {exc}") from exc
+                agreement = parity.Agreement(0, {}, False, problems=[f"could not be made: {exc}"])
+            result = WrittenModel(kind, variant, out_dir / name, version, agreement, False)
+            if variant == "fp32" and not agreement.passed:
+                raise parity.ParityError(f"{kind} fp32 export refused: {agreement.describe()}")
+            if agreement.passed:
+                props = {
+                    **values,
+                    "variant": variant,
+                    "version": version,
+                    "agreement": {**agreement.as_dict(), "bar": agreement.bar},
+                }
+                write_with_metadata(src, out_dir / name, props)
+                result.written = True
+            log.debug("%s", result.describe())
+            written.append(result)
+    return written
+
+
+def export_recs(
+    model: nn.Module,
+    meta: dict[str, Any],
+    out_dir: Path,
+    variant_names: Sequence[str] = ("fp32",),
+    top_k: int = DEFAULT_TOP_K,
+) -> list[WrittenModel]:
+    """Export a recommender (``score_last`` interface) and its variants into ``out_dir``."""
+    _require(meta, ("kind", "vocab", "popular", "max_len"), "recs")
+    vocab = [str(item) for item in meta["vocab"]]
+    num_items = len(vocab) + FIRST_ITEM
+    max_len = int(meta["max_len"])
+    if max_len < 2:
+        raise ExportError(f"max_len {max_len} too small to export (needs >= 2)")
+    k = min(top_k, num_items)
+    if k < top_k:
+        log.warning("top-k %d exceeds the %d vocab indices; exporting k=%d", top_k, num_items, k)
+    values = {
+        **_common_values("recs", model, meta),
+        "vocab": vocab,
+        "vocab_sha256": md.vocab_sha256(vocab),
+        "num_items": num_items,
+        "popular": [str(item) for item in meta["popular"]],
+        "top_k": k,
+        "words_per_search": WORDS_PER_SEARCH,
+        "word_buckets": WORD_BUCKETS,
+    }
+    batch, seq, excl = (
+        torch.export.Dim("batch", min=1, max=65_536),
+        torch.export.Dim("seq", min=1, max=max_len),
+        torch.export.Dim("exclude", min=1, max=65_536),
+    )
+    dynamic = {
+        "items": {0: batch, 1: seq},
+        "actions": {0: batch, 1: seq},
+        "words": {0: batch, 1: seq},
+        "lengths": {0: batch},
+        "exclude": {0: batch, 1: excl},
+    }
+    rng = np.random.default_rng(7)
+    example = parity.recs_batch(rng, 2, min(max_len, 5), num_items, exclude_width=2)
+    batches = list(parity.recs_batches(num_items, max_len))
+    graph = RecsServingGraph(model.eval(), k).eval()
+    return _export_with_variants(
+        "recs", graph, example, dynamic, batches, values, out_dir, variant_names
+    )
+
+
+def _embedding_size(model: nn.Module) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            return int(module.num_embeddings)
+    raise ExportError("the sentiment model has no token embedding to draw check inputs from")
+
+
+def export_sentiment(
+    model: nn.Module,
+    meta: dict[str, Any],
+    out_dir: Path,
+    variant_names: Sequence[str] = ("fp32",),
+) -> list[WrittenModel]:
+    """Export a sentiment encoder (softmax added) and its variants into ``out_dir``."""
+    _require(meta, ("kind", "tokenizer", "labels", "max_len"), "sentiment")
+    max_len = int(meta["max_len"])
+    if max_len < 2:
+        raise ExportError(f"max_len {max_len} too small to export (needs >= 2)")
+    values = {
+        **_common_values("sentiment", model, meta),
+        "labels": [str(label) for label in meta["labels"]],
+        "tokenizer": meta["tokenizer"],
+    }
+    # The encoder pads the sequence to a multiple of its patch stride, so the
+    # sequence axis is left for torch.export to bound (Dim.DYNAMIC).
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    dynamic = {"tokens": {0: batch, 1: torch.export.Dim.DYNAMIC}, "lengths": {0: batch}}
+    vocab_size = _embedding_size(model)
+    rng = np.random.default_rng(7)
+    example = parity.sentiment_batch(rng, 2, min(max_len, 5), vocab_size)
+    batches = list(parity.sentiment_batches(vocab_size, max_len))
+    graph = SentimentServingGraph(model.eval()).eval()
+    return _export_with_variants(
+        "sentiment", graph, example, dynamic, batches, values, out_dir, variant_names
+    )

@@ -1,0 +1,123 @@
+"""Smaller or faster copies of an exported fp32 model: int8 (CPU) and fp16 (CUDA).
+
+* ``int8``: dynamic quantization (per-channel, 7-bit weights, 8-bit activations
+  quantized at run time) for the CPU provider, after
+  onnxruntime's pre-processing step (``quant_pre_process``: shape inference and
+  graph optimization).  Without that step the quantized embedding table is
+  de-quantized on every call and int8 runs slower than fp32.
+* ``fp16``: weights and activations in half precision, inputs and outputs kept
+  in their fp32/int64 types, meant for the CUDA provider.
+
+Whether a variant is written at all is decided by ``recstream.export.parity``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger(__name__)
+
+#: Ops kept in fp32 by the fp16 conversion: the exclusion mask and top-k work on
+#: scores that may be -inf, and fp16 would clip large finite scores.
+FP16_KEEP_FP32 = ["TopK", "ScatterElements", "Softmax"]
+
+
+def make_int8(fp32_path: Path, out_path: Path) -> None:
+    """Write the int8 dynamic-quantized copy of ``fp32_path`` (with pre-processing)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="recstream-int8-") as tmp:
+        # The exporter's intermediate shape hints can contradict onnx's own shape
+        # inference inside the quantizer; drop them, inference recomputes them.
+        plain = Path(tmp) / "plain.onnx"
+        model = onnx.load(str(fp32_path))
+        del model.graph.value_info[:]
+        _unshare_gemm_weights(model)
+        onnx.save(model, str(plain))
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(plain), str(pre))
+        except Exception as exc:  # onnxruntime raises bare Exceptions here
+            # Symbolic shape inference cannot follow every graph (the sentiment
+            # encoder's stride padding); the optimization step still runs without it.
+            log.info("int8 pre-processing without symbolic shapes (%s)", exc)
+            quant_pre_process(str(plain), str(pre), skip_symbolic_shape=True)
+        # 7-bit weights (reduce_range) avoid the int16 saturation of the u8 x s8
+        # kernels on CPUs without VNNI; per-channel scales keep small columns exact.
+        quantize_dynamic(
+            pre, out_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+        )
+
+
+def _unshare_gemm_weights(model: onnx.ModelProto) -> None:
+    """Give every Gemm its own copy of a weight that other nodes also read.
+
+    The exporter merges identical initializers (e.g. the layers of a freshly
+    initialised ``nn.TransformerEncoder``, which are deep copies of one layer), and
+    the quantizer rewrites ``Gemm(transB=1)`` as ``MatMul`` by transposing the
+    weight in place: a shared weight would then be transposed for every reader.
+    """
+    from onnx import TensorProto
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for number, node in enumerate(model.graph.node):
+        if node.op_type != "Gemm":
+            continue
+        for position, name in enumerate(node.input):
+            if name in initializers and readers[name] > 1:
+                copy = TensorProto()
+                copy.CopyFrom(initializers[name])
+                copy.name = f"{name}__gemm{number}_{position}"
+                model.graph.initializer.append(copy)
+                node.input[position] = copy.name
+                readers[name] -= 1
+
+
+def make_fp16(fp32_path: Path, out_path: Path) -> None:
+    """Write the fp16 copy of ``fp32_path``; inputs and outputs keep their types."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(fp32_path))
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    onnx.save(half, str(out_path))
+
+
+MAKERS = {"int8": make_int8, "fp16": make_fp16}
+
+
+def optimization_level(variant: str, providers: list[str]) -> ort.GraphOptimizationLevel:
+    """The graph optimization level a variant can run with on these providers.
+
+    onnxruntime 1.31's CPU provider crashes (segfault) in the extended fusions
+    of fp16 graphs, so fp16 on the CPU runs with the basic optimizations only.
+    """
+    if variant == "fp16" and "CUDAExecutionProvider" not in providers:
+        return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def open_session(
+    path: Path, variant: str, providers: list[str] | None = None, threads: int = 1
+) -> ort.InferenceSession:
+    """An inference session for checking a freshly written model (CPU unless told)."""
+    providers = providers or ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = optimization_level(variant, providers)
+    return ort.InferenceSession(str(path), options, providers=providers)

@@ -1,0 +1,179 @@
+"""The review sentiment model: one small Transformer text encoder for every language.
+
+Input is the character ids of :mod:`recstream.model.text_tokens` (right-padded,
+``lengths`` valid ids per row).  The model:
+
+1. embeds each position as the sum of its character embedding and the hashed
+   embeddings of the character n-grams (2 .. ``ngram_max``) ending there
+   (fastText-style sub-word hashing, computed in the graph from neighbouring ids);
+2. merges every ``stride`` positions into one "patch" (a strided convolution), adds
+   a learned patch position embedding, so that attention runs over
+   ``ceil(T / stride)`` patches — that keeps a batch of 256-character reviews cheap
+   on one CPU core;
+3. runs ``layers`` pre-norm Transformer encoder blocks over the patches with a
+   key padding mask built from ``lengths``;
+4. pools the valid patches (mean and max) and, as an order-free "bag of n-grams"
+   path that does not depend on where a word falls in the patches, the valid
+   character embeddings (mean and max), and classifies the four into
+   ``(negative, neutral, positive)``.
+
+``forward`` is tensors in, tensors out, with no branching on tensor values, so it
+exports to ONNX with dynamic batch and sequence axes.  Padding never changes the
+output: padded positions are zeroed before patching and masked after.  A row of
+length 0 gives finite but meaningless logits; callers flag empty text instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recstream.model.checkpoint import load_meta, load_state, save_checkpoint
+from recstream.streams.records import LABELS
+
+CHECKPOINT_NAME: Final = "sentiment"
+KIND: Final = "sentiment"
+#: Multiplier of the rolling n-gram hash (a prime above any character id).
+_HASH_PRIME: Final = 1_000_003
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm self-attention + feed-forward block with an additive key mask."""
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        """``x [B, P, D]``; ``key_bias [B, 1, 1, P]`` is 0 for real keys, very negative else."""
+        batch, patches, dim = x.shape
+        q, k, v = (
+            self.qkv(self.norm1(x))
+            .reshape(batch, patches, 3, self.heads, dim // self.heads)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_bias, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        x = x + self.dropout(self.proj(attended.transpose(1, 2).reshape(batch, patches, dim)))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class SentimentEncoder(nn.Module):
+    """``forward(tokens [B,T] int64, lengths [B] int64) -> logits [B,3]``.
+
+    ``char_dim`` is the per-character embedding size, ``dim`` the Transformer width
+    after patching ``stride`` characters together.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        ngram_buckets: int = 1 << 17,
+        ngram_max: int = 5,
+        char_dim: int = 32,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        ff_mult: int = 2,
+        stride: int = 4,
+        max_len: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.ngram_buckets = ngram_buckets
+        self.ngram_max = ngram_max
+        self.stride = stride
+        self.max_len = max_len
+        self.chars = nn.Embedding(vocab_size, char_dim, padding_idx=0, sparse=True)
+        # The last n-gram row is the (zero) padding row.
+        self.ngrams = nn.Embedding(
+            ngram_buckets + 1, char_dim, padding_idx=ngram_buckets, sparse=True
+        )
+        self.patch = nn.Conv1d(char_dim, dim, kernel_size=stride, stride=stride)
+        self.positions = nn.Embedding(-(-max_len // stride), dim)
+        self.patch_norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(dim, heads, ff_mult * dim, dropout) for _ in range(layers)
+        )
+        self.out_norm = nn.LayerNorm(2 * dim + 2 * char_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classify = nn.Linear(2 * dim + 2 * char_dim, len(LABELS))
+        with torch.no_grad():
+            nn.init.normal_(self.chars.weight[1:], std=0.1)
+            nn.init.normal_(self.ngrams.weight[:-1], std=0.1)
+            nn.init.normal_(self.positions.weight, std=0.02)
+
+    def embed(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Character + hashed n-gram embeddings, ``[B, T, char_dim]``.
+
+        N-grams look back only (positions before the text are 0), so right padding
+        never changes a valid position; padded positions get the zero padding rows.
+        """
+        width = tokens.shape[1]
+        pad = torch.full_like(tokens, self.ngram_buckets)
+        x = self.chars(torch.where(valid, tokens, torch.zeros_like(tokens)))
+        hashed = tokens
+        for n in range(2, self.ngram_max + 1):
+            back = F.pad(tokens, (n - 1, 0))[:, :width]
+            # Polynomial rolling hash; "+ n" keeps n-grams of different sizes apart.
+            hashed = (hashed * _HASH_PRIME + back + n) % self.ngram_buckets
+            x = x + self.ngrams(torch.where(valid, hashed, pad))
+        return x
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits over ``(negative, neutral, positive)`` for right-padded ``tokens``."""
+        steps = torch.arange(tokens.shape[1], device=tokens.device)
+        valid = steps.unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
+        chars = self.embed(tokens, valid)  # [B, T, char_dim]
+        char_weight = valid.unsqueeze(-1).to(chars.dtype)
+        char_count = torch.clamp(lengths, min=1).unsqueeze(1).to(chars.dtype)
+        bag_mean = chars.sum(1) / char_count
+        bag_max = (chars + (char_weight - 1.0) * 1e4).amax(1)
+        # Right-pad by stride - 1 so the last, partial patch is kept: P = ceil(T / stride).
+        x = self.patch(F.pad(chars.transpose(1, 2), (0, self.stride - 1))).transpose(1, 2)
+        patch_ids = torch.arange(x.shape[1], device=tokens.device)
+        last = self.positions.num_embeddings - 1
+        x = self.patch_norm(x + self.positions(patch_ids.clamp(max=last)))
+        patch_lengths = torch.clamp((lengths + self.stride - 1) // self.stride, min=1)
+        keep = patch_ids.unsqueeze(0) < patch_lengths.unsqueeze(1)  # [B, P]
+        key_bias = ((~keep).to(x.dtype) * -1e9).unsqueeze(1).unsqueeze(1)  # [B, 1, 1, P]
+        for block in self.blocks:
+            x = block(x, key_bias)
+        weight = keep.unsqueeze(-1).to(x.dtype)
+        mean = (x * weight).sum(1) / patch_lengths.unsqueeze(1).to(x.dtype)
+        top = (x + (weight - 1.0) * 1e4).amax(1)
+        pooled = self.out_norm(torch.cat([mean, top, bag_mean, bag_max], dim=-1))
+        logits: torch.Tensor = self.classify(self.dropout(pooled))
+        return logits
+
+
+def save_sentiment(folder: Path, model: SentimentEncoder, meta: dict[str, Any]) -> None:
+    """Write ``sentiment.pt`` + ``sentiment.json`` (``meta`` must hold ``hparams``)."""
+    save_checkpoint(folder, CHECKPOINT_NAME, model, {**meta, "kind": KIND})
+
+
+def load_sentiment(folder: Path | str) -> tuple[SentimentEncoder, dict[str, Any]]:
+    """Load a checkpoint folder: ``(SentimentEncoder in eval mode, meta)``."""
+    folder = Path(folder)
+    meta = load_meta(folder, CHECKPOINT_NAME)
+    if meta.get("kind") != KIND:
+        raise ValueError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not {KIND!r}")
+    model = SentimentEncoder(**meta["hparams"])
+    model.load_state_dict(load_state(folder, CHECKPOINT_NAME, meta))
+    model.eval()
+    return model, meta

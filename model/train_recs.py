@@ -1,0 +1,303 @@
+"""Training the SASRec recommender on an event log.
+
+One pass (epoch) shows every training user once: the last ``max_len + 1``
+tokens of their training part become an input and, shifted by one, the item to
+predict at every position, with cross-entropy over the full catalogue.  After
+each epoch the model is scored on the validation items (sampled and full
+protocols); the best epoch by sampled validation NDCG@10 is kept as the
+checkpoint, and training stops after ``patience`` epochs without improvement.
+
+The output folder holds ``recs.pt`` + ``recs.json`` (the best model),
+``train_state.pt`` (the last epoch's model, optimiser and RNG states, for
+``--resume``) and ``tensorboard/`` (loss and validation metrics).
+Runs are deterministic for a given ``seed`` and thread count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from recstream.model.checkpoint import save_checkpoint
+from recstream.model.evaluate_recs import rank_heldout, torch_scorer
+from recstream.model.features import FIRST_ITEM
+from recstream.model.sasrec import CHECKPOINT_NAME, SASRec
+from recstream.model.sequences import Encoded, data_fingerprint, load_histories, training_batch
+from recstream.model.splits import (
+    SAMPLED_MAX_USERS,
+    Split,
+    choose_users,
+    sample_negatives,
+    split_histories,
+)
+from recstream.streams.scoring import Token
+
+STATE_FILE = "train_state.pt"
+#: Validation metric that selects the best epoch.
+SELECT_METRIC = "ndcg@10"
+
+
+@dataclass
+class TrainConfig:
+    """Training options; ``None`` means "choose from the data size" (see :func:`resolve`)."""
+
+    epochs: int | None = None
+    max_len: int = 50
+    dim: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.3
+    lr: float = 1e-3
+    batch_size: int | None = None
+    seed: int = 0
+    max_items: int | None = None
+    patience: int = 5
+    use_side_info: bool = True
+    threads: int | None = None
+
+
+def resolve(config: TrainConfig, n_train_users: int) -> TrainConfig:
+    """Fill data-size defaults: small logs get smaller batches and more epochs."""
+    small = n_train_users < 5_000
+    batch = config.batch_size or (32 if n_train_users < 1_000 else 64 if small else 128)
+    epochs = config.epochs or (200 if small else 50)
+    return TrainConfig(**{**asdict(config), "batch_size": batch, "epochs": epochs})
+
+
+def train_on_file(
+    path: Path,
+    fmt: str,
+    out: Path,
+    config: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train from a log file in one of the adapters' formats; returns the checkpoint meta."""
+    histories = load_histories(path, fmt, with_searches=config.use_side_info)
+    return train(histories, data_fingerprint([path], fmt), out, config, resume, progress)
+
+
+def _trainable(split: Split) -> list[int]:
+    """Users whose training part has at least one next-item target."""
+    keep = []
+    for user in range(len(split.users)):
+        seq = split.train_seq(user)
+        if len(seq) >= 2 and bool((seq.items[1:] >= FIRST_ITEM).any()):
+            keep.append(user)
+    return keep
+
+
+def train(
+    histories: Mapping[str, Sequence[Token]],
+    fingerprint: str,
+    out: Path,
+    config: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on user histories, write the checkpoint to ``out``; returns its meta."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = Path(out)
+    split = split_histories(histories, config.max_items)
+    train_users = _trainable(split)
+    if not train_users:
+        raise ValueError("no user has two or more tokens to learn from")
+    config = resolve(config, len(train_users))
+    assert config.epochs is not None and config.batch_size is not None
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    hparams: dict[str, Any] = {
+        "n_items": split.vocab.size,
+        "max_len": config.max_len,
+        "dim": config.dim,
+        "layers": config.layers,
+        "heads": config.heads,
+        "dropout": config.dropout,
+        "use_side_info": config.use_side_info,
+    }
+    model = SASRec(**hparams)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
+    valid_users = choose_users(split.evaluable(), SAMPLED_MAX_USERS, config.seed)
+    valid_negs = sample_negatives(split, valid_users, seed=config.seed)
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best": -1.0,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "seconds": 0.0,
+    }
+    if resume:
+        state = _restore(out, model, optimizer, fingerprint, hparams)
+    writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+    meta: dict[str, Any] = {}
+    try:
+        while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
+            epoch = state["epoch"] + 1
+            started, cpu_started = time.perf_counter(), time.process_time()
+            loss = _one_epoch(model, optimizer, split, train_users, config, epoch, progress)
+            state["seconds"] += time.perf_counter() - started
+            state["cpu_seconds"] = state.get("cpu_seconds", 0.0) + time.process_time() - cpu_started
+            model.eval()
+            ranked = rank_heldout(
+                torch_scorer(model, config.max_len),
+                split,
+                valid_users,
+                "valid",
+                valid_negs,
+                config.seed,
+            )
+            catalogue = split.vocab.size - FIRST_ITEM
+            sampled = ranked.report("sampled", catalogue)
+            full = ranked.report("full", catalogue)
+            writer.add_scalar("train/loss", loss, epoch)
+            for name, value in sampled.items():
+                writer.add_scalar(f"valid_sampled/{name}", value, epoch)
+            for name, value in full.items():
+                writer.add_scalar(f"valid_full/{name}", value, epoch)
+            writer.flush()
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch}: loss {loss:.4f}  valid sampled hr@10 {sampled['hr@10']:.4f} "
+                    f"ndcg@10 {sampled['ndcg@10']:.4f}  full ndcg@10 {full['ndcg@10']:.4f}"
+                )
+            state["epoch"] = epoch
+            if sampled[SELECT_METRIC] > state["best"]:
+                state |= {"best": sampled[SELECT_METRIC], "best_epoch": epoch, "bad_epochs": 0}
+                meta = _meta(split, config, hparams, fingerprint, epoch, state, sampled, full, loss)
+                save_checkpoint(out, CHECKPOINT_NAME, model, meta)
+            else:
+                state["bad_epochs"] += 1
+            _save_state(out, model, optimizer, fingerprint, hparams, state)
+    finally:
+        writer.close()
+    if not meta:  # resumed after the last improvement: the best checkpoint is already on disk
+        from recstream.model.checkpoint import load_meta
+
+        meta = load_meta(out, CHECKPOINT_NAME)
+    return meta
+
+
+def _one_epoch(
+    model: SASRec,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    train_users: list[int],
+    config: TrainConfig,
+    epoch: int,
+    progress: bool,
+) -> float:
+    """One shuffled pass over the training users; returns the mean loss."""
+    assert config.batch_size is not None
+    model.train()
+    order = np.random.default_rng([config.seed, epoch]).permutation(train_users)
+    seqs: list[Encoded] = [split.train_seq(int(u)) for u in order]
+    total, batches = 0.0, 0
+    bar = tqdm(
+        range(0, len(seqs), config.batch_size),
+        desc=f"epoch {epoch}",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+        mininterval=2.0,
+    )
+    started = time.perf_counter()
+    for start in bar:
+        chunk = seqs[start : start + config.batch_size]
+        batch, targets = training_batch(chunk, config.max_len)
+        loss = model.loss(
+            torch.from_numpy(batch.items),
+            torch.from_numpy(batch.actions),
+            torch.from_numpy(batch.words),
+            torch.from_numpy(batch.lengths),
+            torch.from_numpy(targets),
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        batches += 1
+        users_per_s = (start + len(chunk)) / max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix(loss=f"{total / batches:.4f}", users_s=f"{users_per_s:.0f}")
+    return total / max(batches, 1)
+
+
+def _meta(
+    split: Split,
+    config: TrainConfig,
+    hparams: dict[str, Any],
+    fingerprint: str,
+    epoch: int,
+    state: dict[str, Any],
+    sampled: dict[str, float],
+    full: dict[str, float],
+    loss: float,
+) -> dict[str, Any]:
+    return {
+        "kind": "recs",
+        "hparams": hparams,
+        "vocab": list(split.vocab.items),
+        "popular": split.popular(100),
+        "max_len": config.max_len,
+        "data_fingerprint": fingerprint,
+        "metrics": {"valid_sampled": sampled, "valid_full": full, "train_loss": round(loss, 4)},
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "training": {
+            **{f.name: getattr(config, f.name) for f in fields(config)},
+            "best_epoch": epoch,
+            "train_seconds": round(state["seconds"], 1),
+            "train_cpu_seconds": round(state.get("cpu_seconds", 0.0), 1),
+        },
+    }
+
+
+def _save_state(
+    out: Path,
+    model: SASRec,
+    optimizer: torch.optim.Optimizer,
+    fingerprint: str,
+    hparams: dict[str, Any],
+    state: dict[str, Any],
+) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "fingerprint": fingerprint,
+        "hparams": hparams,
+        "state": state,
+    }
+    tmp = out / (STATE_FILE + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(out / STATE_FILE)
+
+
+def _restore(
+    out: Path,
+    model: SASRec,
+    optimizer: torch.optim.Optimizer,
+    fingerprint: str,
+    hparams: dict[str, Any],
+) -> dict[str, Any]:
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no {STATE_FILE} in {out}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload["fingerprint"] != fingerprint:
+        raise ValueError(f"--resume: {out} was trained on different data")
+    if payload["hparams"] != hparams:
+        raise ValueError(f"--resume: {out} was trained with {payload['hparams']}, not {hparams}")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["torch_rng"])
+    state: dict[str, Any] = payload["state"]
+    return state

@@ -1,0 +1,420 @@
+"""Training the review sentiment model on one or more labelled review files.
+
+Every source is split by the fixed rule of :mod:`recstream.model.review_adapters`
+(80 % train / 20 % test, and 10 % of train for validation).  One model learns all
+sources together:
+
+* the tokenizer's character list is learnt from the training texts only;
+* small sources are repeated within an epoch (``round(sqrt(largest / size))``
+  times, at most 8) so that a 1,000-sentence English set is not drowned by 60,000
+  Chinese reviews;
+* binary sources train only the two labels they have: the ``neutral`` logit is
+  masked out of their loss, so the softmax still spans all three labels;
+* within each source, classes are weighted by ``n / (k * n_class)`` (balanced;
+  helps macro-F1 on unbalanced sets such as the Alexa reviews, and keeps their
+  positives from biasing all English product text towards positive);
+* optionally (``lexicon=True``, the CLI default) the sentiment lexicons shipped
+  inside the ``vaderSentiment`` and ``textblob`` packages add English training
+  examples: every clearly polar word alone (VADER mean valence >= 1 in size,
+  TextBlob polarity >= 0.3 in size) with its sign as the label, and ``not WORD``
+  with the opposite label for the strongly polar single words (|valence| >= 1.5).
+  This is weak supervision from public lexicons, never from held-out data; it
+  gives the ~4,000 English training sentences a vocabulary prior;
+* early stopping keeps the epoch with the best mean validation macro-F1 over the
+  sources.
+
+Outputs in the output folder: ``sentiment.pt`` + ``sentiment.json`` (see
+:mod:`recstream.model.sentiment`) and TensorBoard logs under ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from recstream.model.checkpoint import file_sha256
+from recstream.model.evaluate_sentiment import evaluate_items, pad_rows, torch_proba
+from recstream.model.review_adapters import (
+    BINARY_LABELS,
+    SPLIT_SEED,
+    TEST_FRACTION,
+    VALIDATION_FRACTION,
+    VALIDATION_SEED,
+    LabelledReview,
+    ReviewSet,
+    load_reviews,
+    train_test_split,
+    train_validation_split,
+)
+from recstream.model.sentiment import SentimentEncoder, save_sentiment
+from recstream.model.text_tokens import TextTokenizer
+from recstream.streams.records import LABELS, MIN_TS, Review
+
+MAX_REPEAT = 8
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and run options of one training run."""
+
+    epochs: int = 12
+    max_len: int = 256
+    char_dim: int = 32
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    stride: int = 4
+    ngram_buckets: int = 1 << 17
+    ngram_max: int = 5
+    dropout: float = 0.2
+    lr: float = 2e-3
+    batch_size: int = 64
+    seed: int = 13
+    patience: int = 3
+    threads: int = 1
+    progress: bool = True
+    limit_per_source: int | None = None
+    lexicon: bool = True
+
+
+@dataclass
+class SourceData:
+    """One source's split and its encoded training rows."""
+
+    data: ReviewSet
+    fit: list[LabelledReview]
+    validation: list[LabelledReview]
+    test: list[LabelledReview]
+    repeat: int = 1
+
+
+def lexicon_source() -> SourceData:
+    """Training-only examples from the VADER and TextBlob lexicons (see module docstring)."""
+    import textblob
+    import vaderSentiment
+
+    vader_path = Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
+    polarity: dict[str, float] = {}
+    strong: set[str] = set()
+    for line in vader_path.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 2:
+            continue
+        word, valence = parts[0].strip(), float(parts[1])
+        if abs(valence) >= 1.0:
+            polarity[word] = valence
+            if abs(valence) >= 1.5 and word.isalpha():
+                strong.add(word)
+    blob_path = Path(textblob.__file__).parent / "en" / "en-sentiment.xml"
+    senses: dict[str, list[float]] = {}
+    for match in re.finditer(
+        r'<word form="([^"]+)"[^>]*? polarity="([-0-9.]+)"', blob_path.read_text()
+    ):
+        senses.setdefault(match.group(1).lower(), []).append(float(match.group(2)))
+    for word, values in senses.items():
+        mean = sum(values) / len(values)
+        if abs(mean) >= 0.3 and word not in polarity:
+            polarity[word] = mean
+    items = []
+    for word, value in sorted(polarity.items()):
+        label = "positive" if value > 0 else "negative"
+        flipped = "negative" if value > 0 else "positive"
+        items.append(LabelledReview(_lexicon_review(word), label))
+        if word in strong:
+            items.append(LabelledReview(_lexicon_review(f"not {word}"), flipped))
+    data = ReviewSet("lexicon", vader_path, "lexicon", BINARY_LABELS, tuple(items))
+    return SourceData(data, list(items), [], [])
+
+
+def _lexicon_review(text: str) -> Review:
+    return Review(
+        event_id=f"lexicon:{text}",
+        user_id="lexicon",
+        item_id="lexicon",
+        text=text,
+        ts=MIN_TS,
+        lang="en",
+    )
+
+
+def prepare_sources(
+    sources: Sequence[tuple[Path, str]], limit: int | None = None, lexicon: bool = False
+) -> list[SourceData]:
+    """Load and split every ``(path, format)``; ``limit`` caps each split (for quick runs).
+
+    With ``lexicon`` the lexicon examples are appended as a training-only source.
+    """
+    prepared = []
+    for path, fmt in sources:
+        data = load_reviews(path, fmt)
+        if not data.items:
+            raise ValueError(f"{path} holds no labelled reviews")
+        train, test = train_test_split(data)
+        fit, validation = train_validation_split(train)
+        if limit is not None:
+            rng = random.Random(SPLIT_SEED)
+            fit, validation, test = (
+                rng.sample(part, min(limit, len(part))) for part in (fit, validation, test)
+            )
+        prepared.append(SourceData(data, fit, validation, test))
+    largest = max(len(s.fit) for s in prepared)
+    for source in prepared:
+        source.repeat = min(MAX_REPEAT, max(1, round(math.sqrt(largest / len(source.fit)))))
+    if lexicon:
+        prepared.append(lexicon_source())
+    return prepared
+
+
+def data_fingerprint(sources: Sequence[SourceData]) -> str:
+    """SHA-256 over each file's bytes and format, and the split rule."""
+    digest = hashlib.sha256()
+    digest.update(
+        f"split:{SPLIT_SEED}:{TEST_FRACTION}:{VALIDATION_SEED}:{VALIDATION_FRACTION}".encode()
+    )
+    for source in sources:
+        digest.update(f"{source.data.format}:{file_sha256(source.data.path)}".encode())
+    return digest.hexdigest()
+
+
+def _class_weights(source: SourceData) -> dict[str, float]:
+    counts = Counter(item.label for item in source.fit)
+    total = sum(counts.values())
+    return {label: total / (len(counts) * n) for label, n in counts.items()}
+
+
+@dataclass
+class TrainingRows:
+    """Encoded training examples: ids, label index, allowed-label mask, loss weight."""
+
+    ids: list[npt.NDArray[np.int64]]
+    labels: npt.NDArray[np.int64]
+    allowed: npt.NDArray[np.bool_]
+    weights: npt.NDArray[np.float32]
+
+
+def encode_training_rows(
+    sources: Sequence[SourceData], tokenizer: TextTokenizer, max_len: int
+) -> TrainingRows:
+    """Every fit example of every source, repeated ``source.repeat`` times."""
+    ids: list[npt.NDArray[np.int64]] = []
+    labels: list[int] = []
+    allowed: list[list[bool]] = []
+    weights: list[float] = []
+    for source in sources:
+        mask = [label in source.data.labels for label in LABELS]
+        class_weight = _class_weights(source)
+        for item in source.fit:
+            encoded = tokenizer.encode(item.review.text, max_len)
+            if encoded.shape[0] == 0:
+                continue
+            for _ in range(source.repeat):
+                ids.append(encoded)
+                labels.append(LABELS.index(item.label))
+                allowed.append(mask)
+                weights.append(class_weight[item.label])
+    return TrainingRows(
+        ids, np.array(labels), np.array(allowed, dtype=bool), np.array(weights, dtype=np.float32)
+    )
+
+
+def length_bucketed_batches(
+    lengths: npt.NDArray[np.int64], batch_size: int, rng: np.random.Generator
+) -> list[npt.NDArray[np.int64]]:
+    """Shuffled batches of similar lengths (sorted within windows of 50 batches)."""
+    order = rng.permutation(len(lengths))
+    window = batch_size * 50
+    batches: list[npt.NDArray[np.int64]] = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def masked_loss(
+    logits: torch.Tensor, labels: torch.Tensor, allowed: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Weighted cross-entropy over each example's allowed labels only."""
+    masked = logits.masked_fill(~allowed, -1e4)
+    losses = F.cross_entropy(masked, labels, reduction="none")
+    return (losses * weights).sum() / weights.sum()
+
+
+def validate(
+    model: SentimentEncoder,
+    tokenizer: TextTokenizer,
+    sources: Sequence[SourceData],
+    max_len: int,
+    part: str = "validation",
+) -> dict[str, Any]:
+    """Per-source reports on ``part`` (``validation`` or ``test``) and their mean macro-F1."""
+    proba = torch_proba(model, tokenizer, max_len)
+    reports = {
+        s.data.name: evaluate_items(proba, getattr(s, part), s.data.labels)
+        for s in sources
+        if getattr(s, part)
+    }
+    mean_f1 = float(np.mean([r["macro_f1"] for r in reports.values()]))
+    return {"mean_macro_f1": round(mean_f1, 4), "sources": reports}
+
+
+def train_sentiment(
+    sources: Sequence[tuple[Path, str]], out_dir: Path, config: TrainConfig
+) -> dict[str, Any]:
+    """Train, early-stop, write the checkpoint; returns the checkpoint metadata."""
+    started = time.time()
+    torch.manual_seed(config.seed)
+    np_rng = np.random.default_rng(config.seed)
+    torch.set_num_threads(config.threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    prepared = prepare_sources(sources, config.limit_per_source, config.lexicon)
+    tokenizer = TextTokenizer.fit(item.review.text for s in prepared for item in s.fit)
+    rows = encode_training_rows(prepared, tokenizer, config.max_len)
+    row_lengths = np.array([r.shape[0] for r in rows.ids], dtype=np.int64)
+    hparams: dict[str, Any] = {
+        "vocab_size": tokenizer.vocab_size,
+        "ngram_buckets": config.ngram_buckets,
+        "ngram_max": config.ngram_max,
+        "char_dim": config.char_dim,
+        "dim": config.dim,
+        "layers": config.layers,
+        "heads": config.heads,
+        "stride": config.stride,
+        "max_len": config.max_len,
+        "dropout": config.dropout,
+    }
+    model = SentimentEncoder(**hparams)
+    sparse = [model.chars.weight, model.ngrams.weight]
+    dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.SparseAdam(sparse, lr=config.lr),
+        torch.optim.AdamW(dense, lr=config.lr, weight_decay=0.01),
+    ]
+    steps_per_epoch = math.ceil(len(rows.ids) / config.batch_size)
+    total_steps = max(1, steps_per_epoch * config.epochs)
+    warmup = min(300, total_steps // 10 + 1)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.05, 1.0 - (step - warmup) / max(1, total_steps - warmup))
+
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
+    writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+    best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None, "validation": None}
+    history = []
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        batches = length_bucketed_batches(row_lengths, config.batch_size, np_rng)
+        running = 0.0
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+            unit="batch",
+            leave=False,
+        )
+        for batch in bar:
+            tokens, lengths = pad_rows([rows.ids[i] for i in batch])
+            logits = model(torch.from_numpy(tokens), torch.from_numpy(lengths))
+            loss = masked_loss(
+                logits,
+                torch.from_numpy(rows.labels[batch]),
+                torch.from_numpy(rows.allowed[batch]),
+                torch.from_numpy(rows.weights[batch]),
+            )
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(dense, 1.0)
+            for optimizer, scheduler in zip(optimizers, schedulers, strict=True):
+                optimizer.step()
+                scheduler.step()
+            step += 1
+            value = float(loss.detach())
+            running = 0.98 * running + 0.02 * value if step > 1 else value
+            if step % 50 == 0:
+                writer.add_scalar("train/loss", running, step)
+                writer.add_scalar("train/lr", schedulers[1].get_last_lr()[0], step)
+                bar.set_postfix(loss=f"{running:.3f}")
+        validation = validate(model, tokenizer, prepared, config.max_len)
+        writer.add_scalar("validation/mean_macro_f1", validation["mean_macro_f1"], epoch)
+        for name, report in validation["sources"].items():
+            writer.add_scalar(f"validation/{name}/macro_f1", report["macro_f1"], epoch)
+            writer.add_scalar(f"validation/{name}/accuracy", report["accuracy"], epoch)
+        summary = {
+            "epoch": epoch,
+            "loss": round(running, 4),
+            "mean_macro_f1": validation["mean_macro_f1"],
+            **{n: r["macro_f1"] for n, r in validation["sources"].items()},
+        }
+        history.append(summary)
+        if config.progress:
+            tqdm.write(f"epoch {epoch}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+        if validation["mean_macro_f1"] > best["score"]:
+            best = {
+                "score": validation["mean_macro_f1"],
+                "epoch": epoch,
+                "state": copy.deepcopy(model.state_dict()),
+                "validation": validation,
+            }
+        elif epoch - best["epoch"] >= config.patience:
+            break
+    writer.close()
+
+    model.load_state_dict(best["state"])
+    model.eval()
+    test = validate(model, tokenizer, prepared, config.max_len, part="test")
+    meta = {
+        "hparams": hparams,
+        "tokenizer": tokenizer.to_dict(),
+        "labels": list(LABELS),
+        "max_len": config.max_len,
+        "data_fingerprint": data_fingerprint(prepared),
+        "metrics": {
+            "selection": "mean validation macro-F1 over sources",
+            "best_epoch": best["epoch"],
+            "validation": best["validation"],
+            "test": test,
+            "history": history,
+        },
+        "data": [
+            {
+                "name": s.data.name,
+                "path": str(s.data.path),
+                "format": s.data.format,
+                "labels": list(s.data.labels),
+                "fit": len(s.fit),
+                "validation": len(s.validation),
+                "test": len(s.test),
+                "repeat": s.repeat,
+                "skipped_empty": s.data.skipped_empty,
+            }
+            for s in prepared
+        ],
+        "lexicon_examples": sum(len(s.fit) for s in prepared if s.data.format == "lexicon"),
+        "training": {**asdict(config), "train_seconds": round(time.time() - started, 1)},
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    save_sentiment(out_dir, model, meta)
+    return meta

@@ -1,0 +1,230 @@
+"""Faust agents: micro-batches from the input topics through the pipeline to the outputs.
+
+Every agent reads raw records with ``stream.take_events(batch_size, within)`` and
+hands the batch to :class:`BatchProcessor`, which
+
+1. decodes and validates the whole batch (invalid records -> ``deadletter``);
+2. forwards each click, search and forget request that arrived on a partition other
+   than its user's home partition (unkeyed or differently keyed records) to the
+   internal repartition topic, keyed and partitioned for that user;
+3. applies the rest to the users' sessions (one table write per user per batch);
+4. scores the batch in a single-thread executor, off the event loop;
+5. produces every output without awaiting each one, then waits for all the
+   acknowledgements; only then are the batch's state changes written to the
+   changelog, and offsets are committed only after both (at-least-once: a crash
+   replays the batch from the state before it, so every output appears).
+
+A timer advances the event-time watermark of idle partitions by the wall time they
+stay idle, so their last sessions are emitted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+import faust
+from faust.types import EventT, StreamT
+
+from recstream.streams.metrics import PROCESSING_ERROR, Metrics
+from recstream.streams.pipeline import (
+    Decoded,
+    Outputs,
+    Pipeline,
+    RawRecord,
+    Scores,
+    repartition_payload,
+)
+from recstream.streams.records import Forget, OutputRecord, Reason, to_json
+from recstream.streams.state_store import TableStateStore
+from recstream.streams.storefront import LatestRecommendations
+from recstream.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: Seconds between idle-partition sweeps.
+SWEEP_INTERVAL: Final = 1.0
+#: Kind of the records read from the repartition topic.
+REPARTITIONED: Final = "repartitioned"
+_REASONS: Final = frozenset(reason.value for reason in Reason)
+
+
+class BatchProcessor:
+    """Runs one micro-batch of one topic through the pipeline and produces the outputs."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        pipeline: Pipeline,
+        store: TableStateStore,
+        topics: Topics,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.app = app
+        self.pipeline = pipeline
+        self.store = store
+        self.topics = topics
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-scoring")
+        self._idle_since: dict[int, float] = {}
+        #: Each user's latest answers for the storefront; set by the worker.
+        self.latest: LatestRecommendations | None = None
+
+    async def process(self, kind: str, events: Sequence[EventT]) -> None:
+        """Process one batch read from the ``kind`` input topic (or the repartition topic)."""
+        records = [
+            RawRecord(kind, m.topic, m.partition, m.offset, m.value, m.key)
+            for m in (event.message for event in events)
+        ]
+        pipeline = self.pipeline
+        decoded, dead = pipeline.decode(records, repartitioned=kind == REPARTITIONED)
+        sends: list[Awaitable[Any]] = []
+        local: list[Decoded] = []
+        forward: list[Decoded] = []
+        for item in decoded:
+            if item.home is None or item.home == item.source.partition or kind == "reviews":
+                local.append(item)
+            else:
+                forward.append(item)
+        for item in forward:
+            sends.append(
+                await self._send(
+                    self.topics.repartition.get_topic_name(),
+                    item.event.user_id.encode("utf-8"),
+                    repartition_payload(item.event, item.source.kind),
+                    item.home,
+                )
+            )
+        if self.latest is not None:  # before prepare: it deletes forgotten users' state
+            self.latest.forget([i.event.user_id for i in local if isinstance(i.event, Forget)])
+        work = pipeline.prepare(local, self.store)
+        scores = Scores()
+        if work.recs or work.reviews:
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(self.executor, pipeline.score, work)
+            self._observe_scoring(len(work.recs), len(work.reviews), time.perf_counter() - started)
+        out = pipeline.finish(work, scores)
+        if self.latest is not None:
+            self.latest.record(out.recommendations)
+            self.latest.record_sentiments(out.sentiments)
+        out.dead_letters = dead + out.dead_letters
+        now = time.monotonic()
+        for partition in {
+            item.source.partition if item.home is None else item.home for item in local
+        }:
+            self._idle_since[partition] = now
+            out.sessions += pipeline.sweep(partition, self.store)
+        sends += await self._send_outputs(out)
+        if sends:
+            await asyncio.gather(*sends)
+        # Only now may the state remember this batch (see TableStateStore).
+        self.store.flush_changelog()
+        self._observe_outputs(out)
+
+    async def sweep_idle(self) -> None:
+        """Advance idle partitions' watermarks by their idle wall time and sweep them."""
+        now = time.monotonic()
+        out = Outputs()
+        for partition, since in list(self._idle_since.items()):
+            idle = now - since
+            if idle < SWEEP_INTERVAL or partition not in self.pipeline.watermarks:
+                continue
+            self.pipeline.watermarks[partition] += idle
+            self._idle_since[partition] = now
+            out.sessions += self.pipeline.sweep(partition, self.store)
+        if out.sessions:
+            await asyncio.gather(*await self._send_outputs(out))
+            self._observe_outputs(out)
+        self.store.flush_changelog()
+
+    def rebuild_index(self, active_partitions: set[int]) -> None:
+        """After a rebalance: sweep only the partitions this worker owns, from its table."""
+        for partition in list(self.pipeline.watermarks):
+            if partition not in active_partitions:
+                self.pipeline.forget_partition(partition)
+                self._idle_since.pop(partition, None)
+        now = time.monotonic()
+        for partition, user, raw in self.store.items_by_partition():
+            if partition in active_partitions:
+                self.pipeline.track(partition, user, raw)
+                self._idle_since.setdefault(partition, now)
+
+    def close(self) -> None:
+        """Stop the scoring thread."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- helpers --------------------------------------------------------------------
+
+    async def _send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> Awaitable[Any]:
+        return await self.app.producer.send(topic, key, value, partition, None, None)
+
+    async def _send_outputs(self, out: Outputs) -> list[Awaitable[Any]]:
+        topics = self.topics
+        sends: list[Awaitable[Any]] = []
+        batches: list[tuple[str, Sequence[OutputRecord]]] = [
+            (topics.recommendations, out.recommendations),
+            (topics.sentiment, out.sentiments),
+            (topics.sessions, out.sessions),
+        ]
+        for topic, records in batches:
+            for record in records:
+                key = record.user_id.encode("utf-8")  # type: ignore[union-attr]
+                sends.append(await self._send(topic, key, to_json(record)))
+        for dead in out.dead_letters:
+            sends.append(await self._send(topics.deadletter, None, to_json(dead)))
+        return sends
+
+    def _observe_scoring(self, recs: int, reviews: int, seconds: float) -> None:
+        if self.metrics is None:
+            return
+        if recs:
+            self.metrics.scoring_batch("recs", recs, seconds)
+        if reviews:
+            self.metrics.scoring_batch("sentiment", reviews, seconds)
+
+    def _observe_outputs(self, out: Outputs) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.events_out("recommendations", len(out.recommendations))
+        metrics.events_out("sentiment", len(out.sentiments))
+        metrics.events_out("sessions", len(out.sessions))
+        metrics.events_out("deadletter", len(out.dead_letters))
+        for dead in out.dead_letters:
+            reason = dead.error.split(":", 1)[0]
+            metrics.deadletter(Reason(reason) if reason in _REASONS else PROCESSING_ERROR)
+        now = time.time()
+        for recommendation in out.recommendations:
+            metrics.end_to_end(now - recommendation.event_ts)
+        metrics.session_users(len(self.store))
+
+
+def register_agents(
+    app: faust.App, processor: BatchProcessor, topics: Topics, batch_size: int, within: float
+) -> None:
+    """Add one agent per input topic, one for the repartition topic, and the sweep timer."""
+
+    def make_agent(kind: str, topic: faust.TopicT) -> None:
+        async def agent(stream: StreamT) -> None:
+            # take_events (unlike take) keeps each record's partition and offset.
+            batches = stream.take_events(batch_size, within)  # type: ignore[attr-defined]
+            async for events in batches:
+                await processor.process(kind, events)
+
+        agent.__name__ = agent.__qualname__ = f"recstream_{kind}"
+        app.agent(topic, name=f"recstream-{kind}")(agent)
+
+    for kind, topic in topics.inputs.items():
+        make_agent(kind, topic)
+    make_agent(REPARTITIONED, topics.repartition)
+
+    @app.timer(SWEEP_INTERVAL, name="recstream-sweep")
+    async def sweep_idle() -> None:
+        await processor.sweep_idle()

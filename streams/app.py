@@ -1,0 +1,84 @@
+"""The Faust application of the worker: broker, topics, the user-state table and agents."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import faust
+
+from recstream.streams.agents import BatchProcessor, register_agents
+from recstream.streams.kafka_config import faust_broker_kwargs
+from recstream.streams.metrics import Metrics
+from recstream.streams.pipeline import Pipeline
+from recstream.streams.scoring import RecsScorer, SentimentScorer
+from recstream.streams.settings import Settings
+from recstream.streams.state_store import TableStateStore, declare_table
+from recstream.streams.storefront import declare_latest_table
+from recstream.streams.topics import declare_topics
+
+#: Consumer-group timing: a dead worker's partitions move after 10 s (also what the
+#: tansu test broker needs); heartbeats run on the event loop, never blocked by scoring.
+SESSION_TIMEOUT_S = 10.0
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+def advertised_host(settings: Settings) -> str:
+    """The host other workers reach this one at: the bind address, or this machine's
+    name when the worker binds every interface (containers, Kubernetes pods)."""
+    if settings.web_advertised_host:
+        return settings.web_advertised_host
+    if settings.web_host in ("0.0.0.0", "::"):
+        return socket.gethostname()
+    return settings.web_host
+
+
+def faust_options(settings: Settings) -> dict[str, Any]:
+    """``faust.App`` keyword arguments derived from ``settings``."""
+    return {
+        **faust_broker_kwargs(settings),
+        "processing_guarantee": settings.processing_guarantee,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "autodiscover": False,
+        "datadir": str(settings.data_dir),
+        "store": "memory://",
+        "web_enabled": True,
+        # Faust binds web_bind (its default is 0.0.0.0) and advertises web_host to the
+        # other workers, which route storefront requests there.
+        "web_bind": settings.web_host,
+        "web_host": advertised_host(settings),
+        "web_port": settings.web_port,
+        "broker_session_timeout": SESSION_TIMEOUT_S,
+        "broker_heartbeat_interval": HEARTBEAT_INTERVAL_S,
+        "consumer_auto_offset_reset": "earliest",
+        "stream_buffer_maxsize": max(4096, 2 * settings.batch_size),
+    }
+
+
+def build_app(
+    settings: Settings,
+    recs: RecsScorer,
+    sentiment: SentimentScorer,
+    *,
+    metrics: Metrics | None = None,
+) -> faust.App:
+    """A ready-to-run worker app; ``app.recstream`` is its :class:`BatchProcessor`."""
+    app = faust.App(settings.app_id, **faust_options(settings))
+    topics = declare_topics(app, settings)
+    table = declare_table(app, settings)
+    declare_latest_table(app, settings)
+    store = TableStateStore(table, defer_changelog=True)
+    pipeline = Pipeline(settings, recs, sentiment, partitions=settings.partitions)
+    processor = BatchProcessor(app, pipeline, store, topics, metrics)
+    register_agents(app, processor, topics, settings.batch_size, settings.batch_within)
+    owned_topics = {topic.get_topic_name() for topic in topics.inputs.values()}
+    owned_topics.add(topics.repartition.get_topic_name())
+
+    @table.on_recover
+    async def rebuild_sweep_index() -> None:
+        actives = app.assignor.assigned_actives()
+        processor.rebuild_index({tp.partition for tp in actives if tp.topic in owned_topics})
+
+    app.recstream = processor  # type: ignore[attr-defined]
+    return app

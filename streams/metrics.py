@@ -1,0 +1,295 @@
+"""Prometheus metrics of a worker, in their own registry, behind a small typed facade.
+
+The agents never touch prometheus-client directly; they call :class:`Metrics`
+methods whose label values are typed (``Literal`` topics and model kinds, the
+``Reason`` enum for dead letters), so a typo fails type-checking instead of
+creating a new time series.  The agents count what they emit (``events_out``);
+what is consumed (``events_in``) and the per-partition read lag are measured by
+:class:`KafkaSensor`, a Faust sensor that :func:`instrument` attaches to the app.
+
+Exported series (every name is listed in :data:`METRIC_NAMES`)::
+
+    recstream_events_in_total{topic}             messages consumed from a recstream topic
+    recstream_events_out_total{topic}            messages produced to a recstream topic
+    recstream_deadletters_total{reason}          records dead-lettered, by Reason
+    recstream_scoring_batch_size{model}          histogram of micro-batch sizes
+    recstream_scoring_latency_seconds{model}     histogram of one micro-batch's scoring time
+    recstream_end_to_end_latency_seconds         histogram: input event time -> output emitted
+    recstream_session_table_users                users held in this worker's session table
+    recstream_model_info{kind,version,provider}  1 for each loaded model
+    recstream_consumer_lag{topic,partition}      highwater - next offset to read, per partition
+
+The consumer lag here is this worker's own view of the partitions it holds.  The
+consumer-group lag that drives autoscaling comes from a Kafka exporter
+(``kafka_consumergroup_lag``), which also sees partitions no worker holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, Literal, get_args
+
+import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import ConsumerNotStarted
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+from recstream.streams.records import Reason
+from recstream.streams.settings import Settings
+
+#: The topics recstream reads or writes (logical names, without the topic prefix).
+Topic = Literal[
+    "clicks",
+    "searches",
+    "reviews",
+    "privacy",
+    "recommendations",
+    "sentiment",
+    "sessions",
+    "deadletter",
+]
+TOPICS: tuple[Topic, ...] = get_args(Topic)
+
+#: The two models a worker scores with.
+ModelKind = Literal["recs", "sentiment"]
+
+#: Dead-letter reasons beyond :class:`Reason`: an exception while processing a valid record.
+PROCESSING_ERROR: Final = "processing_error"
+DeadLetterReason = Reason | Literal["processing_error"]
+
+#: Every metric this module exports (histograms are exported as _bucket, _sum and _count).
+METRIC_NAMES: tuple[str, ...] = (
+    "recstream_events_in_total",
+    "recstream_events_out_total",
+    "recstream_deadletters_total",
+    "recstream_scoring_batch_size",
+    "recstream_scoring_latency_seconds",
+    "recstream_end_to_end_latency_seconds",
+    "recstream_session_table_users",
+    "recstream_model_info",
+    "recstream_consumer_lag",
+)
+
+#: A source of (topic, partition, lag) triples, read at every scrape.
+LagSource = Callable[[], Iterable[tuple[str, int, int]]]
+#: A source of (kind, version, provider) of the models serving now, read at every scrape.
+ModelSource = Callable[[], Iterable[tuple[ModelKind, str, str]]]
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _LagCollector(Collector):
+    """Reads the consumer lag from a :data:`LagSource` when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.source: LagSource | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "recstream_consumer_lag",
+            "Messages between the partition's highwater and the next offset this worker reads.",
+            labels=["topic", "partition"],
+        )
+        if self.source is not None:
+            for topic, partition, lag in self.source():
+                family.add_metric([topic, str(partition)], float(lag))
+        yield family
+
+
+class _ModelInfoCollector(Collector):
+    """``recstream_model_info``: the models set by ``model_loaded`` or read from a source."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[ModelKind, tuple[str, str]] = {}
+        self.source: ModelSource | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "recstream_model_info",
+            "1 for each loaded model: its kind, version and onnxruntime provider.",
+            labels=["kind", "version", "provider"],
+        )
+        if self.source is not None:
+            rows = list(self.source())
+        else:
+            rows = [(kind, version, provider) for kind, (version, provider) in self.loaded.items()]
+        for kind, version, provider in rows:
+            family.add_metric([kind, version, provider], 1.0)
+        yield family
+
+
+class Metrics:
+    """All of a worker's metrics, registered in one dedicated :class:`CollectorRegistry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self._events_in = Counter(
+            "recstream_events_in",
+            "Messages consumed from a recstream topic.",
+            ["topic"],
+            registry=reg,
+        )
+        self._events_out = Counter(
+            "recstream_events_out",
+            "Messages produced to a recstream topic.",
+            ["topic"],
+            registry=reg,
+        )
+        self._deadletters = Counter(
+            "recstream_deadletters",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=reg,
+        )
+        self._batch_size = Histogram(
+            "recstream_scoring_batch_size",
+            "Events scored together in one micro-batch.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=reg,
+        )
+        self._scoring_latency = Histogram(
+            "recstream_scoring_latency_seconds",
+            "Wall time to score one micro-batch.",
+            ["model"],
+            buckets=_SCORING_BUCKETS,
+            registry=reg,
+        )
+        self._end_to_end = Histogram(
+            "recstream_end_to_end_latency_seconds",
+            "Seconds from an input event's timestamp to the emission of its output.",
+            buckets=_END_TO_END_BUCKETS,
+            registry=reg,
+        )
+        self._session_users = Gauge(
+            "recstream_session_table_users",
+            "Users with a session in this worker's session table.",
+            registry=reg,
+        )
+        self._models = _ModelInfoCollector()
+        reg.register(self._models)
+        self._lag = _LagCollector()
+        reg.register(self._lag)
+        # Every topic and model series exists from the start, so rate() sees the first event.
+        for topic in TOPICS:
+            self._events_in.labels(topic)
+            self._events_out.labels(topic)
+        for reason in Reason:
+            self._deadletters.labels(reason.value)
+        self._deadletters.labels(PROCESSING_ERROR)
+
+    # --- what the agents call -------------------------------------------------------
+    def events_in(self, topic: Topic, n: int = 1) -> None:
+        """Count ``n`` messages consumed from ``topic`` (done by :class:`KafkaSensor`)."""
+        self._events_in.labels(topic).inc(n)
+
+    def events_out(self, topic: Topic, n: int = 1) -> None:
+        """Count ``n`` messages produced to ``topic`` (the agents call it as they emit)."""
+        self._events_out.labels(topic).inc(n)
+
+    def deadletter(self, reason: DeadLetterReason, n: int = 1) -> None:
+        """Count ``n`` records dead-lettered for ``reason``."""
+        label = reason.value if isinstance(reason, Reason) else reason
+        self._deadletters.labels(label).inc(n)
+
+    def scoring_batch(self, model: ModelKind, size: int, seconds: float) -> None:
+        """Record one scored micro-batch: how many events, and how long scoring took."""
+        self._batch_size.labels(model).observe(size)
+        self._scoring_latency.labels(model).observe(seconds)
+
+    def end_to_end(self, seconds: float) -> None:
+        """Record the delay from an input event's time to the emission of its output."""
+        self._end_to_end.observe(max(seconds, 0.0))
+
+    def session_users(self, n: int) -> None:
+        """Set the number of users in this worker's session table."""
+        self._session_users.set(n)
+
+    def model_loaded(self, kind: ModelKind, version: str, provider: str) -> None:
+        """Publish the model now serving ``kind`` (replaces the previous one of that kind)."""
+        self._models.loaded[kind] = (version, provider)
+
+    # --- what the worker wires --------------------------------------------------------
+    def watch_lag(self, source: LagSource) -> None:
+        """Read ``recstream_consumer_lag`` from ``source`` at every scrape."""
+        self._lag.source = source
+
+    def watch_models(self, source: ModelSource) -> None:
+        """Read ``recstream_model_info`` from ``source`` at every scrape (instead of
+        :meth:`model_loaded`), so a model the scorer hot-reloaded shows its new version."""
+        self._models.source = source
+
+    def render(self) -> tuple[bytes, str]:
+        """The registry in Prometheus text format 0.0.4 (read by every Prometheus), its type."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+class KafkaSensor(faust.Sensor):
+    """Counts messages consumed from recstream's topics and tracks the read offsets.
+
+    Topics are labelled by their logical name (the settings' topic prefix removed);
+    changelog, repartition and other internal topics are not counted.
+    """
+
+    def __init__(self, metrics: Metrics, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics = metrics
+        #: full topic name -> logical name, for the topics that are counted
+        self.topics: dict[str, Topic] = {settings.topic(name): name for name in TOPICS}
+        #: next offset to read, per (topic, partition) this worker has read from
+        self.next_offsets: dict[tuple[str, int], int] = {}
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        """A message was consumed: count it and remember where reading stands."""
+        name = self.topics.get(tp.topic)
+        if name is None:
+            return
+        self.metrics.events_in(name)
+        self.next_offsets[(tp.topic, tp.partition)] = offset + 1
+
+    def on_rebalance_start(self, app: Any) -> dict[str, Any]:
+        """Partitions may move: forget read positions until messages arrive again."""
+        self.next_offsets.clear()
+        return super().on_rebalance_start(app)
+
+
+def consumer_lag(app: faust.App, sensor: KafkaSensor) -> list[tuple[str, int, int]]:
+    """Lag of each input partition assigned to this worker, from the consumer's highwaters.
+
+    Partitions not read from yet, or whose highwater the consumer does not know yet,
+    are left out rather than guessed.
+    """
+    if not sensor.next_offsets:  # nothing read yet: there may be no consumer at all
+        return []
+    consumer = app.consumer
+    rows: list[tuple[str, int, int]] = []
+    try:
+        assigned = sorted(consumer.assignment())
+    except ConsumerNotStarted:
+        return []
+    for tp in assigned:
+        name = sensor.topics.get(tp.topic)
+        next_offset = sensor.next_offsets.get((tp.topic, tp.partition))
+        if name is None or next_offset is None:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except (AssertionError, KafkaError, ConsumerNotStarted):  # revoked meanwhile
+            continue
+        if highwater is not None:
+            rows.append((name, tp.partition, max(highwater - next_offset, 0)))
+    return rows
+
+
+def instrument(app: faust.App, metrics: Metrics, settings: Settings) -> KafkaSensor:
+    """Attach a :class:`KafkaSensor` to ``app`` and feed the lag gauge from its consumer."""
+    sensor = KafkaSensor(metrics, settings)
+    app.sensors.add(sensor)
+    metrics.watch_lag(lambda: consumer_lag(app, sensor))
+    return sensor

@@ -1,0 +1,302 @@
+"""The pipeline benchmark: its arithmetic, its bookkeeping, and one tiny end-to-end run.
+
+Timed figures are never asserted (they depend on the machine); the tests check that the
+code computes what it says and that a run writes well-formed results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import bench_common as bc  # noqa: E402
+import capacity_guide  # noqa: E402
+import pipeline_speed as ps  # noqa: E402
+
+from recstream.streams.records import parse_click  # noqa: E402
+
+# ----------------------------------------------------------------------------
+# Pure functions
+# ----------------------------------------------------------------------------
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert bc.percentile(values, 50) == 50.0
+    assert bc.percentile(values, 99) == 99.0
+    assert bc.percentile(values, 99.9) == 100.0
+    assert bc.percentile(values, 0) == 1.0
+    assert bc.percentile([], 50) == 0.0
+    assert bc.percentile([3.0, 1.0, 2.0], 50) == 2.0
+
+
+def test_median_and_per_event() -> None:
+    assert bc.median([3.0, 1.0, 2.0]) == 2.0
+    assert bc.median([1.0, 2.0]) == 1.5
+    assert bc.median([]) == 0.0
+    assert ps.per_event(1_000.0) == pytest.approx(1_000.0)
+    assert ps.per_event(0.0) == 0.0
+
+
+def test_markdown_table_shape() -> None:
+    table = bc.markdown_table(["a", "b"], [[1, 2], ["x", "y"]])
+    lines = table.splitlines()
+    assert lines[0] == "| a | b |"
+    assert lines[1] == "|---|---|"
+    assert lines[3] == "| x | y |"
+
+
+def test_synthetic_backlog_is_valid_and_ordered_per_user() -> None:
+    backlog = bc.synthetic_clicks(500, users=20, items=100, seed=1)
+    assert len(backlog) == 500
+    last: dict[str, float] = {}
+    for key, value in backlog.records:
+        click = parse_click(orjson.loads(value))  # every event passes recstream's validation
+        assert key == click.user_id.encode()
+        assert click.ts >= last.get(click.user_id, 0.0)
+        last[click.user_id] = click.ts
+    assert len(last) <= 20
+
+
+def test_make_backlog_prefers_the_shop_log() -> None:
+    backlog = bc.make_backlog(300, users=30, items=1_000)
+    assert len(backlog) == 300
+    assert backlog.source.startswith("recstream.model.shoplog")
+    for _, value in backlog.records[:50]:
+        parse_click(orjson.loads(value))
+
+
+def test_output_watch_counts_only_tagged_outputs_and_latency() -> None:
+    watch = bc.OutputWatch(target=2, tag="lat-", latency=True, keep_values=True)
+    values = [
+        orjson.dumps({"trigger_event_id": "lat-1", "event_ts": 100.0}),
+        orjson.dumps({"trigger_event_id": "old-1", "event_ts": 50.0}),
+        orjson.dumps({"trigger_event_id": "lat-2", "event_ts": 100.5}),
+    ]
+    assert watch.add(values, now=101.0) == 2
+    assert watch.count == 2
+    assert watch.latencies == [pytest.approx(1.0), pytest.approx(0.5)]
+    assert [v["trigger_event_id"] for v in watch.values] == ["lat-1", "lat-2"]
+
+
+def test_output_watch_rate_excludes_the_first_batch() -> None:
+    watch = bc.OutputWatch(target=10)
+    watch.add([b"{}"] * 4, now=0.0)
+    watch.add([b"{}"] * 6, now=0.0)
+    assert watch.first_at is not None
+    watch.done_at = watch.first_at + 2.0
+    assert watch.rate() == pytest.approx(3.0)  # (10 - 4) outputs in 2 s
+
+
+def test_same_state_reads_sessions_or_history() -> None:
+    assert ps.same_state({"session_id": "u0:1"}, {"session_id": "u0:1"})
+    assert not ps.same_state({"session_id": "u0:1"}, {"session_id": "u0:9"})
+    assert ps.same_state({"history": 4}, {"history": 5})
+    assert not ps.same_state({"history": 4}, {"history": 1})
+
+
+def test_config_overrides() -> None:
+    args = ps.parse_args(
+        ["--quick", "--brokers", "tansu", "--scenarios", "raw-decode", "--events", "10"]
+    )
+    cfg = ps.config_from(args)
+    assert cfg.brokers == ("tansu",)
+    assert cfg.scenarios == ("raw-decode",)
+    assert cfg.events == 10
+    assert cfg.repeats == ps.QUICK.repeats
+    with pytest.raises(SystemExit):
+        ps.config_from(ps.parse_args(["--scenarios", "nope"]))
+
+
+# ----------------------------------------------------------------------------
+# Capacity guide
+# ----------------------------------------------------------------------------
+
+
+def test_plan_arithmetic() -> None:
+    result = capacity_guide.plan(
+        10_000,
+        worker_rate=1_500,
+        passthrough_rate=3_000,
+        cpu_scoring_rate=4_500,
+        gpu_scoring_rate=40_000,
+        utilisation=0.5,
+    )
+    assert result["cpu_only"]["workers"] == math.ceil(10_000 / 750)  # 14
+    assert result["with_gpu"]["workers"] == math.ceil(10_000 / 1_500)  # 7
+    assert result["with_gpu"]["gpus"] == 1
+    assert result["partitions"] == 28  # 2 x 14 rounded up to a multiple of 4
+    assert any("ceil(10,000 / (1,500 x 50%)) = 14" in step for step in result["steps"])
+
+
+def test_plan_without_gpu_figure_says_so() -> None:
+    result = capacity_guide.plan(100, worker_rate=1_000, passthrough_rate=2_000)
+    assert "with_gpu" not in result
+    assert result["partitions"] == 4
+    assert any("not computed" in step for step in result["steps"])
+    with pytest.raises(ValueError):
+        capacity_guide.plan(0, worker_rate=1, passthrough_rate=1)
+
+
+def test_inputs_from_results_adds_scoring_cost_when_full_pipeline_missing() -> None:
+    results: dict[str, Any] = {
+        "brokers": {
+            "tansu": {"throughput": {"recstream-passthrough": {"rate": 2_000.0}}},
+            "noida": {"throughput": {"recstream-passthrough": {"rate": 9_999.0}}},
+        },
+        "onnx": {"batches": [{"sequences_per_s": 1_000.0}, {"sequences_per_s": 2_000.0}]},
+    }
+    inputs = capacity_guide.inputs_from(results)
+    assert inputs["broker"] == "tansu"
+    # 1 / (1/2000 + 1/2000) = 1000 events/s per worker
+    assert inputs["worker_rate"] == pytest.approx(1_000.0)
+    guide = capacity_guide.from_results(results)
+    assert [e["events_per_s"] for e in guide["examples"]] == list(capacity_guide.GUIDE_RATES)
+    assert "1,000 events/s" in capacity_guide.render(guide)
+
+
+def test_inputs_from_results_prefers_cpu_cost_per_event() -> None:
+    results: dict[str, Any] = {
+        "brokers": {
+            "tansu": {
+                "throughput": {
+                    "recstream-passthrough": {"rate": 300.0, "app_cpu_us_per_event": 500.0},
+                    "recstream-full": {"rate": 100.0, "app_cpu_us_per_event": 1_250.0},
+                }
+            }
+        }
+    }
+    inputs = capacity_guide.inputs_from(results)
+    assert inputs["worker_rate"] == pytest.approx(800.0)  # 1e6 / 1250 µs
+    assert inputs["passthrough_rate"] == pytest.approx(2_000.0)  # 1e6 / 500 µs
+    assert "per dedicated core" in inputs["worker_rate_derivation"]
+
+
+def test_ratios_of_the_main_scenario() -> None:
+    throughput = {
+        "recstream-full": {"rate": 100.0, "app_cpu_us_per_event": 2_000.0},
+        "faust-naive": {"rate": 200.0, "app_cpu_us_per_event": 1_000.0},
+        "quix-memory": {"error": "broken"},
+    }
+    assert ps.ratios(throughput, "recstream-full") == {"recstream-full/faust-naive": 0.5}
+    assert ps.ratios(throughput, "recstream-full", "app_cpu_us_per_event") == {
+        "recstream-full/faust-naive": 2.0
+    }
+    assert ps.ratios(throughput, "missing") == {}
+
+
+def test_gpu_rate_read_from_scorer_speed_rows(tmp_path: Path) -> None:
+    path = tmp_path / "scorer_speed.json"
+    rows = [
+        {"engine": "ort-fp32-cpu", "sequences_per_s": 900.0},
+        {"engine": "ort-fp32-cuda", "sequences_per_s": 30_000.0},
+        {"engine": "ort-fp16-cuda", "sequences_per_s": 52_000.0},
+    ]
+    path.write_text(json.dumps({"rows": rows}))
+    assert capacity_guide.gpu_rate_from_scorer_results(path) == 52_000.0
+    path.write_text(json.dumps({"rows": rows[:1]}))
+    assert capacity_guide.gpu_rate_from_scorer_results(path) is None
+    assert capacity_guide.gpu_rate_from_scorer_results(tmp_path / "absent.json") is None
+
+
+def test_inputs_from_results_without_figures() -> None:
+    assert "error" in capacity_guide.inputs_from({"brokers": {}})
+
+
+# ----------------------------------------------------------------------------
+# A tiny end-to-end run (brokers, workers, every section of the JSON)
+# ----------------------------------------------------------------------------
+
+SCENARIOS = ("raw-decode", "raw-produce", "quix-memory", "recstream-passthrough")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(170)
+def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
+    # noida: no JoinGroup hold, so the five worker start-ups fit in about a minute.
+    output = tmp_path / "pipeline_speed.json"
+    command = [
+        sys.executable,
+        str(BENCH_DIR / "pipeline_speed.py"),
+        "--quick",
+        "--brokers",
+        "noida",
+        "--scenarios",
+        ",".join(SCENARIOS),
+        "--events",
+        "300",
+        "--users",
+        "30",
+        "--scale-workers",
+        "2",
+        "--latency-seconds",
+        "1",
+        "--no-models",
+        "--output",
+        str(output),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=160, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = orjson.loads(output.read_bytes())
+    report = output.with_suffix(".md").read_text()
+    assert "## Throughput" in report and "## Capacity guide" in report
+
+    assert results["schema_version"] == ps.SCHEMA_VERSION
+    meta = results["meta"]
+    assert meta["mode"] == "quick" and meta["events"] == 300
+    assert meta["backlog_source"].startswith("recstream.model.shoplog")
+
+    broker = results["brokers"]["noida"]
+    for scenario in SCENARIOS:
+        entry = broker["throughput"][scenario]
+        assert "error" not in entry, entry.get("error")
+        assert _positive(entry["rate"]) and _positive(entry["us_per_event"])
+        assert all(_positive(rate) for rate in entry["rates"])
+        assert _positive(entry["cpu_percent"]["app"])
+    assert _positive(broker["throughput"]["recstream-passthrough"]["cold_start_s"])
+    assert all(_positive(v) for v in broker["ratios"].values())
+
+    assert broker["deep_scenario"] == "recstream-passthrough"
+    assert [p["load"] for p in broker["latency"]] == [0.25, 0.5, 0.8]
+    for phase in broker["latency"]:
+        assert "error" not in phase, phase
+        assert phase["received"] > 0 and phase["sent"] >= phase["received"]
+        assert 0 < phase["p50_ms"] <= phase["p99_ms"] <= phase["p999_ms"] <= phase["max_ms"]
+
+    state = broker["state"]
+    assert "error" not in state, state
+    assert _positive(state["bytes_per_user"]) and _positive(state["changelog_records"])
+    assert _positive(state["restart_s"]) and state["recovery_s"] >= 0
+    assert isinstance(state["state_recovered"], bool)
+
+    assert [s["workers"] for s in broker["scale_out"]] == [2]
+    for step in broker["scale_out"]:
+        assert "error" not in step, step
+        assert _positive(step["rate"])
+
+    rebalance = broker["rebalance"]
+    assert "error" not in rebalance, rebalance
+    assert _positive(rebalance["baseline_max_gap_s"])
+    assert [j["workers_after"] for j in rebalance["joins"]] == [2]
+    assert _positive(rebalance["joins"][0]["max_gap_s"])
+
+    guide = results["capacity_guide"]
+    assert "error" not in guide
+    for example in guide["examples"]:
+        assert isinstance(example["partitions"], int) and example["partitions"] >= 4
+        assert isinstance(example["cpu_only"]["workers"], int)
+        assert example["cpu_only"]["workers"] >= 1

@@ -1,0 +1,354 @@
+"""The onnxruntime scorers on real exported tiny models: inputs, fallback, providers, reload."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from recstream.export.metadata import PREFIX
+from recstream.model.features import ACTION_IDS, query_hashes
+from recstream.streams.scoring import (
+    EMPTY_TEXT,
+    ModelLoadError,
+    OnnxRecsScorer,
+    OnnxSentimentScorer,
+    RuntimeOptions,
+    Token,
+    load_scorers,
+)
+from recstream.streams.settings import Settings
+
+if TYPE_CHECKING:
+    from conftest import Exported
+
+CPU = RuntimeOptions(providers=("CPUExecutionProvider",))
+CLICKS = [Token(f"item-{i}", "view") for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def recs(exported: Exported) -> OnnxRecsScorer:
+    return OnnxRecsScorer(exported.folder / "recs.onnx", CPU)
+
+
+@pytest.fixture(scope="module")
+def sentiment(exported: Exported) -> OnnxSentimentScorer:
+    return OnnxSentimentScorer(exported.folder / "sentiment.onnx", CPU)
+
+
+def _torch_top(exported: Exported, history: list[Token], k: int) -> list[str]:
+    """Top-k item ids computed directly with the PyTorch model from the raw tokens."""
+    index = {item: i for i, item in enumerate(exported.recs_meta["vocab"], start=2)}
+    items = [index.get(t.item_id, 1) if t.item_id else 0 for t in history]
+    actions = [ACTION_IDS[t.action] for t in history]
+    words = [query_hashes(t.query) if t.query else [0] * 4 for t in history]
+    with torch.no_grad():
+        scores = exported.recs_model.score_last(
+            torch.tensor([items]),
+            torch.tensor([actions]),
+            torch.tensor([words]),
+            torch.tensor([len(history)]),
+        )[0]
+    vocab = ["", "", *exported.recs_meta["vocab"]]
+    return [vocab[i] for i in torch.topk(scores, k).indices.tolist()]
+
+
+def test_recommend_matches_pytorch_from_raw_tokens(
+    exported: Exported, recs: OnnxRecsScorer
+) -> None:
+    """Encoding (order, searches, actions, vocab) is what the model was trained on."""
+    histories = [
+        [
+            Token("item-3", "view"),
+            Token(None, "search", "Red shoes size 42"),
+            Token("item-7", "purchase"),
+        ],
+        [Token("item-1", "add_to_cart")],
+        [Token(None, "search", "红色 鞋子"), Token("item-39", "view"), Token("unknown", "view")],
+        CLICKS[:16],
+    ]
+    results = recs.recommend(histories, [set() for _ in histories], 10)
+    for history, result in zip(histories, results, strict=True):
+        assert not result.fallback
+        assert [s.item_id for s in result.items] == _torch_top(exported, history, 10)
+        scores = [s.score for s in result.items]
+        assert scores == sorted(scores, reverse=True)
+        assert result.model_version == recs.model_version
+
+
+def test_only_the_last_max_len_tokens_count(exported: Exported, recs: OnnxRecsScorer) -> None:
+    long_history = CLICKS[:30]
+    [long_result, tail_result] = recs.recommend(
+        [long_history, long_history[-16:]], [set(), set()], 10
+    )
+    assert long_result.items == tail_result.items
+    assert [s.item_id for s in long_result.items] == _torch_top(exported, long_history[-16:], 10)
+
+
+def test_batching_and_bucketing_do_not_change_results(recs: OnnxRecsScorer) -> None:
+    short = [Token("item-5", "view"), Token("item-6", "add_to_cart")]
+    alone = recs.recommend([short], [set()], 10)[0]
+    mixed = recs.recommend([CLICKS[:16], short, CLICKS[:9]], [set(), set(), set()], 10)[1]
+    assert [s.item_id for s in alone.items] == [s.item_id for s in mixed.items]
+    np.testing.assert_allclose(
+        [s.score for s in alone.items], [s.score for s in mixed.items], rtol=1e-5
+    )
+
+
+def test_exclusions_are_honoured(recs: OnnxRecsScorer) -> None:
+    history = [Token("item-2", "view")]
+    before = recs.recommend([history], [set()], 10)[0]
+    banned = {s.item_id for s in before.items[:4]} | {"not-in-vocab"}
+    after = recs.recommend([history], [banned], 10)[0]
+    assert not banned & {s.item_id for s in after.items}
+    assert [s.item_id for s in after.items[:6]] == [s.item_id for s in before.items[4:]]
+
+
+def test_no_usable_history_falls_back_to_popular(exported: Exported, recs: OnnxRecsScorer) -> None:
+    popular = exported.recs_meta["popular"]
+    histories: list[list[Token]] = [
+        [],
+        [Token("never-seen", "view"), Token("also-unknown", "purchase")],
+        [Token(None, "search", "   ")],
+        [Token("item-1", "teleport")],  # unknown action: skipped
+        [Token(None, "search", "shoes")],  # a search alone is usable
+    ]
+    results = recs.recommend(histories, [set(), {popular[0]}, set(), set(), set()], 5)
+    assert [r.fallback for r in results] == [True, True, True, True, False]
+    assert [s.item_id for s in results[0].items] == popular[:5]
+    assert [s.item_id for s in results[1].items] == popular[1:6]
+    assert all(s.score == 0.0 for s in results[0].items)
+    assert results[4].items and results[4].items[0].score != 0.0
+
+
+def test_k_is_capped_at_the_graph_top_k(
+    recs: OnnxRecsScorer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        [result] = recs.recommend([CLICKS[:3]], [set()], 50)
+    assert len(result.items) == recs.max_k == 20
+    assert len(recs.recommend([CLICKS[:3]], [set()], 3)[0].items) == 3
+
+
+def test_bad_calls_are_clear_errors(recs: OnnxRecsScorer) -> None:
+    with pytest.raises(ValueError, match="2 histories but 1 exclusion"):
+        recs.recommend([[], []], [set()], 5)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        recs.recommend([[]], [set()], 0)
+    assert recs.recommend([], [], 5) == []
+
+
+def test_cpu_provider_is_logged(exported: Exported, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="recstream.streams.scoring"):
+        scorer = OnnxRecsScorer(exported.folder / "recs.onnx", RuntimeOptions())
+    assert scorer.providers == ["CPUExecutionProvider"]  # no GPU on this machine
+    assert "loaded with providers ['CPUExecutionProvider']" in caplog.text
+    assert "not on the preferred CUDAExecutionProvider" in caplog.text
+
+
+def test_require_gpu_refuses_without_cuda(exported: Exported) -> None:
+    settings = Settings(model_dir=exported.folder, require_gpu=True)
+    with pytest.raises(ModelLoadError, match="REQUIRE_GPU"):
+        load_scorers(settings)
+    cpu_only = RuntimeOptions(providers=("CPUExecutionProvider",), require_gpu=True)
+    with pytest.raises(ModelLoadError, match="REQUIRE_GPU"):
+        OnnxRecsScorer(exported.folder / "recs.onnx", cpu_only)
+
+
+def test_unknown_providers_only_is_refused(exported: Exported) -> None:
+    with pytest.raises(ModelLoadError, match="none of the providers"):
+        OnnxRecsScorer(exported.folder / "recs.onnx", RuntimeOptions(providers=("NoSuchProvider",)))
+
+
+def test_load_scorers_reads_model_dir_and_threads(exported: Exported) -> None:
+    settings = Settings(
+        model_dir=exported.folder, providers=("CPUExecutionProvider",), intra_op_threads=1
+    )
+    recs, sentiment = load_scorers(settings)
+    assert recs.model_version.startswith("recs-") and sentiment.model_version.startswith(
+        "sentiment-"
+    )
+    assert recs.recommend([CLICKS[:2]], [set()], 3)[0].items
+
+
+def test_io_binding_path_gives_the_same_results(exported: Exported, recs: OnnxRecsScorer) -> None:
+    """The CUDA path (I/O binding) also runs on the CPU; it must agree with plain run."""
+    bound = OnnxRecsScorer(exported.folder / "recs.onnx", CPU)
+    model = bound._model.current()
+    model.io_binding = True
+    histories = [CLICKS[:5], CLICKS[10:12]]
+    assert bound.recommend(histories, [set(), set()], 8) == recs.recommend(
+        histories, [set(), set()], 8
+    )
+
+
+# --- sentiment -----------------------------------------------------------------------
+
+
+def test_sentiment_empty_text_is_neutral_and_flagged(sentiment: OnnxSentimentScorer) -> None:
+    results = sentiment.classify(["", "   \n\t", "good value"])
+    for result in results[:2]:
+        assert result.label == "neutral"
+        assert result.probs == {"negative": 0.0, "neutral": 1.0, "positive": 0.0}
+        assert result.flags == (EMPTY_TEXT,)
+    assert results[2].flags == ()
+    assert sentiment.classify([]) == []
+    assert sentiment.classify(["", " "])[0].flags == (EMPTY_TEXT,)
+
+
+def test_sentiment_matches_pytorch_and_sums_to_one(
+    exported: Exported, sentiment: OnnxSentimentScorer
+) -> None:
+    from recstream.model.text_tokens import TextTokenizer
+
+    texts = ["great product, works well", "质量很好，非常满意", "broke 😡 " * 30, "ok"]
+    results = sentiment.classify(texts)
+    tokenizer = TextTokenizer.from_dict(exported.sentiment_meta["tokenizer"])
+    tokens, lengths = tokenizer.encode_batch(texts, 64)
+    with torch.no_grad():
+        probs = torch.softmax(
+            exported.sentiment_model(torch.from_numpy(tokens), torch.from_numpy(lengths)), -1
+        ).numpy()
+    labels = ["negative", "neutral", "positive"]
+    for result, reference in zip(results, probs, strict=True):
+        assert sum(result.probs.values()) == pytest.approx(1.0, abs=1e-9)
+        np.testing.assert_allclose([result.probs[label] for label in labels], reference, atol=1e-5)
+        assert result.label == labels[int(reference.argmax())]
+        assert result.model_version == sentiment.model_version
+
+
+# --- hot reload ----------------------------------------------------------------------
+
+
+def _new_version(src: Path, dest: Path, trained_at: str) -> str:
+    """Write ``src`` to ``dest`` as a different model version (same graph)."""
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    version = props[PREFIX + "version"].replace("20260101T000000Z", trained_at)
+    props[PREFIX + "version"] = version
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(dest))
+    return version
+
+
+def test_hot_reload_under_load_switches_version_once(exported: Exported, tmp_path: Path) -> None:
+    path = tmp_path / "recs.onnx"
+    shutil.copy(exported.folder / "recs.onnx", path)
+    staged = tmp_path / "staged.onnx"
+    new_version = _new_version(path, staged, "20260202T000000Z")
+    scorer = OnnxRecsScorer(path, CPU, reload_interval=0.005)
+    old_version = scorer.model_version
+    assert old_version != new_version
+    seen: list[list[str]] = [[] for _ in range(3)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def call(slot: int) -> None:
+        while not stop.is_set():
+            try:
+                results = scorer.recommend([CLICKS[:5], []], [set(), set()], 5)
+                seen[slot].append(results[0].model_version)
+                assert results[0].model_version == results[1].model_version
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    os.replace(staged, path)  # what `recstream export` does
+    deadline = time.monotonic() + 20
+    while scorer.model_version != new_version and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for versions in seen:
+        switches = sum(a != b for a, b in itertools.pairwise(versions))
+        assert versions[0] == old_version and versions[-1] == new_version and switches == 1
+
+
+def test_broken_new_file_keeps_the_running_model(exported: Exported, tmp_path: Path) -> None:
+    path = tmp_path / "recs.onnx"
+    shutil.copy(exported.folder / "recs.onnx", path)
+    scorer = OnnxRecsScorer(path, CPU, reload_interval=3600)
+    version = scorer.model_version
+    tmp = tmp_path / "broken.tmp"
+    tmp.write_bytes(b"half a file")
+    os.replace(tmp, path)
+    assert scorer.reload() is False
+    assert scorer.model_version == version
+    assert scorer.recommend([CLICKS[:3]], [set()], 3)[0].model_version == version
+    new_version = _new_version(exported.folder / "recs.onnx", tmp, "20260303T000000Z")
+    os.replace(tmp, path)
+    assert scorer.reload() is True  # a control message
+    assert scorer.model_version == new_version
+
+
+def test_reload_checks_are_rate_limited(exported: Exported, tmp_path: Path) -> None:
+    path = tmp_path / "sentiment.onnx"
+    shutil.copy(exported.folder / "sentiment.onnx", path)
+    scorer = OnnxSentimentScorer(path, CPU, reload_interval=3600)
+    version = scorer.model_version
+    staged = tmp_path / "staged.onnx"
+    _new_version(path, staged, "20260404T000000Z")
+    os.replace(staged, path)
+    assert scorer.classify(["fine"])[0].model_version == version  # not checked yet
+    assert scorer.reload() and scorer.model_version != version
+
+
+def test_invalid_tokens_are_dropped_and_any_sequence_works(
+    exported: Exported, recs: OnnxRecsScorer
+) -> None:
+    clean = [Token("item-4", "view"), Token(None, "search", "shoes"), Token("item-9", "purchase")]
+    noisy = [clean[0], Token(None, "view"), clean[1], Token("item-2", "teleport"), clean[2]]
+    results = recs.recommend([clean, noisy, deque(noisy), tuple(clean)], [set()] * 4, 10)
+    assert len({r.items for r in results}) == 1
+    assert [s.item_id for s in results[0].items] == _torch_top(exported, clean, 10)
+
+
+def test_loop_and_numpy_encodings_agree(recs: OnnxRecsScorer) -> None:
+    """Small batches are encoded token by token, large ones with numpy: same inputs."""
+    rng = np.random.default_rng(8)
+    kinds = [
+        lambda: Token(f"item-{rng.integers(40)}", "view"),
+        lambda: Token(f"item-{rng.integers(40)}", "purchase"),
+        lambda: Token("unknown-item", "add_to_cart"),
+        lambda: Token(None, "search", str(rng.choice(["red shoes", "手机 壳", "  ", "a b c d e"]))),
+        lambda: Token(None, "view"),  # invalid: click without item
+        lambda: Token("item-1", "wink"),  # invalid: unknown action
+    ]
+    histories: list[Sequence[Token]] = []
+    for _ in range(40):
+        size = int(rng.integers(0, 25))
+        picks = rng.integers(len(kinds), size=size)
+        history = [kinds[int(p)]() for p in picks]
+        histories.append(deque(history) if rng.random() < 0.2 else history)
+    model = recs._model.current()
+    loop = model.encode_loop(histories)
+    loop_arrays = [a.copy() for a in (loop.items, loop.actions, loop.words, loop.lengths)]
+    vectorized = model.encode_numpy(histories)
+    assert loop.rows == vectorized.rows and 0 < len(loop.rows) < 40
+    for ours, theirs in zip(
+        loop_arrays,
+        (vectorized.items, vectorized.actions, vectorized.words, vectorized.lengths),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(ours, theirs)

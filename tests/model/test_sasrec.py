@@ -1,0 +1,146 @@
+"""SASRec shapes, causality, padding invariance, OOV handling and checkpoint round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from recstream.model.checkpoint import save_checkpoint
+from recstream.model.features import ACTION_IDS, FIRST_ITEM, OOV, WORDS_PER_SEARCH
+from recstream.model.sasrec import SASRec, load_recs
+
+V = 30
+MAX_LEN = 8
+
+
+def make_model(seed: int = 0, use_side_info: bool = True) -> SASRec:
+    torch.manual_seed(seed)
+    return SASRec(
+        n_items=V,
+        max_len=MAX_LEN,
+        dim=16,
+        layers=2,
+        heads=2,
+        dropout=0.0,
+        use_side_info=use_side_info,
+    ).eval()
+
+
+def inputs(batch: int = 3, length: int = 6, seed: int = 1) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(FIRST_ITEM, V, (batch, length), generator=g)
+    actions = torch.full((batch, length), ACTION_IDS["view"])
+    words = torch.zeros(batch, length, WORDS_PER_SEARCH, dtype=torch.long)
+    # one search token per row at position 1
+    items[:, 1] = 0
+    actions[:, 1] = ACTION_IDS["search"]
+    words[:, 1, :2] = torch.randint(1, 100, (batch, 2), generator=g)
+    lengths = torch.tensor([length, length - 2, 2][:batch])
+    return items, actions, words, lengths
+
+
+def test_shapes_and_pad_oov_masked() -> None:
+    model = make_model()
+    items, actions, words, lengths = inputs()
+    hidden = model(items, actions, words, lengths)
+    assert hidden.shape == (3, 6, 16)
+    scores = model.score_last(items, actions, words, lengths)
+    assert scores.shape == (3, V)
+    assert torch.isneginf(scores[:, :FIRST_ITEM]).all()
+    assert torch.isfinite(scores[:, FIRST_ITEM:]).all()
+
+
+def test_changing_a_future_token_leaves_earlier_positions_unchanged() -> None:
+    model = make_model()
+    items, actions, words, lengths = inputs(batch=1)
+    lengths = torch.tensor([6])
+    before = model(items, actions, words, lengths)
+    changed = items.clone()
+    changed[0, 4] = FIRST_ITEM + (int(items[0, 4]) - FIRST_ITEM + 1) % (V - FIRST_ITEM)
+    after = model(changed, actions, words, lengths)
+    assert torch.allclose(before[0, :4], after[0, :4], atol=1e-6)
+    assert not torch.allclose(before[0, 4:], after[0, 4:], atol=1e-6)
+
+
+def test_padding_does_not_change_scores() -> None:
+    model = make_model()
+    items, actions, words, _ = inputs(batch=1, length=4)
+    lengths = torch.tensor([4])
+    short = model.score_last(items, actions, words, lengths)
+    pad = torch.zeros(1, 3, dtype=torch.long)
+    padded = model.score_last(
+        torch.cat([items, pad + 7], 1),  # garbage in padding must not matter either
+        torch.cat([actions, pad], 1),
+        torch.cat([words, torch.zeros(1, 3, WORDS_PER_SEARCH, dtype=torch.long)], 1),
+        lengths,
+    )
+    assert torch.allclose(short, padded, atol=1e-5)
+
+
+def test_batch_rows_are_independent() -> None:
+    model = make_model()
+    items, actions, words, lengths = inputs()
+    together = model.score_last(items, actions, words, lengths)
+    alone = model.score_last(items[2:3, :2], actions[2:3, :2], words[2:3, :2], lengths[2:3])
+    assert torch.allclose(together[2:3], alone, atol=1e-5)
+
+
+def test_oov_input_scores_finite() -> None:
+    model = make_model()
+    items, actions, words, lengths = inputs()
+    items[:, 0] = OOV
+    assert torch.isfinite(model.score_last(items, actions, words, lengths)[:, FIRST_ITEM:]).all()
+
+
+def test_side_info_changes_scores_only_when_used() -> None:
+    items, actions, words, lengths = inputs()
+    other_words = words.clone()
+    other_words[:, 1, 0] += 1
+    with_side = make_model(use_side_info=True)
+    a = with_side.score_last(items, actions, words, lengths)
+    b = with_side.score_last(items, actions, other_words, lengths)
+    assert not torch.allclose(a, b)
+    without = make_model(use_side_info=False)
+    a = without.score_last(items, actions, words, lengths)
+    b = without.score_last(items, actions, other_words, lengths)
+    assert torch.allclose(a, b)
+
+
+def test_loss_is_finite_and_trains() -> None:
+    model = make_model()
+    model.train()
+    items, actions, words, lengths = inputs()
+    targets = torch.roll(items, -1, dims=1)
+    targets[:, -1] = 0
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = float(model.loss(items, actions, words, lengths, targets).detach())
+    for _ in range(30):
+        loss = model.loss(items, actions, words, lengths, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss) and float(loss.detach()) < first
+    empty = model.loss(items, actions, words, lengths, torch.zeros_like(targets))
+    assert float(empty.detach()) == 0.0
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    model = make_model(seed=3)
+    hparams = {"n_items": V, "max_len": MAX_LEN, "dim": 16, "layers": 2, "heads": 2, "dropout": 0.0}
+    meta = {"kind": "recs", "hparams": hparams, "vocab": [f"i{i}" for i in range(V - 2)]}
+    save_checkpoint(tmp_path, "recs", model, meta)
+    loaded, loaded_meta = load_recs(tmp_path)
+    assert not loaded.training
+    assert loaded_meta["vocab"] == meta["vocab"]
+    batch = inputs()
+    assert torch.equal(model.score_last(*batch), loaded.score_last(*batch))
+
+
+def test_load_recs_rejects_other_kinds(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, "recs", make_model(), {"kind": "sentiment", "hparams": {}})
+    with pytest.raises(ValueError, match="not 'recs'"):
+        load_recs(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_recs(tmp_path / "missing")

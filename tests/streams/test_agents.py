@@ -1,0 +1,208 @@
+"""BatchProcessor (the agents' body) against in-memory stand-ins for Faust's producer and table.
+
+Faust's ``agent.test_context()`` cannot drive ``stream.take_events()``-based agents
+(it sends events one by one through a fake channel without a consumer), so the
+agents' logic is tested here through :class:`BatchProcessor`, and the real Faust
+wiring by ``tests/integration/test_end_to_end.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from pydantic import SecretStr
+
+from recstream.streams.agents import REPARTITIONED, BatchProcessor
+from recstream.streams.pipeline import Pipeline, UserIds, home_partition
+from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
+from recstream.streams.settings import Settings
+from recstream.streams.state_store import TableStateStore
+from recstream.streams.topics import Topics
+
+NOW = 1_800_000_000.0
+PARTITIONS = 4
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+
+
+@dataclass
+class Event:
+    message: Message
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None, *_: Any
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, key, value, partition))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+class App:
+    def __init__(self) -> None:
+        self.producer = Producer()
+
+
+class Table:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.changelog: list[tuple[int | None, bytes, bytes | None]] = []
+
+    def send_changelog(
+        self, partition: int | None, key: bytes, value: bytes | None, *_: Any
+    ) -> None:
+        self.changelog.append((partition, key, value))
+
+
+class NamedTopic:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+def make(salt: str | None = None, defer: bool = False) -> tuple[BatchProcessor, App, Table]:
+    settings = Settings(
+        partitions=PARTITIONS, user_id_salt=SecretStr(salt) if salt else None, top_k=3
+    )
+    pipeline = Pipeline(
+        settings,
+        FakeRecsScorer([f"item-{i}" for i in range(10)]),
+        FakeSentimentScorer(),
+        partitions=PARTITIONS,
+        clock=lambda: NOW,
+    )
+    app, table = App(), Table()
+    topics = Topics(
+        inputs={},
+        repartition=cast(Any, NamedTopic("app-events-repartition")),
+        recommendations="recommendations",
+        sentiment="sentiment",
+        sessions="sessions",
+        deadletter="deadletter",
+    )
+    store = TableStateStore(cast(Any, table), defer_changelog=defer)
+    return BatchProcessor(cast(Any, app), pipeline, store, topics), app, table
+
+
+def batch(*events: Event) -> Any:
+    """Stand-in events as the processor's Faust event type."""
+    return list(events)
+
+
+def click(eid: str, user: str, partition: int, offset: int = 0) -> Event:
+    value = orjson.dumps(
+        {"event_id": eid, "user_id": user, "item_id": "item-1", "action": "view", "ts": NOW - 5}
+    )
+    return Event(Message("clicks", partition, offset, value, user.encode()))
+
+
+def test_records_on_the_home_partition_are_processed_and_others_forwarded() -> None:
+    processor, app, table = make(salt="pepper")
+    home = home_partition("alice", PARTITIONS)
+    other = (home + 1) % PARTITIONS
+    pseudo = UserIds("pepper")("alice")
+
+    async def scenario() -> None:
+        await processor.process(
+            "clicks", batch(click("c1", "alice", home), click("c2", "alice", other))
+        )
+        # c2 went to the repartition topic, keyed and placed for alice's home partition.
+        forwarded = [s for s in app.producer.sent if s[0] == "app-events-repartition"]
+        assert len(forwarded) == 1
+        topic, key, value, partition = forwarded[0]
+        assert key == pseudo.encode() and partition == home
+        assert b"alice" not in value and orjson.loads(value)["kind"] == "clicks"
+        # The repartition agent then processes it on the home partition.
+        await processor.process(REPARTITIONED, batch(Event(Message(topic, home, 0, value, key))))
+
+    asyncio.run(scenario())
+    recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
+    assert [r["trigger_event_id"] for r in recs] == ["c1", "c2"]
+    assert all(r["user_id"] == pseudo for r in recs)
+    # One changelog write per user per batch, on the home partition, under the pseudonym.
+    assert [(p, k) for p, k, _ in table.changelog] == [(home, pseudo.encode())] * 2
+    assert set(table.data) == {pseudo.encode()}
+
+
+def test_invalid_records_are_dead_lettered_and_the_batch_goes_on() -> None:
+    processor, app, _ = make()
+    home = home_partition("bob", PARTITIONS)
+    bad = Event(Message("clicks", home, 1, b"{oops", None))
+    review = Event(
+        Message(
+            "reviews",
+            2,
+            0,
+            orjson.dumps(
+                {"event_id": "r1", "user_id": "bob", "item_id": "i", "text": "好", "ts": NOW}
+            ),
+        )
+    )
+    asyncio.run(processor.process("clicks", batch(click("c1", "bob", home), bad)))
+    asyncio.run(processor.process("reviews", batch(review)))
+    by_topic: dict[str, list[dict[str, Any]]] = {}
+    for topic, _, value, _ in app.producer.sent:
+        by_topic.setdefault(topic, []).append(orjson.loads(value))
+    assert [d["offset"] for d in by_topic["deadletter"]] == [1]
+    assert by_topic["deadletter"][0]["error"].startswith("bad_json")
+    assert [r["trigger_event_id"] for r in by_topic["recommendations"]] == ["c1"]
+    assert [s["event_id"] for s in by_topic["sentiment"]] == ["r1"]
+    processor.close()
+
+
+class SlowAckProducer(Producer):
+    """Acknowledges nothing until the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks: list[asyncio.Future[None]] = []
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None, *_: Any
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, key, value, partition))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks.append(future)
+        return future
+
+
+def test_state_reaches_the_changelog_only_after_the_outputs_are_acknowledged() -> None:
+    """A crash before the acks must not leave a changelog that remembers the batch's
+    event ids (the replayed events would be dropped as duplicates: outputs lost)."""
+    processor, app, table = make(defer=True)
+    producer = SlowAckProducer()
+    app.producer = producer
+    home = home_partition("carol", PARTITIONS)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(processor.process("clicks", batch(click("c1", "carol", home))))
+        while not producer.acks:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        assert [t for t, *_ in producer.sent] == ["recommendations"]
+        assert table.changelog == []  # outputs sent but not acknowledged yet
+        assert b"carol" in table.data  # the local table is already up to date
+        for ack in producer.acks:
+            ack.set_result(None)
+        await task
+        assert [(p, k) for p, k, _ in table.changelog] == [(home, b"carol")]
+
+    asyncio.run(scenario())
+    processor.close()

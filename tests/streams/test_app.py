@@ -1,0 +1,54 @@
+"""The Faust app: what build_app configures (no broker needed to build it)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from recstream.streams import worker
+from recstream.streams.app import build_app
+from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
+from recstream.streams.settings import Settings
+
+
+def test_app_binds_loopback_and_declares_topics_table_and_agents() -> None:
+    settings = Settings(
+        app_id="shop-a", topic_prefix="p.", partitions=3, web_port=7001,
+        bootstrap_servers="127.0.0.1:1",
+    )  # fmt: skip
+    app = build_app(settings, FakeRecsScorer(["a", "b"]), FakeSentimentScorer())
+    conf = app.conf
+    assert conf.web_bind == "127.0.0.1" and conf.web_port == 7001
+    assert conf.processing_guarantee.value == "at_least_once"
+    assert conf.topic_partitions == 3
+    names = {agent.channel.get_topic_name() for agent in app.agents.values()}
+    assert names == {
+        "p.clicks",
+        "p.searches",
+        "p.reviews",
+        "p.privacy",
+        "shop-a-events-repartition",
+    }
+    table = app.tables["user-state"]
+    assert table.changelog_topic.get_topic_name() == "shop-a-user-state-changelog"
+    assert table.partitions == 3
+
+
+def test_web_host_setting_is_honoured() -> None:
+    settings = Settings(web_host="0.0.0.0", bootstrap_servers="127.0.0.1:1")
+    app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    assert app.conf.web_bind == "0.0.0.0"
+
+
+def test_worker_command_has_help_and_faust_log_levels() -> None:
+    parser = argparse.ArgumentParser()
+    worker.add_arguments(parser)
+    assert "RECSTREAM_WEB_HOST" in (parser.description or "")
+    assert worker.FAUST_LOG_LEVELS["warning"] == "warn"
+
+
+def test_worker_refuses_exactly_once(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(processing_guarantee="exactly_once", bootstrap_servers="127.0.0.1:1")
+    assert worker.serve(settings) == worker.EXIT_BAD_CONFIG
+    assert "exactly_once is not supported" in capsys.readouterr().err

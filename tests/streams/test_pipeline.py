@@ -1,0 +1,252 @@
+"""The batch core: decode, sessions, scoring requests, outputs, dead letters, sweeps."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Collection, Sequence
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from recstream.streams.pipeline import (
+    DictStore,
+    Pipeline,
+    RawRecord,
+    UserIds,
+    home_partition,
+    repartition_payload,
+)
+from recstream.streams.records import ScoredItem
+from recstream.streams.scoring import RecsResult, SentimentResult, Token
+from recstream.streams.settings import Settings
+
+NOW = 1_800_000_000.0
+T0 = NOW - 3600.0
+
+
+class EchoRecs:
+    """Scores items by position in the history; records every call."""
+
+    model_version = "recs-test-1"
+
+    def __init__(self, fail_times: int = 0) -> None:
+        self.calls: list[tuple[list[list[Token]], list[set[str]], int]] = []
+        self.fail_times = fail_times
+
+    def recommend(
+        self, histories: Sequence[Sequence[Token]], exclude: Sequence[Collection[str]], k: int
+    ) -> list[RecsResult]:
+        self.calls.append(([list(h) for h in histories], [set(e) for e in exclude], k))
+        if self.fail_times:
+            self.fail_times -= 1
+            raise RuntimeError("model exploded")
+        out = []
+        for history, banned in zip(histories, exclude, strict=True):
+            seen = [t.item_id for t in history if t.item_id and t.item_id not in banned]
+            items = tuple(ScoredItem(i, float(n)) for n, i in enumerate(reversed(seen[-k:])))
+            out.append(RecsResult(items, fallback=not items))
+        return out
+
+
+class LengthSentiment:
+    model_version = "sent-test-1"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def classify(self, texts: Sequence[str]) -> list[SentimentResult]:
+        self.calls.append(list(texts))
+        return [
+            SentimentResult("positive" if "good" in t else "negative", {"positive": 0.5})
+            for t in texts
+        ]
+
+
+def make(
+    fail_times: int = 0, **overrides: object
+) -> tuple[Pipeline, EchoRecs, LengthSentiment, DictStore]:
+    values: dict[str, object] = {
+        "session_gap": 100.0, "allowed_lateness": 30.0, "top_k": 3, "history_length": 5,
+    }  # fmt: skip
+    values.update(overrides)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    recs, sentiment = EchoRecs(fail_times), LengthSentiment()
+    return Pipeline(settings, recs, sentiment, clock=lambda: NOW), recs, sentiment, DictStore()
+
+
+def rec(kind: str, obj: object, offset: int = 0, partition: int = 0) -> RawRecord:
+    value = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return RawRecord(kind, f"p.{kind}", partition, offset, value)
+
+
+def click(eid: str, ts: float, item: str, action: str = "view", user: str = "u1") -> RawRecord:
+    obj = {"event_id": eid, "user_id": user, "item_id": item, "action": action, "ts": T0 + ts}
+    return rec("clicks", obj)
+
+
+def test_each_click_and_search_gets_one_recommendation_and_reviews_one_sentiment() -> None:
+    pipeline, recs, sentiment, store = make()
+    out = pipeline.run(
+        [
+            click("c1", 0, "a"),
+            rec("searches", {"event_id": "s1", "user_id": "u1", "query": "red", "ts": T0 + 1}),
+            click("c2", 2, "b", user="u2"),
+            rec(
+                "reviews",
+                {"event_id": "r1", "user_id": "u1", "item_id": "a", "text": "good", "ts": T0 + 3},
+            ),
+        ],
+        store,
+    )
+    assert [r.trigger_event_id for r in out.recommendations] == ["c1", "s1", "c2"]
+    first = out.recommendations[0]
+    assert first.user_id == "u1" and first.session_id == f"u1:{round(T0 * 1000)}"
+    assert first.event_ts == T0 and first.emitted_at == NOW
+    assert first.model_version == "recs-test-1"
+    assert first.items == (ScoredItem("a", 0.0),)
+    assert len(recs.calls) == 1  # one scorer call per batch
+    histories = recs.calls[0][0]
+    assert histories[1] == [Token("a", "view"), Token(None, "search", "red")]
+    assert [s.event_id for s in out.sentiments] == ["r1"]
+    assert out.sentiments[0].label == "positive" and sentiment.calls == [["good"]]
+    assert out.dead_letters == [] and out.sessions == []
+    assert set(store.data) == {"u1", "u2"}
+
+
+def test_history_is_the_one_after_each_event_and_purchases_are_excluded() -> None:
+    pipeline, recs, _, store = make()
+    pipeline.run([click("c1", 0, "a"), click("c2", 1, "a", "purchase"), click("c3", 2, "b")], store)
+    histories, exclude, k = recs.calls[0]
+    assert [len(h) for h in histories] == [1, 2, 3]
+    assert exclude == [set(), {"a"}, {"a"}]
+    assert k == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "bad_json"),
+        (b"[1, 2]", "not_object"),
+        (orjson.dumps({"event_id": "x", "user_id": "u", "action": "view", "ts": T0}),
+         "missing_field"),
+        (orjson.dumps({"event_id": "x", "user_id": "u", "item_id": 1.5, "action": "view",
+                       "ts": T0}), "wrong_type"),
+        (orjson.dumps({"event_id": "x", "user_id": "u", "item_id": "a", "action": "like",
+                       "ts": T0}), "unknown_action"),
+        (orjson.dumps({"event_id": "x", "user_id": "u", "item_id": "a", "action": "view",
+                       "ts": "yesterday"}), "bad_timestamp"),
+        (b"\xff\xfe", "not_utf8"),
+    ],
+)  # fmt: skip
+def test_invalid_records_are_dead_lettered_with_reason(raw: bytes, reason: str) -> None:
+    pipeline, _, _, store = make()
+    bad = rec("clicks", raw, offset=7, partition=1)
+    out = pipeline.run([click("c1", 0, "a"), bad, click("c2", 1, "b")], store)
+    assert [r.trigger_event_id for r in out.recommendations] == ["c1", "c2"]
+    assert len(out.dead_letters) == 1
+    dead = out.dead_letters[0]
+    assert dead.error.startswith(reason), dead.error
+    assert (dead.source_topic, dead.partition, dead.offset) == ("p.clicks", 1, 7)
+    assert base64.b64decode(dead.payload) == raw
+
+
+def test_late_event_is_dead_lettered_and_duplicate_is_silent() -> None:
+    pipeline, _, _, store = make()
+    pipeline.run([click("c1", 100, "a")], store)
+    out = pipeline.run([click("c0", 10, "z"), click("c1", 100, "a"), click("c2", 101, "b")], store)
+    assert [r.trigger_event_id for r in out.recommendations] == ["c2"]
+    assert [d.error.split(":")[0] for d in out.dead_letters] == ["late"]
+
+
+def test_future_skew_setting_is_applied() -> None:
+    pipeline, _, _, store = make(max_future_skew=60.0)
+    out = pipeline.run([click("c1", 3600 + 120, "a"), click("c2", 3600 + 30, "b")], store)
+    assert [d.error.split(":")[0] for d in out.dead_letters] == ["bad_timestamp"]
+    assert [r.trigger_event_id for r in out.recommendations] == ["c2"]
+
+
+def test_scorer_failure_is_retried_once() -> None:
+    pipeline, recs, _, store = make(fail_times=1)
+    out = pipeline.run([click("c1", 0, "a")], store)
+    assert len(recs.calls) == 2 and [r.trigger_event_id for r in out.recommendations] == ["c1"]
+
+
+def test_scorer_failing_twice_dead_letters_the_triggers_and_keeps_state() -> None:
+    pipeline, _, _, store = make(fail_times=2)
+    out = pipeline.run([click("c1", 0, "a"), click("c2", 1, "b")], store)
+    assert out.recommendations == []
+    assert [d.error for d in out.dead_letters] == [
+        "processing_error: recommendation scoring failed twice: RuntimeError: model exploded"
+    ] * 2
+    out = pipeline.run([click("c3", 2, "c")], store)
+    assert [len(r.items) for r in out.recommendations] == [3]
+
+
+def test_sessions_close_on_gap_and_on_partition_watermark() -> None:
+    pipeline, _, _, store = make()
+    pipeline.run([click("c1", 0, "a"), click("c2", 10, "b")], store)
+    # Another user's events move the partition's event time past gap + lateness.
+    out = pipeline.run([click("x1", 200, "q", user="u2")], store)
+    assert [(s.user_id, s.items) for s in out.sessions] == [("u1", ("a", "b"))]
+    out = pipeline.run([click("x2", 400, "q", user="u2")], store)
+    assert [(s.user_id, s.items) for s in out.sessions] == [("u2", ("q",))]  # only once each
+
+
+def test_forget_purges_state() -> None:
+    pipeline, _, _, store = make()
+    pipeline.run([click("c1", 0, "a")], store)
+    assert "u1" in store.data
+    out = pipeline.run([rec("privacy", {"event_id": "f1", "user_id": "u1", "ts": T0 + 1})], store)
+    assert "u1" not in store.data and out.sessions == []
+    out = pipeline.run([click("c9", 2, "b")], store)
+    assert out.recommendations[0].session_id == f"u1:{round((T0 + 2) * 1000)}"
+
+
+def test_salted_user_ids_are_pseudonymised_everywhere() -> None:
+    pipeline, _, _, store = make(user_id_salt=SecretStr("pepper"))
+    out = pipeline.run(
+        [click("c1", 0, "a", user="alice"),
+         rec("reviews", {"event_id": "r", "user_id": "alice", "item_id": "a", "text": "good",
+                         "ts": T0})],
+        store,
+    )  # fmt: skip
+    pseudo = UserIds("pepper")("alice")
+    assert len(pseudo) == 32 and pseudo != UserIds("salt")("alice")
+    assert out.recommendations[0].user_id == pseudo
+    assert out.recommendations[0].session_id.startswith(pseudo + ":")
+    assert out.sentiments[0].user_id == pseudo
+    assert list(store.data) == [pseudo]
+
+
+def test_repartitioned_records_keep_their_pseudonym_and_home() -> None:
+    settings = Settings(user_id_salt=SecretStr("pepper"))
+    pipeline = Pipeline(settings, EchoRecs(), LengthSentiment(), partitions=4, clock=lambda: NOW)
+    batch, _ = pipeline.decode([click("c1", 0, "a", user="alice")])
+    assert batch[0].home == home_partition("alice", 4)
+    payload = repartition_payload(batch[0].event, "clicks")
+    again, dead = pipeline.decode(
+        [RawRecord("", "p.repart", batch[0].home or 0, 3, payload)], repartitioned=True
+    )
+    assert dead == []
+    assert again[0].event == batch[0].event and again[0].home == batch[0].home
+
+
+def test_home_partition_matches_kafka_default_partitioner() -> None:
+    # Reference values of the Java client's murmur2 partitioner for these keys.
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for key in ["u1", "alice", "user-12345", "用户"]:
+        expected = DefaultPartitioner()(key.encode(), list(range(6)), list(range(6)))
+        assert home_partition(key, 6) == expected
+
+
+def test_sweep_at_a_watermark_equal_to_a_deadline_terminates() -> None:
+    # u1's session ends at 10; with lateness 0 its deadline is 10 + gap = 110, which
+    # u2's event sets as the watermark exactly: nothing closes yet, and no loop forever.
+    pipeline, _, _, store = make(allowed_lateness=0.0)
+    pipeline.run([click("c1", 0, "a"), click("c2", 10, "b")], store)
+    out = pipeline.run([click("x1", 110, "q", user="u2")], store)
+    assert out.sessions == []
+    out = pipeline.run([click("x2", 110.5, "r", user="u2")], store)
+    assert [s.user_id for s in out.sessions] == ["u1"]
