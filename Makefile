@@ -40,8 +40,10 @@ typecheck: $(VENV)/.test-installed
 unit: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m "not integration"
 
+# Everything on the embedded noida broker, then the end-to-end test again on Tansu.
 test: lint typecheck $(VENV)/.test-installed
 	$(BIN)/python -m pytest
+	RECSTREAM_TEST_BROKER=tansu $(BIN)/python -m pytest tests/integration/test_end_to_end.py
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/run_all.py

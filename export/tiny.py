@@ -1,7 +1,7 @@
 """Tiny random-init models exported through the real export path, for tests and demos.
 
-``build_tiny_models(out_dir)`` writes ``recs.onnx`` and ``sentiment.onnx`` in a few
-seconds: a 2-layer SASRec over a 40-item catalogue (``item-0`` .. ``item-39``) and
+``build_tiny_models(out_dir)`` writes ``recs.onnx`` and ``sentiment.onnx``: a 2-layer
+SASRec over a 40-item catalogue (``item-0`` .. ``item-39``) and
 a 1-layer sentiment encoder with a small character tokenizer.  Nothing is trained,
 so their scores are meaningless but deterministic (fixed seed); everything else
 (graphs, metadata, parity checks, file layout) is exactly what ``recstream
@@ -10,6 +10,10 @@ export`` produces.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,17 +98,34 @@ def tiny_sentiment(seed: int = 0) -> tuple[Any, dict[str, Any]]:
 def build_tiny_models(
     out_dir: Path, seed: int = 0, variants: Sequence[str] = ("fp32",), top_k: int = 20
 ) -> None:
-    """Export tiny ``recs.onnx`` and ``sentiment.onnx`` into ``out_dir`` (a few seconds)."""
+    """Export tiny ``recs.onnx`` and ``sentiment.onnx`` into ``out_dir``.
+
+    The export (two dynamo exports with parity checks, tens of seconds) runs once per
+    process and set of arguments; later calls copy its files, so a test session that
+    needs tiny models in several places pays for them once.
+    """
+    built = _export_once(seed, tuple(variants), top_k)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in built.iterdir():
+        shutil.copy2(path, out / path.name)
+
+
+@functools.cache
+def _export_once(seed: int, variants: tuple[str, ...], top_k: int) -> Path:
     import torch
 
     from recstream.export.onnx_export import export_recs, export_sentiment
 
+    folder = Path(tempfile.mkdtemp(prefix="recstream-tiny-"))
+    atexit.register(shutil.rmtree, folder, True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         model, meta = tiny_recs(seed)
-        export_recs(model, meta, Path(out_dir), variants, top_k=top_k)
+        export_recs(model, meta, folder, variants, top_k=top_k)
         encoder, sentiment_meta = tiny_sentiment(seed)
-        export_sentiment(encoder, sentiment_meta, Path(out_dir), variants)
+        export_sentiment(encoder, sentiment_meta, folder, variants)
     finally:
         torch.set_num_threads(threads)
+    return folder

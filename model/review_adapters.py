@@ -69,14 +69,15 @@ class LabelledReview:
 
 @dataclass(frozen=True, slots=True)
 class ReviewSet:
-    """All labelled reviews of one file; ``labels`` are the labels the format has."""
+    """All labelled reviews of one file; ``labels`` are the labels the format has, and
+    ``skipped`` counts reviews left out (empty text, or no label and no stars)."""
 
     name: str
     path: Path
     format: str
     labels: tuple[str, ...]
     items: tuple[LabelledReview, ...]
-    skipped_empty: int = 0
+    skipped: int = 0
 
     @property
     def texts(self) -> list[str]:
@@ -106,7 +107,7 @@ def load_reviews(path: Path | str, fmt: str) -> ReviewSet:
     items: list[LabelledReview] = []
     skipped = 0
     for item in readers[fmt](path):
-        if item.review.text.strip():
+        if item is not None and item.review.text.strip():
             items.append(item)
         else:
             skipped += 1
@@ -239,7 +240,9 @@ def _read_zh(path: Path) -> Iterator[LabelledReview]:
             yield LabelledReview(review, _binary_label(path, number, label), category.strip())
 
 
-def _read_jsonl(path: Path) -> Iterator[LabelledReview]:
+def _read_jsonl(path: Path) -> Iterator[LabelledReview | None]:
+    """Canonical event JSONL: reviews labelled by ``label`` or their stars; an unrated
+    review (no label, no stars) teaches nothing and comes out as ``None`` (skipped)."""
     with open(path, encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -259,7 +262,8 @@ def _read_jsonl(path: Path) -> Iterator[LabelledReview]:
             label = obj.get("label")
             if label is None:
                 if review.rating is None:
-                    raise DataFormatError(path, number, "review has neither 'label' nor 'rating'")
+                    yield None
+                    continue
                 label = stars_to_label(review.rating)
             elif label not in LABELS:
                 raise DataFormatError(path, number, f"label must be one of {LABELS}, got {label!r}")

@@ -146,7 +146,7 @@ class SASRec(nn.Module):
 
 
 def load_recs(folder: str | Path) -> tuple[SASRec, dict[str, Any]]:
-    """Load ``recs.pt`` + ``recs.json`` from a checkpoint folder: the model (eval mode), its meta."""
+    """Load ``recs.pt`` + ``recs.json`` of a checkpoint folder: the model (eval mode), its meta."""
     folder = Path(folder)
     meta = load_meta(folder, CHECKPOINT_NAME)
     if meta.get("kind") != "recs":

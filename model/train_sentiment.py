@@ -408,7 +408,7 @@ def train_sentiment(
                 "validation": len(s.validation),
                 "test": len(s.test),
                 "repeat": s.repeat,
-                "skipped_empty": s.data.skipped_empty,
+                "skipped": s.data.skipped,
             }
             for s in prepared
         ],

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from recstream.streams.broker import EmbeddedBroker, free_port
 from recstream.streams.kafka_config import aiokafka_kwargs
 from recstream.streams.records import parse_ts
 from recstream.streams.settings import Settings
+from recstream.streams.storefront import storefront_url
 from recstream.streams.topic_admin import create_topics
 
 INPUTS = ("clicks", "searches", "reviews")
@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--replay-seconds", type=float, default=30.0, help="wall time the replay is paced over"
     )
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for outputs")
+    parser.add_argument(
+        "--web", action="store_true", help="then keep the worker serving the storefront page"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +91,7 @@ def _recstream(*args: str) -> list[str]:
 
 def _run_step(what: str, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
     """Run one ``recstream`` command, its output going to ``log``; fail with the log's tail."""
-    say(f"{what}: recstream {' '.join(command[3:])}")
+    say(f"{what}: recstream {' '.join(command[4:])}")
     started = time.monotonic()
     with open(log, "wb") as out:
         done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
@@ -260,6 +263,7 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
             "RECSTREAM_MODEL_DIR": str(model_dir),
             "RECSTREAM_LOG_LEVEL": "warning",
             "RECSTREAM_ALLOWED_LATENESS": f"{lateness:.0f}",
+            "RECSTREAM_CATALOG_PATH": str(log),
         }
         seen = Observed()
         stop = asyncio.Event()
@@ -273,11 +277,22 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
                 await asyncio.sleep(0.5)
             stop.set()
             await watcher
-        _report(seen, expected)
+            _report(seen, expected)
+            if args.web:
+                page = storefront_url(settings.model_copy(update={"web_port": web_port}))
+                say(f"storefront page: {page}  (Ctrl-C stops the worker and the broker)")
+                await _until_interrupted()
         if seen.answered() < expected:
             raise DemoError(f"only {seen.answered()} of {expected} answers arrived in time")
-    shutil.rmtree(work / "tmp", ignore_errors=True)
     return 0
+
+
+async def _until_interrupted() -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    await stopped.wait()
 
 
 def _log_span_seconds(log: Path) -> float:

@@ -113,6 +113,9 @@ def logging_config(settings: Settings) -> dict[str, Any]:
             "stderr": {
                 "class": "logging.StreamHandler",
                 "formatter": "recstream",
+                # also on the handler: a library logger with its own lower level
+                # (aiokafka, faust) must not print below the configured level
+                "level": settings.log_level.upper(),
                 "stream": "ext://sys.stderr",
             }
         },

@@ -29,10 +29,11 @@ import operator
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, fields
 from functools import lru_cache
-from itertools import chain, compress, repeat
+from itertools import chain, pairwise, repeat
 from pathlib import Path
 from typing import Final, Generic, Protocol, TypeVar, cast
 
@@ -51,6 +52,7 @@ from recstream.model.features import (
     ACTION_IDS,
     FIRST_ITEM,
     OOV,
+    PAD,
     WORDS_PER_SEARCH,
     query_hashes,
 )
@@ -73,6 +75,7 @@ RELOAD_INTERVAL: Final = 10.0
 _SEARCH: Final = ACTION_IDS["search"]
 _ACTION_OF = operator.attrgetter("action")
 _ITEM_OF = operator.attrgetter("item_id")
+_QUERY_OF = operator.attrgetter("query")
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +302,42 @@ class ReloadingModel(Generic[LoadedT]):
 
 
 @lru_cache(maxsize=65_536)
-def _cached_query_hashes(query: str) -> tuple[int, ...]:
-    return tuple(query_hashes(query))
+def _cached_query_hashes(query: str | None) -> tuple[int, ...]:
+    """``query_hashes`` of a search's query (None: no words), cached across calls."""
+    return tuple(query_hashes(query or ""))
+
+
+RecordT = TypeVar("RecordT")
+
+
+class RecordBuilder(Generic[RecordT]):
+    """Builds many instances of a frozen, slotted dataclass at once, without ``__init__``.
+
+    A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``
+    in Python (~1 us per ``ScoredItem`` on a loaded machine, thousands per batch).
+    Here each field's slot descriptor is mapped over a whole column, in C: about
+    twice as fast, and the instances are equal to ``cls(*row)`` (tested).  Only for
+    dataclasses whose slots are exactly their fields and without ``__post_init__``.
+    """
+
+    def __init__(self, cls: type[RecordT]) -> None:
+        names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        if getattr(cls, "__slots__", None) != names or hasattr(cls, "__post_init__"):
+            raise TypeError(f"{cls.__name__} is not a slotted dataclass without __post_init__")
+        self._cls = cls
+        self._setters = [getattr(cls, name).__set__ for name in names]
+
+    def build(self, count: int, *columns: Iterable[object]) -> list[RecordT]:
+        """``count`` instances; ``columns`` (one per field, in order) hold >= ``count`` values."""
+        if len(columns) != len(self._setters):
+            raise TypeError(f"{len(self._setters)} columns needed, got {len(columns)}")
+        records = list(map(object.__new__, repeat(self._cls, count)))
+        for setter, column in zip(self._setters, columns, strict=True):
+            deque(map(setter, records, column), maxlen=0)
+        return cast(list[RecordT], records)
+
+
+_SCORED_ITEMS: Final = RecordBuilder(ScoredItem)
 
 
 def bucket_length(length: int, max_len: int) -> int:
@@ -315,8 +352,8 @@ def bucket_length(length: int, max_len: int) -> int:
 class EncodedBatch:
     """Model inputs for the rows of a batch that have a usable history.
 
-    The arrays are views of the calling thread's reusable buffers: valid until that
-    thread encodes its next batch.
+    The arrays may be views of the calling thread's reusable buffers: valid until
+    that thread encodes its next batch.
     """
 
     rows: list[int]
@@ -368,10 +405,16 @@ class RecsModel:
         self.max_len = meta.max_len
         self.top_k = meta.top_k
         # index -> item id (PAD and OOV never come out of the graph's top-k unmasked)
-        self.item_id_array = np.array(["", "", *meta.vocab], dtype=object)
-        self.index = {item: i for i, item in enumerate(meta.vocab, start=FIRST_ITEM)}
+        self.item_ids = ["", "", *meta.vocab]
+        self.item_id_array = np.array(self.item_ids, dtype=object)
+        # item id -> vocab index; None (a search, or a click without an item) -> PAD
+        self.index: dict[str | None, int] = dict(
+            zip(meta.vocab, range(FIRST_ITEM, FIRST_ITEM + len(meta.vocab)), strict=True)
+        )
+        self.index[None] = PAD
         self.popular = list(meta.popular)
         self.buffers = InputBuffers()
+        self._outputs = list(GRAPH_OUTPUTS["recs"])
         self.io_binding = CUDA in session.get_providers() if io_binding is None else io_binding
 
     def encode(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
@@ -395,9 +438,17 @@ class RecsModel:
         ]
 
     def encode_loop(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
-        """``encode`` one token at a time (fast for a few histories)."""
+        """``encode`` one token at a time (fast for a few histories).
+
+        The arrays are built from padded lists (a few numpy calls in all: their
+        fixed cost is what matters at this size), not in the reusable buffers.
+        """
         index = self.index
-        kept: list[tuple[int, list[int], list[int], list[tuple[int, tuple[int, ...]]]]] = []
+        rows: list[int] = []
+        item_rows: list[list[int]] = []
+        action_rows: list[list[int]] = []
+        search_at: list[tuple[int, int]] = []  # (row in the batch, position) of each search
+        search_words: list[tuple[int, ...]] = []
         for row, tail in enumerate(self._tails(histories)):
             items: list[int] = []
             actions: list[int] = []
@@ -406,73 +457,105 @@ class RecsModel:
             for token in tail:
                 action = ACTION_IDS.get(token.action, 0)
                 if action == _SEARCH:
-                    hashes = _cached_query_hashes(token.query or "")
-                    usable = usable or hashes[0] != 0
+                    hashes = _cached_query_hashes(token.query)
+                    usable = usable or hashes[0] != PAD
                     searches.append((len(items), hashes))
-                    items.append(0)
-                elif action and token.item_id is not None:
+                    items.append(PAD)
+                elif action:
                     item = index.get(token.item_id, OOV)
+                    if item == PAD:  # a click without an item
+                        continue
                     usable = usable or item >= FIRST_ITEM
                     items.append(item)
                 else:
                     continue
                 actions.append(action)
             if usable:
-                kept.append((row, items, actions, searches))
-        lengths = np.array([len(k[1]) for k in kept], np.int64)
-        width = bucket_length(int(lengths.max()) if kept else 1, self.max_len)
-        items_in, actions_in, words_in = self.buffers.get(len(kept), width)
-        for b, (_, items, actions, searches) in enumerate(kept):
-            items_in[b, : len(items)] = items
-            actions_in[b, : len(actions)] = actions
-            for position, hashes in searches:
-                words_in[b, position] = hashes
-        return EncodedBatch([k[0] for k in kept], items_in, actions_in, words_in, lengths)
+                for position, hashes in searches:
+                    search_at.append((len(rows), position))
+                    search_words.append(hashes)
+                rows.append(row)
+                item_rows.append(items)
+                action_rows.append(actions)
+        lengths = [len(items) for items in item_rows]
+        width = bucket_length(max(lengths, default=1), self.max_len)
+        shape = (len(rows), width)
+        items_in = np.array([r + [PAD] * (width - len(r)) for r in item_rows], np.int64)
+        actions_in = np.array([r + [0] * (width - len(r)) for r in action_rows], np.int64)
+        words_in = np.zeros((*shape, WORDS_PER_SEARCH), np.int64)
+        if search_at:
+            words_in[tuple(zip(*search_at, strict=True))] = search_words
+        return EncodedBatch(
+            rows,
+            items_in.reshape(shape),
+            actions_in.reshape(shape),
+            words_in,
+            np.array(lengths, np.int64),
+        )
 
     def encode_numpy(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
-        """``encode`` with numpy over all tokens of the batch at once."""
+        """``encode`` with numpy over all tokens of the batch at once.
+
+        Python touches each token twice, in C loops (``map`` of an attribute getter
+        and a dict lookup); the rest is array work.
+        """
         max_len, batch = self.max_len, len(histories)
         tails = self._tails(histories)
         counts = np.fromiter(map(len, tails), np.int64, batch)
         flat: list[Token] = list(chain.from_iterable(tails))
         n = len(flat)
         actions = np.fromiter(map(ACTION_IDS.get, map(_ACTION_OF, flat), repeat(0)), np.int64, n)
-        item_ids = list(map(_ITEM_OF, flat))
-        items = np.fromiter(map(self.index.get, item_ids, repeat(OOV)), np.int64, n)
+        items = np.fromiter(map(self.index.get, map(_ITEM_OF, flat), repeat(OOV)), np.int64, n)
         search = actions == _SEARCH
-        items[search] = 0
-        no_item = np.fromiter(map(operator.is_, item_ids, repeat(None)), np.bool_, n)
-        valid = (actions != 0) & (search | ~no_item)
-        words = np.zeros((n, WORDS_PER_SEARCH), np.int64)
-        for position in np.flatnonzero(search & valid).tolist():
-            words[position] = _cached_query_hashes(flat[position].query or "")
+        items[search] = PAD
+        # Invalid tokens (unknown action, click without item) are dropped.
+        valid = (actions != 0) & (search | (items != PAD))
+        searches = np.flatnonzero(search & valid)
+        queries = map(_QUERY_OF, map(flat.__getitem__, searches.tolist()))
+        hashes = np.fromiter(
+            chain.from_iterable(map(_cached_query_hashes, queries)),
+            np.int64,
+            searches.size * WORDS_PER_SEARCH,
+        ).reshape(-1, WORDS_PER_SEARCH)
+        # A history is usable when it holds a known item or a search with words.
+        telling = valid & (items >= FIRST_ITEM)
+        telling[searches] = hashes[:, 0] != PAD
         row_of = np.repeat(np.arange(batch), counts)
-        if not valid.all():
-            keep = np.flatnonzero(valid)
-            items, actions, words, search = items[keep], actions[keep], words[keep], search[keep]
-            row_of = row_of[keep]
-            counts = np.bincount(row_of, minlength=batch)
-        telling = (items >= FIRST_ITEM) | (search & (words[:, 0] != 0))
-        usable = np.bincount(row_of, weights=telling, minlength=batch) > 0
+        usable = np.zeros(batch, np.bool_)
+        usable[row_of[telling]] = True
         rows = np.flatnonzero(usable)
-        offsets = np.arange(row_of.size) - (np.cumsum(counts) - counts)[row_of]
-        compact = np.cumsum(usable) - 1
-        lengths = counts[rows]
+        keep = valid & usable[row_of]
+        lengths = np.bincount(row_of[keep], minlength=batch)[rows]
         width = bucket_length(int(lengths.max()) if rows.size else 1, max_len)
         items_in, actions_in, words_in = self.buffers.get(rows.size, width)
-        take = usable[row_of]
-        at = (compact[row_of[take]], offsets[take])
-        items_in[at] = items[take]
-        actions_in[at] = actions[take]
-        words_in[at] = words[take]
+        # Where each kept token goes: its history's row in the batch, its position there.
+        kept_row = (np.cumsum(usable) - 1)[row_of[keep]]
+        kept_col = np.arange(kept_row.size) - (np.cumsum(lengths) - lengths)[kept_row]
+        items_in[kept_row, kept_col] = items[keep]
+        actions_in[kept_row, kept_col] = actions[keep]
+        in_use = keep[searches]
+        at = (np.cumsum(keep) - 1)[searches[in_use]]
+        words_in[kept_row[at], kept_col[at]] = hashes[in_use]
         return EncodedBatch(rows.tolist(), items_in, actions_in, words_in, lengths)
 
     def exclusions(self, rows: list[int], exclude: Sequence[Collection[str]]) -> np.ndarray:
-        """``[B, E]`` vocab indices to mask per row (unknown ids dropped, 0 pads)."""
-        per_row = [[self.index[i] for i in exclude[row] if i in self.index] for row in rows]
-        array = np.zeros((len(rows), max(1, *(len(r) for r in per_row))), np.int64)
-        for b, indices in enumerate(per_row):
-            array[b, : len(indices)] = indices
+        """``[B, E]`` vocab indices to mask per row (unknown ids become the 0 padding)."""
+        chosen = [exclude[row] for row in rows]
+        if len(chosen) <= SMALL_BATCH:  # lists: numpy's fixed costs dominate at this size
+            get = self.index.get
+            lists = [[get(item, PAD) for item in items] for items in chosen]
+            width = max(1, max(map(len, lists), default=0))
+            return np.array([r + [PAD] * (width - len(r)) for r in lists], np.int64).reshape(
+                len(lists), width
+            )
+        widths = np.fromiter(map(len, chosen), np.int64, len(chosen))
+        total = int(widths.sum())
+        array = np.zeros((len(chosen), max(1, int(widths.max()) if total else 1)), np.int64)
+        if total:
+            indices = map(self.index.get, chain.from_iterable(chosen), repeat(PAD))
+            row_of = np.repeat(np.arange(len(chosen)), widths)
+            columns = np.arange(total) - (np.cumsum(widths) - widths)[row_of]
+            array[row_of, columns] = np.fromiter(indices, np.int64, total)
         return array
 
     def run(self, batch: EncodedBatch, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -485,7 +568,7 @@ class RecsModel:
             "exclude": exclude,
         }
         if not self.io_binding:
-            top_items, top_scores = self.session.run(list(GRAPH_OUTPUTS["recs"]), feeds)
+            top_items, top_scores = self.session.run(self._outputs, feeds)
             return top_items, top_scores
         # On CUDA, bind inputs and outputs explicitly: only the top-k results cross
         # back to the host, the [B, V] scores never leave the device.
@@ -503,20 +586,24 @@ class RecsModel:
     ) -> list[tuple[ScoredItem, ...]]:
         """Item ids and scores, best first, at most ``k``; -inf (masked) entries dropped."""
         indices, scores = top_items[:, :k], top_scores[:, :k]
-        ids = self.item_id_array[indices].tolist()
-        values = scores.tolist()
+        if len(indices) <= SMALL_BATCH:  # lists: numpy's fixed costs dominate at this size
+            return [
+                self._decode_row(row_indices, row_scores)
+                for row_indices, row_scores in zip(indices.tolist(), scores.tolist(), strict=True)
+            ]
         keep = (scores > -np.inf) & (indices >= FIRST_ITEM)
-        complete = cast(list[bool], keep.all(axis=1).tolist())
-        decoded = []
-        for row, whole in enumerate(complete):
-            if whole:
-                decoded.append(tuple(map(ScoredItem, ids[row], values[row])))
-            else:
-                mask = keep[row].tolist()
-                decoded.append(
-                    tuple(map(ScoredItem, compress(ids[row], mask), compress(values[row], mask)))
-                )
-        return decoded
+        ids = self.item_id_array[indices[keep]].tolist()
+        items = _SCORED_ITEMS.build(len(ids), ids, scores[keep].tolist())
+        ends = np.cumsum(keep.sum(axis=1)).tolist()
+        return [tuple(items[start:end]) for start, end in pairwise([0, *ends])]
+
+    def _decode_row(self, indices: list[int], scores: list[float]) -> tuple[ScoredItem, ...]:
+        if scores[-1] == -np.inf or min(indices) < FIRST_ITEM:  # masked entries: drop them
+            kept = [(i, s) for i, s in zip(indices, scores, strict=True) if s > -np.inf]
+            indices = [i for i, _ in kept if i >= FIRST_ITEM]
+            scores = [s for i, s in kept if i >= FIRST_ITEM]
+        ids = list(map(self.item_ids.__getitem__, indices))
+        return tuple(_SCORED_ITEMS.build(len(ids), ids, scores))
 
     def popular_for(self, exclude: Collection[str], k: int) -> tuple[ScoredItem, ...]:
         """The fallback: popular items not excluded, score 0.0 (not a model score)."""
@@ -578,10 +665,13 @@ class OnnxRecsScorer:
             )
             self._warned_k = True
         batch = model.encode(histories)
-        scored: dict[int, tuple[ScoredItem, ...]] = {}
+        decoded: list[tuple[ScoredItem, ...]] = []
         if batch.rows:
             top_items, top_scores = model.run(batch, model.exclusions(batch.rows, exclude))
-            scored = dict(zip(batch.rows, model.decode(top_items, top_scores, k), strict=True))
+            decoded = model.decode(top_items, top_scores, k)
+        if len(batch.rows) == len(histories):  # the common case: every history usable
+            return [RecsResult(items, False, model.version) for items in decoded]
+        scored = dict(zip(batch.rows, decoded, strict=True))
         results = []
         for row in range(len(histories)):
             items = scored.get(row)
@@ -590,6 +680,17 @@ class OnnxRecsScorer:
             else:
                 results.append(RecsResult(items, False, model.version))
         return results
+
+    def popular(self, k: int, exclude: Collection[str] = ()) -> RecsResult:
+        """The model's popular items (its fallback, ``fallback=True``, score 0.0), at most ``k``.
+
+        What ``recommend`` gives a history the model can say nothing about, e.g.
+        for a visitor without any history; ``exclude`` as in ``recommend``.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        model = self._model.current()
+        return RecsResult(model.popular_for(exclude, k), True, model.version)
 
 
 # --- sentiment -----------------------------------------------------------------------
@@ -663,6 +764,12 @@ class OnnxSentimentScorer:
     @property
     def labels(self) -> list[str]:
         return list(self._model.current().labels)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the current session really uses."""
+        providers: list[str] = self._model.current().session.get_providers()
+        return providers
 
     def reload(self) -> bool:
         """Load the model file again now; False (old model kept) if it fails."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -86,3 +87,31 @@ def test_restart_recovers_sessions_from_the_changelog(
     # user-y had no event after the restart: its session was closed by the idle sweep
     # of the recovered state.
     assert sum(sessions["user-y"]["counts"].values()) == 1
+
+
+def test_worker_refuses_input_topics_with_another_partition_count(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """User state is placed by user id modulo RECSTREAM_PARTITIONS: a mismatch would
+    scatter it, so the worker stops before joining the group."""
+    asyncio.run(create_topics(kafka_settings, ALL_TOPICS))  # 2 partitions
+    settings = kafka_settings.model_copy(update={"partitions": 3, "web_port": free_port()})
+    env = E2E._env(settings, tmp_path / "no-models", tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, "-c", E2E.FAKE_WORKER], env=env, capture_output=True, timeout=90
+    )
+    assert done.returncode == 2, done.stderr.decode()[-2000:]
+    message = done.stderr.decode()
+    assert "wrong partition counts" in message
+    assert f"{settings.topic('clicks')} has 2" in message
+    assert "RECSTREAM_PARTITIONS=3" in message
+
+
+def test_worker_refuses_missing_input_topics(kafka_settings: Settings, tmp_path: Path) -> None:
+    settings = kafka_settings.model_copy(update={"web_port": free_port()})
+    env = E2E._env(settings, tmp_path / "no-models", tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, "-c", E2E.FAKE_WORKER], env=env, capture_output=True, timeout=90
+    )
+    assert done.returncode == 2, done.stderr.decode()[-2000:]
+    assert f"missing input topics {settings.topic('clicks')}" in done.stderr.decode()

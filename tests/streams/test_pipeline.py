@@ -7,6 +7,8 @@ from collections.abc import Collection, Sequence
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from recstream.streams.pipeline import (
@@ -17,7 +19,7 @@ from recstream.streams.pipeline import (
     home_partition,
     repartition_payload,
 )
-from recstream.streams.records import ScoredItem
+from recstream.streams.records import ScoredItem, to_json
 from recstream.streams.scoring import RecsResult, SentimentResult, Token
 from recstream.streams.settings import Settings
 
@@ -250,3 +252,148 @@ def test_sweep_at_a_watermark_equal_to_a_deadline_terminates() -> None:
     assert out.sessions == []
     out = pipeline.run([click("x2", 110.5, "r", user="u2")], store)
     assert [s.user_id for s in out.sessions] == ["u1"]
+
+
+# -- property test: malformed records among valid ones (also used through a real
+# -- worker by tests/integration/test_bad_input_worker.py) ---------------------------
+
+#: (input kind, raw bytes, expected dead-letter reason or None for a valid record).
+Labelled = tuple[str, bytes, str | None]
+#: Required fields of each input kind, in the order a valid object lists them.
+REQUIRED = {
+    "clicks": ("event_id", "user_id", "item_id", "action", "ts"),
+    "searches": ("event_id", "user_id", "query", "ts"),
+    "reviews": ("event_id", "user_id", "item_id", "text", "ts"),
+    "privacy": ("event_id", "user_id", "ts"),
+}
+ID_FIELDS = ("event_id", "user_id", "item_id")
+MAX_EVENT_BYTES = 4096
+INTS = st.integers(-(2**53), 2**53)
+_WRONG_TYPES = st.one_of(
+    st.lists(INTS, max_size=3), st.dictionaries(st.text(max_size=3), INTS,
+    max_size=2), st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: f != int(f)),
+    st.booleans(),
+)  # fmt: skip
+
+
+def valid_object(kind: str, eid: str, user: str, ts: float, draw: st.DrawFn) -> dict[str, object]:
+    """A valid input object of ``kind``, with any text hypothesis likes in free-text fields."""
+    obj: dict[str, object] = {"event_id": eid, "user_id": user, "ts": ts}
+    if kind == "clicks":
+        obj |= {"item_id": f"item-{draw(st.integers(0, 9))}",
+                "action": draw(st.sampled_from(("view", "add_to_cart", "purchase")))}  # fmt: skip
+    elif kind == "searches":
+        obj["query"] = draw(st.text(max_size=40))
+    elif kind == "reviews":
+        obj |= {"item_id": "item-1", "text": draw(st.text(max_size=60))}
+    return obj
+
+
+@st.composite
+def labelled_record(draw: st.DrawFn, n: int, now: float) -> Labelled:
+    """Record ``n`` of a batch: valid (about a third) or broken in exactly one way."""
+    kind = draw(st.sampled_from(tuple(REQUIRED)))
+    eid, user, ts = f"e{n}", f"user{n}", now - 600 + n * 0.01
+    obj = valid_object(kind, eid, user, ts, draw)
+    defect = draw(st.sampled_from((
+        "valid", "valid", "valid_extra", "bad_json", "nan", "deep", "not_utf8", "not_object",
+        "missing", "wrong_type", "ts_type", "empty_id", "long_id", "control_id", "old_ts",
+        "future_ts", "naive_ts", "unknown_action", "too_large", "long_text",
+    )))  # fmt: skip
+    raw = orjson.dumps(obj)
+    reason: str | None = None
+    if defect == "valid_extra":  # unknown fields, however nested, are ignored
+        extra = draw(
+            st.recursive(
+                INTS | st.text(max_size=5),
+                lambda inner: st.lists(inner, max_size=3),
+                max_leaves=8,
+            )
+        )
+        raw = orjson.dumps(obj | {"x_extra": extra, "nested": [[[[{"a": [1]}]]]]})
+    elif defect == "bad_json":
+        raw, reason = b"{not json " + draw(st.text(max_size=20)).encode(), "bad_json"
+    elif defect == "nan":
+        literal = draw(st.sampled_from((b"NaN", b"Infinity", b"-Infinity")))
+        raw, reason = raw.replace(orjson.dumps(ts), literal), "bad_json"
+    elif defect == "deep":
+        raw, reason = b'{"event_id": ' + b"[" * 1100 + b"]" * 1100 + b"}", "bad_json"
+    elif defect == "not_utf8":
+        bad = draw(st.sampled_from((b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xe2\x82")))
+        raw, reason = raw.replace(user.encode(), user.encode() + bad), "not_utf8"
+    elif defect == "not_object":
+        raw = orjson.dumps(draw(st.one_of(st.lists(INTS, max_size=3), INTS,
+                                          st.text(max_size=5), st.none())))  # fmt: skip
+        reason = "not_object"
+    elif defect == "missing":
+        obj.pop(draw(st.sampled_from(REQUIRED[kind])))
+        raw, reason = orjson.dumps(obj), "missing_field"
+    elif defect == "wrong_type":
+        field = draw(st.sampled_from([f for f in REQUIRED[kind] if f != "ts"]))
+        obj[field] = draw(_WRONG_TYPES)
+        raw, reason = orjson.dumps(obj), "wrong_type"
+    elif defect == "ts_type":
+        obj["ts"] = draw(st.one_of(st.booleans(), st.lists(INTS, max_size=2),
+                                   st.just("yesterday")))  # fmt: skip
+        raw, reason = orjson.dumps(obj), "bad_timestamp"
+    elif defect in ("empty_id", "long_id", "control_id"):
+        field = draw(st.sampled_from([f for f in REQUIRED[kind] if f in ID_FIELDS]))
+        control = draw(st.sampled_from(("\n", "\x00", "\x1b", "\u2028")))
+        obj[field] = {"empty_id": "", "long_id": "x" * 300, "control_id": f"a{control}b"}[defect]
+        raw, reason = orjson.dumps(obj), "bad_value"
+    elif defect in ("old_ts", "future_ts", "naive_ts"):
+        obj["ts"] = {"old_ts": draw(st.floats(-1e9, 9e8)), "future_ts": now + 3 * 86_400,
+                     "naive_ts": "2026-01-01T00:00:00"}[defect]  # fmt: skip
+        raw, reason = orjson.dumps(obj), "bad_timestamp"
+    elif defect == "unknown_action" and kind == "clicks":
+        obj["action"] = draw(st.text(max_size=12).filter(
+            lambda a: a not in ("view", "add_to_cart", "purchase")))  # fmt: skip
+        raw, reason = orjson.dumps(obj), "unknown_action"
+    elif defect == "too_large":
+        padding = "p" * draw(st.integers(MAX_EVENT_BYTES, 3 * MAX_EVENT_BYTES))
+        raw, reason = orjson.dumps(obj | {"padding": padding}), "too_large"
+    elif defect == "long_text" and kind == "searches":
+        obj["query"] = "q" * 1025
+        raw, reason = orjson.dumps(obj), "bad_value"
+    return kind, raw, reason
+
+
+@st.composite
+def labelled_batch(draw: st.DrawFn, size: int, now: float) -> list[Labelled]:
+    """``size`` records, mostly malformed, with valid ones between them."""
+    return [draw(labelled_record(n, now)) for n in range(size)]
+
+
+def check_dead_letters(
+    records: Sequence[Labelled], dead: Sequence[dict[str, object]], offsets: Sequence[int]
+) -> None:
+    """Every bad record (at ``offsets[i]`` for record i) has one dead letter with its reason."""
+    by_offset = {(d["source_topic"], d["offset"]): d for d in dead}
+    assert len(by_offset) == len(dead)
+    for (kind, raw, reason), offset in zip(records, offsets, strict=True):
+        letter = by_offset.get((kind, offset))
+        if reason is None:
+            assert letter is None, (raw[:200], letter)
+        else:
+            assert letter is not None, (raw[:200], reason)
+            assert str(letter["error"]).split(":", 1)[0] == reason, (raw[:200], letter["error"])
+            assert base64.b64decode(str(letter["payload"])) == raw
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=labelled_batch(30, NOW))
+def test_malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_processed(
+    batch: list[Labelled],
+) -> None:
+    pipeline, _, _, store = make(max_event_bytes=MAX_EVENT_BYTES)
+    raws = [RawRecord(kind, kind, 0, n, raw) for n, (kind, raw, _) in enumerate(batch)]
+    out = pipeline.run(raws, store)
+    dead = [orjson.loads(to_json(d)) for d in out.dead_letters]
+    check_dead_letters(batch, dead, list(range(len(batch))))
+    valid = {orjson.loads(raw)["event_id"]: kind for kind, raw, reason in batch if reason is None}
+    assert sorted(r.trigger_event_id for r in out.recommendations) == sorted(
+        e for e, k in valid.items() if k in ("clicks", "searches")
+    )
+    assert sorted(s.event_id for s in out.sentiments) == sorted(
+        e for e, k in valid.items() if k == "reviews"
+    )

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
+from collections import deque
+from collections.abc import Collection, Sequence
+from itertools import repeat
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
+import orjson
 import pytest
 
+from recstream.export.metadata import ModelMetadata
+from recstream.model.features import FIRST_ITEM, query_hashes
+from recstream.streams import scoring
+from recstream.streams.records import ScoredItem
 from recstream.streams.scoring import (
     EMPTY_TEXT,
     SEQUENCE_BUCKETS,
@@ -17,6 +28,10 @@ from recstream.streams.scoring import (
     FakeSentimentScorer,
     InputBuffers,
     ModelLoadError,
+    OnnxRecsScorer,
+    OnnxSentimentScorer,
+    RecordBuilder,
+    RecsModel,
     RecsScorer,
     ReloadingModel,
     SentimentScorer,
@@ -129,3 +144,207 @@ def test_reloading_model_checks_only_every_interval(tmp_path: Path) -> None:
     assert model.current() == "v2-longer" and loads == ["v1", "v2-longer"]  # not retried
     path.write_text("v3")
     assert model.reload() and model.current() == "v3"
+
+
+# --- the recommender runtime around a stand-in session (no onnxruntime, no model) ---
+
+
+class _TableSession:
+    """Stands in for the recs graph: a fixed score per item, +100 for the row's last item.
+
+    PAD and OOV score -inf, so a vocabulary smaller than top-k yields masked
+    entries; ``exclude`` is masked like the real graph does.
+    """
+
+    def __init__(self, vocab_size: int, top_k: int) -> None:
+        self.base = np.random.default_rng(3).normal(size=vocab_size).astype(np.float32)
+        self.base[:FIRST_ITEM] = -np.inf
+        self.top_k = top_k
+
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+    def run(self, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        rows = np.arange(len(feeds["lengths"]))
+        scores = np.tile(self.base, (rows.size, 1))
+        last = feeds["items"][rows, feeds["lengths"] - 1]
+        scores[rows, last] += 100.0 * (last >= FIRST_ITEM)
+        scores[rows[:, None], feeds["exclude"]] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.top_k]
+        return [top, np.take_along_axis(scores, top, axis=1)]
+
+
+VOCAB = [f"v{n}" for n in range(6)]
+
+
+def _table_model(top_k: int = 8) -> RecsModel:
+    meta = ModelMetadata(
+        "recs",
+        "recs-test",
+        "fp32",
+        12,
+        {"vocab": VOCAB, "popular": ["v5", "v4", "v3", "v2"], "top_k": top_k},
+    )
+    session = _TableSession(len(VOCAB) + FIRST_ITEM, top_k)
+    return RecsModel(cast(Any, session), meta)
+
+
+def _table_scorer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> OnnxRecsScorer:
+    model = _table_model()
+    monkeypatch.setattr(scoring, "load_recs_model", lambda path, options: model)
+    return OnnxRecsScorer(tmp_path / "recs.onnx")
+
+
+def _random_histories(seed: int, count: int) -> list[Sequence[Token]]:
+    rng = np.random.default_rng(seed)
+    kinds = [
+        lambda: Token(str(rng.choice(VOCAB)), "view"),
+        lambda: Token(str(rng.choice(VOCAB)), "purchase"),
+        lambda: Token("unknown", "add_to_cart"),
+        lambda: Token(None, "search", str(rng.choice(["red shoes", "手机", " ", "a b c d e"]))),
+        lambda: Token("v1", "search", "item id on a search"),
+        lambda: Token(None, "search"),  # a search without a query
+        lambda: Token(None, "view"),  # invalid: click without item
+        lambda: Token("v2", "wink"),  # invalid: unknown action
+    ]
+    histories: list[Sequence[Token]] = []
+    for _ in range(count):
+        picks = rng.integers(len(kinds), size=int(rng.integers(0, 20)))
+        history = [kinds[int(p)]() for p in picks]
+        histories.append(deque(history) if rng.random() < 0.2 else history)
+    return histories
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_loop_and_numpy_encodings_agree(seed: int) -> None:
+    model = _table_model()
+    histories = _random_histories(seed, 30)
+    loop = model.encode_loop(histories)
+    arrays = [a.copy() for a in (loop.items, loop.actions, loop.words, loop.lengths)]
+    vectorized = model.encode_numpy(histories)
+    assert loop.rows == vectorized.rows and 0 < len(loop.rows) < 30
+    for ours, theirs in zip(
+        arrays,
+        (vectorized.items, vectorized.actions, vectorized.words, vectorized.lengths),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(ours, theirs)
+        assert ours.dtype == theirs.dtype == np.int64
+
+
+def test_encoding_of_one_history() -> None:
+    model = _table_model()
+    history = [
+        Token("v0", "view"),
+        Token(None, "search", "Red shoes"),
+        Token(None, "view"),  # dropped
+        Token("nope", "purchase"),
+        Token("v1", "teleport"),  # dropped
+    ]
+    for encode in (model.encode_loop, model.encode_numpy):
+        batch = encode([history, []])
+        assert batch.rows == [0]
+        assert batch.items.tolist() == [[2, 0, 1] + [0] * 5]
+        assert batch.actions.tolist() == [[1, 4, 3] + [0] * 5]
+        assert batch.words[0, 1].tolist() == query_hashes("Red shoes")
+        assert not batch.words[0, [0, *range(2, 8)]].any()
+        assert batch.lengths.tolist() == [3]
+
+
+@pytest.mark.parametrize("batch", [3, 20])  # list paths (<= SMALL_BATCH) and numpy paths
+def test_exclusions_pad_unknown_ids(batch: int) -> None:
+    model = _table_model()
+    exclude: list[Collection[str]] = [{"v0", "unknown"}, (), ["v5"]] * (batch // 3 + 1)
+    array = model.exclusions(list(range(batch)), exclude)
+    assert array.shape == (batch, 2) and array.dtype == np.int64
+    for row in range(batch):
+        expected = {model.index[i] for i in exclude[row] if i in model.index}
+        assert set(array[row].tolist()) - {0} == expected
+
+
+@pytest.mark.parametrize("batch", [3, 20])
+def test_decode_drops_masked_entries_and_keeps_order(batch: int) -> None:
+    model = _table_model(top_k=8)
+    histories = [[Token(VOCAB[n % 6], "view")] for n in range(batch)]
+    exclude = [{"v0", "v1"} if n % 2 else set() for n in range(batch)]
+    encoded = model.encode(histories)
+    top_items, top_scores = model.run(encoded, model.exclusions(encoded.rows, exclude))
+    decoded = model.decode(top_items, top_scores, 8)
+    for row, items in enumerate(decoded):
+        ids = [s.item_id for s in items]
+        assert len(ids) == 6 - len(exclude[row])  # 8 asked, PAD/OOV/excluded dropped
+        assert ids[0] == VOCAB[row % 6] or VOCAB[row % 6] in exclude[row]
+        assert not set(ids) & exclude[row]
+        assert [s.score for s in items] == sorted((s.score for s in items), reverse=True)
+    assert len(model.decode(top_items, top_scores, 2)[0]) == 2
+
+
+def test_record_builder_makes_equal_frozen_records() -> None:
+    built = RecordBuilder(ScoredItem).build(3, ["a", "b", "c"], [0.5, -1.0, 2.0])
+    assert built == [ScoredItem("a", 0.5), ScoredItem("b", -1.0), ScoredItem("c", 2.0)]
+    assert hash(built[0]) == hash(ScoredItem("a", 0.5))
+    assert orjson.dumps(built) == orjson.dumps([ScoredItem("a", 0.5), *built[1:]])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built[0].score = 1.0  # type: ignore[misc]
+    assert RecordBuilder(ScoredItem).build(2, ["x", "y"], repeat(0.0))[1] == ScoredItem("y", 0.0)
+    with pytest.raises(TypeError):
+        RecordBuilder(ScoredItem).build(1, ["only ids"])
+
+
+def test_record_builder_refuses_classes_it_cannot_fill() -> None:
+    @dataclasses.dataclass
+    class NoSlots:
+        a: int
+
+    @dataclasses.dataclass(slots=True)
+    class PostInit:
+        a: int
+
+        def __post_init__(self) -> None:
+            self.a += 1
+
+    for cls in (NoSlots, PostInit):
+        with pytest.raises(TypeError):
+            RecordBuilder(cls)
+
+
+@pytest.mark.parametrize("batch", [4, 12])
+def test_recommend_around_a_session(
+    batch: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    scorer = _table_scorer(monkeypatch, tmp_path)
+    histories = [[Token(VOCAB[n % 6], "view")] if n % 3 else [] for n in range(batch)]
+    exclude = [{"v5"} if n % 2 else set() for n in range(batch)]
+    results = scorer.recommend(histories, exclude, 3)
+    for n, result in enumerate(results):
+        ids = [s.item_id for s in result.items]
+        assert result.fallback == (n % 3 == 0) and result.model_version == "recs-test"
+        assert len(ids) == 3 and not set(ids) & exclude[n]
+        if result.fallback:
+            assert ids == [p for p in ["v5", "v4", "v3", "v2"] if p not in exclude[n]][:3]
+        else:
+            assert ids[0] == VOCAB[n % 6] or VOCAB[n % 6] in exclude[n]
+
+
+def test_popular_is_the_fallback_of_an_empty_history(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    scorer = _table_scorer(monkeypatch, tmp_path)
+    popular = scorer.popular(3)
+    assert popular == scorer.recommend([[]], [()], 3)[0]
+    assert popular.fallback and popular.model_version == "recs-test"
+    assert [s.item_id for s in popular.items] == ["v5", "v4", "v3"]
+    assert all(s.score == 0.0 for s in popular.items)
+    assert [s.item_id for s in scorer.popular(10, exclude={"v4"}).items] == ["v5", "v3", "v2"]
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        scorer.popular(0)
+
+
+def test_both_scorers_report_their_providers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert _table_scorer(monkeypatch, tmp_path).providers == ["CPUExecutionProvider"]
+    model = SimpleNamespace(session=_TableSession(4, 2), version="sentiment-test")
+    monkeypatch.setattr(scoring, "load_sentiment_model", lambda path, options: model)
+    sentiment = OnnxSentimentScorer(tmp_path / "sentiment.onnx")
+    assert sentiment.providers == ["CPUExecutionProvider"]

@@ -1,0 +1,373 @@
+"""Crash and rebalance under a steady stream: nothing lost, duplicates bounded, same state.
+
+A producer sends clicks, searches and reviews for 50 users at a steady rate while
+
+* ``test_kill_9_mid_stream``: the only worker is killed with SIGKILL and started again;
+* ``test_second_worker_joins_and_leaves``: a second worker joins the group, then stops.
+
+Afterwards every click and search has a recommendation and every review a sentiment
+(matched by event id), the closed ``sessions`` equal what the offline pipeline makes of
+the same events in one uninterrupted run (so the state recovered from the changelog
+lost and double-applied nothing), and repeated outputs (at-least-once) are at most what
+was processed since the last offset commit: the events produced in Faust's commit
+interval plus one batch per agent and partition.
+
+Set ``RELIABILITY_RESULTS_DIR`` to write the measured counts as JSON there
+(``benchmarks/reliability_report.py`` reads them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from recstream.streams.broker import BrokerTraits, EmbeddedBroker, free_port
+from recstream.streams.kafka_config import aiokafka_kwargs
+from recstream.streams.pipeline import DictStore, Pipeline, RawRecord, home_partition
+from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
+from recstream.streams.settings import Settings
+from recstream.streams.topic_admin import ALL_TOPICS, create_topics
+
+USERS = 50
+RATE = 50.0  # events per second
+EVENTS = 900
+BATCH_SIZE = 16
+#: Faust's default offset commit interval (``broker_commit_interval``), seconds.
+COMMIT_INTERVAL_S = 2.8
+#: Input agents that can hold an uncommitted batch per partition (4 inputs + repartition).
+AGENTS = 5
+COLLECT_TIMEOUT_S = 90.0
+
+
+def _helpers() -> ModuleType:
+    """The worker helpers of test_end_to_end.py (test files are not importable packages)."""
+    path = Path(__file__).with_name("test_end_to_end.py")
+    spec = importlib.util.spec_from_file_location("recstream_e2e_helpers_crash", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+E2E = _helpers()
+
+Record = tuple[str, bytes | None, bytes]
+
+
+def make_stream(seed: int, t0: float) -> list[Record]:
+    """(kind, key, value) input records; event time advances 0.1 s per event, so with a
+    2 s session gap users who pause for 20 events start a new session."""
+    rng = random.Random(seed)
+    run = uuid.uuid4().hex[:6]
+    records: list[Record] = []
+    for n in range(EVENTS):
+        user = f"u{rng.randrange(USERS)}"
+        ts = t0 + n * 0.1
+        eid = f"{run}-{n}"
+        roll = rng.random()
+        obj: dict[str, Any]
+        if roll < 0.7:
+            action = rng.choice(("view", "view", "add_to_cart", "purchase"))
+            obj = {"event_id": eid, "user_id": user, "item_id": f"item-{rng.randrange(40)}",
+                   "action": action, "ts": ts}  # fmt: skip
+            kind = "clicks"
+        elif roll < 0.9:
+            obj = {"event_id": eid, "user_id": user, "query": "red shoes", "ts": ts}
+            kind = "searches"
+        else:
+            obj = {"event_id": eid, "user_id": user, "item_id": "item-1", "text": "great",
+                   "ts": ts}  # fmt: skip
+            kind = "reviews"
+        key = None if rng.random() < 0.1 else user.encode()  # some unkeyed: repartitioned
+        records.append((kind, key, orjson.dumps(obj)))
+    return records
+
+
+def expected_sessions(settings: Settings, records: list[Record]) -> dict[str, dict[str, int]]:
+    """Closed sessions (id -> counts) of one uninterrupted offline run of ``records``."""
+    pipeline = Pipeline(
+        settings, FakeRecsScorer([f"item-{i}" for i in range(40)]), FakeSentimentScorer(),
+        partitions=settings.partitions,
+    )  # fmt: skip
+    store = DictStore()
+    raw = []
+    for offset, (kind, _, value) in enumerate(records):
+        user = orjson.loads(value)["user_id"]
+        part = home_partition(user, settings.partitions)
+        raw.append(RawRecord(kind, settings.topic(kind), part, offset, value))
+    out = pipeline.run(raw, store)
+    sessions = list(out.sessions)
+    for partition in range(settings.partitions):
+        pipeline.watermarks[partition] = 1e12  # the idle sweep closes everything
+        sessions += pipeline.sweep(partition, store)
+    return {s.session_id: dict(s.counts) for s in sessions}
+
+
+async def produce_steadily(
+    settings: Settings, records: list[Record], at: dict[float, Callable[[], bool]]
+) -> list[float]:
+    """Send ``records`` at RATE per second; call ``at[fraction]`` once that fraction of
+    the records is sent (it returns True when the broker restarted). Returns the wall
+    time each record was sent."""
+    producer = AIOKafkaProducer(**aiokafka_kwargs(settings))
+    await producer.start()
+    sent_at = []
+    pending = dict(sorted(at.items()))
+    try:
+        start = time.monotonic()
+        for n, (kind, key, value) in enumerate(records):
+            delay = start + n / RATE - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await producer.send(settings.topic(kind), value=value, key=key)
+            sent_at.append(time.monotonic())
+            for fraction in list(pending):
+                if n >= fraction * len(records):
+                    await producer.flush()
+                    if pending.pop(fraction)():  # the broker restarted: reconnect
+                        await producer.stop()
+                        producer = AIOKafkaProducer(**aiokafka_kwargs(settings))
+                        await producer.start()
+                    start = time.monotonic() - (n + 1) / RATE
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent_at
+
+
+def worker_env(settings: Settings, tmp_path: Path, name: str, port: int) -> dict[str, str]:
+    env = E2E._env(settings, tmp_path / "no-models", tmp_path / f"data-{name}")
+    env.update(RECSTREAM_BATCH_SIZE=str(BATCH_SIZE), RECSTREAM_WEB_PORT=str(port))
+    return env
+
+
+Worker = tuple[subprocess.Popen[bytes], int, Path]
+
+
+def start_worker(settings: Settings, tmp_path: Path, name: str) -> Worker:
+    port = free_port()
+    log = tmp_path / f"worker-{name}.log"
+    command = [sys.executable, "-c", E2E.FAKE_WORKER]
+    return E2E._start(command, worker_env(settings, tmp_path, name, port), log), port, log
+
+
+def check_outputs(
+    settings: Settings,
+    records: list[Record],
+    got: dict[str, list[dict[str, Any]]],
+    bound: int,
+) -> dict[str, Any]:
+    """Assert nothing is missing, sessions match the offline run, duplicates are bounded."""
+    ids = {kind: set() for kind in ("clicks", "searches", "reviews")}  # type: dict[str, set[str]]
+    for kind, _, value in records:
+        ids[kind].add(orjson.loads(value)["event_id"])
+    recs = Counter(r["trigger_event_id"] for r in got["recommendations"])
+    sentiments = Counter(s["event_id"] for s in got["sentiment"])
+    missing_recs = (ids["clicks"] | ids["searches"]) - set(recs)
+    missing_sentiment = ids["reviews"] - set(sentiments)
+    dead = Counter(d["error"][:60] for d in got["deadletter"])
+    assert not missing_recs, (
+        f"{len(missing_recs)} clicks/searches without a recommendation: "
+        f"{sorted(missing_recs)[:20]}; dead letters {dead}"
+    )
+    assert not missing_sentiment, f"{len(missing_sentiment)} reviews without a sentiment"
+    assert set(recs) <= ids["clicks"] | ids["searches"]
+    sessions: dict[str, list[dict[str, int]]] = {}
+    for s in got["sessions"]:
+        sessions.setdefault(s["session_id"], []).append(s["counts"])
+    for sid, copies in sessions.items():
+        assert all(c == copies[0] for c in copies), f"session {sid} emitted with different counts"
+    actual = {sid: copies[0] for sid, copies in sessions.items()}
+    assert actual == expected_sessions(settings, records)
+    duplicates = {
+        "recommendations": sum(recs.values()) - len(recs),
+        "sentiment": sum(sentiments.values()) - len(sentiments),
+        "sessions": len(got["sessions"]) - len(sessions),
+    }
+    assert sum(duplicates.values()) <= bound, (duplicates, bound)
+    assert not got["deadletter"], got["deadletter"][:3]
+    return {
+        "events_produced": len(records),
+        "recommendations_expected": len(ids["clicks"] | ids["searches"]),
+        "recommendations_seen": sum(recs.values()),
+        "sentiments_expected": len(ids["reviews"]),
+        "sentiments_seen": sum(sentiments.values()),
+        "sessions_expected": len(actual),
+        "sessions_seen": len(got["sessions"]),
+        "duplicates": duplicates,
+        "duplicate_bound": bound,
+    }
+
+
+def duplicate_bound(settings: Settings, disruptions: int) -> int:
+    """Outputs that may repeat per disruption: events produced in one commit interval
+    (plus 1 s of slack), plus one batch per agent and partition."""
+    per = int(RATE * (COMMIT_INTERVAL_S + 1.0)) + BATCH_SIZE * AGENTS * settings.partitions
+    return per * disruptions
+
+
+def save_result(name: str, result: dict[str, Any]) -> None:
+    folder = os.environ.get("RELIABILITY_RESULTS_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(result, indent=2))
+
+
+def collect_all(settings: Settings, records: list[Record]) -> dict[str, list[dict[str, Any]]]:
+    """Every output until each expected id is seen (or the timeout), plus 3 s of stragglers."""
+    want_recs = {orjson.loads(v)["event_id"] for k, _, v in records if k != "reviews"}
+    want_reviews = {orjson.loads(v)["event_id"] for k, _, v in records if k == "reviews"}
+    want_sessions = set(expected_sessions(settings, records))
+    names = ("recommendations", "sentiment", "sessions", "deadletter")
+    return asyncio.run(
+        _read_until(settings, names, lambda got: (
+            want_recs <= {r["trigger_event_id"] for r in got["recommendations"]}
+            and want_reviews <= {s["event_id"] for s in got["sentiment"]}
+            and want_sessions <= {s["session_id"] for s in got["sessions"]}
+        ))
+    )  # fmt: skip
+
+
+async def _read_until(
+    settings: Settings,
+    names: tuple[str, ...],
+    done: Callable[[dict[str, list[dict[str, Any]]]], bool],
+) -> dict[str, list[dict[str, Any]]]:
+    topics = {settings.topic(name): name for name in names}
+    consumer = AIOKafkaConsumer(
+        *topics, auto_offset_reset="earliest", enable_auto_commit=False,
+        **aiokafka_kwargs(settings),
+    )  # fmt: skip
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + COLLECT_TIMEOUT_S
+        finished_at: float | None = None
+        while time.monotonic() < deadline:
+            if finished_at is None and done(got):
+                finished_at = time.monotonic()
+            if finished_at is not None and time.monotonic() > finished_at + 3.0:
+                break
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batches.items():
+                got[topics[tp.topic]] += [orjson.loads(m.value) for m in messages]
+    finally:
+        await consumer.stop()
+    return got
+
+
+@pytest.fixture
+def crash_settings(kafka_settings: Settings, broker_traits: BrokerTraits | None) -> Settings:
+    if broker_traits is not None and not broker_traits.exact_end_offsets:
+        pytest.skip("this broker's table recovery loses updates (exact_end_offsets is False)")
+    settings = kafka_settings.model_copy(update={"partitions": 2})
+    asyncio.run(create_topics(settings, ALL_TOPICS))
+    return settings
+
+
+@pytest.fixture
+def own_broker(
+    broker_kind: str, kafka_settings: Settings, tmp_path: Path
+) -> Iterator[EmbeddedBroker | None]:
+    """A broker of this test's own that it may restart (noida), or None (external Kafka).
+
+    noida 0.2.3 never expires a member that died without leaving: it stays the group
+    leader, every SyncGroup of a new member fails with "rebalance in progress", and the
+    group is stuck (probed with bare aiokafka consumers too).  Restarting noida clears
+    its group state (the log and committed offsets are kept on disk), so the crash test
+    restarts it after the kill.  A real Kafka expires the dead member after its session
+    timeout (10 s), so against an external Kafka nothing is restarted.
+    """
+    if broker_kind == "external":
+        yield None
+        return
+    if broker_kind != "noida":
+        pytest.skip(f"{broker_kind}: table recovery loses updates (exact_end_offsets False)")
+    # A fixed port, so the restarted broker keeps the bootstrap address.
+    broker = EmbeddedBroker(kind="noida", port=free_port(), data_dir=tmp_path / "broker")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_kill_9_mid_stream(
+    own_broker: EmbeddedBroker | None, kafka_settings: Settings, tmp_path: Path
+) -> None:
+    update: dict[str, Any] = {"partitions": 2}
+    if own_broker is not None:
+        update["bootstrap_servers"] = own_broker.bootstrap_servers
+    settings = kafka_settings.model_copy(update=update)
+    asyncio.run(create_topics(settings, ALL_TOPICS))
+    records = make_stream(seed=7, t0=time.time() - 3600)
+    first, port, log = start_worker(settings, tmp_path, "a")
+    workers = [first]
+    try:
+        E2E._wait_ready(first, port, log, 60)
+
+        def crash() -> bool:
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            restarted = False
+            if own_broker is not None:  # see own_broker: noida keeps the dead member
+                own_broker.stop()
+                own_broker.start()
+                restarted = True
+            workers.append(start_worker(settings, tmp_path, "b")[0])
+            return restarted
+
+        asyncio.run(produce_steadily(settings, records, {0.4: crash}))
+        assert first.returncode == -signal.SIGKILL
+        got = collect_all(settings, records)
+        assert workers[-1].poll() is None, (tmp_path / "worker-b.log").read_text()[-3000:]
+    finally:
+        for proc in workers:
+            E2E._stop(proc)
+    result = check_outputs(settings, records, got, duplicate_bound(settings, 1))
+    save_result("crash", result)
+
+
+def test_second_worker_joins_and_leaves(crash_settings: Settings, tmp_path: Path) -> None:
+    settings = crash_settings
+    records = make_stream(seed=11, t0=time.time() - 3600)
+    first, port, log = start_worker(settings, tmp_path, "a")
+    workers = [first]
+    try:
+        E2E._wait_ready(first, port, log, 60)
+
+        def join() -> bool:
+            workers.append(start_worker(settings, tmp_path, "b")[0])
+            return False
+
+        def leave() -> bool:
+            workers[1].send_signal(signal.SIGTERM)
+            return False
+
+        asyncio.run(produce_steadily(settings, records, {0.2: join, 0.75: leave}))
+        got = collect_all(settings, records)
+        assert first.poll() is None, log.read_text()[-3000:]
+        assert workers[1].wait(timeout=30) == 0, (tmp_path / "worker-b.log").read_text()[-3000:]
+    finally:
+        for proc in workers:
+            E2E._stop(proc)
+    # A join and a leave are two rebalances, each may replay uncommitted batches.
+    result = check_outputs(settings, records, got, duplicate_bound(settings, 2))
+    save_result("rebalance", result)
