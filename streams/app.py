@@ -21,6 +21,7 @@ from recstream.streams.topics import declare_topics
 #: tansu test broker needs); heartbeats run on the event loop, never blocked by scoring.
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 1.0
+PRODUCER_LINGER_S = 0.005
 
 
 def advertised_host(settings: Settings) -> str:
@@ -51,6 +52,9 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "web_port": settings.web_port,
         "broker_session_timeout": SESSION_TIMEOUT_S,
         "broker_heartbeat_interval": HEARTBEAT_INTERVAL_S,
+        # a batch's outputs leave in a few produce requests instead of one per burst
+        # (measured with the other worker fixes: 23-31% less CPU per event)
+        "producer_linger": PRODUCER_LINGER_S,
         "consumer_auto_offset_reset": "earliest",
         "stream_buffer_maxsize": max(4096, 2 * settings.batch_size),
     }

@@ -224,6 +224,11 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
+def _cpu_figure(value: Any) -> bool:
+    """A CPU-time figure: process CPU clocks tick every 10 ms, so a tiny run can read 0."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(170)
 def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
@@ -264,11 +269,11 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
     for scenario in SCENARIOS:
         entry = broker["throughput"][scenario]
         assert "error" not in entry, entry.get("error")
-        assert _positive(entry["rate"]) and _positive(entry["us_per_event"])
+        assert _positive(entry["rate"]) and _cpu_figure(entry["us_per_event"])
         assert all(_positive(rate) for rate in entry["rates"])
-        assert _positive(entry["cpu_percent"]["app"])
+        assert _cpu_figure(entry["cpu_percent"]["app"])
     assert _positive(broker["throughput"]["recstream-passthrough"]["cold_start_s"])
-    assert all(_positive(v) for v in broker["ratios"].values())
+    assert all(_cpu_figure(v) for v in broker["ratios"].values())
 
     assert broker["deep_scenario"] == "recstream-passthrough"
     assert [p["load"] for p in broker["latency"]] == [0.25, 0.5, 0.8]

@@ -12,6 +12,12 @@ lost and double-applied nothing), and repeated outputs (at-least-once) are at mo
 was processed since the last offset commit: the events produced in Faust's commit
 interval plus one batch per agent and partition.
 
+Broker notes: on noida the crash test restarts its own broker after the kill (noida
+0.2.3 never expires a member that died without leaving, see ``own_broker``), and the
+rebalance test is skipped (noida cannot rebalance two live members); both run as is
+against a real Kafka (``RECSTREAM_BOOTSTRAP_SERVERS``). Tansu is skipped (its table
+recovery loses updates).
+
 Set ``RELIABILITY_RESULTS_DIR`` to write the measured counts as JSON there
 (``benchmarks/reliability_report.py`` reads them).
 """
@@ -54,6 +60,13 @@ COMMIT_INTERVAL_S = 2.8
 #: Input agents that can hold an uncommitted batch per partition (4 inputs + repartition).
 AGENTS = 5
 COLLECT_TIMEOUT_S = 90.0
+#: Event-time rules of the test: a 2 s gap splits sessions; a lateness longer than the
+#: whole stream, because after a crash or rebalance the input topics' backlogs are
+#: drained by separate agents at different speeds, so one user's clicks and searches
+#: can be processed far out of order (beyond the lateness they would be dead-lettered
+#: as ``late``, correctly, and would differ from the in-order run).
+SESSION_GAP_S = 2.0
+LATENESS_S = 25.0
 
 
 def _helpers() -> ModuleType:
@@ -69,17 +82,21 @@ def _helpers() -> ModuleType:
 E2E = _helpers()
 
 Record = tuple[str, bytes | None, bytes]
+RULES: dict[str, Any] = {
+    "partitions": 2, "session_gap": SESSION_GAP_S, "allowed_lateness": LATENESS_S,
+}  # fmt: skip
 
 
 def make_stream(seed: int, t0: float) -> list[Record]:
-    """(kind, key, value) input records; event time advances 0.1 s per event, so with a
-    2 s session gap users who pause for 20 events start a new session."""
+    """(kind, key, value) input records; event time advances like the wall clock of the
+    producer (1/RATE per event), so with a 2 s session gap a user absent for 100
+    events starts a new session."""
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:6]
     records: list[Record] = []
     for n in range(EVENTS):
         user = f"u{rng.randrange(USERS)}"
-        ts = t0 + n * 0.1
+        ts = t0 + n / RATE
         eid = f"{run}-{n}"
         roll = rng.random()
         obj: dict[str, Any]
@@ -154,7 +171,12 @@ async def produce_steadily(
 
 def worker_env(settings: Settings, tmp_path: Path, name: str, port: int) -> dict[str, str]:
     env = E2E._env(settings, tmp_path / "no-models", tmp_path / f"data-{name}")
-    env.update(RECSTREAM_BATCH_SIZE=str(BATCH_SIZE), RECSTREAM_WEB_PORT=str(port))
+    env.update(
+        RECSTREAM_BATCH_SIZE=str(BATCH_SIZE),
+        RECSTREAM_WEB_PORT=str(port),
+        RECSTREAM_SESSION_GAP=str(settings.session_gap),
+        RECSTREAM_ALLOWED_LATENESS=str(settings.allowed_lateness),
+    )
     return env
 
 
@@ -277,7 +299,7 @@ async def _read_until(
 def crash_settings(kafka_settings: Settings, broker_traits: BrokerTraits | None) -> Settings:
     if broker_traits is not None and not broker_traits.exact_end_offsets:
         pytest.skip("this broker's table recovery loses updates (exact_end_offsets is False)")
-    settings = kafka_settings.model_copy(update={"partitions": 2})
+    settings = kafka_settings.model_copy(update=RULES)
     asyncio.run(create_topics(settings, ALL_TOPICS))
     return settings
 
@@ -312,7 +334,7 @@ def own_broker(
 def test_kill_9_mid_stream(
     own_broker: EmbeddedBroker | None, kafka_settings: Settings, tmp_path: Path
 ) -> None:
-    update: dict[str, Any] = {"partitions": 2}
+    update: dict[str, Any] = dict(RULES)
     if own_broker is not None:
         update["bootstrap_servers"] = own_broker.bootstrap_servers
     settings = kafka_settings.model_copy(update=update)
@@ -345,7 +367,15 @@ def test_kill_9_mid_stream(
     save_result("crash", result)
 
 
-def test_second_worker_joins_and_leaves(crash_settings: Settings, tmp_path: Path) -> None:
+def test_second_worker_joins_and_leaves(
+    crash_settings: Settings, broker_kind: str, tmp_path: Path
+) -> None:
+    if broker_kind == "noida":
+        # Reproduced with two bare aiokafka consumers (no Faust): when a second member
+        # joins a live group, noida 0.2.3 answers JoinGroup with RequestTimedOut and
+        # fails the first member's heartbeats/commits (IllegalGeneration) for good.
+        pytest.skip("noida 0.2.3 cannot rebalance a group with two live members; "
+                    "run with RECSTREAM_BOOTSTRAP_SERVERS pointing at a real Kafka")  # fmt: skip
     settings = crash_settings
     records = make_stream(seed=11, t0=time.time() - 3600)
     first, port, log = start_worker(settings, tmp_path, "a")
