@@ -246,7 +246,10 @@ class OutputWatch:
     values: list[dict[str, Any]] = field(default_factory=list)
 
     def rate(self) -> float:
-        """Outputs per second between the first received batch and the target count."""
+        """Outputs per second between the first received batch and the target count.
+
+        0.0 when every output came in the first fetch: too fast to time at this size
+        (tiny test runs), never a measured zero."""
         if self.first_at is None or self.done_at is None or self.done_at <= self.first_at:
             return 0.0
         return (self.count - self.first_count) / (self.done_at - self.first_at)
