@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recstream.model.review_adapters import FORMATS
+from recstream.model.review_adapters import add_source_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,20 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="checkpoint folder (sentiment.json/.pt) or exported sentiment.onnx",
     )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        action="append",
-        required=True,
-        help="labelled review file; repeat with --format for each source",
-    )
-    parser.add_argument(
-        "--format",
-        action="append",
-        required=True,
-        choices=FORMATS,
-        help="format of the matching --data (same order)",
-    )
+    add_source_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
 
 

@@ -26,6 +26,7 @@ of the training part out for early stopping, the same way with
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -268,6 +269,24 @@ def _read_jsonl(path: Path) -> Iterator[LabelledReview | None]:
             elif label not in LABELS:
                 raise DataFormatError(path, number, f"label must be one of {LABELS}, got {label!r}")
             yield LabelledReview(review, str(label))
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """The repeatable ``--data PATH --format FORMAT`` pair of the sentiment commands."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="labelled review file; repeat with --format for each source",
+    )
+    parser.add_argument(
+        "--format",
+        action="append",
+        required=True,
+        choices=FORMATS,
+        help="format of the matching --data (same order)",
+    )
 
 
 # ----------------------------------------------------------------------------

@@ -6,25 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from recstream.model.review_adapters import FORMATS
+from recstream.model.review_adapters import add_source_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``recstream train sentiment``."""
-    parser.add_argument(
-        "--data",
-        type=Path,
-        action="append",
-        required=True,
-        help="labelled review file; repeat with --format for each source",
-    )
-    parser.add_argument(
-        "--format",
-        action="append",
-        required=True,
-        choices=FORMATS,
-        help="format of the matching --data (same order)",
-    )
+    add_source_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     parser.add_argument("--epochs", type=int, default=12, help="most epochs (early stopping)")
     parser.add_argument(
