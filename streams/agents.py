@@ -102,28 +102,34 @@ class BatchProcessor:
         if self.latest is not None:  # before prepare: it deletes forgotten users' state
             self.latest.forget([i.event.user_id for i in local if isinstance(i.event, Forget)])
         work = pipeline.prepare(local, self.store)
-        scores = Scores()
-        if work.recs or work.reviews:
-            started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            scores = await loop.run_in_executor(self.executor, pipeline.score, work)
-            self._observe_scoring(len(work.recs), len(work.reviews), time.perf_counter() - started)
-        out = pipeline.finish(work, scores)
-        if self.latest is not None:
-            self.latest.record(out.recommendations)
-            self.latest.record_sentiments(out.sentiments)
-        out.dead_letters = dead + out.dead_letters
-        now = time.monotonic()
-        for partition in {
-            item.source.partition if item.home is None else item.home for item in local
-        }:
-            self._idle_since[partition] = now
-            out.sessions += pipeline.sweep(partition, self.store)
-        sends += await self._send_outputs(out)
-        if sends:
-            await asyncio.gather(*sends)
-        # Only now may the state remember this batch (see TableStateStore).
-        self.store.flush_changelog()
+        changes = [self.store.seal()]
+        try:
+            scores = Scores()
+            if work.recs or work.reviews:
+                started = time.perf_counter()
+                loop = asyncio.get_running_loop()
+                scores = await loop.run_in_executor(self.executor, pipeline.score, work)
+                self._observe_scoring(
+                    len(work.recs), len(work.reviews), time.perf_counter() - started
+                )
+            out = pipeline.finish(work, scores)
+            if self.latest is not None:
+                self.latest.record(out.recommendations)
+                self.latest.record_sentiments(out.sentiments)
+            out.dead_letters = dead + out.dead_letters
+            now = time.monotonic()
+            for partition in {
+                item.source.partition if item.home is None else item.home for item in local
+            }:
+                self._idle_since[partition] = now
+                out.sessions += pipeline.sweep(partition, self.store)
+            changes.append(self.store.seal())
+            sends += await self._send_outputs(out)
+            if sends:
+                await asyncio.gather(*sends)
+        finally:
+            # Only now may the changelog remember this batch (see TableStateStore).
+            await self.store.publish(*changes)
         self._observe_outputs(out)
 
     async def sweep_idle(self) -> None:
@@ -137,10 +143,13 @@ class BatchProcessor:
             self.pipeline.watermarks[partition] += idle
             self._idle_since[partition] = now
             out.sessions += self.pipeline.sweep(partition, self.store)
-        if out.sessions:
-            await asyncio.gather(*await self._send_outputs(out))
-            self._observe_outputs(out)
-        self.store.flush_changelog()
+        changes = self.store.seal()
+        try:
+            if out.sessions:
+                await asyncio.gather(*await self._send_outputs(out))
+                self._observe_outputs(out)
+        finally:
+            await self.store.publish(changes)
 
     def rebuild_index(self, active_partitions: set[int]) -> None:
         """After a rebalance: sweep only the partitions this worker owns, from its table."""

@@ -68,6 +68,8 @@ T = TypeVar("T")
 PROCESSING_ERROR: Final = "processing_error"
 #: Hex characters kept of a pseudonymised user id (128 bits).
 PSEUDONYM_CHARS: Final = 32
+#: Stale sweep-heap entries tolerated beyond twice the tracked users before a rebuild.
+HEAP_SLACK: Final = 1024
 
 _PARSERS: Final[dict[str, Callable[..., InputEvent]]] = {
     "clicks": parse_click,
@@ -227,6 +229,7 @@ class Pipeline:
         self.user_ids = UserIds(salt.get_secret_value() if salt else None)
         self.partitions = partitions
         self.clock = clock
+        self.exclude_trigger = settings.exclude_trigger_item
         #: partition -> largest valid event time seen on it.
         self.watermarks: dict[int, float] = {}
         # partition -> user -> watermark at which a sweep changes the user's state,
@@ -328,7 +331,7 @@ class Pipeline:
                     event=event,
                     source=item.source,
                     history=applied.state.tokens(rules.history_length),
-                    exclude=applied.session.purchased,
+                    exclude=self._exclude(applied.session.purchased, event),
                 )
             )
         for user, (state, partition) in states.items():
@@ -462,13 +465,25 @@ class Pipeline:
 
     # -- helpers ----------------------------------------------------------------
 
+    def _exclude(self, purchased: frozenset[str], event: Click | Search) -> frozenset[str]:
+        """Items a recommendation answering ``event`` must not hold."""
+        if self.exclude_trigger and isinstance(event, Click) and event.item_id:
+            return purchased | {event.item_id}
+        return purchased
+
     def _track(self, partition: int, user: str, state: sessions.UserState) -> None:
         deadline = sessions.next_deadline(state, self.rules)
         deadlines = self._deadlines.setdefault(partition, {})
         if deadlines.get(user) == deadline:
             return
         deadlines[user] = deadline
-        heapq.heappush(self._heaps.setdefault(partition, []), (deadline, user))
+        heap = self._heaps.setdefault(partition, [])
+        heapq.heappush(heap, (deadline, user))
+        if len(heap) > 2 * len(deadlines) + HEAP_SLACK:
+            # Mostly stale entries (a busy user's deadline moves with every batch):
+            # rebuild from the live deadlines, so the heap stays O(users), not O(events).
+            heap[:] = [(when, who) for who, when in deadlines.items()]
+            heapq.heapify(heap)
 
     def _untrack(self, partition: int, user: str) -> None:
         self._deadlines.get(partition, {}).pop(user, None)

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     """RECSTREAM_MODEL_RELOAD_INTERVAL: seconds between checks for a new model file."""
     top_k: int = Field(10, ge=1, le=100)
     """RECSTREAM_TOP_K: items per recommendation."""
+    exclude_trigger_item: bool = True
+    """RECSTREAM_EXCLUDE_TRIGGER_ITEM: leave out the item of the click being answered
+    (the one on screen); items purchased in the session are always left out."""
     batch_size: int = Field(256, ge=1)
     """RECSTREAM_BATCH_SIZE: most events taken from a stream in one batch."""
     batch_within: float = Field(0.01, gt=0)

@@ -17,7 +17,6 @@ import base64
 import importlib.util
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +28,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
+from worker_processes import (
+    FAKE_WORKER_COMMAND,
+    e2e_env,
+    start_process,
+    stop_processes,
+    wait_ready,
+)
 
 from recstream.streams.broker import free_port
 from recstream.streams.kafka_config import aiokafka_kwargs
@@ -45,7 +51,6 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 HERE = Path(__file__).resolve().parent
-E2E = _load("recstream_e2e_helpers_bad", HERE / "test_end_to_end.py")
 STRATEGIES = _load("recstream_pipeline_strategies", HERE.parent / "streams" / "test_pipeline.py")
 BATCH = 200
 TIMEOUT_S = 60.0
@@ -73,21 +78,21 @@ def running_worker(
     )  # fmt: skip
     asyncio.run(create_topics(cfg, ALL_TOPICS))
     tmp = tmp_path_factory.mktemp("bad-input")
-    env = E2E._env(cfg, tmp / "no-models", tmp / "data")
+    env = e2e_env(cfg, tmp / "no-models", tmp / "data")
     env["RECSTREAM_MAX_EVENT_BYTES"] = str(STRATEGIES.MAX_EVENT_BYTES)
     env["RECSTREAM_SESSION_GAP"] = "600"
     env["RECSTREAM_ALLOWED_LATENESS"] = "600"
     log = tmp / "worker.log"
-    proc = E2E._start([sys.executable, "-c", E2E.FAKE_WORKER], env, log)
+    proc = start_process(FAKE_WORKER_COMMAND, env, log)
     try:
-        E2E._wait_ready(proc, cfg.web_port, log, 60)
+        wait_ready(proc, cfg.web_port, log, 60)
         yield RunningWorker(cfg, proc)
     finally:
-        E2E._stop(proc)
+        stop_processes(proc)
     folder = os.environ.get("RELIABILITY_RESULTS_DIR")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        result = {name: dict(counts) for name, counts in TOTALS.items()}
+        result: dict[str, Any] = {name: dict(counts) for name, counts in TOTALS.items()}
         result["worker_exit"] = proc.returncode
         (Path(folder) / "bad_input.json").write_text(json.dumps(result, indent=2))
 

@@ -19,11 +19,10 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import orjson
 import pytest
+from worker_processes import Worker, http, start_worker, stop_processes, wait_for, worker_settings
 
 from recstream.model.shoplog import CATEGORIES
 from recstream.streams.storefront import catalog_from_events
@@ -47,20 +46,6 @@ RECS = ("css selector", "#recs li")
 #: Top recommendations checked for the category, and how many must match.
 TOP, MATCHES = 5, 3
 LOG_SHAPE = {"users": 300, "items": 64, "days": 14, "seed": 3}
-
-
-def _load_worker_helpers() -> ModuleType:
-    """The worker helpers of test_storefront_worker.py (test folders are not packages)."""
-    path = Path(__file__).with_name("test_storefront_worker.py")
-    spec = importlib.util.spec_from_file_location("storefront_worker_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = _load_worker_helpers()
 
 
 def _require_browser() -> None:
@@ -105,24 +90,24 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def worker(kafka_bootstrap: str, shop: tuple[Path, Path], tmp_path: Path) -> Iterator[Any]:
+def worker(kafka_bootstrap: str, shop: tuple[Path, Path], tmp_path: Path) -> Iterator[Worker]:
     import asyncio
 
     from recstream.streams.topic_admin import ALL_TOPICS, create_topics
 
     log, models = shop
-    settings = helpers.worker_settings(kafka_bootstrap)
+    settings = worker_settings(kafka_bootstrap)
     asyncio.run(create_topics(settings, ALL_TOPICS))
-    handle = helpers.start_worker(settings, models, tmp_path / "worker", catalog_log=log)
+    handle = start_worker(settings, models, tmp_path / "worker", catalog_log=log)
     try:
-        helpers.wait_for(
+        wait_for(
             "the worker",
-            lambda: helpers.http(f"{handle.url}/v1/users/nobody/recommendations")[0] == 200,
+            lambda: http(f"{handle.url}/v1/users/nobody/recommendations")[0] == 200,
             [handle],
         )
         yield handle
     finally:
-        helpers.stop_workers([handle])
+        stop_processes(handle.process, timeout=20)
 
 
 def main_category(log: Path) -> tuple[str, set[str], list[str]]:
@@ -139,7 +124,7 @@ def main_category(log: Path) -> tuple[str, set[str], list[str]]:
 
 
 def test_clicks_and_a_search_in_the_browser_update_the_recommendations(
-    worker: Any, shop: tuple[Path, Path], tmp_path: Path
+    worker: Worker, shop: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -25,24 +25,30 @@ Set ``RELIABILITY_RESULTS_DIR`` to write the measured counts as JSON there
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+from worker_processes import (
+    FAKE_WORKER_COMMAND,
+    Record,
+    e2e_env,
+    read_outputs,
+    start_process,
+    stop_processes,
+    wait_ready,
+)
 
 from recstream.streams.broker import BrokerTraits, EmbeddedBroker, free_port
 from recstream.streams.kafka_config import aiokafka_kwargs
@@ -69,19 +75,6 @@ SESSION_GAP_S = 2.0
 LATENESS_S = 25.0
 
 
-def _helpers() -> ModuleType:
-    """The worker helpers of test_end_to_end.py (test files are not importable packages)."""
-    path = Path(__file__).with_name("test_end_to_end.py")
-    spec = importlib.util.spec_from_file_location("recstream_e2e_helpers_crash", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-E2E = _helpers()
-
-Record = tuple[str, bytes | None, bytes]
 RULES: dict[str, Any] = {
     "partitions": 2, "session_gap": SESSION_GAP_S, "allowed_lateness": LATENESS_S,
 }  # fmt: skip
@@ -170,7 +163,7 @@ async def produce_steadily(
 
 
 def worker_env(settings: Settings, tmp_path: Path, name: str, port: int) -> dict[str, str]:
-    env = E2E._env(settings, tmp_path / "no-models", tmp_path / f"data-{name}")
+    env = e2e_env(settings, tmp_path / "no-models", tmp_path / f"data-{name}")
     env.update(
         RECSTREAM_BATCH_SIZE=str(BATCH_SIZE),
         RECSTREAM_WEB_PORT=str(port),
@@ -186,8 +179,8 @@ Worker = tuple[subprocess.Popen[bytes], int, Path]
 def start_worker(settings: Settings, tmp_path: Path, name: str) -> Worker:
     port = free_port()
     log = tmp_path / f"worker-{name}.log"
-    command = [sys.executable, "-c", E2E.FAKE_WORKER]
-    return E2E._start(command, worker_env(settings, tmp_path, name, port), log), port, log
+    env = worker_env(settings, tmp_path, name, port)
+    return start_process(FAKE_WORKER_COMMAND, env, log), port, log
 
 
 def check_outputs(
@@ -259,40 +252,12 @@ def collect_all(settings: Settings, records: list[Record]) -> dict[str, list[dic
     want_sessions = set(expected_sessions(settings, records))
     names = ("recommendations", "sentiment", "sessions", "deadletter")
     return asyncio.run(
-        _read_until(settings, names, lambda got: (
+        read_outputs(settings, names, lambda got: (
             want_recs <= {r["trigger_event_id"] for r in got["recommendations"]}
             and want_reviews <= {s["event_id"] for s in got["sentiment"]}
             and want_sessions <= {s["session_id"] for s in got["sessions"]}
-        ))
+        ), COLLECT_TIMEOUT_S, linger=3.0)
     )  # fmt: skip
-
-
-async def _read_until(
-    settings: Settings,
-    names: tuple[str, ...],
-    done: Callable[[dict[str, list[dict[str, Any]]]], bool],
-) -> dict[str, list[dict[str, Any]]]:
-    topics = {settings.topic(name): name for name in names}
-    consumer = AIOKafkaConsumer(
-        *topics, auto_offset_reset="earliest", enable_auto_commit=False,
-        **aiokafka_kwargs(settings),
-    )  # fmt: skip
-    got: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + COLLECT_TIMEOUT_S
-        finished_at: float | None = None
-        while time.monotonic() < deadline:
-            if finished_at is None and done(got):
-                finished_at = time.monotonic()
-            if finished_at is not None and time.monotonic() > finished_at + 3.0:
-                break
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batches.items():
-                got[topics[tp.topic]] += [orjson.loads(m.value) for m in messages]
-    finally:
-        await consumer.stop()
-    return got
 
 
 @pytest.fixture
@@ -331,15 +296,6 @@ def own_broker(
         broker.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known at-least-once bug, open in issue #7: in about 1 run of 2, ~10 of ~800 clicks "
-        "lose their recommendation after kill -9 (no dead letter). Suspected cause: Faust "
-        "commits the offsets of events buffered by take_events before the batch's outputs "
-        "are acknowledged."
-    ),
-)
 def test_kill_9_mid_stream(
     own_broker: EmbeddedBroker | None, kafka_settings: Settings, tmp_path: Path
 ) -> None:
@@ -352,7 +308,7 @@ def test_kill_9_mid_stream(
     first, port, log = start_worker(settings, tmp_path, "a")
     workers = [first]
     try:
-        E2E._wait_ready(first, port, log, 60)
+        wait_ready(first, port, log, 60)
 
         def crash() -> bool:
             first.send_signal(signal.SIGKILL)
@@ -370,8 +326,7 @@ def test_kill_9_mid_stream(
         got = collect_all(settings, records)
         assert workers[-1].poll() is None, (tmp_path / "worker-b.log").read_text()[-3000:]
     finally:
-        for proc in workers:
-            E2E._stop(proc)
+        stop_processes(*workers)
     result = check_outputs(settings, records, got, duplicate_bound(settings, 1))
     save_result("crash", result)
 
@@ -390,7 +345,7 @@ def test_second_worker_joins_and_leaves(
     first, port, log = start_worker(settings, tmp_path, "a")
     workers = [first]
     try:
-        E2E._wait_ready(first, port, log, 60)
+        wait_ready(first, port, log, 60)
 
         def join() -> bool:
             workers.append(start_worker(settings, tmp_path, "b")[0])
@@ -405,8 +360,7 @@ def test_second_worker_joins_and_leaves(
         assert first.poll() is None, log.read_text()[-3000:]
         assert workers[1].wait(timeout=30) == 0, (tmp_path / "worker-b.log").read_text()[-3000:]
     finally:
-        for proc in workers:
-            E2E._stop(proc)
+        stop_processes(*workers)
     # A join and a leave are two rebalances, each may replay uncommitted batches.
     result = check_outputs(settings, records, got, duplicate_bound(settings, 2))
     save_result("rebalance", result)

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,49 +23,22 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from worker_processes import (
+    FAKE_WORKER_COMMAND,
+    OUTPUT_TIMEOUT_S,
+    REPO,
+    WORKER_COMMAND,
+    collect,
+    e2e_env,
+    produce,
+    start_process,
+    stop_processes,
+    wait_ready,
+)
 
 from recstream.streams.broker import free_port
-from recstream.streams.kafka_config import aiokafka_kwargs
 from recstream.streams.settings import Settings
 from recstream.streams.topic_admin import ALL_TOPICS, create_topics
-
-REPO = Path(__file__).resolve().parents[2]
-#: Seconds the outputs may take to appear once the worker is ready.
-OUTPUT_TIMEOUT_S = 45.0
-
-#: A test-only worker: ``serve()`` with the export helper's fake scorers (never used
-#: outside this test).
-FAKE_WORKER = """
-import sys
-from recstream.streams import scoring, worker
-
-catalogue = [f"item-{i}" for i in range(40)]
-fakes = (scoring.FakeRecsScorer(catalogue), scoring.FakeSentimentScorer())
-scoring.load_scorers = lambda settings: fakes
-sys.exit(worker.serve(worker.get_settings()))
-"""
-
-
-def _env(settings: Settings, model_dir: Path, data_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RECSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        RECSTREAM_TOPIC_PREFIX=settings.topic_prefix,
-        RECSTREAM_APP_ID=settings.app_id,
-        RECSTREAM_PARTITIONS=str(settings.partitions),
-        RECSTREAM_WEB_PORT=str(settings.web_port),
-        RECSTREAM_MODEL_DIR=str(model_dir),
-        RECSTREAM_DATA_DIR=str(data_dir),
-        RECSTREAM_BATCH_WITHIN="0.05",
-        RECSTREAM_SESSION_GAP="2",
-        RECSTREAM_ALLOWED_LATENESS="2",
-        RECSTREAM_TOP_K="5",
-        RECSTREAM_LOG_LEVEL=os.environ.get("E2E_LOG_LEVEL", "warning"),
-        RECSTREAM_PROVIDERS="CPUExecutionProvider",
-        OMP_NUM_THREADS="1",
-    )
-    return env
 
 
 @pytest.fixture
@@ -76,47 +46,17 @@ def e2e_settings(kafka_settings: Settings) -> Settings:
     return kafka_settings.model_copy(update={"web_port": free_port()})
 
 
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"worker exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"worker not ready after {timeout}s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture
 def fake_worker(e2e_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     asyncio.run(create_topics(e2e_settings, ALL_TOPICS))
-    env = _env(e2e_settings, tmp_path / "no-models", tmp_path / "data")
+    env = e2e_env(e2e_settings, tmp_path / "no-models", tmp_path / "data")
     log = tmp_path / "worker.log"
-    proc = _start([sys.executable, "-c", FAKE_WORKER], env, log)
+    proc = start_process(FAKE_WORKER_COMMAND, env, log)
     try:
-        _wait_ready(proc, e2e_settings.web_port, log, 40)
+        wait_ready(proc, e2e_settings.web_port, log, 40)
         yield proc
     finally:
-        _stop(proc)
+        stop_processes(proc)
 
 
 def _inputs(now: float) -> tuple[list[tuple[str, bytes | None, bytes]], dict[str, Any]]:
@@ -162,49 +102,17 @@ def _inputs(now: float) -> tuple[list[tuple[str, bytes | None, bytes]], dict[str
     return records, {"recs": clicks + searches, "reviews": reviews, "bad": bad}
 
 
-async def _produce(settings: Settings, records: list[tuple[str, bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(**aiokafka_kwargs(settings))
-    await producer.start()
-    try:
-        for kind, key, value in records:
-            await producer.send(settings.topic(kind), value=value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def _collect(
-    settings: Settings, wanted: dict[str, int], timeout: float
-) -> dict[str, list[dict[str, Any]]]:
-    topics = {settings.topic(name): name for name in wanted}
-    consumer = AIOKafkaConsumer(
-        *topics, auto_offset_reset="earliest", enable_auto_commit=False,
-        **aiokafka_kwargs(settings),
-    )  # fmt: skip
-    got: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted}
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(len(got[name]) < n for name, n in wanted.items()):
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batches.items():
-                got[topics[tp.topic]] += [orjson.loads(m.value) for m in messages]
-    finally:
-        await consumer.stop()
-    return got
-
-
 def _check_outputs(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
     now = time.time()
     records, expected = _inputs(now)
-    asyncio.run(_produce(settings, records))
+    asyncio.run(produce(settings, records))
     wanted = {
         "recommendations": len(expected["recs"]),
         "sentiment": len(expected["reviews"]),
         "deadletter": len(expected["bad"]),
         "sessions": 5,  # one per user, closed by the idle sweep after gap + lateness (4 s)
     }
-    got = asyncio.run(_collect(settings, wanted, OUTPUT_TIMEOUT_S))
+    got = asyncio.run(collect(settings, wanted, OUTPUT_TIMEOUT_S))
     assert worker.poll() is None, "worker died"
     recs = got["recommendations"]
     assert sorted(r["trigger_event_id"] for r in recs) == sorted(expected["recs"])
@@ -247,21 +155,18 @@ def test_recstream_worker_with_tiny_models_end_to_end(
     models = tmp_path / "models"
     build_tiny_models(models)
     asyncio.run(create_topics(e2e_settings, ALL_TOPICS))
-    env = _env(e2e_settings, models, tmp_path / "data")
+    env = e2e_env(e2e_settings, models, tmp_path / "data")
     log = tmp_path / "worker.log"
-    proc = _start([sys.executable, "-m", "recstream", "worker"], env, log)
+    proc = start_process(WORKER_COMMAND, env, log)
     try:
-        _wait_ready(proc, e2e_settings.web_port, log, 40)
+        wait_ready(proc, e2e_settings.web_port, log, 40)
         _check_outputs(e2e_settings, proc)
     finally:
-        _stop(proc)
+        stop_processes(proc)
 
 
 def test_worker_refuses_to_start_without_models(e2e_settings: Settings, tmp_path: Path) -> None:
-    env = _env(e2e_settings, tmp_path / "missing", tmp_path / "data")
-    done = subprocess.run(
-        [sys.executable, "-m", "recstream", "worker"],
-        env=env, cwd=REPO, capture_output=True, timeout=60,
-    )  # fmt: skip
+    env = e2e_env(e2e_settings, tmp_path / "missing", tmp_path / "data")
+    done = subprocess.run(WORKER_COMMAND, env=env, cwd=REPO, capture_output=True, timeout=60)
     assert done.returncode == 2, done.stderr.decode()[-2000:]
     assert b"cannot load the models" in done.stderr

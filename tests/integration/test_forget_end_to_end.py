@@ -9,35 +9,29 @@ after the forget) builds a fresh session and history.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 import time
 import urllib.request
 import uuid
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from worker_processes import (
+    FAKE_WORKER_COMMAND,
+    e2e_env,
+    produce,
+    start_process,
+    stop_processes,
+    wait_ready,
+)
 
 from recstream.streams.broker import free_port
 from recstream.streams.kafka_config import aiokafka_kwargs
 from recstream.streams.settings import Settings
 from recstream.streams.topic_admin import ALL_TOPICS, create_topics
 
-
-def _helpers() -> ModuleType:
-    path = Path(__file__).with_name("test_end_to_end.py")
-    spec = importlib.util.spec_from_file_location("recstream_e2e_helpers_forget", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-E2E = _helpers()
 TIMEOUT_S = 40.0
 
 
@@ -83,11 +77,11 @@ def test_forget_purges_tables_changelogs_and_storefront(
 ) -> None:
     settings = kafka_settings.model_copy(update={"web_port": free_port()})
     asyncio.run(create_topics(settings, ALL_TOPICS))
-    env = E2E._env(settings, tmp_path / "no-models", tmp_path / "data")
+    env = e2e_env(settings, tmp_path / "no-models", tmp_path / "data")
     env["RECSTREAM_SESSION_GAP"] = "600"  # sessions stay open during the test
     env["RECSTREAM_ALLOWED_LATENESS"] = "60"
     log = tmp_path / "worker.log"
-    proc = E2E._start([sys.executable, "-c", E2E.FAKE_WORKER], env, log)
+    proc = start_process(FAKE_WORKER_COMMAND, env, log)
     run = uuid.uuid4().hex[:6]
     now = time.time()
     alice, bob = f"alice-{run}", f"bob-{run}"
@@ -99,9 +93,9 @@ def test_forget_purges_tables_changelogs_and_storefront(
     review = orjson.dumps({"event_id": f"r-{run}", "user_id": alice, "item_id": "item-3",
                            "text": "great", "ts": now - 50})  # fmt: skip
     try:
-        E2E._wait_ready(proc, settings.web_port, log, 60)
+        wait_ready(proc, settings.web_port, log, 60)
         port = settings.web_port
-        asyncio.run(E2E._produce(settings, [
+        asyncio.run(produce(settings, [
             click(f"a1-{run}", alice, now - 60), click(f"a2-{run}", alice, now - 55),
             ("reviews", alice.encode(), review), click(f"b1-{run}", bob, now - 60),
         ]))  # fmt: skip
@@ -112,7 +106,7 @@ def test_forget_purges_tables_changelogs_and_storefront(
         assert rec["fallback"] is False and rec["trigger_event_id"] == f"a2-{run}"
 
         forget = orjson.dumps({"event_id": f"f-{run}", "user_id": alice, "ts": now - 40})
-        asyncio.run(E2E._produce(settings, [("privacy", alice.encode(), forget)]))
+        asyncio.run(produce(settings, [("privacy", alice.encode(), forget)]))
         gone = _wait_for(port, f"/v1/users/{alice}/session", lambda b: not b["known"],
                          "alice's state was not purged")  # fmt: skip
         assert gone["recent"] == [] and gone["reviews"] == []
@@ -131,7 +125,7 @@ def test_forget_purges_tables_changelogs_and_storefront(
         assert bob_values and bob_values[-1] is not None
 
         # New activity after the forget starts from nothing: a new session, one event.
-        asyncio.run(E2E._produce(settings, [click(f"a3-{run}", alice, now - 30)]))
+        asyncio.run(produce(settings, [click(f"a3-{run}", alice, now - 30)]))
         fresh = _wait_for(port, f"/v1/users/{alice}/session", lambda b: b["known"],
                           "alice's new activity was not recorded")  # fmt: skip
         assert len(fresh["recent"]) == 1 and fresh["reviews"] == []
@@ -145,4 +139,4 @@ def test_forget_purges_tables_changelogs_and_storefront(
         assert rec["session_id"] == f"{alice}:{round((now - 30) * 1000)}"
         assert proc.poll() is None
     finally:
-        E2E._stop(proc)
+        stop_processes(proc)

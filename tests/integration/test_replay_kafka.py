@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from worker_processes import WORKER_COMMAND, start_process, stop_processes, wait_ready, worker_env
 
 from recstream.model.adapters import Located, read_events, read_located
 from recstream.model.shoplog import generate, write_log
@@ -179,20 +176,6 @@ async def _collect_recommendations(settings: Settings, expected: int) -> dict[st
     return got
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + 60.0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"worker exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"worker not ready after 60 s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.mark.slow
 async def test_worker_recommendations_equal_offline_evaluation(
     kafka_settings: Settings, tmp_path: Path
@@ -204,34 +187,19 @@ async def test_worker_recommendations_equal_offline_evaluation(
     build_tiny_models(models)
     settings = kafka_settings.model_copy(update={"web_port": free_port(), "model_dir": models})
     await create_topics(settings, ALL_TOPICS)
-    env = {
-        **os.environ,
-        "RECSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "RECSTREAM_APP_ID": settings.app_id,
-        "RECSTREAM_PARTITIONS": str(settings.partitions),
-        "RECSTREAM_WEB_PORT": str(settings.web_port),
-        "RECSTREAM_MODEL_DIR": str(models),
-        "RECSTREAM_DATA_DIR": str(tmp_path / "data"),
-        "RECSTREAM_PROVIDERS": "CPUExecutionProvider",
-        "RECSTREAM_BATCH_WITHIN": "0.05",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = worker_env(
+        settings, models, tmp_path / "data", RECSTREAM_PROVIDERS="CPUExecutionProvider"
+    )
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "recstream", "worker"], env=env, stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    worker = start_process(WORKER_COMMAND, env, log)
     try:
-        _wait_ready(worker, settings.web_port, log)
+        wait_ready(worker, settings.web_port, log, 60)
         path = tmp_path / "clicks.jsonl"
         events = _clicks_only_tiny_log(path)
         assert await replay.run_async(_args(path, settings, tmp_path / "state.json")) == 0
         online = await _collect_recommendations(settings, len(events))
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_processes(worker, timeout=30)
     recs, _ = load_model(str(models), settings)
     offline = evaluate(events, recs, settings).recommendations
     assert len(offline) == len(events) == len(online), log.read_text()[-3000:]

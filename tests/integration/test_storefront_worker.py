@@ -3,140 +3,39 @@
 Two workers of one consumer group split a 2-partition topic set; a request for a
 user sent to the worker that does not own the user's partition must come back
 with the owner's answer.  The workers run as ``recstream worker``;
-``test_browser.py`` starts its worker through the same helpers.
+``test_browser.py`` starts its worker through the same helpers (``worker_processes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from worker_processes import (
+    Worker,
+    http,
+    start_worker,
+    stop_processes,
+    wait_for,
+    worker_settings,
+)
 
-from recstream.streams.broker import free_port
 from recstream.streams.pipeline import home_partition
 from recstream.streams.settings import Settings
 from recstream.streams.storefront import ROUTED_FROM, SERVED_BY, read_page_file
 from recstream.streams.topic_admin import ALL_TOPICS, create_topics
 
-REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 120.0
 OPENAPI: dict[str, Any] = json.loads(read_page_file("openapi.json"))
 
 
 # --- helpers for the tests ------------------------------------------------------------------
-
-
-@dataclass
-class Worker:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def http(
-    url: str, body: dict[str, Any] | None = None, timeout: float = 5.0
-) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, JSON body) of a GET, or of a POST when ``body`` is given."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
-
-
-def worker_settings(kafka_bootstrap: str) -> Settings:
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    return Settings(
-        bootstrap_servers=kafka_bootstrap,
-        topic_prefix=prefix,
-        app_id=f"recstream-{prefix.rstrip('.')}",
-        partitions=2,
-    )
-
-
-def start_worker(
-    settings: Settings, models: Path, folder: Path, catalog_log: Path | None = None
-) -> Worker:
-    """Start one worker subprocess on a free web port (not waiting for it)."""
-    port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")}
-    env.update(
-        RECSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        RECSTREAM_TOPIC_PREFIX=settings.topic_prefix,
-        RECSTREAM_APP_ID=settings.app_id,
-        RECSTREAM_PARTITIONS=str(settings.partitions),
-        RECSTREAM_WEB_PORT=str(port),
-        RECSTREAM_MODEL_DIR=str(models),
-        RECSTREAM_DATA_DIR=str(folder / "state"),
-        RECSTREAM_BATCH_WITHIN="0.05",
-        RECSTREAM_PROVIDERS="CPUExecutionProvider",
-        OMP_NUM_THREADS="1",
-    )
-    if catalog_log is not None:
-        env["RECSTREAM_CATALOG_PATH"] = str(catalog_log)
-    log = folder / "worker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "recstream", "worker"],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Worker(process, port, log)
-
-
-def stop_workers(workers: list[Worker]) -> None:
-    for worker in workers:
-        worker.process.terminate()
-    for worker in workers:
-        try:
-            worker.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()
-
-
-def wait_for(
-    what: str, check: Callable[[], bool], workers: list[Worker], timeout: float = START_TIMEOUT_S
-) -> None:
-    """Poll ``check`` until true; fail with the workers' logs on timeout or exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for worker in workers:
-            if worker.process.poll() is not None:
-                pytest.fail(f"worker exited ({worker.process.returncode}):\n{worker.output()}")
-        try:
-            if check():
-                return
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    logs = "\n---\n".join(w.output() for w in workers)
-    pytest.fail(f"timed out waiting for {what}:\n{logs}")
 
 
 def response_schema(path: str, method: str, status: int) -> dict[str, Any]:
@@ -154,15 +53,6 @@ SESSION = "/v1/users/{user_id}/session"
 
 
 # --- the tests --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recstream.export.tiny import build_tiny_models
-
-    folder = tmp_path_factory.mktemp("models")
-    build_tiny_models(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +89,7 @@ def two_workers(
         wait_for("both workers to own one partition", split, workers)
         yield settings, workers, early
     finally:
-        stop_workers(workers)
+        stop_processes(*(w.process for w in workers), timeout=20)
 
 
 def owner_probe(partition: int) -> str:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,30 +20,31 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
+from worker_processes import (
+    WORKER_COMMAND,
+    Worker,
+    start_process,
+    stop_processes,
+    wait_for,
+    worker_env,
+    worker_settings,
+)
 
 from recstream.streams.broker import free_port
 from recstream.streams.kafka_config import aiokafka_kwargs
 from recstream.streams.settings import Settings
 from recstream.streams.topic_admin import ALL_TOPICS, create_topics
 
-REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90.0
 
 
 @dataclass
-class Worker:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
+class WatchedWorker(Worker):
+    """A worker, its settings, and what its /readyz said while it was starting."""
+
     settings: Settings
     #: (status, body) of every /readyz answer seen until the worker was ready
     readyz_history: list[tuple[int, dict[str, object]]] = field(default_factory=list)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
 
 
 def http_get(url: str) -> tuple[int, bytes]:
@@ -57,81 +55,41 @@ def http_get(url: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def wait_until_ready(worker: Worker) -> None:
+def wait_until_ready(worker: WatchedWorker) -> None:
     """Poll /readyz from the moment the process starts, keeping every answer."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if worker.process.poll() is not None:
-            pytest.fail(f"worker exited with {worker.process.returncode}:\n{worker.output()}")
-        try:
-            status, body = http_get(worker.url("/readyz"))
-        except OSError:  # not listening yet
-            time.sleep(0.05)
-            continue
+
+    def ready() -> bool:
+        status, body = http_get(f"{worker.url}/readyz")
         worker.readyz_history.append((status, json.loads(body)))
-        if status == 200:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"worker not ready after {START_TIMEOUT_S}s:\n{worker.output()}")
+        return status == 200
 
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recstream.export.tiny import build_tiny_models
-
-    folder = tmp_path_factory.mktemp("models")
-    build_tiny_models(folder)
-    return folder
+    wait_for("/readyz to answer 200", ready, [worker], START_TIMEOUT_S, interval=0.05)
 
 
 @pytest.fixture(scope="module")
 def worker(
     kafka_bootstrap: str, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Worker]:
+) -> Iterator[WatchedWorker]:
     """One worker for the whole module (starting one takes seconds), on its own topics."""
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    kafka_settings = Settings(
-        bootstrap_servers=kafka_bootstrap,
-        topic_prefix=prefix,
-        app_id=f"recstream-{prefix.rstrip('.')}",
-        partitions=2,
-    )
+    settings = worker_settings(kafka_bootstrap)
     tmp_path = tmp_path_factory.mktemp("worker")
-    asyncio.run(create_topics(kafka_settings, ALL_TOPICS))
+    asyncio.run(create_topics(settings, ALL_TOPICS))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")}
-    env.update(
-        RECSTREAM_BOOTSTRAP_SERVERS=kafka_settings.bootstrap_servers,
-        RECSTREAM_TOPIC_PREFIX=kafka_settings.topic_prefix,
-        RECSTREAM_APP_ID=kafka_settings.app_id,
-        RECSTREAM_PARTITIONS=str(kafka_settings.partitions),
+    env = worker_env(
+        settings,
+        tiny_models,
+        tmp_path / "state",
+        inherit=False,
         RECSTREAM_WEB_PORT=str(port),  # RECSTREAM_WEB_HOST deliberately left at its default
-        RECSTREAM_MODEL_DIR=str(tiny_models),
-        RECSTREAM_DATA_DIR=str(tmp_path / "state"),
-        RECSTREAM_BATCH_WITHIN="0.05",
         RECSTREAM_LOG_LEVEL="warning",
-        OMP_NUM_THREADS="1",
     )
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "recstream", "worker"],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    handle = Worker(process, port, log, kafka_settings)
+    handle = WatchedWorker(start_process(WORKER_COMMAND, env, log), port, log, settings)
     try:
         wait_until_ready(handle)
         yield handle
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes(handle.process, timeout=20)
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -153,7 +111,7 @@ def listening_addresses(port: int) -> set[str]:
     return addresses
 
 
-def test_readyz_goes_from_503_to_200(worker: Worker) -> None:
+def test_readyz_goes_from_503_to_200(worker: WatchedWorker) -> None:
     statuses = [status for status, _ in worker.readyz_history]
     assert statuses[-1] == 200
     assert worker.readyz_history[-1][1] == {"ready": True, "reason": "ok"}
@@ -163,13 +121,13 @@ def test_readyz_goes_from_503_to_200(worker: Worker) -> None:
     assert statuses.index(200) > statuses.index(503)
 
 
-def test_healthz(worker: Worker) -> None:
-    status, body = http_get(worker.url("/healthz"))
+def test_healthz(worker: WatchedWorker) -> None:
+    status, body = http_get(f"{worker.url}/healthz")
     assert status == 200
     assert json.loads(body)["status"] == "ok"
 
 
-def test_web_server_binds_loopback_by_default(worker: Worker) -> None:
+def test_web_server_binds_loopback_by_default(worker: WatchedWorker) -> None:
     if not Path("/proc/net/tcp").exists():
         pytest.skip("needs Linux /proc/net/tcp to read listening sockets")
     assert listening_addresses(worker.port) == {"127.0.0.1"}
@@ -199,7 +157,7 @@ async def produce_clicks(settings: Settings, n: int) -> None:
         await producer.stop()
 
 
-def test_metrics_count_real_traffic(worker: Worker) -> None:
+def test_metrics_count_real_traffic(worker: WatchedWorker) -> None:
     asyncio.run(produce_clicks(worker.settings, 6))
     clicks_in = ("recstream_events_in_total", frozenset({("topic", "clicks")}))
     recs_out = ("recstream_events_out_total", frozenset({("topic", "recommendations")}))
@@ -207,7 +165,7 @@ def test_metrics_count_real_traffic(worker: Worker) -> None:
     deadline = time.monotonic() + 60
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     while time.monotonic() < deadline:
-        status, body = http_get(worker.url("/metrics"))
+        status, body = http_get(f"{worker.url}/metrics")
         assert status == 200
         samples = metric_samples(body)
         if samples[clicks_in] >= 7 and samples[recs_out] >= 6 and samples[bad_json] >= 1:

@@ -9,6 +9,7 @@ wiring by ``tests/integration/test_end_to_end.py``.
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -206,3 +207,73 @@ def test_state_reaches_the_changelog_only_after_the_outputs_are_acknowledged() -
 
     asyncio.run(scenario())
     processor.close()
+
+
+def test_a_concurrent_batch_or_sweep_does_not_release_another_batchs_changelog() -> None:
+    """The race behind issue #7's lost outputs: while one agent waits for its acks,
+    another agent's batch and the idle sweep must not send the waiting batch's state."""
+    processor, app, table = make(defer=True)
+    producer = SlowAckProducer()
+    app.producer = producer
+    home = home_partition("dave", PARTITIONS)
+    other_user = next(u for u in (f"u{i}" for i in range(100)) if u != "dave")
+    other_home = home_partition(other_user, PARTITIONS)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(processor.process("clicks", batch(click("d1", "dave", home))))
+        while len(producer.acks) < 1:
+            await asyncio.sleep(0)
+        second = asyncio.create_task(
+            processor.process("clicks", batch(click("o1", other_user, other_home)))
+        )
+        while len(producer.acks) < 2:
+            await asyncio.sleep(0)
+        await processor.sweep_idle()  # must not wait for, nor send, the pending batches
+        assert table.changelog == []
+        producer.acks[1].set_result(None)  # the later batch is acknowledged first ...
+        await asyncio.sleep(0.01)
+        assert not second.done() and table.changelog == []  # ... but waits for the first
+        producer.acks[0].set_result(None)
+        await asyncio.gather(first, second)
+        assert [k for _, k, _ in table.changelog] == [b"dave", other_user.encode()]
+
+    asyncio.run(scenario())
+    processor.close()
+
+
+def test_changelog_batches_keep_the_order_of_the_changes_to_one_key() -> None:
+    """Two steps changing one key, released in reverse order: the changelog ends with the
+    latest local value."""
+    table = Table()
+    store = TableStateStore(cast(Any, table), defer_changelog=True)
+
+    async def scenario() -> None:
+        store.put("erin", b"v1", 2)
+        early = store.seal()
+        store.put("erin", b"v2", 2)
+        late = store.seal()
+        waiting = asyncio.create_task(store.publish(late))
+        await asyncio.sleep(0)
+        assert not waiting.done() and table.changelog == []
+        await store.publish(early)
+        await waiting
+
+    asyncio.run(scenario())
+    assert table.changelog == [(2, b"erin", b"v1"), (2, b"erin", b"v2")]
+    assert table.data[b"erin"] == b"v2"
+
+
+def test_stored_state_is_held_at_its_own_size() -> None:
+    """orjson over-allocates the bytes it returns (4 KiB for a short document); the table
+    must not keep those buffers, or state memory is several times the state."""
+    table = Table()
+    store = TableStateStore(cast(Any, table))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(1_000):
+            store.put(f"user-{n}", orjson.dumps({"user": n}), 0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 1_000 * 1_024, f"{grown / 1_000:.0f} bytes per 12-byte state"

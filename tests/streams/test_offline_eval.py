@@ -65,12 +65,13 @@ def test_targets_are_the_next_different_item() -> None:
 def test_metrics_by_hand() -> None:
     ranking = ["A", "B", "C", "Y", *(f"f{i}" for i in range(16))]
     report = evaluate(_hand_log(), FixedRecs(ranking), SETTINGS, batch_size=3)
-    # Click triggers: X->A rank 0, A->Y rank 3 (twice), Y->Z miss, Z->B rank 1; B has no target.
+    # Click triggers (the clicked item itself is left out of its answer): X->A rank 0,
+    # A->Y rank 2 (twice: A is left out), Y->Z miss, Z->B rank 1; B has no target.
     clicks = report.clicks.as_dict()
     assert clicks["scored"] == 5
     assert clicks["hr@10"] == pytest.approx(4 / 5)
-    assert clicks["ndcg@10"] == pytest.approx((1 + 2 / math.log2(5) + 1 / math.log2(3)) / 5)
-    assert clicks["mrr@20"] == pytest.approx((1 + 1 / 4 + 1 / 4 + 1 / 2) / 5)
+    assert clicks["ndcg@10"] == pytest.approx((1 + 2 / math.log2(4) + 1 / math.log2(3)) / 5)
+    assert clicks["mrr@20"] == pytest.approx((1 + 1 / 3 + 1 / 3 + 1 / 2) / 5)
     assert report.searches.as_dict() == pytest.approx(
         {"scored": 1, "hr@10": 1.0, "ndcg@10": 1 / math.log2(3), "mrr@20": 0.5}
     )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from recstream.streams.pipeline import (
+    HEAP_SLACK,
     DictStore,
     Pipeline,
     RawRecord,
@@ -106,7 +107,8 @@ def test_each_click_and_search_gets_one_recommendation_and_reviews_one_sentiment
     assert first.user_id == "u1" and first.session_id == f"u1:{round(T0 * 1000)}"
     assert first.event_ts == T0 and first.emitted_at == NOW
     assert first.model_version == "recs-test-1"
-    assert first.items == (ScoredItem("a", 0.0),)
+    assert first.items == ()  # "a", the one item known, is the one just clicked
+    assert out.recommendations[1].items == (ScoredItem("a", 0.0),)
     assert len(recs.calls) == 1  # one scorer call per batch
     histories = recs.calls[0][0]
     assert histories[1] == [Token("a", "view"), Token(None, "search", "red")]
@@ -117,12 +119,25 @@ def test_each_click_and_search_gets_one_recommendation_and_reviews_one_sentiment
 
 
 def test_history_is_the_one_after_each_event_and_purchases_are_excluded() -> None:
-    pipeline, recs, _, store = make()
+    pipeline, recs, _, store = make(exclude_trigger_item=False)
     pipeline.run([click("c1", 0, "a"), click("c2", 1, "a", "purchase"), click("c3", 2, "b")], store)
     histories, exclude, k = recs.calls[0]
     assert [len(h) for h in histories] == [1, 2, 3]
     assert exclude == [set(), {"a"}, {"a"}]
     assert k == 3
+
+
+def test_the_clicked_item_is_left_out_of_its_own_recommendation_by_default() -> None:
+    pipeline, recs, _, store = make()
+    search = rec("searches", {"event_id": "s1", "user_id": "u1", "query": "red", "ts": T0 + 3})
+    out = pipeline.run(
+        [click("c1", 0, "a"), click("c2", 1, "a", "purchase"), click("c3", 2, "b"), search],
+        store,
+    )
+    _, exclude, _ = recs.calls[0]
+    assert exclude == [{"a"}, {"a"}, {"a", "b"}, {"a"}]  # the search excludes purchases only
+    answers = {r.trigger_event_id: [i.item_id for i in r.items] for r in out.recommendations}
+    assert answers["c3"] == [] and answers["s1"] == ["b"]  # EchoRecs echoes the history
 
 
 @pytest.mark.parametrize(
@@ -182,7 +197,8 @@ def test_scorer_failing_twice_dead_letters_the_triggers_and_keeps_state() -> Non
         "processing_error: recommendation scoring failed twice: RuntimeError: model exploded"
     ] * 2
     out = pipeline.run([click("c3", 2, "c")], store)
-    assert [len(r.items) for r in out.recommendations] == [3]
+    # a, b and c are all in the history (state kept); c, the clicked item, is left out.
+    assert [[i.item_id for i in r.items] for r in out.recommendations] == [["b", "a"]]
 
 
 def test_sessions_close_on_gap_and_on_partition_watermark() -> None:
@@ -397,3 +413,19 @@ def test_malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_pr
     assert sorted(s.event_id for s in out.sentiments) == sorted(
         e for e, k in valid.items() if k == "reviews"
     )
+
+
+def test_the_sweep_heap_stays_proportional_to_users_not_events() -> None:
+    """Every batch moves a busy user's deadline and pushes a heap entry; the stale ones
+    are compacted away instead of piling up until their deadlines pass."""
+    pipeline, _, _, store = make()
+    views = 0
+    for n in range(3_000):  # one user, one event per batch: 3,000 deadline moves
+        out = pipeline.run([click(f"e{n}", n * 0.01, f"i{n % 7}")], store)
+        views += sum(s.counts["view"] for s in out.sessions)
+    heap = pipeline._heaps[0]  # internal: the size is what this test is about
+    assert len(heap) <= 2 * len(pipeline._deadlines[0]) + HEAP_SLACK
+    # The live deadline survives compaction: a far-later watermark closes what is open.
+    pipeline.watermarks[0] = NOW + 10_000
+    views += sum(s.counts["view"] for s in pipeline.sweep(0, store))
+    assert views == 3_000 and store.get("u1") is not None
