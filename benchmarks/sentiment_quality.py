@@ -203,12 +203,29 @@ def throughput(model_path: Path, texts: Sequence[str], seconds: float = 10.0) ->
     }
 
 
+def lexicon_use(meta: dict[str, Any]) -> str:
+    """How the model used the VADER/TextBlob lexicons, from its training record."""
+    training = meta.get("training")
+    if not isinstance(training, dict):
+        return "unknown (no training record in the model metadata)"
+    uses = []
+    if training.get("lexicon"):
+        uses.append("lexicon words as extra English training examples")
+    if training.get("lexicon_init"):
+        uses.append("word path initialised from lexicon polarities")
+    if not uses:
+        return "none"
+    return "; ".join(uses) + " (VADER and TextBlob lexicons read from the installed packages)"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The results table (and verdicts) as Markdown."""
     lines = [
         "# Sentiment quality: held-out 20 % of each data set",
         "",
         f"Model: `{result['model']}`" + (" (quick run)" if result["quick"] else ""),
+        "",
+        f"Lexicon use by our model: {result['model_lexicon']}.",
         "",
         "| data set | n test | method | accuracy | macro-F1 |",
         "|---|---|---|---|---|",
@@ -282,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": str(args.model),
         "model_trained_at": meta.get("trained_at"),
         "model_hparams": meta.get("hparams"),
+        "model_lexicon": lexicon_use(meta),
         "quick": args.quick,
         "machine": {
             "python": platform.python_version(),

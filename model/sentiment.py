@@ -15,7 +15,16 @@ Input is the character ids of :mod:`recstream.model.text_tokens` (right-padded,
 4. pools the valid patches (mean and max) and, as an order-free "bag of n-grams"
    path that does not depend on where a word falls in the patches, the valid
    character embeddings (mean and max), and classifies the four into
-   ``(negative, neutral, positive)``.
+   ``(negative, neutral, positive)``;
+5. adds a fastText-style linear "bag of words" path straight to those logits:
+   every word (a run of up to ``word_max`` word characters, see
+   :func:`recstream.model.text_tokens.word_char_mask`), every pair of words
+   separated by one space and (with ``linear_ngrams``) every character n-gram up
+   to that size is hashed in the graph into one of ``word_buckets`` rows of a
+   ``[word_buckets, 3]`` table, and the rows of a text are summed and divided by
+   the square root of their count.  Scripts without spaces (Chinese) have no word
+   characters and rely on the character n-grams.  The word characters are a
+   buffer filled from the tokenizer at training time and saved in the weights.
 
 ``forward`` is tensors in, tensors out, with no branching on tensor values, so it
 exports to ONNX with dynamic batch and sequence axes.  Padding never changes the
@@ -26,7 +35,7 @@ length 0 gives finite but meaningless logits; callers flag empty text instead.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +48,10 @@ CHECKPOINT_NAME: Final = "sentiment"
 KIND: Final = "sentiment"
 #: Multiplier of the rolling n-gram hash (a prime above any character id).
 _HASH_PRIME: Final = 1_000_003
+#: Modulus of the word hashes (a prime below 2**31, so products stay in int64).
+_WORD_MODULUS: Final = 2_147_483_629
+#: Id of the space character (the tokenizer always puts it first).
+_SPACE_ID: Final = 1
 
 
 class EncoderBlock(nn.Module):
@@ -93,12 +106,19 @@ class SentimentEncoder(nn.Module):
         stride: int = 4,
         max_len: int = 256,
         dropout: float = 0.1,
+        word_buckets: int = 0,
+        word_max: int = 16,
+        linear_ngrams: int = 0,
     ) -> None:
         super().__init__()
         self.ngram_buckets = ngram_buckets
         self.ngram_max = ngram_max
         self.stride = stride
         self.max_len = max_len
+        self.word_buckets = word_buckets
+        self.word_max = word_max
+        self.linear_ngrams = linear_ngrams
+        # The first embedding is the character table (the exporter reads its size).
         self.chars = nn.Embedding(vocab_size, char_dim, padding_idx=0, sparse=True)
         # The last n-gram row is the (zero) padding row.
         self.ngrams = nn.Embedding(
@@ -113,7 +133,11 @@ class SentimentEncoder(nn.Module):
         self.out_norm = nn.LayerNorm(2 * dim + 2 * char_dim)
         self.dropout = nn.Dropout(dropout)
         self.classify = nn.Linear(2 * dim + 2 * char_dim, len(LABELS))
+        self.register_buffer("word_chars", torch.zeros(vocab_size, dtype=torch.bool))
+        # Linear word path (zero-initialised: it starts as "no opinion"); last row pads.
+        self.words = nn.Embedding(word_buckets + 1, len(LABELS), padding_idx=word_buckets)
         with torch.no_grad():
+            self.words.weight.zero_()
             nn.init.normal_(self.chars.weight[1:], std=0.1)
             nn.init.normal_(self.ngrams.weight[:-1], std=0.1)
             nn.init.normal_(self.positions.weight, std=0.02)
@@ -134,6 +158,73 @@ class SentimentEncoder(nn.Module):
             hashed = (hashed * _HASH_PRIME + back + n) % self.ngram_buckets
             x = x + self.ngrams(torch.where(valid, hashed, pad))
         return x
+
+    def set_word_chars(self, mask: torch.Tensor) -> None:
+        """Mark which character ids are word characters (``bool [vocab_size]``)."""
+        word_chars = cast(torch.Tensor, self.word_chars)
+        if mask.shape != word_chars.shape:
+            raise ValueError(f"word mask {tuple(mask.shape)} != {tuple(word_chars.shape)}")
+        with torch.no_grad():
+            word_chars.copy_(mask.to(torch.bool))
+
+    def word_ids(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Hashed rows of the linear path, ``[B, (2 + linear_ngrams) T]``.
+
+        A word ends at position ``t`` when ``t`` is a word character and ``t + 1`` is
+        not; its hash covers the run of word characters ending there (at most
+        ``word_max``).  A pair is counted when exactly one space separates the word
+        from the previous one.  With ``linear_ngrams`` every character n-gram
+        (n = 1 .. ``linear_ngrams``, any script) ending at ``t`` is added too.
+        ``word_buckets`` marks an unused slot.
+        """
+        width = tokens.shape[1]
+        word_chars = cast(torch.Tensor, self.word_chars)
+        is_word = word_chars[tokens] & valid
+        span = max(self.word_max, self.linear_ngrams)
+        tokens_before = F.pad(tokens, (span - 1, 0))
+        words_before = F.pad(is_word, (span - 1, 0))
+        run = is_word
+        length = torch.zeros_like(tokens)
+        word_hash = torch.zeros_like(tokens)
+        rolling = torch.zeros_like(tokens)
+        grams = []
+        for n in range(1, span + 1):
+            start = span - n
+            rolling = (rolling * _HASH_PRIME + tokens_before[:, start : start + width]) % (
+                _WORD_MODULUS
+            )
+            if n <= self.linear_ngrams:
+                grams.append(rolling)
+            if n <= self.word_max:
+                run = run & words_before[:, start : start + width]
+                # ``run`` only turns off as n grows: this keeps the hash of the whole run.
+                word_hash = torch.where(run, rolling, word_hash)
+                length = torch.where(run, n, length)
+        ends = is_word & ~F.pad(is_word[:, 1:], (0, 1))
+        steps = torch.arange(width, device=tokens.device).unsqueeze(0)
+        gap = steps - length  # position of the character before the word
+        before = torch.gather(tokens, 1, gap.clamp(min=0))
+        previous = (gap - 1).clamp(min=0)
+        paired = ends & (gap >= 1) & (before == _SPACE_ID) & torch.gather(is_word, 1, previous)
+        pair_hash = (torch.gather(word_hash, 1, previous) * _HASH_PRIME + word_hash + 1) % (
+            _WORD_MODULUS
+        )
+        pad = torch.full_like(tokens, self.word_buckets)
+        singles = torch.where(ends, word_hash % self.word_buckets, pad)
+        pairs = torch.where(paired, pair_hash % self.word_buckets, pad)
+        if not grams:
+            return torch.cat([singles, pairs], dim=1)
+        # Character n-grams (windows reaching before the text include its start).
+        sizes = torch.arange(1, len(grams) + 1, device=tokens.device)
+        hashed = (torch.stack(grams, dim=-1) + sizes) % self.word_buckets
+        hashed = torch.where(valid.unsqueeze(-1), hashed, self.word_buckets)
+        return torch.cat([singles, pairs, hashed.flatten(1)], dim=1)
+
+    def word_logits(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The linear word path, ``[B, 3]``: summed rows / sqrt(count)."""
+        ids = self.word_ids(tokens, valid)
+        count = (ids != self.word_buckets).sum(1, keepdim=True).clamp(min=1)
+        return self.words(ids).sum(1) / torch.sqrt(count.to(self.words.weight.dtype))
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits over ``(negative, neutral, positive)`` for right-padded ``tokens``."""
@@ -159,6 +250,8 @@ class SentimentEncoder(nn.Module):
         top = (x + (weight - 1.0) * 1e4).amax(1)
         pooled = self.out_norm(torch.cat([mean, top, bag_mean, bag_max], dim=-1))
         logits: torch.Tensor = self.classify(self.dropout(pooled))
+        if self.word_buckets:
+            logits = logits + self.word_logits(tokens, valid)
         return logits
 
 

@@ -19,6 +19,10 @@ to state the verdict at the start or at the end.  An empty or whitespace-only te
 encodes to length 0 (a row of padding); the caller decides what that means
 (serving answers ``neutral`` with the flag ``empty_text``).
 
+:func:`word_char_mask` tells the model which ids are word characters (letters,
+digits and apostrophes of the scripts written with spaces between words), from
+which it hashes whole words and word pairs inside its graph.
+
 Encoding uses numpy only: code points come from one ``utf-32`` encode, ids from one
 lookup table over all of Unicode.
 """
@@ -48,6 +52,16 @@ def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).casefold()
     text = _CONTROL.sub("", text)
     return " ".join(text.split())
+
+
+#: Code points from here up (CJK and later blocks) are never word characters:
+#: those scripts are written without spaces, so they rely on character n-grams.
+_SPACELESS_FROM: Final = 0x2E80
+
+
+def is_word_char(char: str) -> bool:
+    """Letters, digits and apostrophes of scripts that separate words by spaces."""
+    return ord(char) < _SPACELESS_FROM and (char.isalnum() or char in "'\u2019")
 
 
 class TextTokenizer:
@@ -141,3 +155,11 @@ class TextTokenizer:
         for i, row in enumerate(rows):
             tokens[i, : row.shape[0]] = row
         return tokens, lengths
+
+
+def word_char_mask(tokenizer: TextTokenizer) -> npt.NDArray[np.bool_]:
+    """``bool[vocab_size]``: which ids are word characters (hashed ids never are)."""
+    mask = np.zeros(tokenizer.vocab_size, dtype=bool)
+    for index, char in enumerate(tokenizer.chars, start=1):
+        mask[index] = is_word_char(char)
+    return mask

@@ -20,6 +20,13 @@ sources together:
   with the opposite label for the strongly polar single words (|valence| >= 1.5).
   This is weak supervision from public lexicons, never from held-out data; it
   gives the ~4,000 English training sentences a vocabulary prior;
+* with ``lexicon_init`` (also the CLI default; ``--no-lexicon`` turns off both)
+  the model's linear word path starts from those polarities (see
+  :func:`lexicon_initialise`);
+* the linear word path (hashed words, word pairs and character n-grams, see
+  :mod:`recstream.model.sentiment`) learns with its own, higher learning rate
+  (``word_lr``): like fastText it needs large steps, while the Transformer
+  memorises the small English sets within an epoch or two at the same rate;
 * early stopping keeps the epoch with the best mean validation macro-F1 over the
   sources.
 
@@ -64,7 +71,7 @@ from recstream.model.review_adapters import (
     train_validation_split,
 )
 from recstream.model.sentiment import SentimentEncoder, save_sentiment
-from recstream.model.text_tokens import TextTokenizer
+from recstream.model.text_tokens import TextTokenizer, word_char_mask
 from recstream.streams.records import LABELS, MIN_TS, Review
 
 MAX_REPEAT = 8
@@ -74,24 +81,30 @@ MAX_REPEAT = 8
 class TrainConfig:
     """Hyper-parameters and run options of one training run."""
 
-    epochs: int = 12
+    epochs: int = 4
     max_len: int = 256
     char_dim: int = 32
     dim: int = 64
-    layers: int = 2
+    layers: int = 1
     heads: int = 4
     stride: int = 4
-    ngram_buckets: int = 1 << 17
-    ngram_max: int = 5
+    ngram_buckets: int = 1 << 14
+    ngram_max: int = 3
     dropout: float = 0.2
     lr: float = 2e-3
     batch_size: int = 64
     seed: int = 13
-    patience: int = 3
+    patience: int = 2
     threads: int = 1
     progress: bool = True
     limit_per_source: int | None = None
     lexicon: bool = True
+    word_buckets: int = 1 << 18
+    word_max: int = 16
+    word_decay: float = 0.0
+    linear_ngrams: int = 0
+    word_lr: float = 2e-3
+    lexicon_init: bool = False
 
 
 @dataclass
@@ -105,8 +118,13 @@ class SourceData:
     repeat: int = 1
 
 
-def lexicon_source() -> SourceData:
-    """Training-only examples from the VADER and TextBlob lexicons (see module docstring)."""
+def lexicon_polarity() -> tuple[dict[str, float], set[str]]:
+    """Polar words of the VADER and TextBlob lexicons shipped in their packages.
+
+    Returns ``(polarity, strong)``: per word, VADER mean valence / 4 (words with
+    ``|valence| >= 1``) or else TextBlob polarity (``|p| >= 0.3``), both on -1..1;
+    and the single alphabetic words with ``|VADER valence| >= 1.5``.
+    """
     import textblob
     import vaderSentiment
 
@@ -119,7 +137,7 @@ def lexicon_source() -> SourceData:
             continue
         word, valence = parts[0].strip(), float(parts[1])
         if abs(valence) >= 1.0:
-            polarity[word] = valence
+            polarity[word] = valence / 4.0
             if abs(valence) >= 1.5 and word.isalpha():
                 strong.add(word)
     blob_path = Path(textblob.__file__).parent / "en" / "en-sentiment.xml"
@@ -132,6 +150,14 @@ def lexicon_source() -> SourceData:
         mean = sum(values) / len(values)
         if abs(mean) >= 0.3 and word not in polarity:
             polarity[word] = mean
+    return polarity, strong
+
+
+def lexicon_source() -> SourceData:
+    """Training-only examples from the VADER and TextBlob lexicons (see module docstring)."""
+    import vaderSentiment
+
+    polarity, strong = lexicon_polarity()
     items = []
     for word, value in sorted(polarity.items()):
         label = "positive" if value > 0 else "negative"
@@ -139,8 +165,35 @@ def lexicon_source() -> SourceData:
         items.append(LabelledReview(_lexicon_review(word), label))
         if word in strong:
             items.append(LabelledReview(_lexicon_review(f"not {word}"), flipped))
+    vader_path = Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
     data = ReviewSet("lexicon", vader_path, "lexicon", BINARY_LABELS, tuple(items))
     return SourceData(data, list(items), [], [])
+
+
+def lexicon_initialise(model: SentimentEncoder, tokenizer: TextTokenizer) -> int:
+    """Start the word path from the lexicon polarities; returns the rows set.
+
+    A single word's row becomes ``p * (-1, 0, +1)`` with ``p`` its polarity from
+    :func:`lexicon_polarity`, so the untrained model already leans the way the
+    lexicon does.  Entries that are not one word (emoticons, phrases) are skipped.
+    """
+    polarity, _ = lexicon_polarity()
+    words = [w for w in sorted(polarity) if " " not in w]
+    encoded = [tokenizer.encode(w, model.max_len) for w in words]
+    tokens, lengths = pad_rows(encoded)
+    set_rows = 0
+    with torch.no_grad():
+        tokens_t, lengths_t = torch.from_numpy(tokens), torch.from_numpy(lengths)
+        valid = torch.arange(tokens_t.shape[1]).unsqueeze(0) < lengths_t.unsqueeze(1)
+        ids = model.word_ids(tokens_t, valid)
+        for word, row in zip(words, ids, strict=True):
+            kept = row[row != model.word_buckets]
+            if kept.numel() != 1:
+                continue
+            value = polarity[word]
+            model.words.weight[int(kept[0])] = torch.tensor([-value, 0.0, value])
+            set_rows += 1
+    return set_rows
 
 
 def _lexicon_review(text: str) -> Review:
@@ -301,13 +354,26 @@ def train_sentiment(
         "stride": config.stride,
         "max_len": config.max_len,
         "dropout": config.dropout,
+        "word_buckets": config.word_buckets,
+        "word_max": config.word_max,
+        "linear_ngrams": config.linear_ngrams,
     }
     model = SentimentEncoder(**hparams)
+    model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
+    if config.lexicon_init and config.word_buckets:
+        lexicon_initialise(model, tokenizer)
     sparse = [model.chars.weight, model.ngrams.weight]
-    dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
+    words = [model.words.weight]
+    dense = [p for p in model.parameters() if all(p is not s for s in sparse + words)]
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.SparseAdam(sparse, lr=config.lr),
-        torch.optim.AdamW(dense, lr=config.lr, weight_decay=0.01),
+        torch.optim.AdamW(
+            [
+                {"params": dense, "weight_decay": 0.01},
+                {"params": words, "weight_decay": config.word_decay, "lr": config.word_lr},
+            ],
+            lr=config.lr,
+        ),
     ]
     steps_per_epoch = math.ceil(len(rows.ids) / config.batch_size)
     total_steps = max(1, steps_per_epoch * config.epochs)

@@ -13,19 +13,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``recstream train sentiment``."""
     add_source_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    parser.add_argument("--epochs", type=int, default=12, help="most epochs (early stopping)")
+    parser.add_argument("--epochs", type=int, default=4, help="most epochs (early stopping)")
     parser.add_argument(
-        "--patience", type=int, default=3, help="epochs without validation gain before stopping"
+        "--patience", type=int, default=2, help="epochs without validation gain before stopping"
     )
     parser.add_argument("--max-len", type=int, default=256, help="characters kept per review")
     parser.add_argument("--char-dim", type=int, default=32, help="character embedding size")
     parser.add_argument("--dim", type=int, default=64, help="Transformer width")
-    parser.add_argument("--layers", type=int, default=2, help="Transformer blocks")
+    parser.add_argument("--layers", type=int, default=1, help="Transformer blocks")
     parser.add_argument(
         "--ngram-buckets",
         type=int,
-        default=1 << 17,
-        help="hash buckets shared by the character n-grams",
+        default=1 << 14,
+        help="hash buckets shared by the character n-grams of the Transformer input",
+    )
+    parser.add_argument("--ngram-max", type=int, default=3, help="longest hashed character n-gram")
+    parser.add_argument(
+        "--word-buckets",
+        type=int,
+        default=1 << 18,
+        help="hash buckets of the linear word/word-pair path (0 turns it off)",
+    )
+    parser.add_argument(
+        "--word-decay", type=float, default=0.0, help="AdamW weight decay of the word path"
+    )
+    parser.add_argument(
+        "--word-lr", type=float, default=3e-2, help="peak learning rate of the word path"
+    )
+    parser.add_argument(
+        "--linear-ngrams",
+        type=int,
+        default=2,
+        help="also feed character n-grams up to this size to the linear path (0: none)",
+    )
+    parser.add_argument(
+        "--no-lexicon-init",
+        action="store_true",
+        help="start the word path at zero instead of the VADER/TextBlob lexicon polarities",
     )
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
@@ -35,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-lexicon",
         action="store_true",
-        help="do not add the VADER/TextBlob lexicon words as training examples",
+        help="use no VADER/TextBlob lexicon at all (no examples, no word-path start)",
     )
     parser.add_argument(
         "--limit", type=int, default=None, help="cap each split of each source (quick experiments)"
@@ -57,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
         dim=args.dim,
         layers=args.layers,
         ngram_buckets=args.ngram_buckets,
+        ngram_max=args.ngram_max,
+        word_buckets=args.word_buckets,
+        word_decay=args.word_decay,
+        linear_ngrams=args.linear_ngrams,
+        word_lr=args.word_lr,
+        lexicon_init=not (args.no_lexicon or args.no_lexicon_init),
         dropout=args.dropout,
         lr=args.lr,
         batch_size=args.batch_size,

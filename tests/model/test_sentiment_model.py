@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from recstream.model.sentiment import SentimentEncoder, load_sentiment, save_sentiment
-from recstream.model.text_tokens import TextTokenizer
+from recstream.model.text_tokens import TextTokenizer, word_char_mask
 
 HPARAMS: dict[str, Any] = {
     "vocab_size": 50,
@@ -115,3 +115,64 @@ def test_load_rejects_other_kind(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, "sentiment", _model(), {"kind": "recs", "hparams": HPARAMS})
     with pytest.raises(ValueError, match="not 'sentiment'"):
         load_sentiment(tmp_path)
+
+
+WORD_HPARAMS: dict[str, Any] = {**HPARAMS, "word_buckets": 997, "word_max": 6, "linear_ngrams": 2}
+
+
+def _word_model() -> tuple[SentimentEncoder, TextTokenizer]:
+    torch.manual_seed(0)
+    tokenizer = TextTokenizer.fit(["not good at all, great phone! 很好 🙂"], min_count=1)
+    model = SentimentEncoder(**{**WORD_HPARAMS, "vocab_size": tokenizer.vocab_size}).eval()
+    model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
+    with torch.no_grad():  # the word table starts at zero; give it values to compare
+        model.words.weight[:-1].normal_()
+    return model, tokenizer
+
+
+def _encode(tokenizer: TextTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens, lengths = tokenizer.encode_batch(texts, 32)
+    return torch.from_numpy(tokens), torch.from_numpy(lengths)
+
+
+def _word_rows(model: SentimentEncoder, tokenizer: TextTokenizer, text: str) -> list[list[int]]:
+    """Used rows of one text: [words, pairs, character n-grams]."""
+    tokens, lengths = _encode(tokenizer, [text])
+    width = tokens.shape[1]
+    valid = torch.arange(width)[None, :] < lengths[:, None]
+    ids = model.word_ids(tokens, valid)[0]
+    parts = (ids[:width], ids[width : 2 * width], ids[2 * width :])
+    return [[int(i) for i in part if i != model.word_buckets] for part in parts]
+
+
+def test_word_path_hashes_words_and_space_separated_pairs() -> None:
+    model, tokenizer = _word_model()
+    words, pairs, grams = _word_rows(model, tokenizer, "not good")
+    assert len(words) == 2 and len(pairs) == 1 and len(grams) == 2 * len("not good")
+    # the same word hashes to the same row wherever it appears
+    assert _word_rows(model, tokenizer, "good")[0] == [words[1]]
+    assert _word_rows(model, tokenizer, "not good at all")[1][0] == pairs[0]
+    # punctuation separates words without making a pair; order matters for pairs
+    assert _word_rows(model, tokenizer, "not, good")[1] == []
+    assert _word_rows(model, tokenizer, "good not")[1] != pairs
+    # Chinese and emoji have no word characters: only character n-grams
+    zh_words, zh_pairs, zh_grams = _word_rows(model, tokenizer, "很好🙂")
+    assert zh_words == [] and zh_pairs == [] and len(zh_grams) == 6
+
+
+def test_word_path_changes_logits_and_ignores_padding() -> None:
+    model, tokenizer = _word_model()
+    tokens, lengths = _encode(tokenizer, ["not good at all", "great phone!", "很好 🙂", "ok"])
+    base = model(tokens, lengths)
+    for extra in (1, 7):
+        assert torch.allclose(model(F.pad(tokens, (0, extra)), lengths), base, atol=1e-5)
+    noisy = F.pad(tokens, (0, 3), value=5)
+    assert torch.allclose(model(noisy, lengths), base, atol=1e-5)
+    with torch.no_grad():
+        model.words.weight.zero_()
+    assert not torch.allclose(model(tokens, lengths), base, atol=1e-3)
+
+
+def test_set_word_chars_rejects_wrong_size() -> None:
+    with pytest.raises(ValueError, match="word mask"):
+        _model().set_word_chars(torch.zeros(3, dtype=torch.bool))

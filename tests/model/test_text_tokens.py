@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recstream.model.text_tokens import TextTokenizer, normalize
+from recstream.model.text_tokens import TextTokenizer, normalize, word_char_mask
 
 TRAIN = ["质量很好，非常喜欢！", "Great phone, love it 👍", "太差了 terrible", "good good 好"]
 
@@ -100,3 +100,14 @@ def test_module_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_word_char_mask_marks_letters_of_spaced_scripts_only() -> None:
+    tokenizer = TextTokenizer.fit(["don't stop, café 42 很好 🙂"], min_count=1, hash_buckets=4)
+    mask = word_char_mask(tokenizer)
+    assert mask.shape == (tokenizer.vocab_size,) and mask.dtype == np.bool_
+    by_char = {c: bool(mask[i]) for i, c in enumerate(tokenizer.chars, start=1)}
+    assert all(by_char[c] for c in "dontspcafé42'")
+    assert not any(by_char[c] for c in " ,很好🙂")
+    # padding and hashed (unseen) ids are never word characters
+    assert not mask[0] and not mask[1 + len(tokenizer.chars) :].any()

@@ -160,3 +160,27 @@ def test_cli_modules_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lexicon_initialise_leans_the_word_path_like_the_lexicon() -> None:
+    import torch
+
+    from recstream.model.sentiment import SentimentEncoder
+    from recstream.model.text_tokens import TextTokenizer, word_char_mask
+    from recstream.model.train_sentiment import lexicon_initialise
+
+    tokenizer = TextTokenizer.fit(["great awful the phone"], min_count=1)
+    model = SentimentEncoder(
+        vocab_size=tokenizer.vocab_size,
+        ngram_buckets=64,
+        char_dim=8,
+        dim=8,
+        heads=2,
+        word_buckets=1 << 16,
+    ).eval()
+    model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
+    assert lexicon_initialise(model, tokenizer) > 1000
+    tokens, lengths = (torch.from_numpy(a) for a in tokenizer.encode_batch(["great", "awful"], 8))
+    valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    words = model.word_logits(tokens, valid)
+    assert words[0, 2] > 0 > words[0, 0] and words[1, 0] > 0 > words[1, 2]
