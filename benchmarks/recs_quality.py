@@ -125,13 +125,52 @@ def train_and_evaluate(
             meta = old
     if meta is None:
         meta = train_on_file(data.path, data.fmt, out, config, progress=sys.stderr.isatty())
-    result: dict[str, Any] = {"model_dir": str(out.relative_to(REPO)), "training": meta["training"]}
+    options = dict(data.config)
+    if not side_info:
+        options["use_side_info"] = False
+    path = os.path.relpath(data.path, REPO)
+    command = command_line(path, data.fmt, str(out.relative_to(REPO)), options)
+    result: dict[str, Any] = {
+        "model_dir": str(out.relative_to(REPO)),
+        "command": f"{command} --threads {threads}",
+        "training": meta["training"],
+    }
     for protocol in ("sampled", "full"):
         started = time.perf_counter()
         report = evaluate_model_on_file(out, data.path, data.fmt, protocol)
         report["eval_seconds"] = round(time.perf_counter() - started, 1)
         result[protocol] = report
     return result
+
+
+FLAGS = {
+    "epochs": "--epochs",
+    "max_len": "--max-len",
+    "dim": "--dim",
+    "layers": "--layers",
+    "heads": "--heads",
+    "dropout": "--dropout",
+    "ffn_mult": "--ffn-mult",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "batch_size": "--batch-size",
+    "negatives": "--negatives",
+    "patience": "--patience",
+    "seed": "--seed",
+    "max_items": "--max-items",
+}
+SWITCHES = {"use_side_info": "--no-side-info", "item_bias": "--no-item-bias"}
+
+
+def command_line(path: str, fmt: str, out: str, config: dict[str, Any]) -> str:
+    """The ``recstream train recs`` command that trains with ``config``."""
+    parts = ["recstream train recs", f"--data {path}", f"--format {fmt}", f"--out {out}"]
+    for key, value in config.items():
+        if key in FLAGS and value is not None:
+            parts.append(f"{FLAGS[key]} {value}")
+        elif key in SWITCHES and value is False:
+            parts.append(SWITCHES[key])
+    return " ".join(parts)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -158,6 +197,8 @@ def markdown(results: dict[str, Any]) -> str:
                 + (f", {cpu:.0f} s CPU" if cpu is not None else "")
                 + f", {run['sampled']['users']} sampled / {run['full']['users']} full users."
             )
+            if run.get("command"):
+                lines += ["", f"`{run['command']}`"]
             lines += ["", "| protocol | scorer | " + " | ".join(METRICS) + " |"]
             lines.append("|---|---|" + "---|" * len(METRICS))
             for protocol in ("sampled", "full"):

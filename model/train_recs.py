@@ -2,7 +2,10 @@
 
 One pass (epoch) shows every training user once: the last ``max_len + 1``
 tokens of their training part become an input and, shifted by one, the item to
-predict at every position, with cross-entropy over the full catalogue.  After
+predict at every position, with cross-entropy over the full catalogue (or a
+sampled softmax, ``negatives``).  Batches group users of similar history
+length (:func:`bucketed_batches`) and are padded to their longest history
+only, which saves most of the encoder's work on short-history logs.  After
 each epoch the model is scored on the validation items (sampled and full
 protocols); the best epoch by sampled validation NDCG@10 is kept as the
 checkpoint, and training stops after ``patience`` epochs without improvement.
@@ -30,7 +33,12 @@ from recstream.model.checkpoint import save_checkpoint
 from recstream.model.evaluate_recs import rank_heldout, torch_scorer
 from recstream.model.features import FIRST_ITEM
 from recstream.model.sasrec import CHECKPOINT_NAME, SASRec
-from recstream.model.sequences import Encoded, data_fingerprint, load_histories, training_batch
+from recstream.model.sequences import (
+    IntArray,
+    data_fingerprint,
+    load_histories,
+    training_batch,
+)
 from recstream.model.splits import (
     SAMPLED_MAX_USERS,
     Split,
@@ -43,6 +51,8 @@ from recstream.streams.scoring import Token
 STATE_FILE = "train_state.pt"
 #: Validation metric that selects the best epoch.
 SELECT_METRIC = "ndcg@10"
+#: Batches whose users are sorted by length together (see :func:`bucketed_batches`).
+BUCKET_POOL = 50
 
 
 @dataclass
@@ -55,7 +65,11 @@ class TrainConfig:
     layers: int = 2
     heads: int = 1
     dropout: float = 0.3
+    ffn_mult: int = 1
     lr: float = 1e-3
+    weight_decay: float = 0.0
+    negatives: int = 0
+    item_bias: bool = True
     batch_size: int | None = None
     seed: int = 0
     max_items: int | None = None
@@ -124,9 +138,13 @@ def train(
         "heads": config.heads,
         "dropout": config.dropout,
         "use_side_info": config.use_side_info,
+        "ffn_mult": config.ffn_mult,
+        "item_bias": config.item_bias,
     }
     model = SASRec(**hparams)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
     valid_users = choose_users(split.evaluable(), SAMPLED_MAX_USERS, config.seed)
     valid_negs = sample_negatives(split, valid_users, seed=config.seed)
     state: dict[str, Any] = {
@@ -199,11 +217,14 @@ def _one_epoch(
     """One shuffled pass over the training users; returns the mean loss."""
     assert config.batch_size is not None
     model.train()
-    order = np.random.default_rng([config.seed, epoch]).permutation(train_users)
-    seqs: list[Encoded] = [split.train_seq(int(u)) for u in order]
-    total, batches = 0.0, 0
+    rng = np.random.default_rng([config.seed, epoch])
+    seqs = [split.train_seq(int(u)) for u in rng.permutation(train_users)]
+    batches = bucketed_batches(
+        [min(len(s), config.max_len + 1) for s in seqs], config.batch_size, rng
+    )
+    total, seen = 0.0, 0
     bar = tqdm(
-        range(0, len(seqs), config.batch_size),
+        batches,
         desc=f"epoch {epoch}",
         unit="batch",
         disable=not progress,
@@ -211,24 +232,53 @@ def _one_epoch(
         mininterval=2.0,
     )
     started = time.perf_counter()
-    for start in bar:
-        chunk = seqs[start : start + config.batch_size]
-        batch, targets = training_batch(chunk, config.max_len)
+    for n, rows in enumerate(bar, start=1):
+        batch, targets = training_batch([seqs[r] for r in rows], config.max_len)
         loss = model.loss(
             torch.from_numpy(batch.items),
             torch.from_numpy(batch.actions),
             torch.from_numpy(batch.words),
             torch.from_numpy(batch.lengths),
             torch.from_numpy(targets),
+            config.negatives,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += float(loss.detach())
-        batches += 1
-        users_per_s = (start + len(chunk)) / max(time.perf_counter() - started, 1e-9)
-        bar.set_postfix(loss=f"{total / batches:.4f}", users_s=f"{users_per_s:.0f}")
-    return total / max(batches, 1)
+        seen += len(rows)
+        users_per_s = seen / max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix(loss=f"{total / n:.4f}", users_s=f"{users_per_s:.0f}")
+    return total / max(len(batches), 1)
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator, pool: int = BUCKET_POOL
+) -> list[IntArray]:
+    """Batches of row indices of similar lengths holding about the same number of tokens.
+
+    Rows are taken in their (already shuffled) order ``pool`` batches at a
+    time and sorted by length within that window; each window is cut into
+    batches of at most ``batch_size * mean length`` padded tokens (so many
+    short histories share a batch, a few long ones fill another, and every
+    step learns from a similar number of positions).  The batches of all
+    windows are then shuffled.  Every row lands in exactly one batch.  A batch
+    is padded to its longest row only, so grouping similar lengths saves most
+    of the encoder's work on padding.
+    """
+    lengths_arr = np.asarray(lengths, dtype=np.int64)
+    budget = max(1, round(batch_size * float(lengths_arr.mean()))) if len(lengths_arr) else 1
+    window = batch_size * max(pool, 1)
+    batches: list[IntArray] = []
+    for start in range(0, len(lengths_arr), window):
+        rows = np.arange(start, min(start + window, len(lengths_arr)), dtype=np.int64)
+        rows = rows[np.argsort(lengths_arr[rows], kind="stable")]
+        first = 0
+        for n in range(1, len(rows) + 1):
+            if n == len(rows) or (n + 1 - first) * int(lengths_arr[rows[n]]) > budget:
+                batches.append(rows[first:n])
+                first = n
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _meta(

@@ -29,9 +29,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=_positive_int, default=2, help="Transformer layers")
     parser.add_argument("--heads", type=_positive_int, default=1, help="attention heads")
     parser.add_argument("--dropout", type=float, default=0.3, help="dropout rate")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument(
-        "--batch-size", type=_positive_int, help="users per step (default: 128, less on small logs)"
+        "--ffn-mult", type=_positive_int, default=1, help="feed-forward inner size / --dim"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="mean users per step; a step holds about batch-size x mean history tokens "
+        "(default: 128, less on small logs)",
+    )
+    parser.add_argument(
+        "--negatives",
+        type=int,
+        default=0,
+        help="sampled-softmax negatives per batch (0: softmax over the full catalogue)",
+    )
+    parser.add_argument(
+        "--no-item-bias", action="store_true", help="score items without a learned bias"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument(
@@ -60,8 +78,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.exists():
         print(f"error: {args.data} does not exist", file=sys.stderr)
         return 2
-    if not 0.0 <= args.dropout < 1.0 or args.lr <= 0:
-        print("error: --dropout must be in [0, 1) and --lr positive", file=sys.stderr)
+    if not 0.0 <= args.dropout < 1.0 or args.lr <= 0 or args.weight_decay < 0:
+        print(
+            "error: --dropout must be in [0, 1), --lr positive, --weight-decay >= 0",
+            file=sys.stderr,
+        )
         return 2
     config = TrainConfig(
         epochs=args.epochs,
@@ -70,7 +91,11 @@ def run(args: argparse.Namespace) -> int:
         layers=args.layers,
         heads=args.heads,
         dropout=args.dropout,
+        ffn_mult=args.ffn_mult,
         lr=args.lr,
+        weight_decay=args.weight_decay,
+        negatives=max(args.negatives, 0),
+        item_bias=not args.no_item_bias,
         batch_size=args.batch_size,
         seed=args.seed,
         max_items=args.max_items,

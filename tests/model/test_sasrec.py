@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recstream.model.checkpoint import save_checkpoint
 from recstream.model.features import ACTION_IDS, FIRST_ITEM, OOV, WORDS_PER_SEARCH
-from recstream.model.sasrec import SASRec, load_recs
+from recstream.model.sasrec import ChunkedSoftmaxLoss, SASRec, load_recs
 
 V = 30
 MAX_LEN = 8
@@ -124,6 +125,82 @@ def test_loss_is_finite_and_trains() -> None:
     assert torch.isfinite(loss) and float(loss.detach()) < first
     empty = model.loss(items, actions, words, lengths, torch.zeros_like(targets))
     assert float(empty.detach()) == 0.0
+
+
+@pytest.mark.parametrize("items", [7, 1024, 2500])  # below, at and above one chunk
+def test_chunked_softmax_loss_matches_cross_entropy(items: int) -> None:
+    g = torch.Generator().manual_seed(items)
+    h = torch.randn(9, 16, generator=g, requires_grad=True)
+    weight = torch.randn(items, 16, generator=g).requires_grad_()
+    bias = torch.randn(items, generator=g).requires_grad_()
+    target = torch.randint(0, items, (9,), generator=g)
+    target[1] = target[0]  # a repeated target accumulates both rows' gradients
+    expected = F.cross_entropy(F.linear(h, weight, bias), target)
+    want = torch.autograd.grad(expected * 2.0, (h, weight, bias))
+    loss = ChunkedSoftmaxLoss.apply(h, weight, bias, target)
+    got = torch.autograd.grad(loss * 2.0, (h, weight, bias))
+    assert torch.allclose(loss, expected, atol=1e-5)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_sampled_softmax_loss_trains_and_matches_full_with_every_item() -> None:
+    model = make_model()
+    items, actions, words, lengths = inputs()
+    targets = torch.roll(items, -1, dims=1)
+    targets[:, -1] = 0
+    full = model.loss(items, actions, words, lengths, targets)
+    # asking for the whole catalogue (or more) is the full softmax itself
+    same = model.loss(items, actions, words, lengths, targets, negatives=V - FIRST_ITEM)
+    assert torch.equal(full, same)
+    torch.manual_seed(0)
+    sampled = model.loss(items, actions, words, lengths, targets, negatives=5)
+    assert torch.isfinite(sampled) and not torch.equal(sampled, full)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = model.loss(items, actions, words, lengths, targets, negatives=8)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert float(model.loss(items, actions, words, lengths, targets).detach()) < float(
+        full.detach()
+    )
+
+
+def test_sampled_negative_equal_to_target_is_masked() -> None:
+    torch.manual_seed(0)
+    # two real items; targets are always the first, one negative is drawn per batch
+    model = SASRec(n_items=FIRST_ITEM + 2, max_len=MAX_LEN, dim=16, heads=2, dropout=0.0).eval()
+    items = torch.full((2, 3), FIRST_ITEM + 1)
+    actions = torch.full((2, 3), ACTION_IDS["view"])
+    words = torch.zeros(2, 3, WORDS_PER_SEARCH, dtype=torch.long)
+    lengths = torch.tensor([3, 2])
+    targets = torch.full((2, 3), FIRST_ITEM)
+    losses = {float(model.loss(items, actions, words, lengths, targets, 1)) for _ in range(40)}
+    # drawing the target leaves it alone in the softmax (loss 0); the other item costs > 0
+    assert 0.0 in losses and any(loss > 0.0 for loss in losses)
+
+
+def test_ffn_mult_sets_the_feed_forward_size() -> None:
+    model = SASRec(n_items=V, dim=16, heads=2, ffn_mult=4)
+    layer = model.encoder.layers[0]
+    assert isinstance(layer, torch.nn.TransformerEncoderLayer)
+    assert layer.linear1.out_features == 64
+
+
+def test_without_item_bias_the_bias_stays_zero() -> None:
+    torch.manual_seed(0)
+    model = SASRec(n_items=V, max_len=MAX_LEN, dim=16, heads=2, dropout=0.0, item_bias=False)
+    items, actions, words, lengths = inputs()
+    targets = torch.roll(items, -1, dims=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.loss(items, actions, words, lengths, targets).backward()
+        optimizer.step()
+    assert not model.item_bias.requires_grad and not model.item_bias.any()
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from recstream.model import train_recs_cli
 from recstream.model.checkpoint import load_meta
 from recstream.model.sasrec import load_recs
 from recstream.model.shoplog import generate, write_log
-from recstream.model.train_recs import STATE_FILE, TrainConfig, train_on_file
+from recstream.model.train_recs import STATE_FILE, TrainConfig, bucketed_batches, train_on_file
 
 TINY: dict[str, Any] = {
     "dim": 16,
@@ -58,6 +59,31 @@ def test_checkpoint_meta_and_tensorboard(shop_log: Path, tmp_path: Path) -> None
     assert 0.0 <= meta["metrics"]["valid_sampled"]["ndcg@10"] <= 1.0
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_bucketed_batches_cover_every_row_once_with_similar_token_counts() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 51, size=1_000).tolist()
+    batches = bucketed_batches(lengths, 16, np.random.default_rng(1), pool=8)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(1_000))
+    budget = 16 * float(np.mean(lengths))
+    assert all(len(b) == 1 or len(b) * max(lengths[r] for r in b) <= budget for b in batches)
+    assert max(len(b) for b in batches) > 16  # short histories share bigger batches
+    padded = sum(len(b) * max(lengths[r] for r in b) for b in batches)
+    unsorted = sum(len(lengths[i : i + 16]) * max(lengths[i : i + 16]) for i in range(0, 1_000, 16))
+    assert padded < 0.75 * unsorted  # far less padding than batches in arrival order
+    again = bucketed_batches(lengths, 16, np.random.default_rng(1), pool=8)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+    other = bucketed_batches(lengths, 16, np.random.default_rng(2), pool=8)
+    assert any(not np.array_equal(a, b) for a, b in zip(batches, other, strict=True))
+
+
+def test_sampled_softmax_training_runs(shop_log: Path, tmp_path: Path) -> None:
+    config = TrainConfig(epochs=1, negatives=8, ffn_mult=2, weight_decay=0.01, **TINY)
+    meta = train_on_file(shop_log, "jsonl", tmp_path, config, progress=False)
+    assert meta["training"]["negatives"] == 8 and meta["hparams"]["ffn_mult"] == 2
+    assert 0.0 <= meta["metrics"]["valid_sampled"]["ndcg@10"] <= 1.0
 
 
 def test_same_seed_same_weights(shop_log: Path, tmp_path: Path) -> None:
