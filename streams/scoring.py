@@ -298,6 +298,44 @@ class ReloadingModel(Generic[LoadedT]):
         return True
 
 
+class LoadedModel(Protocol):
+    """What a scorer needs of a loaded model: its session and version."""
+
+    session: ort.InferenceSession
+    version: str
+
+
+ModelT = TypeVar("ModelT", bound=LoadedModel)
+
+
+class ReloadingScorer(Generic[ModelT]):
+    """The part both ONNX scorers share: a hot-reloadable model, its version and providers."""
+
+    def __init__(
+        self,
+        path: Path,
+        load: Callable[[Path, RuntimeOptions], ModelT],
+        options: RuntimeOptions | None,
+        reload_interval: float,
+    ) -> None:
+        self._options = options or RuntimeOptions()
+        self._model = ReloadingModel(Path(path), lambda p: load(p, self._options), reload_interval)
+
+    @property
+    def model_version(self) -> str:
+        return self._model.current().version
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the current session really uses."""
+        providers: list[str] = self._model.current().session.get_providers()
+        return providers
+
+    def reload(self) -> bool:
+        """Load the model file again now; False (old model kept) if it fails."""
+        return self._model.reload()
+
+
 # --- recommender -------------------------------------------------------------------
 
 
@@ -616,7 +654,7 @@ def load_recs_model(path: Path, options: RuntimeOptions) -> RecsModel:
     return RecsModel(session, meta)
 
 
-class OnnxRecsScorer:
+class OnnxRecsScorer(ReloadingScorer[RecsModel]):
     """``RecsScorer`` on an exported recommender (``recs.onnx``), hot-reloadable."""
 
     def __init__(
@@ -625,30 +663,13 @@ class OnnxRecsScorer:
         options: RuntimeOptions | None = None,
         reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
-        self._options = options or RuntimeOptions()
-        self._model = ReloadingModel(
-            Path(path), lambda p: load_recs_model(p, self._options), reload_interval
-        )
+        super().__init__(path, load_recs_model, options, reload_interval)
         self._warned_k = False
-
-    @property
-    def model_version(self) -> str:
-        return self._model.current().version
 
     @property
     def max_k(self) -> int:
         """The most items a recommendation can hold (the graph's top-k)."""
         return self._model.current().top_k
-
-    @property
-    def providers(self) -> list[str]:
-        """The execution providers the current session really uses."""
-        providers: list[str] = self._model.current().session.get_providers()
-        return providers
-
-    def reload(self) -> bool:
-        """Load the model file again now; False (old model kept) if it fails."""
-        return self._model.reload()
 
     def recommend(
         self, histories: Sequence[Sequence[Token]], exclude: Sequence[Collection[str]], k: int
@@ -739,7 +760,7 @@ def load_sentiment_model(path: Path, options: RuntimeOptions) -> SentimentModel:
     return SentimentModel(session, meta)
 
 
-class OnnxSentimentScorer:
+class OnnxSentimentScorer(ReloadingScorer[SentimentModel]):
     """``SentimentScorer`` on an exported sentiment model (``sentiment.onnx``), hot-reloadable.
 
     Empty or whitespace-only text is not scored: it gets ``neutral`` with
@@ -752,28 +773,11 @@ class OnnxSentimentScorer:
         options: RuntimeOptions | None = None,
         reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
-        self._options = options or RuntimeOptions()
-        self._model = ReloadingModel(
-            Path(path), lambda p: load_sentiment_model(p, self._options), reload_interval
-        )
-
-    @property
-    def model_version(self) -> str:
-        return self._model.current().version
+        super().__init__(path, load_sentiment_model, options, reload_interval)
 
     @property
     def labels(self) -> list[str]:
         return list(self._model.current().labels)
-
-    @property
-    def providers(self) -> list[str]:
-        """The execution providers the current session really uses."""
-        providers: list[str] = self._model.current().session.get_providers()
-        return providers
-
-    def reload(self) -> bool:
-        """Load the model file again now; False (old model kept) if it fails."""
-        return self._model.reload()
 
     def classify(self, texts: Sequence[str]) -> list[SentimentResult]:
         return self._model.current().classify(texts)
