@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from faust.types import TableT
 
 from recstream.streams import sessions
+from recstream.streams.broker import free_port
 from recstream.streams.pipeline import home_partition
 from recstream.streams.records import Recommendation, ScoredItem, Sentiment
 from recstream.streams.scoring import FakeRecsScorer
@@ -48,12 +48,6 @@ from recstream.streams.storefront import (
 
 CATALOGUE = [f"p{i}" for i in range(30)]
 OPENAPI: dict[str, Any] = json.loads(read_page_file("openapi.json"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -20,15 +20,10 @@ import pytest
 from faust.tables.manager import TableManager
 from prometheus_client.parser import text_string_to_metric_families
 
+from recstream.streams.broker import free_port
 from recstream.streams.metrics import Metrics
 from recstream.streams.settings import Settings
 from recstream.streams.web import Readiness, probe, register_web
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
