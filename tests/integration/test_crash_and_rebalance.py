@@ -299,7 +299,7 @@ def own_broker(
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "open in issue #7: about 1 run in 8 (3 of 24 here) still loses 2-4 clicks/searches "
+        "open in issue #7: about 1 run in 6 (4 of 25 here) still loses 2-4 clicks/searches "
         "produced in the first seconds after the restart: present in the input topics, no "
         "dead letter, no worker error. Suspected: Faust's start-up race between fetching and "
         "seeking to the committed offsets, then committing past the message at the head "
