@@ -23,9 +23,13 @@ thread (the machine is shared): start it with ``nice -n 10``.
     python benchmarks/scorer_speed.py --overhead-only  # fp32 bare run vs runtime only
 
 The overhead ratio is the figure to watch on a shared machine: both sides are
-timed alternately, so other jobs' load hits them alike.  Its remaining gap is
-Python work that runs with cold caches right after onnxruntime has streamed the
-model's weights: mostly one vocabulary dict lookup per history token.
+timed alternately, so other jobs' load hits them alike.  For the CPU fp32 engine
+each cell also gets the CPU time of each step of the runtime call (encode,
+exclusions, run, decode), each step timed right after a bare run as in the ratio
+measurement: where the overhead goes.  Its remaining gap is Python work per
+history token (mostly the vocabulary dict lookup of each item id, whose 50k
+entries, key strings and values do not stay in cache) and, at small batches, the
+fixed cost of code that runs cold right after onnxruntime has streamed the model.
 """
 
 from __future__ import annotations
@@ -149,6 +153,41 @@ def paired_median_seconds(
     )
 
 
+def step_seconds(
+    scorer: Any,
+    bare: Callable[[], object],
+    histories: list[list[Any]],
+    exclude: list[set[str]],
+    min_time: float,
+    min_repeats: int,
+) -> dict[str, float]:
+    """Median CPU seconds of each step of ``scorer.recommend``, each right after ``bare()``.
+
+    The steps are the runtime's own (``RecsModel.encode``, ``exclusions``, ``run``,
+    ``decode``); building the ``RecsResult`` list and the checks are not timed.
+    """
+    model = scorer._model.current()
+    times: dict[str, list[float]] = {"encode": [], "exclusions": [], "run": [], "decode": []}
+    clock = time.thread_time
+    started = time.perf_counter()
+    while len(times["run"]) < min_repeats or time.perf_counter() - started < min_time:
+        bare()
+        t0 = clock()
+        batch = model.encode(histories)
+        t1 = clock()
+        masked = model.exclusions(batch.rows, exclude)
+        t2 = clock()
+        top_items, top_scores = model.run(batch, masked)
+        t3 = clock()
+        model.decode(top_items, top_scores, RUNTIME_K)
+        t4 = clock()
+        for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            times[name].append(seconds)
+        if len(times["run"]) >= 200:
+            break
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def export_models(
     workdir: Path, model: Any, meta: dict[str, Any], variants: Sequence[str]
 ) -> dict[str, Any]:
@@ -175,7 +214,7 @@ def _cuda_session_works() -> bool:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
@@ -197,8 +236,9 @@ def measure_cell(
     exclude: list[set[str]],
     min_time: float,
     min_repeats: int,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median seconds per engine on one batch, and the runtime overhead ratios.
+) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, float]]]:
+    """Median seconds per engine on one batch, the runtime overhead ratios, and the
+    runtime's step CPU seconds for the CPU fp32 engine (``step_seconds``, by engine).
 
     ``graph`` None: PyTorch eager is not measured.
     """
@@ -214,6 +254,7 @@ def measure_cell(
         {} if graph is None else {"pytorch-eager-cpu": median_seconds(eager, min_time, min_repeats)}
     )
     overhead: dict[str, float] = {}
+    steps: dict[str, dict[str, float]] = {}
     for name, scorer in engines.items():
         session = scorer._model.current().session
         bare = partial(session.run, None, feeds)
@@ -224,9 +265,11 @@ def measure_cell(
             )
             overhead[name] = cells[name] / runtime_s
             overhead[name + ":cpu"] = bare_cpu / runtime_cpu
+            if name == "ort-fp32-cpu":
+                steps[name] = step_seconds(scorer, bare, histories, exclude, min_time, min_repeats)
         else:
             cells[name] = median_seconds(bare, min_time, min_repeats)
-    return cells, overhead
+    return cells, overhead, steps
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -281,7 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "lengths": encoded.lengths.copy(),
                 "exclude": reference.exclusions(encoded.rows, exclude),
             }
-            cells, overhead = measure_cell(
+            cells, overhead, steps = measure_cell(
                 None if args.overhead_only else graph,
                 engines,
                 feeds,
@@ -307,6 +350,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         else None,
                     }
                 )
+                if name in steps:
+                    rows[-1]["runtime_steps_cpu_ms"] = {
+                        step: round(seconds * 1e3, 3) for step, seconds in steps[name].items()
+                    }
             print(f"  measured batch {batch} x {length}", file=sys.stderr, flush=True)
         agreement = {v: r.agreement.as_dict() | {"written": r.written} for v, r in reports.items()}
     return {
@@ -346,11 +393,32 @@ def print_table(result: dict[str, Any]) -> None:
             f"{row['sequences_per_s']:>10.1f} {'' if ratio is None else f'{ratio:.2f}':>9} "
             f"{'' if cpu_ratio is None else f'{cpu_ratio:.2f}':>10}"
         )
+    print_steps(rows)
     print("\nvariant agreement with PyTorch fp32:")
     for variant, agreement in result["variant_agreement"].items():
         print(f"  {variant}: {agreement}")
     if result["machine"]["cuda"]:
         print_speedup(rows)
+
+
+def print_steps(rows: list[dict[str, Any]]) -> None:
+    """Where the CPU fp32 runtime call's time goes: medians of each step's CPU ms."""
+    stepped = [row for row in rows if "runtime_steps_cpu_ms" in row]
+    if not stepped:
+        return
+    print("\nruntime steps, ort-fp32-cpu, CPU ms (each step timed right after a bare run):")
+    print(
+        f"{'batch':>5} {'len':>4} {'encode':>9} {'exclude':>9} {'run':>9} {'decode':>9} "
+        f"{'outside the run, % of it':>25}"
+    )
+    for row in stepped:
+        steps = row["runtime_steps_cpu_ms"]
+        outside = steps["encode"] + steps["exclusions"] + steps["decode"]
+        print(
+            f"{row['batch']:>5} {row['length']:>4} {steps['encode']:>9.3f} "
+            f"{steps['exclusions']:>9.3f} {steps['run']:>9.3f} {steps['decode']:>9.3f} "
+            f"{100 * outside / steps['run']:>24.1f}%"
+        )
 
 
 def print_speedup(rows: list[dict[str, Any]]) -> None:

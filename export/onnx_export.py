@@ -88,10 +88,15 @@ class WrittenModel:
     version: str
     agreement: parity.Agreement
     written: bool
+    measured_on: str = "CPUExecutionProvider"
+    """The onnxruntime provider the agreement was measured on."""
 
     def describe(self) -> str:
         state = "written" if self.written else "NOT written"
-        return f"{self.kind} {self.variant}: {self.path.name} {state}; {self.agreement.describe()}"
+        return (
+            f"{self.kind} {self.variant}: {self.path.name} {state}; "
+            f"{self.agreement.describe()} on {self.measured_on}"
+        )
 
 
 def _state_sha256(model: nn.Module) -> str:
@@ -175,8 +180,10 @@ def write_with_metadata(src: Path, dest: Path, values: dict[str, Any]) -> None:
     os.replace(tmp, dest)
 
 
-def _runner(path: Path, variant: str, output_names: Sequence[str]) -> parity.Runner:
-    session = variants.open_session(path, variant)
+def _runner(
+    path: Path, variant: str, output_names: Sequence[str], providers: list[str]
+) -> parity.Runner:
+    session = variants.open_session(path, variant, providers)
 
     def run(batch: parity.Batch) -> list[np.ndarray]:
         return list(session.run(list(output_names), batch))
@@ -208,18 +215,22 @@ def _export_with_variants(
                 kind, values["trained_at"], values["weights_sha256"], variant
             )
             src = fp32_tmp
+            providers = ["CPUExecutionProvider"]
             try:
                 if variant != "fp32":
                     src = Path(tmp) / name
                     variants.MAKERS[variant](fp32_tmp, src)
+                providers = variants.check_providers(src, variant)
                 agreement = parity.measure(
-                    kind, variant, batches, _runner(src, variant, outputs), reference
+                    kind, variant, batches, _runner(src, variant, outputs, providers), reference
                 )
             except Exception as exc:
                 if variant == "fp32":
                     raise ExportError(f"{kind} fp32 graph does not run: {exc}") from exc
                 agreement = parity.Agreement(0, {}, False, problems=[f"could not be made: {exc}"])
-            result = WrittenModel(kind, variant, out_dir / name, version, agreement, False)
+            result = WrittenModel(
+                kind, variant, out_dir / name, version, agreement, False, providers[0]
+            )
             if variant == "fp32" and not agreement.passed:
                 raise parity.ParityError(f"{kind} fp32 export refused: {agreement.describe()}")
             if agreement.passed:
@@ -227,7 +238,11 @@ def _export_with_variants(
                     **values,
                     "variant": variant,
                     "version": version,
-                    "agreement": {**agreement.as_dict(), "bar": agreement.bar},
+                    "agreement": {
+                        **agreement.as_dict(),
+                        "bar": agreement.bar,
+                        "provider": providers[0],
+                    },
                 }
                 write_with_metadata(src, out_dir / name, props)
                 result.written = True

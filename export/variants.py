@@ -6,7 +6,8 @@
   graph optimization).  Without that step the quantized embedding table is
   de-quantized on every call and int8 runs slower than fp32.
 * ``fp16``: weights and activations in half precision, inputs and outputs kept
-  in their fp32/int64 types, meant for the CUDA provider.
+  in their fp32/int64 types, meant for the CUDA provider (its agreement is measured
+  on CUDA where CUDA runs, else on the CPU with basic optimizations).
 
 Whether a variant is written at all is decided by ``recstream.export.parity``.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import onnxruntime as ort
+
+from recstream.streams.scoring import runs_on_cuda
 
 if TYPE_CHECKING:
     import onnx
@@ -109,6 +112,14 @@ def optimization_level(variant: str, providers: list[str]) -> ort.GraphOptimizat
     if variant == "fp16" and "CUDAExecutionProvider" not in providers:
         return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def check_providers(path: Path, variant: str) -> list[str]:
+    """Where a variant's agreement is measured: fp16 on CUDA, its target, when CUDA runs
+    here; everything else (and fp16 without a GPU) on the CPU."""
+    if variant == "fp16" and runs_on_cuda(path):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 def open_session(

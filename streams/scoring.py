@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import logging
 import operator
+import struct
 import threading
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, fields
-from functools import lru_cache
 from itertools import chain, pairwise, repeat
 from pathlib import Path
 from typing import Final, Generic, Protocol, TypeVar, cast
@@ -66,8 +66,19 @@ CUDA: Final = "CUDAExecutionProvider"
 #: Padded sequence lengths a batch is rounded up to (plus the model's max length),
 #: so onnxruntime sees a few shapes only and buffers are reused.
 SEQUENCE_BUCKETS: Final = (8, 16, 32, 64, 128, 256)
-#: Batches of at most this many histories are encoded without numpy.
+#: Batches of at most this many histories get exclusions, decoding and results
+#: without numpy (its fixed costs dominate at this size).
 SMALL_BATCH: Final = 8
+#: Batches of at most this many tokens (after the ``max_len`` cut) are encoded one
+#: token at a time, larger ones with numpy (measured crossover: 320 tokens were
+#: faster token by token, 1,280 with numpy).
+SMALL_TOKENS: Final = 512
+#: Distinct search queries whose word hashes are kept (about 2 MB).
+QUERY_CACHE: Final = 65_536
+_PACK_WORDS: Final = struct.Struct(f"{WORDS_PER_SEARCH}q").pack
+_PACKED_SIZE: Final = 8 * WORDS_PER_SEARCH
+#: The packed hashes of a search without words.
+_NO_WORDS: Final = bytes(_PACKED_SIZE)
 #: Flag of a review whose text is empty or whitespace: label ``neutral``, p = 1.
 EMPTY_TEXT: Final = "empty_text"
 #: Default seconds between checks of a model file for a new version.
@@ -183,6 +194,25 @@ def _providers(options: RuntimeOptions) -> list[str]:
     return usable
 
 
+def runs_on_cuda(path: Path) -> bool:
+    """Whether onnxruntime really runs the model at ``path`` on CUDA here.
+
+    onnxruntime-gpu lists the CUDA provider wherever it is installed and quietly
+    falls back to the CPU when the CUDA libraries or the device are missing.  The
+    probe session is not optimised, so it is safe for every variant.
+    """
+    if CUDA not in ort.get_available_providers():
+        return False
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        probe = ort.InferenceSession(str(path), options, providers=[CUDA])
+    except Exception:
+        return False
+    return CUDA in probe.get_providers()
+
+
 def open_model(
     path: Path, kind: str, options: RuntimeOptions
 ) -> tuple[ort.InferenceSession, ModelMetadata]:
@@ -211,7 +241,18 @@ def open_model(
             f"{path}: graph has inputs {inputs} and outputs {outputs}, a {kind} model has "
             f"{GRAPH_INPUTS[kind]} and {GRAPH_OUTPUTS[kind]}"
         )
-    # onnxruntime 1.31's CPU provider crashes in the extended fusions of fp16 graphs.
+    if CUDA in providers and not runs_on_cuda(path):
+        if options.require_gpu:
+            raise ModelLoadError(
+                f"RECSTREAM_REQUIRE_GPU is set but onnxruntime cannot run {path} on {CUDA} "
+                "here (CUDA libraries or device missing?)"
+            )
+        providers = [p for p in providers if p != CUDA]
+        log.warning("%s is listed but cannot run here; %s loads on %s", CUDA, path, providers)
+        if not providers:
+            raise ModelLoadError(f"{path}: {CUDA} cannot run here and no other provider is set")
+    # onnxruntime 1.31's CPU provider crashes in the extended fusions of fp16 graphs,
+    # so an fp16 model that must run on the CPU gets the basic optimizations only.
     level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if meta.variant == "fp16" and CUDA not in providers:
         level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -339,10 +380,36 @@ class ReloadingScorer(Generic[ModelT]):
 # --- recommender -------------------------------------------------------------------
 
 
-@lru_cache(maxsize=65_536)
-def _cached_query_hashes(query: str | None) -> tuple[int, ...]:
-    """``query_hashes`` of a search's query (None: no words), cached across calls."""
-    return tuple(query_hashes(query or ""))
+class QueryWords:
+    """``query_hashes`` of search queries, cached, each packed in one ``bytes`` object.
+
+    Packed (``WORDS_PER_SEARCH`` native int64, 32 bytes), a query's hashes are one
+    object to fetch instead of a tuple of four ints, a batch's hashes become an
+    array with one ``join`` and the small-batch encoder copies them as one slice.
+    The cache is cleared when it holds ``capacity`` queries.  Thread-safe: dict
+    operations are atomic, and a race costs at most a recomputation.
+    """
+
+    def __init__(self, capacity: int = QUERY_CACHE) -> None:
+        self._capacity = capacity
+        self._packed: dict[str | None, bytes] = {}
+
+    def packed(self, query: str | None) -> bytes:
+        """The packed word hashes of one query (None: no words, all 0)."""
+        packed = self._packed.get(query)
+        if packed is None:
+            packed = _PACK_WORDS(*query_hashes(query or ""))
+            if len(self._packed) >= self._capacity:
+                self._packed.clear()
+            self._packed[query] = packed
+        return packed
+
+    def hashes(self, queries: Sequence[str | None]) -> npt.NDArray[np.int64]:
+        """``[len(queries), WORDS_PER_SEARCH]`` word hashes, read-only."""
+        joined = b"".join(map(self._packed.get, queries, repeat(b"")))
+        if len(joined) != len(queries) * _PACKED_SIZE:  # some were not cached (b"")
+            joined = b"".join(map(self.packed, queries))
+        return np.frombuffer(joined, np.int64).reshape(-1, WORDS_PER_SEARCH)
 
 
 RecordT = TypeVar("RecordT")
@@ -376,6 +443,7 @@ class RecordBuilder(Generic[RecordT]):
 
 
 _SCORED_ITEMS: Final = RecordBuilder(ScoredItem)
+_RECS_RESULTS: Final = RecordBuilder(RecsResult)
 
 
 def bucket_length(length: int, max_len: int) -> int:
@@ -445,11 +513,12 @@ class RecsModel:
         # index -> item id (PAD and OOV never come out of the graph's top-k unmasked)
         self.item_ids = ["", "", *meta.vocab]
         self.item_id_array = np.array(self.item_ids, dtype=object)
-        # item id -> vocab index; None (a search, or a click without an item) -> PAD
-        self.index: dict[str | None, int] = dict(
+        # item id -> vocab index.  Only str keys: CPython looks those up faster than
+        # in a dict with any other key (measured ~15 % of the encoding at 512 x 50).
+        self.index: dict[str, int] = dict(
             zip(meta.vocab, range(FIRST_ITEM, FIRST_ITEM + len(meta.vocab)), strict=True)
         )
-        self.index[None] = PAD
+        self.query_words = QueryWords()
         self.popular = list(meta.popular)
         self.buffers = InputBuffers()
         self._outputs = list(GRAPH_OUTPUTS["recs"])
@@ -462,10 +531,10 @@ class RecsModel:
         unknown action, a click without an item).  A history is usable when those
         hold an in-vocabulary item or a search with words; the others are left out
         (``rows`` lists the histories kept) and get the popular-items fallback.
-        Small batches are encoded token by token, larger ones with numpy over all
-        tokens at once (the same result; numpy's fixed cost only pays off at size).
+        Batches of few tokens are encoded token by token, larger ones with numpy over
+        all tokens at once (the same result; numpy's fixed cost only pays off at size).
         """
-        if len(histories) <= SMALL_BATCH:
+        if sum(map(min, map(len, histories), repeat(self.max_len))) <= SMALL_TOKENS:
             return self.encode_loop(histories)
         return self.encode_numpy(histories)
 
@@ -476,58 +545,60 @@ class RecsModel:
         ]
 
     def encode_loop(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
-        """``encode`` one token at a time (fast for a few histories).
+        """``encode`` one token at a time (fast for a few hundred tokens).
 
-        The arrays are built from padded lists (a few numpy calls in all: their
-        fixed cost is what matters at this size), not in the reusable buffers.
+        Few numpy calls in all (right after a run each costs ~10-30 us, cold): items
+        and actions come from one array of padded lists, search words are copied
+        into a zeroed array through a byte view.
         """
-        index = self.index
+        index, words_of = self.index, self.query_words.packed
         rows: list[int] = []
-        item_rows: list[list[int]] = []
-        action_rows: list[list[int]] = []
-        search_at: list[tuple[int, int]] = []  # (row in the batch, position) of each search
-        search_words: list[tuple[int, ...]] = []
+        kept_items: list[list[int]] = []
+        kept_actions: list[list[int]] = []
+        kept_searches: list[list[tuple[int, bytes]]] = []  # (position, packed words)
         for row, tail in enumerate(self._tails(histories)):
             items: list[int] = []
             actions: list[int] = []
-            searches: list[tuple[int, tuple[int, ...]]] = []
+            searches: list[tuple[int, bytes]] = []
             usable = False
             for token in tail:
                 action = ACTION_IDS.get(token.action, 0)
                 if action == _SEARCH:
-                    hashes = _cached_query_hashes(token.query)
-                    usable = usable or hashes[0] != PAD
-                    searches.append((len(items), hashes))
+                    packed = words_of(token.query)
+                    usable = usable or packed != _NO_WORDS
+                    searches.append((len(items), packed))
                     items.append(PAD)
                 elif action:
-                    item = index.get(token.item_id, OOV)
-                    if item == PAD:  # a click without an item
+                    item_id = token.item_id
+                    if item_id is None:  # a click without an item: dropped
                         continue
-                    usable = usable or item >= FIRST_ITEM
+                    item = index.get(item_id, OOV)
+                    usable = usable or item != OOV
                     items.append(item)
                 else:
                     continue
                 actions.append(action)
             if usable:
-                for position, hashes in searches:
-                    search_at.append((len(rows), position))
-                    search_words.append(hashes)
                 rows.append(row)
-                item_rows.append(items)
-                action_rows.append(actions)
-        lengths = [len(items) for items in item_rows]
+                kept_items.append(items)
+                kept_actions.append(actions)
+                kept_searches.append(searches)
+        lengths = list(map(len, kept_items))
         width = bucket_length(max(lengths, default=1), self.max_len)
-        shape = (len(rows), width)
-        items_in = np.array([r + [PAD] * (width - len(r)) for r in item_rows], np.int64)
-        actions_in = np.array([r + [0] * (width - len(r)) for r in action_rows], np.int64)
-        words_in = np.zeros((*shape, WORDS_PER_SEARCH), np.int64)
-        if search_at:
-            words_in[tuple(zip(*search_at, strict=True))] = search_words
+        padded = [r + [PAD] * (width - len(r)) for r in kept_items]
+        padded += [r + [0] * (width - len(r)) for r in kept_actions]
+        both = np.array(padded, np.int64).reshape(2, len(rows), width)
+        row_bytes = width * _PACKED_SIZE
+        words = bytearray(len(rows) * row_bytes)  # zeroed; becomes the words array in place
+        for row_at, searches in zip(range(0, len(words), row_bytes), kept_searches, strict=True):
+            for position, packed in searches:
+                at = row_at + position * _PACKED_SIZE
+                words[at : at + _PACKED_SIZE] = packed
         return EncodedBatch(
             rows,
-            items_in.reshape(shape),
-            actions_in.reshape(shape),
-            words_in,
+            both[0],
+            both[1],
+            np.frombuffer(words, np.int64).reshape(len(rows), width, WORDS_PER_SEARCH),
             np.array(lengths, np.int64),
         )
 
@@ -535,7 +606,8 @@ class RecsModel:
         """``encode`` with numpy over all tokens of the batch at once.
 
         Python touches each token twice, in C loops (``map`` of an attribute getter
-        and a dict lookup); the rest is array work.
+        and a dict lookup), and once more each search and each unknown item; the
+        rest is array work.
         """
         max_len, batch = self.max_len, len(histories)
         tails = self._tails(histories)
@@ -546,15 +618,17 @@ class RecsModel:
         items = np.fromiter(map(self.index.get, map(_ITEM_OF, flat), repeat(OOV)), np.int64, n)
         search = actions == _SEARCH
         items[search] = PAD
+        # A click without an item (None) came out OOV, like an unknown item: tell them apart.
+        unknown = np.flatnonzero(items == OOV).tolist()
+        if unknown:
+            no_item = [i for i in unknown if flat[i].item_id is None]
+            items[no_item] = PAD
         # Invalid tokens (unknown action, click without item) are dropped.
         valid = (actions != 0) & (search | (items != PAD))
         searches = np.flatnonzero(search & valid)
-        queries = map(_QUERY_OF, map(flat.__getitem__, searches.tolist()))
-        hashes = np.fromiter(
-            chain.from_iterable(map(_cached_query_hashes, queries)),
-            np.int64,
-            searches.size * WORDS_PER_SEARCH,
-        ).reshape(-1, WORDS_PER_SEARCH)
+        hashes = self.query_words.hashes(
+            list(map(_QUERY_OF, map(flat.__getitem__, searches.tolist())))
+        )
         # A history is usable when it holds a known item or a search with words.
         telling = valid & (items >= FIRST_ITEM)
         telling[searches] = hashes[:, 0] != PAD
@@ -623,12 +697,14 @@ class RecsModel:
         self, top_items: np.ndarray, top_scores: np.ndarray, k: int
     ) -> list[tuple[ScoredItem, ...]]:
         """Item ids and scores, best first, at most ``k``; -inf (masked) entries dropped."""
-        indices, scores = top_items[:, :k], top_scores[:, :k]
-        if len(indices) <= SMALL_BATCH:  # lists: numpy's fixed costs dominate at this size
+        if len(top_items) <= SMALL_BATCH:  # lists: numpy's fixed costs dominate at this size
             return [
-                self._decode_row(row_indices, row_scores)
-                for row_indices, row_scores in zip(indices.tolist(), scores.tolist(), strict=True)
+                self._decode_row(row_indices[:k], row_scores[:k])
+                for row_indices, row_scores in zip(
+                    top_items.tolist(), top_scores.tolist(), strict=True
+                )
             ]
+        indices, scores = top_items[:, :k], top_scores[:, :k]
         keep = (scores > -np.inf) & (indices >= FIRST_ITEM)
         ids = self.item_id_array[indices[keep]].tolist()
         items = _SCORED_ITEMS.build(len(ids), ids, scores[keep].tolist())
@@ -640,8 +716,8 @@ class RecsModel:
             kept = [(i, s) for i, s in zip(indices, scores, strict=True) if s > -np.inf]
             indices = [i for i, _ in kept if i >= FIRST_ITEM]
             scores = [s for i, s in kept if i >= FIRST_ITEM]
-        ids = list(map(self.item_ids.__getitem__, indices))
-        return tuple(_SCORED_ITEMS.build(len(ids), ids, scores))
+        # Plain construction: for a few items it beats ``RecordBuilder`` (cold code).
+        return tuple(map(ScoredItem, map(self.item_ids.__getitem__, indices), scores))
 
     def popular_for(self, exclude: Collection[str], k: int) -> tuple[ScoredItem, ...]:
         """The fallback: popular items not excluded, score 0.0 (not a model score)."""
@@ -691,7 +767,9 @@ class OnnxRecsScorer(ReloadingScorer[RecsModel]):
             top_items, top_scores = model.run(batch, model.exclusions(batch.rows, exclude))
             decoded = model.decode(top_items, top_scores, k)
         if len(batch.rows) == len(histories):  # the common case: every history usable
-            return [RecsResult(items, False, model.version) for items in decoded]
+            if len(decoded) <= SMALL_BATCH:
+                return [RecsResult(items, False, model.version) for items in decoded]
+            return _RECS_RESULTS.build(len(decoded), decoded, repeat(False), repeat(model.version))
         scored = dict(zip(batch.rows, decoded, strict=True))
         results = []
         for row in range(len(histories)):

@@ -125,8 +125,10 @@ def test_export_refused_when_onnx_differs(
     """A graph whose scores drift beyond the tolerance is never written."""
     real_runner = onnx_export._runner
 
-    def drifting(path: Path, variant: str, outputs: list[str]) -> parity.Runner:
-        run = real_runner(path, variant, outputs)
+    def drifting(
+        path: Path, variant: str, outputs: list[str], providers: list[str]
+    ) -> parity.Runner:
+        run = real_runner(path, variant, outputs, providers)
 
         def shifted(batch: parity.Batch) -> list[np.ndarray]:
             ids, scores = run(batch)

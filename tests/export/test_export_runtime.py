@@ -6,6 +6,8 @@ import itertools
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -28,6 +31,7 @@ from recstream.streams.scoring import (
     RuntimeOptions,
     Token,
     load_scorers,
+    runs_on_cuda,
 )
 from recstream.streams.settings import Settings
 
@@ -150,14 +154,46 @@ def test_bad_calls_are_clear_errors(recs: OnnxRecsScorer) -> None:
     assert recs.recommend([], [], 5) == []
 
 
+@pytest.fixture(scope="module")
+def no_cuda(exported: Exported) -> None:
+    """Skip on a machine where CUDA really runs (test_export_cuda.py covers it there)."""
+    if runs_on_cuda(exported.folder / "recs.onnx"):
+        pytest.skip("CUDA runs here: the CPU-fallback checks do not apply")
+
+
+@pytest.mark.usefixtures("no_cuda")
 def test_cpu_provider_is_logged(exported: Exported, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="recstream.streams.scoring"):
         scorer = OnnxRecsScorer(exported.folder / "recs.onnx", RuntimeOptions())
-    assert scorer.providers == ["CPUExecutionProvider"]  # no GPU on this machine
+    assert scorer.providers == ["CPUExecutionProvider"]
     assert "loaded with providers ['CPUExecutionProvider']" in caplog.text
-    assert "not on the preferred CUDAExecutionProvider" in caplog.text
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert "CUDAExecutionProvider is listed but cannot run here" in caplog.text
 
 
+@pytest.mark.usefixtures("no_cuda")
+def test_fp16_with_default_providers_loads_on_the_cpu_without_cuda(exported: Exported) -> None:
+    """onnxruntime-gpu lists CUDA without a GPU; fp16 must not get the CPU fusions that crash.
+
+    In a child process, so that a crash (it was a segfault) fails this test alone.
+    """
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from recstream.streams.scoring import OnnxRecsScorer, RuntimeOptions, Token\n"
+        "scorer = OnnxRecsScorer(Path(sys.argv[1]), RuntimeOptions())\n"
+        "result = scorer.recommend([[Token('item-3', 'view')]], [set()], 3)[0]\n"
+        "assert scorer.providers == ['CPUExecutionProvider'], scorer.providers\n"
+        "assert len(result.items) == 3 and not result.fallback, result\n"
+    )
+    path = exported.folder / "recs.fp16.onnx"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("no_cuda")
 def test_require_gpu_refuses_without_cuda(exported: Exported) -> None:
     settings = Settings(model_dir=exported.folder, require_gpu=True)
     with pytest.raises(ModelLoadError, match="REQUIRE_GPU"):

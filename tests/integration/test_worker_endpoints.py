@@ -82,6 +82,7 @@ def worker(
         inherit=False,
         RECSTREAM_WEB_PORT=str(port),  # RECSTREAM_WEB_HOST deliberately left at its default
         RECSTREAM_LOG_LEVEL="warning",
+        RECSTREAM_PROVIDERS="CPUExecutionProvider",  # the same answer on a GPU machine
     )
     log = tmp_path / "worker.log"
     handle = WatchedWorker(start_process(WORKER_COMMAND, env, log), port, log, settings)
