@@ -19,16 +19,31 @@ Rules (all in event time):
   user's horizon (latest event time minus the lateness), or, on a sweep, before
   the partition's watermark minus the lateness.
 - A user idle for more than ``state_ttl`` of event time is forgotten.
+
+Stored form (:meth:`UserState.to_bytes`, format 2; :meth:`UserState.from_bytes` also
+reads the JSON format 1 of earlier releases).  Every part is packed or split by one
+C-level operation, no per-entry Python code::
+
+    header   struct "<BddIII": 2, last_ts, closed_until, n_history, n_pending, n_seen
+    times    n_pending little-endian doubles (the pending events' times)
+    seen     n_seen 6-byte event-id hashes, oldest first
+    texts    UTF-8 of, per history step then per pending step, chr(action code) + text
+
+The action codes (1..4) are C0 control characters, so each code also marks where its
+text starts; :func:`step_of` replaces C0 characters in the texts by spaces.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 from bisect import insort
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
+from itertools import chain
+from operator import itemgetter
 from typing import Final
 
 import orjson
@@ -45,7 +60,16 @@ PURCHASE: Final = ACTION_IDS["purchase"]
 #: Queries are stored cut to this many characters (the model reads the first words).
 MAX_STORED_QUERY: Final = 100
 _HASH_BYTES: Final = 6
-_FORMAT: Final = 1
+_FORMAT: Final = 2
+_FORMAT_TAG: Final = bytes([_FORMAT])
+_HEADER: Final = struct.Struct("<BddIII")
+#: C0 control characters (the stored action codes are among them) -> space.
+_CONTROL_TO_SPACE: Final = dict.fromkeys(range(0x20), " ")
+#: Stored texts: keep only the action codes / turn every code into one separator.
+_NOT_CODES: Final = bytes(range(0x20, 0x100)) + b"\x00"
+_CODES_TO_SEP: Final = bytes.maketrans(bytes(range(1, 0x20)), b"\x1f" * 0x1F)
+_TS: Final = itemgetter(0)
+_CODE_TEXT: Final = itemgetter(1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,44 +102,78 @@ Step = tuple[float, int, str]
 
 @dataclass(slots=True)
 class UserState:
-    """Everything kept about one user; see the module docstring."""
+    """Everything kept about one user; see the module docstring.
+
+    ``seen`` is the de-duplication memory: the 6-byte hashes (:func:`event_hash`) of
+    the user's most recent event ids, concatenated, oldest first.
+    """
 
     last_ts: float = 0.0
     closed_until: float = 0.0
     history: list[tuple[int, str]] = field(default_factory=list)
     pending: list[Step] = field(default_factory=list)
-    seen: list[int] = field(default_factory=list)
+    seen: bytes = b""
 
     def to_bytes(self) -> bytes:
-        """Compact JSON: ``[format, last_ts, closed_until, history, pending, seen]``."""
-        seen = b"".join(h.to_bytes(_HASH_BYTES, "big") for h in self.seen)
-        return orjson.dumps(
-            [
-                _FORMAT,
-                self.last_ts,
-                self.closed_until,
-                self.history,
-                self.pending,
-                base64.b64encode(seen).decode("ascii"),
-            ]
+        """The stored form (format 2, in the module docstring)."""
+        history, pending, seen = self.history, self.pending, self.seen
+        n = len(pending)
+        codes_and_texts = (
+            *chain.from_iterable(history),
+            *chain.from_iterable(map(_CODE_TEXT, pending)),
         )
+        head = _HEADER.pack(
+            _FORMAT, self.last_ts, self.closed_until, len(history), n, len(seen) // _HASH_BYTES
+        )
+        times = _times(n).pack(*map(_TS, pending))
+        texts = ("%c%s" * (len(history) + n) % codes_and_texts).encode("utf-8")
+        return b"".join((head, times, seen, texts))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
-        """Read what :meth:`to_bytes` wrote."""
+        """Read what :meth:`to_bytes` wrote, or the JSON of format 1; ValueError if neither."""
+        if raw[:1] != _FORMAT_TAG:
+            if raw[:1] == b"[":
+                return cls._from_json(raw)
+            raise ValueError(f"unknown user state format {raw[:1]!r}")
+        try:
+            _, last_ts, closed_until, n_history, n, n_seen = _HEADER.unpack_from(raw)
+            times = _times(n).unpack_from(raw, _HEADER.size)
+        except struct.error as exc:
+            raise ValueError(f"truncated user state: {exc}") from None
+        start = _HEADER.size + 8 * n
+        end = start + n_seen * _HASH_BYTES
+        blob = raw[end:]
+        codes = blob.translate(None, _NOT_CODES)
+        # One more part than codes; the first (before the first code) must be empty.
+        texts = blob.translate(_CODES_TO_SEP).decode("utf-8").split("\x1f")
+        if len(raw) < end or texts[0] or len(codes) != n_history + n:
+            raise ValueError("corrupt user state: its counts do not match its contents")
+        del texts[0]
+        # zip without strict=True (its keyword is slow to parse): the lengths match, see above.
+        return cls(
+            last_ts,
+            closed_until,
+            list(zip(codes[:n_history], texts[:n_history])),  # noqa: B905
+            list(zip(times, codes[n_history:], texts[n_history:])),  # noqa: B905
+            raw[start:end],
+        )
+
+    @classmethod
+    def _from_json(cls, raw: bytes) -> UserState:
+        """Format 1: ``[1, last_ts, closed_until, history, pending, seen_base64]``.
+
+        Its queries may hold control characters: they become spaces, as in :func:`step_of`.
+        """
         fmt, last_ts, closed_until, history, pending, seen_b64 = orjson.loads(raw)
-        if fmt != _FORMAT:
+        if fmt != 1:
             raise ValueError(f"unknown user state format {fmt!r}")
-        seen = base64.b64decode(seen_b64)
         return cls(
             last_ts=last_ts,
             closed_until=closed_until,
-            history=list(map(tuple, history)),
-            pending=list(map(tuple, pending)),
-            seen=[
-                int.from_bytes(seen[i : i + _HASH_BYTES], "big")
-                for i in range(0, len(seen), _HASH_BYTES)
-            ],
+            history=[(code, _without_controls(text)) for code, text in history],
+            pending=[(ts, code, _without_controls(text)) for ts, code, text in pending],
+            seen=base64.b64decode(seen_b64),
         )
 
     def tokens(self, limit: int) -> list[Token]:
@@ -152,18 +210,20 @@ class Applied:
     session: OpenSession | None = None
 
 
-def event_hash(event_id: str) -> int:
-    """A 48-bit hash of an event id (the de-duplication memory stores these)."""
-    return int.from_bytes(
-        hashlib.blake2b(event_id.encode("utf-8"), digest_size=_HASH_BYTES).digest(), "big"
-    )
+def event_hash(event_id: str) -> bytes:
+    """The 48-bit (6-byte) hash of an event id that the de-duplication memory stores."""
+    return hashlib.blake2b(event_id.encode("utf-8"), digest_size=_HASH_BYTES).digest()
 
 
 def step_of(action: str, ts: float, item_id: str | None, query: str | None) -> Step:
-    """The stored form of a click (``action``, ``item_id``) or a search (``query``)."""
+    """The stored form of a click (``action``, ``item_id``) or a search (``query``).
+
+    C0 control characters become spaces (the stored form reserves them); the words of
+    a query (``features.query_words``) stay the same, and valid item ids have none.
+    """
     if action == "search":
-        return (ts, SEARCH, (query or "")[:MAX_STORED_QUERY])
-    return (ts, ACTION_IDS[action], item_id or "")
+        return (ts, SEARCH, _without_controls((query or "")[:MAX_STORED_QUERY]))
+    return (ts, ACTION_IDS[action], _without_controls(item_id or ""))
 
 
 def session_id_of(user_id: str, start_ts: float) -> str:
@@ -180,7 +240,7 @@ def apply(
     """
     st = state if state is not None else UserState()
     digest = event_hash(event_id)
-    if rules.dedup_window and digest in st.seen:
+    if rules.dedup_window and remembered(st.seen, digest):
         return Applied(Status.DUPLICATE, st, [])
     ts = step[0]
     closed: list[SessionSummary] = []
@@ -192,9 +252,7 @@ def apply(
         return Applied(Status.LATE, st, [])
     insort(st.pending, step)
     if rules.dedup_window:
-        st.seen.append(digest)
-        if len(st.seen) > rules.dedup_window:
-            del st.seen[: len(st.seen) - rules.dedup_window]
+        st.seen = (st.seen + digest)[-rules.dedup_window * _HASH_BYTES :]
     st.last_ts = max(st.last_ts, ts)
     parts = _split(st.pending, rules)
     retired = _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, parts, closed)
@@ -224,6 +282,31 @@ def next_deadline(state: UserState, rules: SessionRules) -> float:
     if len(first) >= rules.max_events and len(sessions) > 1:
         return min(expiry, end + rules.lateness)
     return min(expiry, end + rules.gap + rules.lateness)
+
+
+def remembered(seen: bytes, digest: bytes) -> bool:
+    """Whether ``digest`` is one of the 6-byte hashes concatenated in ``seen``.
+
+    Only a match at a multiple of 6 counts: the end of one hash followed by the start
+    of the next is no hash that was seen.
+    """
+    at = seen.find(digest)
+    while at >= 0:
+        if at % _HASH_BYTES == 0:
+            return True
+        at = seen.find(digest, at + 1)
+    return False
+
+
+@lru_cache(maxsize=256)
+def _times(n: int) -> struct.Struct:
+    """The layout of ``n`` event times (little-endian doubles)."""
+    return struct.Struct(f"<{n}d")
+
+
+def _without_controls(text: str) -> str:
+    """``text`` with its C0 control characters replaced by spaces."""
+    return text if text.isprintable() else text.translate(_CONTROL_TO_SPACE)
 
 
 @lru_cache(maxsize=65_536)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import random
 
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recstream.model.features import ACTION_IDS, query_words
 from recstream.streams.records import SessionSummary
 from recstream.streams.scoring import Token
 from recstream.streams.sessions import (
+    MAX_STORED_QUERY,
     Applied,
     SessionRules,
     Status,
     Step,
     UserState,
     apply,
+    event_hash,
     next_deadline,
+    remembered,
     session_id_of,
     step_of,
     sweep,
@@ -171,7 +178,7 @@ def _long_run(gap_s: float, n: int) -> UserState:
 
 
 def test_state_round_trips_and_its_size_is_bounded() -> None:
-    # 50 history tokens in closed sessions + 64 event-id hashes: about 1.4 KB.
+    # 50 history tokens in closed sessions + 64 event-id hashes: under 1 KB (1.4 KB as JSON).
     closed = _long_run(4000.0, 120)
     assert len(closed.history) == 50 and len(closed.pending) == 1
     raw = closed.to_bytes()
@@ -183,6 +190,199 @@ def test_state_round_trips_and_its_size_is_bounded() -> None:
     assert UserState.from_bytes(raw) == open_session
     assert len(open_session.pending) == 120
     assert len(raw) < 4500, len(raw)
+
+
+ACTIVE_RULES = SessionRules(
+    gap=1800, max_events=200, history_length=50, lateness=300, ttl=7 * 86400, dedup_window=64
+)
+
+
+def _active_user(id_chars: int) -> UserState:
+    """50 history tokens, 3 events of an open session, 64 remembered event ids."""
+    state: UserState | None = None
+    for i in range(120):
+        ts = T0 + i * 4000.0 if i < 117 else T0 + 117 * 4000.0 + (i - 117) * 60.0
+        step = step_of("view", ts, f"B{i:0{id_chars - 1}d}", None)
+        state = apply(
+            state, "user-1", f"00000000-0000-0000-0000-{i:012d}", step, ACTIVE_RULES
+        ).state
+    assert state is not None
+    return state
+
+
+def test_an_active_user_with_a_full_history_takes_at_most_1_kib() -> None:
+    state = _active_user(10)
+    assert (len(state.history), len(state.pending), len(state.seen)) == (50, 3, 64 * 6)
+    raw = state.to_bytes()
+    assert UserState.from_bytes(raw) == state
+    # Header 29 + 3 times 24 + 64 hashes 384 + 53 x (code + 10-character id) 583.
+    assert len(raw) <= 1024, len(raw)
+
+
+def test_empty_texts_and_no_texts_survive_the_round_trip() -> None:
+    cases = [
+        UserState(),
+        UserState(last_ts=T0, pending=[(T0, ACTION_IDS["view"], "")]),
+        UserState(
+            last_ts=T0 + 5,
+            closed_until=T0 + 1,
+            history=[(ACTION_IDS["view"], ""), (ACTION_IDS["search"], "")],
+            pending=[(T0 + 5, ACTION_IDS["purchase"], ""), (T0 + 5, ACTION_IDS["view"], "a")],
+            seen=event_hash("e1"),
+        ),
+    ]
+    for state in cases:
+        assert UserState.from_bytes(state.to_bytes()) == state
+
+
+#: Item ids as records.py admits them (printable, any script), or "" for a missing one.
+item_ids = st.text(st.characters(exclude_categories=["Cc", "Cs"]), max_size=30).filter(
+    str.isprintable
+)
+#: Queries: any text, with control characters, Chinese, emoji, ...
+queries = st.text(
+    st.one_of(
+        st.characters(exclude_categories=["Cs"]),
+        st.sampled_from(["\x1f", "\x01", "\x04", "\x00", "\n", "\u200d", "\u3000", " "]),
+        st.sampled_from(["鞋", "红", "👟", "🇫", "🇷"]),
+    ),
+    max_size=120,
+)
+actions = st.sampled_from(sorted(ACTION_IDS))
+times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+
+
+@st.composite
+def stored_steps(draw: st.DrawFn) -> Step:
+    return step_of(draw(actions), draw(times), draw(item_ids), draw(queries))
+
+
+@st.composite
+def user_states(draw: st.DrawFn) -> UserState:
+    history = [step[1:] for step in draw(st.lists(stored_steps(), max_size=60))]
+    return UserState(
+        last_ts=draw(times),
+        closed_until=draw(times),
+        history=history,
+        pending=draw(st.lists(stored_steps(), max_size=8)),
+        seen=draw(st.binary(max_size=64).map(lambda b: b"".join(map(event_hash, map(str, b))))),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(user_states())
+def test_any_state_round_trips(state: UserState) -> None:
+    assert UserState.from_bytes(state.to_bytes()) == state
+
+
+def _format1(state: UserState) -> bytes:
+    """The JSON layout the previous release wrote (format 1)."""
+    seen = base64.b64encode(state.seen).decode("ascii")
+    return orjson.dumps([1, state.last_ts, state.closed_until, state.history, state.pending, seen])
+
+
+@settings(max_examples=100, deadline=None)
+@given(user_states())
+def test_format_1_states_are_still_read(state: UserState) -> None:
+    assert UserState.from_bytes(_format1(state)) == state
+
+
+def test_a_state_written_by_the_previous_release_is_read_with_its_dedup_memory() -> None:
+    # UserState.to_bytes() of the previous release after events e1..e4 (RULES).
+    raw = (
+        '[1,1700000400.5,1700000101.0,[[4,"红色 跑鞋 👟"],[1,"B000000001"]],'
+        '[[1700000300.0,2,""],[1700000400.5,1,"B000000002"]],"/LMgnF0JZ5Q9BnIhUGRihoKy6Ivd9nJo"]'
+    ).encode()
+    state = UserState.from_bytes(raw)
+    assert state == UserState(
+        last_ts=T0 + 400.5,
+        closed_until=T0 + 101,
+        history=[(ACTION_IDS["search"], "红色 跑鞋 👟"), (ACTION_IDS["view"], "B000000001")],
+        pending=[(T0 + 300, ACTION_IDS["add_to_cart"], ""), (T0 + 400.5, ACTION_IDS["view"],
+                 "B000000002")],
+        seen=b"".join(map(event_hash, ["e1", "e2", "e3", "e4"])),
+    )  # fmt: skip
+    assert apply(state, "u", "e3", click(401, "x"), RULES).status is Status.DUPLICATE
+    assert UserState.from_bytes(state.to_bytes()) == state  # rewritten as format 2
+
+
+def test_control_characters_in_format_1_queries_become_spaces() -> None:
+    # The previous release stored queries as they came, newlines and all.
+    state = UserState(
+        last_ts=T0 + 1,
+        history=[(ACTION_IDS["search"], "red\nshoes\x1f")],
+        pending=[(T0 + 1, ACTION_IDS["search"], "\tblue\x01 hat")],
+    )
+    read = UserState.from_bytes(_format1(state))
+    assert read.history == [(ACTION_IDS["search"], "red shoes ")]
+    assert read.pending == [(T0 + 1, ACTION_IDS["search"], " blue  hat")]
+    assert UserState.from_bytes(read.to_bytes()) == read
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"\x03rest", b"\x02short", b'[2,0.0,0.0,[],[],""]', b"not json"],
+)
+def test_unreadable_state_is_a_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        UserState.from_bytes(raw)
+
+
+def test_state_whose_counts_do_not_match_its_contents_is_a_value_error() -> None:
+    state = UserState(
+        last_ts=T0, history=[(1, "a"), (1, "b")], pending=[(T0, 1, "c")], seen=event_hash("e")
+    )
+    raw = state.to_bytes()
+    for cut in (raw[:-2], raw[:-4], raw[:40]):  # lose one text / two texts / the seen bytes
+        with pytest.raises(ValueError):
+            UserState.from_bytes(cut)
+
+
+def test_action_codes_are_c0_characters_so_they_can_mark_texts() -> None:
+    assert all(0 < code < 0x20 for code in ACTION_IDS.values())
+
+
+def test_dedup_match_must_be_aligned_on_a_hash() -> None:
+    digest = event_hash("e-target")
+    left, right = event_hash("left"), event_hash("right")
+    across = left[:3] + digest[:3] + digest[3:] + right[3:]  # two hashes; digest spans both
+    assert len(across) == 12 and across.find(digest) == 3
+    assert not remembered(across, digest)
+    assert remembered(across + digest, digest)  # a misaligned hit, then an aligned one
+    assert remembered(digest + across, digest)
+    assert not remembered(b"", digest)
+    # The same through apply: the crafted memory does not make the event a duplicate.
+    state = UserState(last_ts=T0, seen=across)
+    first = apply(state, "u", "e-target", click(1), RULES)
+    assert first.status is Status.APPLIED
+    assert first.state.seen == across + digest
+    assert apply(first.state, "u", "e-target", click(2), RULES).status is Status.DUPLICATE
+
+
+def test_dedup_memory_keeps_the_last_window_of_ids() -> None:
+    rules = SessionRules(gap=100, max_events=5, history_length=8, lateness=30, ttl=1e6,
+                         dedup_window=4)  # fmt: skip
+    state, _, _ = feed([(f"e{i}", click(i)) for i in range(6)], rules)
+    assert state is not None
+    assert state.seen == b"".join(event_hash(f"e{i}") for i in range(2, 6))
+    assert apply(state, "u", "e1", click(10), rules).status is Status.APPLIED
+    assert apply(state, "u", "e3", click(11), rules).status is Status.DUPLICATE
+
+
+@settings(max_examples=300, deadline=None)
+@given(queries)
+def test_stored_queries_have_no_control_characters_and_the_same_words(query: str) -> None:
+    stored = step_of("search", T0, None, query)[2]
+    assert not any(ord(ch) < 0x20 for ch in stored)
+    assert len(stored) == len(query[:MAX_STORED_QUERY])
+    assert query_words(stored) == query_words(query[:MAX_STORED_QUERY])
+
+
+def test_control_characters_in_a_query_become_spaces() -> None:
+    stored = step_of("search", T0, None, "red\x1fshoes\x01红鞋\n")[2]
+    assert stored == "red shoes 红鞋 "
+    assert query_words(stored) == ["red", "shoes", "红鞋"]
+    assert step_of("view", T0, "B000000001", None)[2] == "B000000001"
 
 
 # ---------------------------------------------------------------------------
