@@ -4,7 +4,6 @@
     python benchmarks/bench_workers.py raw-produce --bootstrap H:P --source T --sink T2 --events N
     python benchmarks/bench_workers.py faust-naive --bootstrap H:P --source T --sink T2 --app-id A
     python benchmarks/bench_workers.py recstream-passthrough   (RECSTREAM_* settings from the env)
-    python benchmarks/bench_workers.py recstream-tuned         (the same with proposed tweaks)
 
 The raw scenarios time themselves and print one JSON line; the Faust scenario runs until
 it is stopped (SIGTERM) and is timed from outside by counting its outputs.  Every output
@@ -31,7 +30,6 @@ SCENARIOS = (
     "raw-produce",
     "faust-naive",
     "recstream-passthrough",
-    "recstream-tuned",
     "build-models",
 )
 
@@ -147,37 +145,24 @@ class NullSentiment:
         return [SentimentResult("neutral", {}, ("scoring_disabled",))] * len(texts)
 
 
-def recstream_passthrough(tuned: bool = False) -> None:
+def recstream_passthrough() -> None:
     """recstream's worker app (``streams/app.py``) with scoring disabled.
 
     Everything the worker does per batch (decode, validate, sessions, changelog writes,
     sweeps, one output per event, the hop to the scoring thread) except running the
-    models: the scorers return empty fallbacks at once.  Configured by RECSTREAM_*.
-
-    ``tuned`` applies the changes the profile suggests, to measure them before the worker
-    adopts them: a 5 ms producer linger (fewer, larger produce requests), no Faust
-    terminal spinner (it sets the root logger to DEBUG, so every debug call in aiokafka
-    and Faust builds a log record), and ``orjson.dumps(record)`` instead of
-    ``orjson.dumps(asdict(record))`` for the outputs.
+    models: the scorers return empty fallbacks at once.  Configured by RECSTREAM_*, and
+    started like ``recstream worker`` starts it (Faust's terminal spinner off: it sets
+    the root logger to DEBUG, so every debug call in aiokafka and Faust would build a
+    log record).
     """
     import faust
 
-    from recstream.streams import agents
-    from recstream.streams.app import build_app, faust_options
+    from recstream.streams.app import build_app
     from recstream.streams.settings import Settings
 
-    settings = Settings()
-    if tuned:
-        agents.to_json = orjson.dumps  # type: ignore[assignment]
-        options = faust_options(settings)
-        faust_options_tuned = {**options, "producer_linger": 0.005}
-        import recstream.streams.app as app_module
-
-        app_module.faust_options = lambda _settings: faust_options_tuned  # type: ignore[assignment]
-    app = build_app(settings, NullRecs(), NullSentiment())
+    app = build_app(Settings(), NullRecs(), NullSentiment())
     worker = faust.Worker(app, loglevel="WARN", quiet=True)
-    if tuned:
-        worker.spinner = None
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     finally:
@@ -247,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "build-models":
         build_models(args.out, args.items)
         return 0
-    if args.scenario in ("faust-naive", "recstream-passthrough", "recstream-tuned"):
+    if args.scenario in ("faust-naive", "recstream-passthrough"):
         sys.argv = sys.argv[:1]  # faust.Worker reads argv; give it none of ours
         if args.scenario == "faust-naive":
             faust_naive(args)
         else:
-            recstream_passthrough(tuned=args.scenario == "recstream-tuned")
+            recstream_passthrough()
         return 0
     result = asyncio.run(raw_kafka(args, produce=args.scenario == "raw-produce"))
     print(json.dumps(result), flush=True)

@@ -10,8 +10,12 @@ Inputs are measured figures (from ``pipeline_speed.json``), never guesses:
   does when a GPU scores for it; an upper bound, since feeding a GPU costs some CPU);
 * ``cpu_scoring_rate``: sequences/s of bare onnxruntime on the CPU at the batch size
   the worker uses;
-* ``gpu_scoring_rate``: sequences/s of one GPU (from ``benchmarks/scorer_speed.py`` on a
-  GPU machine); without it the GPU count is not computed.
+* ``gpu_scoring_rate``: sequences/s of one GPU, from a GPU run of
+  ``benchmarks/scorer_speed.py`` (``scorer_speed_gpu.json``), at 32 histories per call
+  (workers' batches at the planned load, not the batch-512 peak); without it the GPU
+  count is not computed;
+* ``gpu_worker_rate``: events/s of one worker process scoring on CUDA, from the
+  ``recstream-full-gpu`` scenario when it was measured, else the pass-through rate.
 
 Rules of thumb applied (each printed with the arithmetic):
 
@@ -37,6 +41,8 @@ from typing import Any
 
 DEFAULT_UTILISATION = 0.5
 GUIDE_RATES = (1_000, 10_000, 100_000)
+#: Histories per scoring call assumed for a GPU's rate (see gpu_rate_from_scorer_results).
+WORKER_BATCH = 32
 
 
 def plan(
@@ -46,6 +52,7 @@ def plan(
     passthrough_rate: float,
     cpu_scoring_rate: float | None = None,
     gpu_scoring_rate: float | None = None,
+    gpu_worker_rate: float | None = None,
     utilisation: float = DEFAULT_UTILISATION,
 ) -> dict[str, Any]:
     """Partitions, workers and GPUs for ``events_per_s``, with every step as text."""
@@ -66,10 +73,11 @@ def plan(
     }
     workers = cpu_workers
     if gpu_scoring_rate:
-        gpu_workers = math.ceil(events_per_s / (passthrough_rate * utilisation))
+        feeding = gpu_worker_rate or passthrough_rate
+        gpu_workers = math.ceil(events_per_s / (feeding * utilisation))
         gpus = math.ceil(events_per_s / (gpu_scoring_rate * utilisation))
         steps.append(
-            f"GPU scoring: workers = ceil({events_per_s:,.0f} / ({passthrough_rate:,.0f} x "
+            f"GPU scoring: workers = ceil({events_per_s:,.0f} / ({feeding:,.0f} x "
             f"{utilisation:.0%})) = {gpu_workers}; GPUs = ceil({events_per_s:,.0f} / "
             f"({gpu_scoring_rate:,.0f} x {utilisation:.0%})) = {gpus}"
         )
@@ -134,34 +142,45 @@ def inputs_from(results: dict[str, Any], broker: str | None = None) -> dict[str,
     else:
         worker_rate = passthrough
         derivation = f"pass-through only on {kind} (no scoring figure): {passthrough:,.0f} ev/s"
+    gpu_entry = throughput.get("recstream-full-gpu", {})
+    gpu_worker = None
+    if gpu_entry.get("app_cpu_us_per_event"):
+        gpu_worker = 1e6 / gpu_entry["app_cpu_us_per_event"]
     return {
         "broker": kind,
         "worker_rate": worker_rate,
         "passthrough_rate": passthrough,
         "cpu_scoring_rate": cpu_scoring,
         "gpu_scoring_rate": gpu_rate_from_scorer_results(),
+        "gpu_worker_rate": gpu_worker,
         "worker_rate_derivation": derivation,
     }
 
 
-def gpu_rate_from_scorer_results(path: Path | None = None) -> float | None:
-    """The best measured GPU sequences/s in ``scorer_speed.json``, if a GPU run wrote one.
+def gpu_rate_from_scorer_results(
+    path: Path | None = None, batch: int = WORKER_BATCH
+) -> float | None:
+    """Sequences/s of one GPU, from a GPU run's ``scorer_speed_gpu.json``.
 
-    Reads its ``rows`` (``engine``, ``sequences_per_s``) and keeps engines naming CUDA.
+    The best bare CUDA rate at ``batch`` histories per call (or at any batch if that
+    size was not measured).  Worker processes send batches of a few tens of events at
+    the loads the guide plans for, and processes sharing a GPU take turns on it, so
+    the rate at that size, not at batch 512, is what one GPU gives a worker group.
     """
-    path = path or Path(__file__).resolve().parent / "results" / "scorer_speed.json"
+    path = path or Path(__file__).resolve().parent / "results" / "scorer_speed_gpu.json"
     try:
         rows = json.loads(path.read_text()).get("rows", [])
     except (OSError, ValueError, AttributeError):
         return None
-    rates = [
-        float(row["sequences_per_s"])
+    cuda = [
+        row
         for row in rows
         if isinstance(row, dict)
         and "cuda" in str(row.get("engine", "")).lower()
         and isinstance(row.get("sequences_per_s"), int | float)
     ]
-    return max(rates) if rates else None
+    at_batch = [row for row in cuda if row.get("batch") == batch] or cuda
+    return max((float(row["sequences_per_s"]) for row in at_batch), default=None)
 
 
 def from_results(results: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +195,7 @@ def from_results(results: dict[str, Any]) -> dict[str, Any]:
             passthrough_rate=inputs["passthrough_rate"],
             cpu_scoring_rate=inputs["cpu_scoring_rate"],
             gpu_scoring_rate=inputs["gpu_scoring_rate"],
+            gpu_worker_rate=inputs["gpu_worker_rate"],
         )
         for rate in GUIDE_RATES
     ]
@@ -192,7 +212,8 @@ def render(guide: dict[str, Any]) -> str:
         f"{inputs['worker_rate_derivation']}; CPU onnxruntime "
         f"{inputs['cpu_scoring_rate'] or 0:,.0f} sequences/s; GPU "
         + (
-            f"{inputs['gpu_scoring_rate']:,.0f} sequences/s"
+            f"{inputs['gpu_scoring_rate']:,.0f} sequences/s at batch {WORKER_BATCH} "
+            "(benchmarks/results/scorer_speed_gpu.json)"
             if inputs["gpu_scoring_rate"]
             else "not measured"
         )
@@ -231,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         passthrough_rate=inputs["passthrough_rate"],
         cpu_scoring_rate=inputs["cpu_scoring_rate"],
         gpu_scoring_rate=args.gpu_rate or inputs["gpu_scoring_rate"],
+        gpu_worker_rate=inputs["gpu_worker_rate"],
         utilisation=args.utilisation,
     )
     print(f"worker rate: {inputs['worker_rate_derivation']}")

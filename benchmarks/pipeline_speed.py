@@ -56,8 +56,14 @@ THROUGHPUT_SCENARIOS = (
     "quix-rocksdb",
     "faust-naive",
     "recstream-passthrough",
-    "recstream-tuned",
     "recstream-full",
+    "recstream-full-gpu",
+)
+#: The scenarios that run recstream's own worker code.
+RECSTREAM_SCENARIOS = (
+    "recstream-passthrough",
+    "recstream-full",
+    "recstream-full-gpu",
 )
 LABELS = {
     "raw-decode": "aiokafka consume + orjson decode",
@@ -66,8 +72,8 @@ LABELS = {
     "quix-rocksdb": "Quix Streams, state list<=50 (RocksDB) + 1 output",
     "faust-naive": "Faust agent + Table, await send() per event",
     "recstream-passthrough": "recstream sessions + 1 output (scoring disabled)",
-    "recstream-tuned": "same + proposed tweaks (linger 5 ms, no spinner, orjson dataclass)",
     "recstream-full": "recstream worker, full pipeline with scoring",
+    "recstream-full-gpu": "same, scorer on CUDA (RECSTREAM_REQUIRE_GPU)",
 }
 
 
@@ -155,6 +161,20 @@ class Target:
     command: tuple[str, ...] = ()
 
 
+def skip_reason(scenario: str, model_dir: Path | None) -> str | None:
+    """Why a scoring scenario cannot run here (None when it can, or needs no model)."""
+    if not scenario.startswith("recstream-full"):
+        return None
+    if model_dir is None:
+        return worker_available() or "no models"
+    if scenario == "recstream-full-gpu":
+        from recstream.streams.scoring import runs_on_cuda
+
+        if not runs_on_cuda(model_dir / "recs.onnx"):
+            return "onnxruntime cannot run the model on CUDA here"
+    return None
+
+
 def worker_available() -> str | None:
     """None when ``recstream worker`` exists, else why the full pipeline cannot run."""
     if not (bc.REPO / "streams" / "worker.py").is_file():
@@ -217,7 +237,7 @@ def make_target(
                 str(partitions),
             ),
         )
-    if scenario in ("recstream-passthrough", "recstream-tuned", "recstream-full"):
+    if scenario in RECSTREAM_SCENARIOS:
         prefix = f"{run}."
         env = {
             "RECSTREAM_BOOTSTRAP_SERVERS": bootstrap,
@@ -229,7 +249,10 @@ def make_target(
             "RECSTREAM_LOG_LEVEL": "warning",
             "RECSTREAM_PROVIDERS": "CPUExecutionProvider",
         }
-        if scenario == "recstream-full":
+        if scenario == "recstream-full-gpu":
+            env["RECSTREAM_PROVIDERS"] = "CUDAExecutionProvider,CPUExecutionProvider"
+            env["RECSTREAM_REQUIRE_GPU"] = "true"
+        if scenario.startswith("recstream-full"):
             env["RECSTREAM_MODEL_DIR"] = str(model_dir)
             command: tuple[str, ...] = (bc.PYTHON, "-m", "recstream", "worker")
         else:
@@ -692,8 +715,9 @@ async def run_broker(
         main = main or "recstream-passthrough"
         kept: Workers | None = None
         for scenario in cfg.scenarios:
-            if scenario == "recstream-full" and model_dir is None:
-                out["throughput"][scenario] = {"skipped": worker_available() or "no models"}
+            skipped = skip_reason(scenario, model_dir)
+            if skipped:
+                out["throughput"][scenario] = {"skipped": skipped}
                 continue
             runs: list[dict[str, Any]] = []
             entry: dict[str, Any] = {"label": LABELS[scenario]}

@@ -137,6 +137,15 @@ def test_plan_arithmetic() -> None:
     assert result["with_gpu"]["gpus"] == 1
     assert result["partitions"] == 28  # 2 x 14 rounded up to a multiple of 4
     assert any("ceil(10,000 / (1,500 x 50%)) = 14" in step for step in result["steps"])
+    # A measured rate of workers feeding a GPU replaces the scoring-free rate.
+    fed = capacity_guide.plan(
+        10_000,
+        worker_rate=1_500,
+        passthrough_rate=3_000,
+        gpu_scoring_rate=40_000,
+        gpu_worker_rate=2_000,
+    )
+    assert fed["with_gpu"]["workers"] == 10  # ceil(10,000 / (2,000 x 50%))
 
 
 def test_plan_without_gpu_figure_says_so() -> None:
@@ -196,14 +205,18 @@ def test_ratios_of_the_main_scenario() -> None:
 
 
 def test_gpu_rate_read_from_scorer_speed_rows(tmp_path: Path) -> None:
-    path = tmp_path / "scorer_speed.json"
+    path = tmp_path / "scorer_speed_gpu.json"
     rows = [
-        {"engine": "ort-fp32-cpu", "sequences_per_s": 900.0},
-        {"engine": "ort-fp32-cuda", "sequences_per_s": 30_000.0},
-        {"engine": "ort-fp16-cuda", "sequences_per_s": 52_000.0},
+        {"engine": "ort-fp32-cpu", "batch": 32, "sequences_per_s": 900.0},
+        {"engine": "ort-fp32-cuda", "batch": 512, "sequences_per_s": 250_000.0},
+        {"engine": "ort-fp32-cuda", "batch": 32, "sequences_per_s": 24_000.0},
+        {"engine": "ort-fp16-cuda", "batch": 32, "sequences_per_s": 32_000.0},
     ]
     path.write_text(json.dumps({"rows": rows}))
-    assert capacity_guide.gpu_rate_from_scorer_results(path) == 52_000.0
+    assert capacity_guide.gpu_rate_from_scorer_results(path) == 32_000.0
+    assert capacity_guide.gpu_rate_from_scorer_results(path, batch=512) == 250_000.0
+    # Without a row at the batch asked for, the best CUDA row counts.
+    assert capacity_guide.gpu_rate_from_scorer_results(path, batch=8) == 250_000.0
     path.write_text(json.dumps({"rows": rows[:1]}))
     assert capacity_guide.gpu_rate_from_scorer_results(path) is None
     assert capacity_guide.gpu_rate_from_scorer_results(tmp_path / "absent.json") is None
