@@ -25,7 +25,8 @@ position gathered through ``lengths``.  Right padding needs no key-padding mask:
 a valid position only attends to earlier positions, which are valid too.
 
 Training uses cross-entropy over the full catalogue at every position, or a
-sampled softmax with many uniform negatives (:meth:`SASRec.loss`); both beat
+sampled softmax with many uniform negatives (:meth:`SASRec.loss`), optionally
+plus a binary cross-entropy against uniform negatives; both softmax forms beat
 the one-negative binary loss of the original paper (Petrov & Macdonald,
 RecSys 2023; Klenitskiy & Vasilev, RecSys 2023).
 """
@@ -143,8 +144,10 @@ class SASRec(nn.Module):
         lengths: Tensor,
         targets: Tensor,
         negatives: int = 0,
+        bce_negatives: int = 0,
+        bce_weight: float = 1.0,
     ) -> Tensor:
-        """Mean cross-entropy at every position with a target.
+        """Mean cross-entropy at every position with a target, plus an optional BCE term.
 
         ``targets [B, L]`` holds the vocab index of the next item per position,
         0 where there is none to learn (padding, a following search, OOV).
@@ -154,6 +157,10 @@ class SASRec(nn.Module):
         masked out), their logits raised by ``log(catalogue / negatives)`` so
         the loss estimates the full one.  Sampling makes a step several times
         cheaper on large catalogues, where the full softmax dominates the cost.
+
+        With ``bce_negatives > 0``, ``bce_weight`` times :meth:`uniform_bce` over
+        that many uniform negatives is added: the target scored against random
+        catalogue items one at a time, as the sampled evaluation protocol ranks it.
         """
         hidden = self.forward(items, actions, words, lengths)
         keep = targets >= FIRST_ITEM
@@ -161,6 +168,29 @@ class SASRec(nn.Module):
             return hidden.sum() * 0.0
         h = hidden[keep]
         target = targets[keep]
+        loss = self._softmax_loss(h, target, negatives)
+        if bce_negatives > 0 and bce_weight > 0:
+            loss = loss + bce_weight * self.uniform_bce(h, target, bce_negatives)
+        return loss
+
+    def uniform_bce(self, h: Tensor, target: Tensor, negatives: int) -> Tensor:
+        """Binary cross-entropy of each target (label 1) and of uniform negatives (label 0).
+
+        ``negatives`` items are drawn uniformly from the catalogue, shared by the
+        batch; per row the loss is ``softplus(-s_target)`` plus the mean of
+        ``softplus(s_negative)`` over the draws that differ from the target.
+        Unlike the softmax, this pins every score on an absolute scale against
+        random items, the comparison the sampled protocol makes.
+        """
+        drawn = torch.randint(FIRST_ITEM, self.n_items, (negatives,), device=h.device)
+        positive = (h * self.item_emb(target)).sum(dim=1) + self.item_bias[target]
+        negative = h @ self.item_emb(drawn).t() + self.item_bias[drawn]
+        other = (drawn.unsqueeze(0) != target.unsqueeze(1)).to(negative.dtype)
+        negative_loss = (F.softplus(negative) * other).sum(dim=1) / other.sum(dim=1).clamp(min=1)
+        return (F.softplus(-positive) + negative_loss).mean()
+
+    def _softmax_loss(self, h: Tensor, target: Tensor, negatives: int) -> Tensor:
+        """Cross-entropy of ``h`` rows against ``target``: full or sampled softmax."""
         catalogue = self.n_items - FIRST_ITEM
         if negatives <= 0 or negatives >= catalogue:
             weight, bias = self.item_emb.weight[FIRST_ITEM:], self.item_bias[FIRST_ITEM:]

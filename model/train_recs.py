@@ -3,9 +3,12 @@
 One pass (epoch) shows every training user once: the last ``max_len + 1``
 tokens of their training part become an input and, shifted by one, the item to
 predict at every position, with cross-entropy over the full catalogue (or a
-sampled softmax, ``negatives``).  Batches group users of similar history
-length (:func:`bucketed_batches`) and are padded to their longest history
-only, which saves most of the encoder's work on short-history logs.  After
+sampled softmax, ``negatives``), optionally plus a binary cross-entropy
+against uniform negatives (``bce_negatives``, ``bce_weight``), at a constant
+learning rate or one decaying along a half cosine (``cosine``).  Batches group
+users of similar history length (:func:`bucketed_batches`) and are padded to
+their longest history only, which saves most of the encoder's work on
+short-history logs.  After
 each epoch the model is scored on the validation items (sampled and full
 protocols); the best epoch by sampled validation NDCG@10 is kept as the
 checkpoint, and training stops after ``patience`` epochs without improvement.
@@ -18,6 +21,7 @@ Runs are deterministic for a given ``seed`` and thread count.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -67,8 +71,11 @@ class TrainConfig:
     dropout: float = 0.3
     ffn_mult: int = 1
     lr: float = 1e-3
+    cosine: bool = False
     weight_decay: float = 0.0
     negatives: int = 0
+    bce_negatives: int = 0
+    bce_weight: float = 1.0
     item_bias: bool = True
     batch_size: int | None = None
     seed: int = 0
@@ -233,6 +240,8 @@ def _one_epoch(
     )
     started = time.perf_counter()
     for n, rows in enumerate(bar, start=1):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch - 1 + (n - 1) / len(batches))
         batch, targets = training_batch([seqs[r] for r in rows], config.max_len)
         loss = model.loss(
             torch.from_numpy(batch.items),
@@ -241,6 +250,8 @@ def _one_epoch(
             torch.from_numpy(batch.lengths),
             torch.from_numpy(targets),
             config.negatives,
+            config.bce_negatives,
+            config.bce_weight,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,6 +261,19 @@ def _one_epoch(
         users_per_s = seen / max(time.perf_counter() - started, 1e-9)
         bar.set_postfix(loss=f"{total / n:.4f}", users_s=f"{users_per_s:.0f}")
     return total / max(len(batches), 1)
+
+
+def learning_rate(config: TrainConfig, progress: float) -> float:
+    """The step's learning rate after ``progress`` epochs (fractional).
+
+    Constant ``lr``, or with ``cosine`` a half cosine from ``lr`` down to 0 at
+    the end of the last planned epoch (``epochs``), so the final epochs take
+    small steps; it depends on the epoch count only, so ``--resume`` follows it.
+    """
+    if not config.cosine or not config.epochs:
+        return config.lr
+    done = min(max(progress / config.epochs, 0.0), 1.0)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def bucketed_batches(

@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     parser.add_argument(
+        "--cosine",
+        action="store_true",
+        help="decay the learning rate along a half cosine to 0 at the last of --epochs",
+    )
+    parser.add_argument(
         "--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay"
     )
     parser.add_argument(
@@ -47,6 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="sampled-softmax negatives per batch (0: softmax over the full catalogue)",
+    )
+    parser.add_argument(
+        "--bce-negatives",
+        type=int,
+        default=0,
+        help="add a binary cross-entropy term against this many uniform negatives (0: off)",
+    )
+    parser.add_argument(
+        "--bce-weight", type=float, default=1.0, help="weight of the --bce-negatives term"
     )
     parser.add_argument(
         "--no-item-bias", action="store_true", help="score items without a learned bias"
@@ -78,9 +92,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.exists():
         print(f"error: {args.data} does not exist", file=sys.stderr)
         return 2
-    if not 0.0 <= args.dropout < 1.0 or args.lr <= 0 or args.weight_decay < 0:
+    if (
+        not 0.0 <= args.dropout < 1.0
+        or args.lr <= 0
+        or args.weight_decay < 0
+        or args.bce_weight < 0
+    ):
         print(
-            "error: --dropout must be in [0, 1), --lr positive, --weight-decay >= 0",
+            "error: --dropout must be in [0, 1), --lr positive, "
+            "--weight-decay and --bce-weight >= 0",
             file=sys.stderr,
         )
         return 2
@@ -93,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         ffn_mult=args.ffn_mult,
         lr=args.lr,
+        cosine=args.cosine,
         weight_decay=args.weight_decay,
         negatives=max(args.negatives, 0),
+        bce_negatives=max(args.bce_negatives, 0),
+        bce_weight=args.bce_weight,
         item_bias=not args.no_item_bias,
         batch_size=args.batch_size,
         seed=args.seed,

@@ -221,3 +221,62 @@ def test_load_recs_rejects_other_kinds(tmp_path: Path) -> None:
         load_recs(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_recs(tmp_path / "missing")
+
+
+def test_uniform_bce_matches_a_direct_computation() -> None:
+    torch.manual_seed(0)
+    model = SASRec(n_items=V, max_len=MAX_LEN, dim=16, heads=2, dropout=0.0).eval()
+    with torch.no_grad():
+        model.item_bias.copy_(torch.randn(V))
+    h = torch.randn(4, 16)
+    target = torch.tensor([2, 5, 9, 5])
+    torch.manual_seed(7)
+    got = model.uniform_bce(h, target, 6)
+    torch.manual_seed(7)
+    drawn = torch.randint(FIRST_ITEM, V, (6,))
+    emb, bias = model.item_emb.weight, model.item_bias
+    rows = []
+    for row, t in zip(h, target.tolist(), strict=True):
+        negs = [int(d) for d in drawn if int(d) != t]
+        pos = -F.logsigmoid(row @ emb[t] + bias[t])
+        neg = torch.stack([-F.logsigmoid(-(row @ emb[d] + bias[d])) for d in negs]).mean()
+        rows.append(pos + neg)
+    assert torch.allclose(got, torch.stack(rows).mean(), atol=1e-6)
+
+
+def test_uniform_bce_ignores_a_draw_equal_to_the_target() -> None:
+    # one real item: every draw is the target, so only the positive term is left
+    model = SASRec(n_items=FIRST_ITEM + 1, max_len=MAX_LEN, dim=16, heads=2, dropout=0.0)
+    h = torch.randn(3, 16)
+    target = torch.full((3,), FIRST_ITEM)
+    positive = (h @ model.item_emb.weight[FIRST_ITEM] + model.item_bias[FIRST_ITEM]).detach()
+    got = model.uniform_bce(h, target, 4)
+    assert torch.allclose(got, F.softplus(-positive).mean(), atol=1e-6)
+
+
+def test_loss_with_bce_term_adds_it_and_trains() -> None:
+    model = make_model()
+    items, actions, words, lengths = inputs()
+    targets = torch.roll(items, -1, dims=1)
+    targets[:, -1] = 0
+    ce = model.loss(items, actions, words, lengths, targets)
+    assert torch.equal(ce, model.loss(items, actions, words, lengths, targets, bce_weight=0.5))
+    keep = targets >= FIRST_ITEM
+    h = model(items, actions, words, lengths)[keep]
+    torch.manual_seed(3)
+    bce = model.uniform_bce(h, targets[keep], 8)
+    torch.manual_seed(3)
+    both = model.loss(items, actions, words, lengths, targets, bce_negatives=8, bce_weight=0.5)
+    assert torch.allclose(both, ce + 0.5 * bce, atol=1e-6)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = float(both.detach())
+    for _ in range(30):
+        loss = model.loss(items, actions, words, lengths, targets, bce_negatives=8)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    torch.manual_seed(3)
+    after = model.loss(items, actions, words, lengths, targets, bce_negatives=8, bce_weight=0.5)
+    assert float(after.detach()) < first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ from recstream.model import train_recs_cli
 from recstream.model.checkpoint import load_meta
 from recstream.model.sasrec import load_recs
 from recstream.model.shoplog import generate, write_log
-from recstream.model.train_recs import STATE_FILE, TrainConfig, bucketed_batches, train_on_file
+from recstream.model.train_recs import (
+    STATE_FILE,
+    TrainConfig,
+    bucketed_batches,
+    learning_rate,
+    train_on_file,
+)
 
 TINY: dict[str, Any] = {
     "dim": 16,
@@ -128,9 +135,12 @@ def test_cli_trains_and_prints_json(
     train_recs_cli.add_arguments(parser)
     argv = ["--data", str(shop_log), "--format", "jsonl", "--out", str(tmp_path), "--epochs", "1"]
     argv += ["--dim", "16", "--layers", "1", "--max-len", "8", "--quiet", "--no-side-info"]
+    argv += ["--bce-negatives", "8", "--bce-weight", "0.5"]
     assert train_recs_cli.run(parser.parse_args(argv)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["training"]["use_side_info"] is False
+    assert summary["training"]["bce_negatives"] == 8
+    assert summary["training"]["bce_weight"] == 0.5
     assert load_meta(tmp_path, "recs")["hparams"]["use_side_info"] is False
 
 
@@ -146,3 +156,24 @@ def test_cli_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "bad.jsonl" in capsys.readouterr().err
     missing = parser.parse_args(["--data", str(tmp_path / "no"), "--format", "jsonl", "--out", "x"])
     assert train_recs_cli.run(missing) == 2
+    data = ["--data", str(bad), "--format", "jsonl", "--out", "x"]
+    assert train_recs_cli.run(parser.parse_args([*data, "--bce-weight", "-1"])) == 2
+
+
+def test_learning_rate_is_constant_or_a_half_cosine_to_zero() -> None:
+    constant = TrainConfig(epochs=4, lr=0.01)
+    assert [learning_rate(constant, p) for p in (0.0, 2.0, 4.0)] == [0.01] * 3
+    cosine = TrainConfig(epochs=4, lr=0.01, cosine=True)
+    rates = [learning_rate(cosine, p) for p in (0.0, 1.0, 2.0, 3.0, 4.0)]
+    assert rates[0] == pytest.approx(0.01) and rates[2] == pytest.approx(0.005)
+    assert rates[4] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+
+
+def test_cosine_training_ends_with_a_small_learning_rate(shop_log: Path, tmp_path: Path) -> None:
+    config = TrainConfig(epochs=2, patience=10, lr=0.01, cosine=True, **TINY)
+    meta = train_on_file(shop_log, "jsonl", tmp_path, config, progress=False)
+    assert meta["training"]["cosine"] is True
+    state = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    last = state["optimizer"]["param_groups"][0]["lr"]
+    assert 0.0 < last < 0.001  # the last step of epoch 2 of 2 is near the end of the cosine
