@@ -198,15 +198,10 @@ def export_models(
 
 
 def cuda_usable() -> bool:
-    """True when onnxruntime can really create a CUDA session (not just list it)."""
-    import onnxruntime as ort
-
-    return CUDA in ort.get_available_providers() and _cuda_session_works()
-
-
-def _cuda_session_works() -> bool:
-    import onnxruntime as ort
+    """True when onnxruntime can really run a model on CUDA here (not just list it)."""
     from onnx import TensorProto, helper
+
+    from recstream.streams.scoring import runs_on_cuda
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -215,17 +210,7 @@ def _cuda_session_works() -> bool:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(
-            model.SerializeToString(),
-            options,
-            providers=[CUDA, CPU],
-        )
-    except Exception:
-        return False
-    return CUDA in session.get_providers()
+    return runs_on_cuda(model.SerializeToString())
 
 
 def measure_cell(

@@ -194,8 +194,8 @@ def _providers(options: RuntimeOptions) -> list[str]:
     return usable
 
 
-def runs_on_cuda(path: Path) -> bool:
-    """Whether onnxruntime really runs the model at ``path`` on CUDA here.
+def runs_on_cuda(model: Path | bytes) -> bool:
+    """Whether onnxruntime really runs ``model`` (a file, or its bytes) on CUDA here.
 
     onnxruntime-gpu lists the CUDA provider wherever it is installed and quietly
     falls back to the CPU when the CUDA libraries or the device are missing.  The
@@ -207,7 +207,9 @@ def runs_on_cuda(path: Path) -> bool:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
     try:
-        probe = ort.InferenceSession(str(path), options, providers=[CUDA])
+        probe = ort.InferenceSession(
+            model if isinstance(model, bytes) else str(model), options, providers=[CUDA]
+        )
     except Exception:
         return False
     return CUDA in probe.get_providers()

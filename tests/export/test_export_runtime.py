@@ -171,6 +171,16 @@ def test_cpu_provider_is_logged(exported: Exported, caplog: pytest.LogCaptureFix
         assert "CUDAExecutionProvider is listed but cannot run here" in caplog.text
 
 
+def test_runs_on_cuda_is_false_for_what_cannot_run(exported: Exported, tmp_path: Path) -> None:
+    """A file or bytes that are no model never count as running on CUDA (and never raise)."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    assert runs_on_cuda(broken) is False
+    assert runs_on_cuda(b"not an onnx model") is False
+    model = exported.folder / "recs.onnx"
+    assert runs_on_cuda(model.read_bytes()) == runs_on_cuda(model)
+
+
 @pytest.mark.usefixtures("no_cuda")
 def test_fp16_with_default_providers_loads_on_the_cpu_without_cuda(exported: Exported) -> None:
     """onnxruntime-gpu lists CUDA without a GPU; fp16 must not get the CPU fusions that crash.
