@@ -29,6 +29,13 @@ def make_model(seed: int = 0, use_side_info: bool = True) -> SASRec:
     ).eval()
 
 
+def next_items(items: torch.Tensor) -> torch.Tensor:
+    """Each position's target: the next token's item (0, no target, after the last)."""
+    targets = torch.roll(items, -1, dims=1)
+    targets[:, -1] = 0
+    return targets
+
+
 def inputs(batch: int = 3, length: int = 6, seed: int = 1) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     items = torch.randint(FIRST_ITEM, V, (batch, length), generator=g)
@@ -113,8 +120,7 @@ def test_loss_is_finite_and_trains() -> None:
     model = make_model()
     model.train()
     items, actions, words, lengths = inputs()
-    targets = torch.roll(items, -1, dims=1)
-    targets[:, -1] = 0
+    targets = next_items(items)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = float(model.loss(items, actions, words, lengths, targets).detach())
     for _ in range(30):
@@ -147,8 +153,7 @@ def test_chunked_softmax_loss_matches_cross_entropy(items: int) -> None:
 def test_sampled_softmax_loss_trains_and_matches_full_with_every_item() -> None:
     model = make_model()
     items, actions, words, lengths = inputs()
-    targets = torch.roll(items, -1, dims=1)
-    targets[:, -1] = 0
+    targets = next_items(items)
     full = model.loss(items, actions, words, lengths, targets)
     # asking for the whole catalogue (or more) is the full softmax itself
     same = model.loss(items, actions, words, lengths, targets, negatives=V - FIRST_ITEM)
@@ -257,8 +262,7 @@ def test_uniform_bce_ignores_a_draw_equal_to_the_target() -> None:
 def test_loss_with_bce_term_adds_it_and_trains() -> None:
     model = make_model()
     items, actions, words, lengths = inputs()
-    targets = torch.roll(items, -1, dims=1)
-    targets[:, -1] = 0
+    targets = next_items(items)
     ce = model.loss(items, actions, words, lengths, targets)
     assert torch.equal(ce, model.loss(items, actions, words, lengths, targets, bce_weight=0.5))
     keep = targets >= FIRST_ITEM
