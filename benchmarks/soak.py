@@ -73,13 +73,8 @@ def rss_bytes(pid: int) -> int | None:
 def worker_env(
     settings: Settings, data_dir: Path, models: Path | None, scorer_ms: float
 ) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, **settings.connection_env()}
     env.update(
-        RECSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        RECSTREAM_TOPIC_PREFIX=settings.topic_prefix,
-        RECSTREAM_APP_ID=settings.app_id,
-        RECSTREAM_PARTITIONS=str(settings.partitions),
-        RECSTREAM_WEB_PORT=str(settings.web_port),
         RECSTREAM_DATA_DIR=str(data_dir),
         RECSTREAM_MODEL_DIR=str(models or data_dir / "no-models"),
         RECSTREAM_PROVIDERS="CPUExecutionProvider",

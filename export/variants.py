@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
-from recstream.streams.scoring import runs_on_cuda
+from recstream.streams.scoring import optimization_level, runs_on_cuda
 
 if TYPE_CHECKING:
     import onnx
@@ -101,17 +101,6 @@ def make_fp16(fp32_path: Path, out_path: Path) -> None:
 
 
 MAKERS = {"int8": make_int8, "fp16": make_fp16}
-
-
-def optimization_level(variant: str, providers: list[str]) -> ort.GraphOptimizationLevel:
-    """The graph optimization level a variant can run with on these providers.
-
-    onnxruntime 1.31's CPU provider crashes (segfault) in the extended fusions
-    of fp16 graphs, so fp16 on the CPU runs with the basic optimizations only.
-    """
-    if variant == "fp16" and "CUDAExecutionProvider" not in providers:
-        return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
 def check_providers(path: Path, variant: str) -> list[str]:

@@ -215,6 +215,17 @@ def runs_on_cuda(model: Path | bytes) -> bool:
     return CUDA in probe.get_providers()
 
 
+def optimization_level(variant: str, providers: Sequence[str]) -> ort.GraphOptimizationLevel:
+    """The graph optimization level a model variant can run with on these providers.
+
+    onnxruntime 1.31's CPU provider crashes (segfault) in the extended fusions
+    of fp16 graphs, so fp16 without CUDA runs with the basic optimizations only.
+    """
+    if variant == "fp16" and CUDA not in providers:
+        return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
 def open_model(
     path: Path, kind: str, options: RuntimeOptions
 ) -> tuple[ort.InferenceSession, ModelMetadata]:
@@ -253,11 +264,7 @@ def open_model(
         log.warning("%s is listed but cannot run here; %s loads on %s", CUDA, path, providers)
         if not providers:
             raise ModelLoadError(f"{path}: {CUDA} cannot run here and no other provider is set")
-    # onnxruntime 1.31's CPU provider crashes in the extended fusions of fp16 graphs,
-    # so an fp16 model that must run on the CPU gets the basic optimizations only.
-    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if meta.variant == "fp16" and CUDA not in providers:
-        level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    level = optimization_level(meta.variant, providers)
     try:
         session = ort.InferenceSession(
             str(path), _session_options(options, level), providers=providers

@@ -125,6 +125,17 @@ class Settings(BaseSettings):
         """The full name of one of recstream's topics."""
         return f"{self.topic_prefix}{name}"
 
+    def connection_env(self) -> dict[str, str]:
+        """The ``RECSTREAM_*`` variables that put a child process (a worker started by a
+        test or benchmark) on this broker, topics, group and web port."""
+        return {
+            "RECSTREAM_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "RECSTREAM_TOPIC_PREFIX": self.topic_prefix,
+            "RECSTREAM_APP_ID": self.app_id,
+            "RECSTREAM_PARTITIONS": str(self.partitions),
+            "RECSTREAM_WEB_PORT": str(self.web_port),
+        }
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

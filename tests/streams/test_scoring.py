@@ -63,6 +63,22 @@ def test_buckets_are_few_and_bounded() -> None:
     assert all(b in SEQUENCE_BUCKETS or b == 50 for b in widths)
 
 
+@pytest.mark.parametrize(
+    ("variant", "providers", "expected"),
+    [
+        ("fp16", ["CPUExecutionProvider"], "ORT_ENABLE_BASIC"),
+        ("fp16", ["CUDAExecutionProvider", "CPUExecutionProvider"], "ORT_ENABLE_ALL"),
+        ("fp32", ["CPUExecutionProvider"], "ORT_ENABLE_ALL"),
+        ("int8", ["CPUExecutionProvider"], "ORT_ENABLE_ALL"),
+    ],
+)
+def test_fp16_without_cuda_gets_basic_optimizations_only(
+    variant: str, providers: list[str], expected: str
+) -> None:
+    level = scoring.optimization_level(variant, providers)
+    assert level == getattr(scoring.ort.GraphOptimizationLevel, expected)
+
+
 def test_input_buffers_are_zeroed_reused_and_contiguous() -> None:
     buffers = InputBuffers()
     items, actions, words = buffers.get(3, 8)

@@ -30,6 +30,21 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.sasl_password.get_secret_value() == "hunter2"
 
 
+def test_connection_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        bootstrap_servers="127.0.0.1:19092",
+        topic_prefix="shop1.",
+        app_id="rs-test",
+        partitions=3,
+        web_port=6123,
+    )
+    for name, value in settings.connection_env().items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    fields = ("bootstrap_servers", "topic_prefix", "app_id", "partitions", "web_port")
+    assert {f: getattr(child, f) for f in fields} == {f: getattr(settings, f) for f in fields}
+
+
 def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(pydantic.ValidationError):

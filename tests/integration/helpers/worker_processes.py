@@ -90,12 +90,8 @@ def worker_env(
     ``settings``, the model and state folders, a 50 ms batch window and one OpenMP
     thread; then ``extra``."""
     env = {k: v for k, v in os.environ.items() if inherit or not k.startswith("RECSTREAM_")}
+    env.update(settings.connection_env())
     env.update(
-        RECSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        RECSTREAM_TOPIC_PREFIX=settings.topic_prefix,
-        RECSTREAM_APP_ID=settings.app_id,
-        RECSTREAM_PARTITIONS=str(settings.partitions),
-        RECSTREAM_WEB_PORT=str(settings.web_port),
         RECSTREAM_MODEL_DIR=str(model_dir),
         RECSTREAM_DATA_DIR=str(data_dir),
         RECSTREAM_BATCH_WITHIN="0.05",
