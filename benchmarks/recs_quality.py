@@ -53,9 +53,9 @@ def data_root() -> Path:
 def data_sets(quick: bool) -> list[DataSet]:
     root = data_root()
     games_config: dict[str, Any] = {
-        "dropout": 0.3,
+        "dropout": 0.5,
         "patience": 3,
-        "epochs": 10,
+        "epochs": 20,
         "batch_size": 64,
         "lr": 2e-3,
     }
