@@ -40,6 +40,7 @@ from recstream.streams.pipeline import (
     repartition_payload,
 )
 from recstream.streams.records import Forget, OutputRecord, Reason, to_json
+from recstream.streams.skipped_records import SkippedRecords
 from recstream.streams.state_store import TableStateStore
 from recstream.streams.storefront import LatestRecommendations
 from recstream.streams.topics import Topics
@@ -73,13 +74,18 @@ class BatchProcessor:
         self._idle_since: dict[int, float] = {}
         #: Each user's latest answers for the storefront; set by the worker.
         self.latest: LatestRecommendations | None = None
+        #: Re-reads input records the consumer skipped; set by the app (None: no check).
+        self.skipped: SkippedRecords | None = None
 
     async def process(self, kind: str, events: Sequence[EventT]) -> None:
         """Process one batch read from the ``kind`` input topic (or the repartition topic)."""
+        messages = [event.message for event in events]
         records = [
-            RawRecord(kind, m.topic, m.partition, m.offset, m.value, m.key)
-            for m in (event.message for event in events)
+            RawRecord(kind, m.topic, m.partition, m.offset, m.value, m.key) for m in messages
         ]
+        if self.skipped is not None:  # records Faust skipped go first (see skipped_records)
+            positions = [(m.topic, m.partition, m.offset) for m in messages]
+            records = await self.skipped.recover(kind, positions) + records
         pipeline = self.pipeline
         decoded, dead = pipeline.decode(records, repartitioned=kind == REPARTITIONED)
         sends: list[Awaitable[Any]] = []

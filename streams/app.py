@@ -6,6 +6,7 @@ import socket
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from recstream.streams.agents import BatchProcessor, register_agents
 from recstream.streams.kafka_config import faust_broker_kwargs
@@ -13,6 +14,7 @@ from recstream.streams.metrics import Metrics
 from recstream.streams.pipeline import Pipeline
 from recstream.streams.scoring import RecsScorer, SentimentScorer
 from recstream.streams.settings import Settings
+from recstream.streams.skipped_records import SkippedRecords
 from recstream.streams.state_store import TableStateStore, declare_table
 from recstream.streams.storefront import declare_latest_table
 from recstream.streams.topics import declare_topics
@@ -83,6 +85,19 @@ def build_app(
     async def rebuild_sweep_index() -> None:
         actives = app.assignor.assigned_actives()
         processor.rebuild_index({tp.partition for tp in actives if tp.topic in owned_topics})
+
+    skipped = SkippedRecords(settings, app.conf.id)
+    processor.skipped = skipped
+
+    # Faust's signals call handlers as (sender, *args, signal=..., **kwargs).
+    async def forget_offsets(sender: Any, revoked: set[TP], **_: Any) -> None:
+        skipped.forget((tp.topic, tp.partition) for tp in revoked)
+
+    async def close_readers(sender: Any, **_: Any) -> None:
+        await skipped.close()
+
+    app.on_partitions_revoked.connect(forget_offsets)  # type: ignore[arg-type]
+    app.on_before_shutdown.connect(close_readers)  # type: ignore[arg-type]
 
     app.recstream = processor  # type: ignore[attr-defined]
     return app

@@ -296,17 +296,6 @@ def own_broker(
         broker.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open in issue #7: about 1 run in 6 (4 of 25 here) still loses 2-4 clicks/searches "
-        "produced in the first seconds after the restart: present in the input topics, no "
-        "dead letter, no worker error. Suspected: Faust's start-up race between fetching and "
-        "seeking to the committed offsets, then committing past the message at the head "
-        "(faust-streaming issues #596 and #606, PR #707). The loss of ~10 outputs in half of "
-        "the runs, from flushing another batch's changelog early, is fixed and unit-tested."
-    ),
-)
 def test_kill_9_mid_stream(
     own_broker: EmbeddedBroker | None, kafka_settings: Settings, tmp_path: Path
 ) -> None:

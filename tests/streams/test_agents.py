@@ -17,7 +17,7 @@ import orjson
 from pydantic import SecretStr
 
 from recstream.streams.agents import REPARTITIONED, BatchProcessor
-from recstream.streams.pipeline import Pipeline, UserIds, home_partition
+from recstream.streams.pipeline import Pipeline, RawRecord, UserIds, home_partition
 from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
 from recstream.streams.settings import Settings
 from recstream.streams.state_store import TableStateStore
@@ -165,6 +165,36 @@ def test_invalid_records_are_dead_lettered_and_the_batch_goes_on() -> None:
     assert by_topic["deadletter"][0]["error"].startswith("bad_json")
     assert [r["trigger_event_id"] for r in by_topic["recommendations"]] == ["c1"]
     assert [s["event_id"] for s in by_topic["sentiment"]] == ["r1"]
+    processor.close()
+
+
+class SkippedStub:
+    """Stands in for SkippedRecords: the first batch reveals offsets 0-1 as skipped."""
+
+    def __init__(self, records: list[RawRecord]) -> None:
+        self.records = records
+        self.asked: list[tuple[str, list[tuple[str, int, int]]]] = []
+
+    async def recover(self, kind: str, positions: list[tuple[str, int, int]]) -> list[RawRecord]:
+        self.asked.append((kind, positions))
+        found, self.records = self.records, []
+        return found
+
+
+def test_records_the_consumer_skipped_are_processed_first() -> None:
+    processor, app, _ = make()
+    home = home_partition("carol", PARTITIONS)
+    skipped = [
+        RawRecord("clicks", "clicks", home, e.message.offset, e.message.value, e.message.key)
+        for e in (click("c0", "carol", home, 0), click("c1", "carol", home, 1))
+    ]
+    stub = SkippedStub(skipped)
+    processor.skipped = cast(Any, stub)
+    asyncio.run(processor.process("clicks", batch(click("c2", "carol", home, 2))))
+    asyncio.run(processor.process("clicks", batch(click("c3", "carol", home, 3))))
+    assert stub.asked == [("clicks", [("clicks", home, 2)]), ("clicks", [("clicks", home, 3)])]
+    recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
+    assert [r["trigger_event_id"] for r in recs] == ["c0", "c1", "c2", "c3"]
     processor.close()
 
 

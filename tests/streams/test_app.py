@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import pytest
 
@@ -52,3 +53,25 @@ def test_worker_refuses_exactly_once(capsys: pytest.CaptureFixture[str]) -> None
     settings = Settings(processing_guarantee="exactly_once", bootstrap_servers="127.0.0.1:1")
     assert worker.serve(settings) == worker.EXIT_BAD_CONFIG
     assert "exactly_once is not supported" in capsys.readouterr().err
+
+
+async def test_revoked_partitions_are_checked_again_from_their_committed_offset() -> None:
+    from faust.types import TP
+
+    from recstream.streams.skipped_records import OffsetTracker
+
+    settings = Settings(app_id="shop-b", topic_prefix="p.", bootstrap_servers="127.0.0.1:1")
+    app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    skipped = app.recstream.skipped  # type: ignore[attr-defined]
+    assert skipped.group_id == app.conf.id
+    asked: list[list[tuple[str, int]]] = []
+
+    async def committed(partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        asked.append(list(partitions))
+        return dict.fromkeys(partitions, 0)
+
+    skipped.tracker = OffsetTracker(committed)
+    assert await skipped.tracker.gaps([("p.clicks", 0, 0)]) == []
+    await app.on_partitions_revoked.send({TP("p.clicks", 0)})
+    assert await skipped.tracker.gaps([("p.clicks", 0, 0)]) == []
+    assert asked == [[("p.clicks", 0)], [("p.clicks", 0)]]
