@@ -85,7 +85,10 @@ class BatchProcessor:
         ]
         if self.skipped is not None:  # records Faust skipped go first (see skipped_records)
             positions = [(m.topic, m.partition, m.offset) for m in messages]
-            records = await self.skipped.recover(kind, positions) + records
+            recovered = await self.skipped.recover(kind, positions)
+            if recovered and self.metrics is not None:
+                self.metrics.reread(len(recovered))
+            records = recovered + records
         pipeline = self.pipeline
         decoded, dead = pipeline.decode(records, repartitioned=kind == REPARTITIONED)
         sends: list[Awaitable[Any]] = []

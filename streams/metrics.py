@@ -18,6 +18,7 @@ Exported series (every name is listed in :data:`METRIC_NAMES`)::
     recstream_session_table_users                users held in this worker's session table
     recstream_model_info{kind,version,provider}  1 for each loaded model
     recstream_consumer_lag{topic,partition}      highwater - next offset to read, per partition
+    recstream_reread_records_total               input records the consumer skipped, read again
 
 The consumer lag here is this worker's own view of the partitions it holds.  The
 consumer-group lag that drives autoscaling comes from a Kafka exporter
@@ -71,6 +72,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "recstream_session_table_users",
     "recstream_model_info",
     "recstream_consumer_lag",
+    "recstream_reread_records_total",
 )
 
 #: A source of (topic, partition, lag) triples, read at every scrape.
@@ -172,6 +174,11 @@ class Metrics:
             "Users with a session in this worker's session table.",
             registry=reg,
         )
+        self._reread = Counter(
+            "recstream_reread_records",
+            "Input records the consumer skipped after a (re)assignment, read again and processed.",
+            registry=reg,
+        )
         self._models = _ModelInfoCollector()
         reg.register(self._models)
         self._lag = _LagCollector()
@@ -206,6 +213,10 @@ class Metrics:
     def end_to_end(self, seconds: float) -> None:
         """Record the delay from an input event's time to the emission of its output."""
         self._end_to_end.observe(max(seconds, 0.0))
+
+    def reread(self, n: int) -> None:
+        """Count ``n`` input records read again because the consumer skipped them."""
+        self._reread.inc(n)
 
     def session_users(self, n: int) -> None:
         """Set the number of users in this worker's session table."""

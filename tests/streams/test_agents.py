@@ -17,6 +17,7 @@ import orjson
 from pydantic import SecretStr
 
 from recstream.streams.agents import REPARTITIONED, BatchProcessor
+from recstream.streams.metrics import Metrics
 from recstream.streams.pipeline import Pipeline, RawRecord, UserIds, home_partition
 from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
 from recstream.streams.settings import Settings
@@ -190,11 +191,13 @@ def test_records_the_consumer_skipped_are_processed_first() -> None:
     ]
     stub = SkippedStub(skipped)
     processor.skipped = cast(Any, stub)
+    processor.metrics = Metrics()
     asyncio.run(processor.process("clicks", batch(click("c2", "carol", home, 2))))
     asyncio.run(processor.process("clicks", batch(click("c3", "carol", home, 3))))
     assert stub.asked == [("clicks", [("clicks", home, 2)]), ("clicks", [("clicks", home, 3)])]
     recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
     assert [r["trigger_event_id"] for r in recs] == ["c0", "c1", "c2", "c3"]
+    assert processor.metrics.registry.get_sample_value("recstream_reread_records_total") == 2
     processor.close()
 
 

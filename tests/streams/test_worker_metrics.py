@@ -108,6 +108,14 @@ def test_end_to_end_latency_clamps_clock_skew_to_zero() -> None:
     assert value(metrics, "recstream_end_to_end_latency_seconds_bucket", le="0.005") == 1
 
 
+def test_reread_records_count() -> None:
+    metrics = Metrics()
+    assert value(metrics, "recstream_reread_records_total") == 0
+    metrics.reread(3)
+    metrics.reread(2)
+    assert value(metrics, "recstream_reread_records_total") == 5
+
+
 def test_session_users_gauge() -> None:
     metrics = Metrics()
     metrics.session_users(42)
