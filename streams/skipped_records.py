@@ -170,14 +170,16 @@ class SkippedRecords:
             deadline = time.monotonic() + READ_TIMEOUT
             while await consumer.position(tp) < gap.end:
                 if time.monotonic() > deadline:
-                    log.error("%s[%d]: gave up re-reading offsets %d-%d", *_where(gap))
+                    log.error(
+                        "%s[%d]: gave up re-reading offsets %d-%d",
+                        gap.topic,
+                        gap.partition,
+                        gap.start,
+                        gap.end - 1,
+                    )
                     break
                 batch = await consumer.getmany(tp, timeout_ms=500)
                 for record in batch.get(tp, []):
                     if gap.start <= record.offset < gap.end:
                         read.append((record.offset, record.value, record.key))
             return read
-
-
-def _where(gap: Gap) -> tuple[str, int, int, int]:
-    return gap.topic, gap.partition, gap.start, gap.end - 1
