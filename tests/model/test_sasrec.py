@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -34,6 +35,21 @@ def next_items(items: torch.Tensor) -> torch.Tensor:
     targets = torch.roll(items, -1, dims=1)
     targets[:, -1] = 0
     return targets
+
+
+def train_steps(
+    model: SASRec, batch: tuple[torch.Tensor, ...], targets: torch.Tensor, **loss_options: Any
+) -> torch.Tensor:
+    """30 Adam steps (lr 0.01) on one batch in training mode; returns the last step's loss."""
+    items, actions, words, lengths = batch
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = model.loss(items, actions, words, lengths, targets, **loss_options)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss
 
 
 def inputs(batch: int = 3, length: int = 6, seed: int = 1) -> tuple[torch.Tensor, ...]:
@@ -121,13 +137,8 @@ def test_loss_is_finite_and_trains() -> None:
     model.train()
     items, actions, words, lengths = inputs()
     targets = next_items(items)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = float(model.loss(items, actions, words, lengths, targets).detach())
-    for _ in range(30):
-        loss = model.loss(items, actions, words, lengths, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    loss = train_steps(model, (items, actions, words, lengths), targets)
     assert torch.isfinite(loss) and float(loss.detach()) < first
     empty = model.loss(items, actions, words, lengths, torch.zeros_like(targets))
     assert float(empty.detach()) == 0.0
@@ -161,13 +172,7 @@ def test_sampled_softmax_loss_trains_and_matches_full_with_every_item() -> None:
     torch.manual_seed(0)
     sampled = model.loss(items, actions, words, lengths, targets, negatives=5)
     assert torch.isfinite(sampled) and not torch.equal(sampled, full)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(30):
-        loss = model.loss(items, actions, words, lengths, targets, negatives=8)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, (items, actions, words, lengths), targets, negatives=8)
     model.eval()
     assert float(model.loss(items, actions, words, lengths, targets).detach()) < float(
         full.detach()
@@ -273,14 +278,8 @@ def test_loss_with_bce_term_adds_it_and_trains() -> None:
     torch.manual_seed(3)
     both = model.loss(items, actions, words, lengths, targets, bce_negatives=8, bce_weight=0.5)
     assert torch.allclose(both, ce + 0.5 * bce, atol=1e-6)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = float(both.detach())
-    for _ in range(30):
-        loss = model.loss(items, actions, words, lengths, targets, bce_negatives=8)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, (items, actions, words, lengths), targets, bce_negatives=8)
     model.eval()
     torch.manual_seed(3)
     after = model.loss(items, actions, words, lengths, targets, bce_negatives=8, bce_weight=0.5)
