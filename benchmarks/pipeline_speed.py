@@ -46,6 +46,7 @@ import capacity_guide
 import orjson
 
 from recstream.streams.broker import BROKER_CAVEATS, EmbeddedBroker, free_port
+from recstream.streams.settings import Settings
 
 SCHEMA_VERSION = 1
 #: Throughput scenarios in table order.
@@ -239,13 +240,16 @@ def make_target(
         )
     if scenario in RECSTREAM_SCENARIOS:
         prefix = f"{run}."
+        connection = Settings(
+            bootstrap_servers=bootstrap,
+            topic_prefix=prefix,
+            app_id=run,
+            partitions=partitions,
+            web_port=free_port(),
+        )
         env = {
-            "RECSTREAM_BOOTSTRAP_SERVERS": bootstrap,
-            "RECSTREAM_TOPIC_PREFIX": prefix,
-            "RECSTREAM_APP_ID": run,
-            "RECSTREAM_PARTITIONS": str(partitions),
+            **connection.connection_env(),
             "RECSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="bench-recstream-data-"),
-            "RECSTREAM_WEB_PORT": str(free_port()),
             "RECSTREAM_LOG_LEVEL": "warning",
             "RECSTREAM_PROVIDERS": "CPUExecutionProvider",
         }
@@ -356,7 +360,6 @@ async def prepare_target(
     """Create the run's topics and load the backlog into its source topic."""
     names = [target.source, target.sink, *target.extra_topics]
     if target.scenario.startswith("recstream"):
-        from recstream.streams.settings import Settings
         from recstream.streams.topic_admin import create_topics
 
         await create_topics(

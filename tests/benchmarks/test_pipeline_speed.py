@@ -30,6 +30,17 @@ from recstream.streams.records import parse_click  # noqa: E402
 # ----------------------------------------------------------------------------
 
 
+def test_recstream_targets_put_the_worker_on_the_run_s_topics_and_group(tmp_path: Path) -> None:
+    target = ps.make_target("recstream-full", "127.0.0.1:19092", 3, model_dir=tmp_path)
+    env = target.env
+    prefix = env["RECSTREAM_TOPIC_PREFIX"]
+    assert env["RECSTREAM_BOOTSTRAP_SERVERS"] == "127.0.0.1:19092"
+    assert prefix == env["RECSTREAM_APP_ID"] + "." and target.source == f"{prefix}clicks"
+    assert env["RECSTREAM_PARTITIONS"] == "3" and int(env["RECSTREAM_WEB_PORT"]) > 0
+    assert env["RECSTREAM_MODEL_DIR"] == str(tmp_path)
+    assert env["RECSTREAM_PROVIDERS"] == "CPUExecutionProvider"
+
+
 def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]  # 1..100
     assert bc.percentile(values, 50) == 50.0
