@@ -57,12 +57,14 @@ THROUGHPUT_SCENARIOS = (
     "quix-rocksdb",
     "faust-naive",
     "recstream-passthrough",
+    "recstream-passthrough-eos",
     "recstream-full",
     "recstream-full-gpu",
 )
 #: The scenarios that run recstream's own worker code.
 RECSTREAM_SCENARIOS = (
     "recstream-passthrough",
+    "recstream-passthrough-eos",
     "recstream-full",
     "recstream-full-gpu",
 )
@@ -73,6 +75,7 @@ LABELS = {
     "quix-rocksdb": "Quix Streams, state list<=50 (RocksDB) + 1 output",
     "faust-naive": "Faust agent + Table, await send() per event",
     "recstream-passthrough": "recstream sessions + 1 output (scoring disabled)",
+    "recstream-passthrough-eos": "same, exactly_once (Kafka transactions)",
     "recstream-full": "recstream worker, full pipeline with scoring",
     "recstream-full-gpu": "same, scorer on CUDA (RECSTREAM_REQUIRE_GPU)",
 }
@@ -162,8 +165,11 @@ class Target:
     command: tuple[str, ...] = ()
 
 
-def skip_reason(scenario: str, model_dir: Path | None) -> str | None:
-    """Why a scoring scenario cannot run here (None when it can, or needs no model)."""
+def skip_reason(scenario: str, model_dir: Path | None, transactions: bool = True) -> str | None:
+    """Why a scenario cannot run here (None when it can): scoring without a model or
+    GPU, exactly-once on a broker without ``transactions``."""
+    if scenario == "recstream-passthrough-eos" and not transactions:
+        return "this broker has no Kafka transactions"
     if not scenario.startswith("recstream-full"):
         return None
     if model_dir is None:
@@ -253,6 +259,8 @@ def make_target(
             "RECSTREAM_LOG_LEVEL": "warning",
             "RECSTREAM_PROVIDERS": "CPUExecutionProvider",
         }
+        if scenario == "recstream-passthrough-eos":
+            env["RECSTREAM_PROCESSING_GUARANTEE"] = "exactly_once"
         if scenario == "recstream-full-gpu":
             env["RECSTREAM_PROVIDERS"] = "CUDAExecutionProvider,CPUExecutionProvider"
             env["RECSTREAM_REQUIRE_GPU"] = "true"
@@ -260,7 +268,7 @@ def make_target(
             env["RECSTREAM_MODEL_DIR"] = str(model_dir)
             command: tuple[str, ...] = (bc.PYTHON, "-m", "recstream", "worker")
         else:
-            command = (bc.PYTHON, workers, scenario)
+            command = (bc.PYTHON, workers, scenario.removesuffix("-eos"))
         return Target(
             scenario,
             f"{prefix}clicks",
@@ -718,7 +726,7 @@ async def run_broker(
         main = main or "recstream-passthrough"
         kept: Workers | None = None
         for scenario in cfg.scenarios:
-            skipped = skip_reason(scenario, model_dir)
+            skipped = skip_reason(scenario, model_dir, broker.traits.transactions)
             if skipped:
                 out["throughput"][scenario] = {"skipped": skipped}
                 continue

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "tests": outcomes(),
         "bad_input": load("bad_input"),
         "crash": load("crash"),
+        "crash_exactly_once": load("crash_exactly_once"),
         "rebalance": load("rebalance"),
         "soak": load("soak"),
     }
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in sorted(bad["tried"]):
             print(f"  {kind:<16} {bad['tried'][kind]:>7} {bad['dead_lettered'].get(kind, 0):>14}")
         print(f"  worker exit code at the end: {bad.get('worker_exit')} (0 = stopped cleanly)")
-    for name in ("crash", "rebalance"):
+    for name in ("crash", "crash_exactly_once", "rebalance"):
         res = report[name]
         if res is None:
             print(f"== {name}: no result (test skipped or failed before measuring)")

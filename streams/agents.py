@@ -14,6 +14,10 @@ hands the batch to :class:`BatchProcessor`, which
    changelog, and offsets are committed only after both (at-least-once: a crash
    replays the batch from the state before it, so every output appears).
 
+With ``exactly_once`` each batch is split by input partition and everything it sends
+goes into that partition's Kafka transaction, committed with its offsets
+(:mod:`recstream.streams.transactions`).
+
 A timer advances the event-time watermark of idle partitions by the wall time they
 stay idle, so their last sessions are emitted too.
 """
@@ -44,6 +48,7 @@ from recstream.streams.skipped_records import SkippedRecords
 from recstream.streams.state_store import TableStateStore
 from recstream.streams.storefront import LatestRecommendations
 from recstream.streams.topics import Topics
+from recstream.streams.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +69,15 @@ class BatchProcessor:
         store: TableStateStore,
         topics: Topics,
         metrics: Metrics | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self.app = app
         self.pipeline = pipeline
         self.store = store
         self.topics = topics
         self.metrics = metrics
+        #: Set for ``exactly_once``: sends go into the input partitions' transactions.
+        self.transactions = transactions
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-scoring")
         self._idle_since: dict[int, float] = {}
         #: Each user's latest answers for the storefront; set by the worker.
@@ -79,16 +87,36 @@ class BatchProcessor:
 
     async def process(self, kind: str, events: Sequence[EventT]) -> None:
         """Process one batch read from the ``kind`` input topic (or the repartition topic)."""
+        transactions = self.transactions
+        if transactions is None:
+            await self._process(kind, events, None)
+            return
+        by_partition: dict[int, list[EventT]] = {}
+        for event in events:
+            by_partition.setdefault(event.message.partition, []).append(event)
+        async with transactions.gate.shared():  # no offset commit until the acks below
+            for partition, part in by_partition.items():
+                route = transactions.transactional_id(part[0].message.topic, partition)
+                await self._process(kind, part, route)
+            for event in events:
+                event.ack()  # Faust acks them again when the agent asks for more: a no-op
+
+    async def _process(self, kind: str, events: Sequence[EventT], route: str | None) -> None:
+        """``process`` for ``events``; ``route``: the transaction everything goes out in."""
         messages = [event.message for event in events]
-        records = [
-            RawRecord(kind, m.topic, m.partition, m.offset, m.value, m.key) for m in messages
-        ]
         if self.skipped is not None:  # records Faust skipped go first (see skipped_records)
             positions = [(m.topic, m.partition, m.offset) for m in messages]
-            recovered = await self.skipped.recover(kind, positions)
+            recovered, repeated = await self.skipped.recover(kind, positions)
             if recovered and self.metrics is not None:
                 self.metrics.reread(len(recovered))
-            records = recovered + records
+            if repeated:  # delivered again by Faust: processed already
+                dropped = set(repeated)
+                messages = [m for i, m in enumerate(messages) if i not in dropped]
+        else:
+            recovered = []
+        records = recovered + [
+            RawRecord(kind, m.topic, m.partition, m.offset, m.value, m.key) for m in messages
+        ]
         pipeline = self.pipeline
         decoded, dead = pipeline.decode(records, repartitioned=kind == REPARTITIONED)
         sends: list[Awaitable[Any]] = []
@@ -106,12 +134,13 @@ class BatchProcessor:
                     item.event.user_id.encode("utf-8"),
                     repartition_payload(item.event, item.source.kind),
                     item.home,
+                    route,
                 )
             )
         if self.latest is not None:  # before prepare: it deletes forgotten users' state
             self.latest.forget([i.event.user_id for i in local if isinstance(i.event, Forget)])
         work = pipeline.prepare(local, self.store)
-        changes = [self.store.seal()]
+        changes = [self.store.seal(route)]
         try:
             scores = Scores()
             if work.recs or work.reviews:
@@ -132,8 +161,8 @@ class BatchProcessor:
             }:
                 self._idle_since[partition] = now
                 out.sessions += pipeline.sweep(partition, self.store)
-            changes.append(self.store.seal())
-            sends += await self._send_outputs(out)
+            changes.append(self.store.seal(route))
+            sends += await self._send_outputs(out, route)
             if sends:
                 await asyncio.gather(*sends)
         finally:
@@ -144,18 +173,32 @@ class BatchProcessor:
     async def sweep_idle(self) -> None:
         """Advance idle partitions' watermarks by their idle wall time and sweep them."""
         now = time.monotonic()
-        out = Outputs()
+        due = []
         for partition, since in list(self._idle_since.items()):
             idle = now - since
-            if idle < SWEEP_INTERVAL or partition not in self.pipeline.watermarks:
-                continue
-            self.pipeline.watermarks[partition] += idle
-            self._idle_since[partition] = now
+            if idle >= SWEEP_INTERVAL and partition in self.pipeline.watermarks:
+                self.pipeline.watermarks[partition] += idle
+                self._idle_since[partition] = now
+                due.append(partition)
+        if not due:
+            return
+        if self.transactions is None:
+            await self._sweep(due, None)
+            return
+        changelog = self.store.table.changelog_topic.get_topic_name()
+        route = self.transactions.transactional_id
+        async with self.transactions.gate.shared():
+            for partition in due:
+                await self._sweep([partition], route(changelog, partition))
+
+    async def _sweep(self, partitions: list[int], route: str | None) -> None:
+        out = Outputs()
+        for partition in partitions:
             out.sessions += self.pipeline.sweep(partition, self.store)
-        changes = self.store.seal()
+        changes = self.store.seal(route)
         try:
             if out.sessions:
-                await asyncio.gather(*await self._send_outputs(out))
+                await asyncio.gather(*await self._send_outputs(out, route))
                 self._observe_outputs(out)
         finally:
             await self.store.publish(changes)
@@ -179,11 +222,18 @@ class BatchProcessor:
     # -- helpers --------------------------------------------------------------------
 
     async def _send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        route: str | None = None,
     ) -> Awaitable[Any]:
-        return await self.app.producer.send(topic, key, value, partition, None, None)
+        if route is None or self.transactions is None:
+            return await self.app.producer.send(topic, key, value, partition, None, None)
+        return await self.transactions.send(route, topic, key, value, partition)
 
-    async def _send_outputs(self, out: Outputs) -> list[Awaitable[Any]]:
+    async def _send_outputs(self, out: Outputs, route: str | None) -> list[Awaitable[Any]]:
         topics = self.topics
         sends: list[Awaitable[Any]] = []
         batches: list[tuple[str, Sequence[OutputRecord]]] = [
@@ -194,9 +244,9 @@ class BatchProcessor:
         for topic, records in batches:
             for record in records:
                 key = record.user_id.encode("utf-8")  # type: ignore[union-attr]
-                sends.append(await self._send(topic, key, to_json(record)))
+                sends.append(await self._send(topic, key, to_json(record), None, route))
         for dead in out.dead_letters:
-            sends.append(await self._send(topics.deadletter, None, to_json(dead)))
+            sends.append(await self._send(topics.deadletter, None, to_json(dead), None, route))
         return sends
 
     def _observe_scoring(self, recs: int, reviews: int, seconds: float) -> None:

@@ -18,6 +18,7 @@ from recstream.streams.skipped_records import SkippedRecords
 from recstream.streams.state_store import TableStateStore, declare_table
 from recstream.streams.storefront import declare_latest_table
 from recstream.streams.topics import declare_topics
+from recstream.streams.transactions import use_transactions
 
 #: Consumer-group timing: a dead worker's partitions move after 10 s (also what the
 #: tansu test broker needs); heartbeats run on the event loop, never blocked by scoring.
@@ -71,12 +72,15 @@ def build_app(
 ) -> faust.App:
     """A ready-to-run worker app; ``app.recstream`` is its :class:`BatchProcessor`."""
     app = faust.App(settings.app_id, **faust_options(settings))
+    skipped = SkippedRecords(settings, app.conf.id)
+    exactly_once = settings.processing_guarantee == "exactly_once"
+    transactions = use_transactions(app, skipped.tracker.positions) if exactly_once else None
     topics = declare_topics(app, settings)
     table = declare_table(app, settings)
     declare_latest_table(app, settings)
-    store = TableStateStore(table, defer_changelog=True)
+    store = TableStateStore(table, defer_changelog=True, transactions=transactions)
     pipeline = Pipeline(settings, recs, sentiment, partitions=settings.partitions)
-    processor = BatchProcessor(app, pipeline, store, topics, metrics)
+    processor = BatchProcessor(app, pipeline, store, topics, metrics, transactions)
     register_agents(app, processor, topics, settings.batch_size, settings.batch_within)
     owned_topics = {topic.get_topic_name() for topic in topics.inputs.values()}
     owned_topics.add(topics.repartition.get_topic_name())
@@ -86,7 +90,6 @@ def build_app(
         actives = app.assignor.assigned_actives()
         processor.rebuild_index({tp.partition for tp in actives if tp.topic in owned_topics})
 
-    skipped = SkippedRecords(settings, app.conf.id)
     processor.skipped = skipped
 
     # Faust's signals call handlers as (sender, *args, signal=..., **kwargs).

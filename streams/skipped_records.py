@@ -51,6 +51,16 @@ class Gap:
     end: int
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What :meth:`OffsetTracker.check` found in a batch's positions."""
+
+    #: Offsets never delivered, oldest first.
+    gaps: list[Gap]
+    #: Indices of the positions that were processed before (to be dropped).
+    repeated: list[int]
+
+
 class OffsetTracker:
     """The next offset expected on each input partition; finds the holes in what arrives."""
 
@@ -58,12 +68,14 @@ class OffsetTracker:
         self._committed = committed
         self._next: dict[Partition, int] = {}
 
-    async def gaps(self, positions: Sequence[tuple[str, int, int]]) -> list[Gap]:
-        """The holes before these (topic, partition, offset) positions, in arrival order.
+    async def check(self, positions: Sequence[tuple[str, int, int]]) -> Checked:
+        """The holes before these (topic, partition, offset) positions, in arrival order,
+        and the positions already processed.
 
         A partition not seen since its assignment starts at the group's committed
         offset (no check when nothing is committed yet, or the lookup fails).
-        Offsets below the expected one are replays (at-least-once) and no hole.
+        Offsets below the expected one were processed before: Faust delivered them
+        again (or they precede the committed offset); they are no hole.
         """
         unseen = sorted({(t, p) for t, p, _ in positions} - self._next.keys())
         if unseen:
@@ -76,19 +88,25 @@ class OffsetTracker:
                 start = committed.get(key)
                 if start is not None and start >= 0:
                     self._next[key] = start
-        found: list[Gap] = []
-        for topic, partition, offset in positions:
+        found = Checked([], [])
+        for index, (topic, partition, offset) in enumerate(positions):
             expected = self._next.get((topic, partition))
             if expected is not None and offset > expected:
-                found.append(Gap(topic, partition, expected, offset))
+                found.gaps.append(Gap(topic, partition, expected, offset))
             if expected is None or offset >= expected:
                 self._next[(topic, partition)] = offset + 1
+            else:
+                found.repeated.append(index)
         return found
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Partitions revoked: when they come back, they start again from the committed offset."""
         for partition in partitions:
             self._next.pop(partition, None)
+
+    def positions(self) -> dict[Partition, int]:
+        """The next offset expected on each partition seen since its assignment."""
+        return dict(self._next)
 
 
 class SkippedRecords:
@@ -104,11 +122,12 @@ class SkippedRecords:
 
     async def recover(
         self, kind: str, positions: Sequence[tuple[str, int, int]]
-    ) -> list[RawRecord]:
-        """The records of every hole before ``positions``, oldest first, as ``kind`` records."""
-        found = await self.tracker.gaps(positions)
+    ) -> tuple[list[RawRecord], list[int]]:
+        """The records of every hole before ``positions``, oldest first, as ``kind``
+        records, and the indices of the positions processed before (see ``check``)."""
+        found = await self.tracker.check(positions)
         records: list[RawRecord] = []
-        for gap in found:
+        for gap in found.gaps:
             read = await self._read(gap)
             # Nothing to read: transaction markers (or records removed by retention).
             log.log(
@@ -121,7 +140,9 @@ class SkippedRecords:
                 len(read),
             )
             records += [RawRecord(kind, gap.topic, gap.partition, o, v, k) for o, v, k in read]
-        return records
+        if found.repeated:
+            log.info("%d record(s) delivered again were dropped", len(found.repeated))
+        return records, found.repeated
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """See :meth:`OffsetTracker.forget`."""
@@ -159,6 +180,12 @@ class SkippedRecords:
                     group_id=None,
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
+                    # as the worker's consumer reads: aborted transactions' records skipped
+                    isolation_level=(
+                        "read_committed"
+                        if self.settings.processing_guarantee == "exactly_once"
+                        else "read_uncommitted"
+                    ),
                 )
                 await consumer.start()
                 self._consumer = consumer

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.types import TableT
 
 from recstream.streams.settings import Settings
+
+if TYPE_CHECKING:
+    from recstream.streams.transactions import Transactions
 
 TABLE_NAME = "user-state"
 
@@ -43,8 +47,10 @@ ChangelogRecord = tuple[int, bytes, bytes | None]
 class ChangelogBatch:
     """The changelog records of one step of state changes, held until it may be sent."""
 
-    def __init__(self, records: list[ChangelogRecord]) -> None:
+    def __init__(self, records: list[ChangelogRecord], route: str | None = None) -> None:
         self.records = records
+        #: The transactional id the records go out in (exactly-once), else None.
+        self.route = route
         #: Set when the batch's outputs are acknowledged (or the batch gave up).
         self.released = False
         self.sent = asyncio.Event()
@@ -65,13 +71,25 @@ class TableStateStore:
     a batch released early waits for the ones before it.  The changelog then always
     ends with the latest local value of a key, and no agent's changes are sent while
     that agent still waits for its acknowledgements.
+
+    With ``transactions`` (exactly-once) each sealed batch goes out in the
+    transaction named by its ``route``, and :meth:`publish` also waits for the
+    records' acknowledgements.
     """
 
-    def __init__(self, table: TableT, *, defer_changelog: bool = False) -> None:
+    def __init__(
+        self,
+        table: TableT,
+        *,
+        defer_changelog: bool = False,
+        transactions: Transactions | None = None,
+    ) -> None:
         self.table = table
-        self.defer_changelog = defer_changelog
+        self.defer_changelog = defer_changelog or transactions is not None
+        self.transactions = transactions
         self._open: list[ChangelogRecord] = []
         self._sealed: deque[ChangelogBatch] = deque()
+        self._sending = asyncio.Lock()
 
     def get(self, key: str) -> bytes | None:
         """The state bytes of ``key`` on this worker, if any."""
@@ -98,13 +116,16 @@ class TableStateStore:
         self._partitions().pop(raw_key, None)
         self._changelog(partition, raw_key, None)
 
-    def seal(self) -> ChangelogBatch:
+    def seal(self, route: str | None = None) -> ChangelogBatch:
         """Close the records written since the last seal into a batch queued for sending.
 
         Call it right after a synchronous step of changes (no ``await`` in between), so
-        the batch holds exactly that step's records.
+        the batch holds exactly that step's records.  ``route``: the transactional id
+        to send them in (required with ``transactions``).
         """
-        batch = ChangelogBatch(self._open)
+        if self.transactions is not None and route is None:
+            raise ValueError("a transactional state store needs the route of every batch")
+        batch = ChangelogBatch(self._open, route)
         self._open = []
         if batch.records:
             self._sealed.append(batch)
@@ -114,19 +135,35 @@ class TableStateStore:
         return batch
 
     async def publish(self, *batches: ChangelogBatch) -> None:
-        """Release ``batches`` and return once their records were handed to the producer.
+        """Release ``batches`` and return once their records were handed to the producer
+        (with ``transactions``: once the broker acknowledged them).
 
         Records are sent in seal order; a released batch behind an unreleased one waits.
         """
         for batch in batches:
             batch.released = True
-        while self._sealed and self._sealed[0].released:
-            head = self._sealed.popleft()
-            for partition, raw_key, value in head.records:
-                self.table.send_changelog(partition, raw_key, value, "raw", "raw")
-            head.sent.set()
+        acks: list[Awaitable[Any]] = []
+        async with self._sending:  # sending may yield: keep concurrent publishers in order
+            while self._sealed and self._sealed[0].released:
+                head = self._sealed.popleft()
+                acks += await self._send(head)
+                head.sent.set()
         for batch in batches:
             await batch.sent.wait()
+        if acks:
+            await asyncio.gather(*acks)
+
+    async def _send(self, batch: ChangelogBatch) -> list[Awaitable[Any]]:
+        if self.transactions is None:
+            for partition, raw_key, value in batch.records:
+                self.table.send_changelog(partition, raw_key, value, "raw", "raw")
+            return []
+        assert batch.route is not None  # seal() checks it
+        topic = self.table.changelog_topic.get_topic_name()
+        return [
+            await self.transactions.send(batch.route, topic, raw_key, value, partition)
+            for partition, raw_key, value in batch.records
+        ]
 
     def _changelog(self, partition: int, raw_key: bytes, value: bytes | None) -> None:
         if self.defer_changelog:

@@ -35,6 +35,15 @@ def run(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def check_transactions(settings: Settings) -> str | None:
+    """Why the brokers cannot run the transactions ``exactly_once`` needs, or ``None``."""
+    import asyncio
+
+    from recstream.streams.transactions import probe_transactions
+
+    return asyncio.run(probe_transactions(settings))
+
+
 def check_partitions(settings: Settings) -> str | None:
     """Why the input topics cannot be used (missing, or not ``settings.partitions``
     partitions), or ``None`` when they are right.
@@ -90,19 +99,6 @@ def serve(settings: Settings) -> int:
     from recstream.streams.storefront import load_catalog, popular_items, register_storefront
     from recstream.streams.web import Readiness, register_web
 
-    if settings.processing_guarantee != "at_least_once":
-        print(
-            "recstream worker: RECSTREAM_PROCESSING_GUARANTEE=exactly_once is not supported: "
-            "outputs are produced outside Kafka transactions (at-least-once only). Faust's "
-            "transaction manager opens one transaction per input partition and puts each "
-            "output in the transaction of its own destination partition, while recstream "
-            "sends a user's outputs to the partition their user id hashes to and state "
-            "changelog records to the user's home partition: outputs would commit in another "
-            "partition's transaction than the offsets that produced them. Use at_least_once "
-            "and de-duplicate recommendations on trigger_event_id.",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_CONFIG
     configure_logging(settings)
     try:
         from recstream.streams.scoring import load_scorers
@@ -120,6 +116,16 @@ def serve(settings: Settings) -> int:
     if problem is not None:
         print(f"recstream worker: {problem}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    if settings.processing_guarantee == "exactly_once":
+        why = check_transactions(settings)
+        if why is not None:
+            print(
+                "recstream worker: RECSTREAM_PROCESSING_GUARANTEE=exactly_once needs Kafka "
+                f"transactions, and the brokers at {settings.bootstrap_servers} refused "
+                f"them ({why}). Use at_least_once with this broker.",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_CONFIG
     metrics = Metrics()
     for kind, scorer in (("recs", recs), ("sentiment", sentiment)):
         providers = getattr(scorer, "providers", None)

@@ -169,6 +169,7 @@ def worker_env(settings: Settings, tmp_path: Path, name: str, port: int) -> dict
         RECSTREAM_WEB_PORT=str(port),
         RECSTREAM_SESSION_GAP=str(settings.session_gap),
         RECSTREAM_ALLOWED_LATENESS=str(settings.allowed_lateness),
+        RECSTREAM_PROCESSING_GUARANTEE=settings.processing_guarantee,
     )
     return env
 
@@ -245,7 +246,9 @@ def save_result(name: str, result: dict[str, Any]) -> None:
         (Path(folder) / f"{name}.json").write_text(json.dumps(result, indent=2))
 
 
-def collect_all(settings: Settings, records: list[Record]) -> dict[str, list[dict[str, Any]]]:
+def collect_all(
+    settings: Settings, records: list[Record], isolation_level: str = "read_uncommitted"
+) -> dict[str, list[dict[str, Any]]]:
     """Every output until each expected id is seen (or the timeout), plus 3 s of stragglers."""
     want_recs = {orjson.loads(v)["event_id"] for k, _, v in records if k != "reviews"}
     want_reviews = {orjson.loads(v)["event_id"] for k, _, v in records if k == "reviews"}
@@ -256,7 +259,7 @@ def collect_all(settings: Settings, records: list[Record]) -> dict[str, list[dic
             want_recs <= {r["trigger_event_id"] for r in got["recommendations"]}
             and want_reviews <= {s["event_id"] for s in got["sentiment"]}
             and want_sessions <= {s["session_id"] for s in got["sessions"]}
-        ), COLLECT_TIMEOUT_S, linger=3.0)
+        ), COLLECT_TIMEOUT_S, linger=3.0, isolation_level=isolation_level)
     )  # fmt: skip
 
 
@@ -296,10 +299,20 @@ def own_broker(
         broker.stop()
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_kill_9_mid_stream(
-    own_broker: EmbeddedBroker | None, kafka_settings: Settings, tmp_path: Path
+    guarantee: str,
+    own_broker: EmbeddedBroker | None,
+    kafka_settings: Settings,
+    broker_traits: BrokerTraits | None,
+    tmp_path: Path,
 ) -> None:
-    update: dict[str, Any] = dict(RULES)
+    """At-least-once: every output, duplicates bounded.  Exactly-once: every output
+    exactly once, as a ``read_committed`` consumer sees them."""
+    exactly_once = guarantee == "exactly_once"
+    if exactly_once and broker_traits is not None and not broker_traits.transactions:
+        pytest.skip("this broker has no Kafka transactions")
+    update: dict[str, Any] = dict(RULES, processing_guarantee=guarantee)
     if own_broker is not None:
         update["bootstrap_servers"] = own_broker.bootstrap_servers
     settings = kafka_settings.model_copy(update=update)
@@ -323,12 +336,14 @@ def test_kill_9_mid_stream(
 
         asyncio.run(produce_steadily(settings, records, {0.4: crash}))
         assert first.returncode == -signal.SIGKILL
-        got = collect_all(settings, records)
+        isolation = "read_committed" if exactly_once else "read_uncommitted"
+        got = collect_all(settings, records, isolation)
         assert workers[-1].poll() is None, (tmp_path / "worker-b.log").read_text()[-3000:]
     finally:
         stop_processes(*workers)
-    result = check_outputs(settings, records, got, duplicate_bound(settings, 1))
-    save_result("crash", result)
+    bound = 0 if exactly_once else duplicate_bound(settings, 1)
+    result = check_outputs(settings, records, got, bound)
+    save_result("crash" if not exactly_once else "crash_exactly_once", result)
 
 
 def test_second_worker_joins_and_leaves(

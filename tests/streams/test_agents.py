@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
+import pytest
 from pydantic import SecretStr
 
 from recstream.streams.agents import REPARTITIONED, BatchProcessor
@@ -23,6 +24,7 @@ from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
 from recstream.streams.settings import Settings
 from recstream.streams.state_store import TableStateStore
 from recstream.streams.topics import Topics
+from recstream.streams.transactions import Transactions
 
 NOW = 1_800_000_000.0
 PARTITIONS = 4
@@ -40,35 +42,49 @@ class Message:
 @dataclass
 class Event:
     message: Message
+    acked: bool = False
+
+    def ack(self) -> bool:
+        self.acked = True
+        return True
 
 
 class Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+        #: The transactional id of each record sent (None outside transactions).
+        self.routes: list[str | None] = []
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None, *_: Any
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None,
+        *_: Any,
+        transactional_id: str | None = None,
     ) -> asyncio.Future[None]:
         self.sent.append((topic, key, value, partition))
+        self.routes.append(transactional_id)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
 
 
+class Assignor:
+    def group_for_topic(self, topic: str) -> int:
+        return 0
+
+
+class Conf:
+    id = "app"
+
+
 class App:
     def __init__(self) -> None:
         self.producer = Producer()
-
-
-class Table:
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.changelog: list[tuple[int | None, bytes, bytes | None]] = []
-
-    def send_changelog(
-        self, partition: int | None, key: bytes, value: bytes | None, *_: Any
-    ) -> None:
-        self.changelog.append((partition, key, value))
+        self.assignor = Assignor()
+        self.conf = Conf()
 
 
 class NamedTopic:
@@ -79,7 +95,21 @@ class NamedTopic:
         return self.name
 
 
-def make(salt: str | None = None, defer: bool = False) -> tuple[BatchProcessor, App, Table]:
+class Table:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.changelog: list[tuple[int | None, bytes, bytes | None]] = []
+        self.changelog_topic = NamedTopic("app-user-state-changelog")
+
+    def send_changelog(
+        self, partition: int | None, key: bytes, value: bytes | None, *_: Any
+    ) -> None:
+        self.changelog.append((partition, key, value))
+
+
+def make(
+    salt: str | None = None, defer: bool = False, exactly_once: bool = False
+) -> tuple[BatchProcessor, App, Table]:
     settings = Settings(
         partitions=PARTITIONS, user_id_salt=SecretStr(salt) if salt else None, top_k=3
     )
@@ -99,8 +129,10 @@ def make(salt: str | None = None, defer: bool = False) -> tuple[BatchProcessor, 
         sessions="sessions",
         deadletter="deadletter",
     )
-    store = TableStateStore(cast(Any, table), defer_changelog=defer)
-    return BatchProcessor(cast(Any, app), pipeline, store, topics), app, table
+    transactions = Transactions(cast(Any, app), dict) if exactly_once else None
+    store = TableStateStore(cast(Any, table), defer_changelog=defer, transactions=transactions)
+    processor = BatchProcessor(cast(Any, app), pipeline, store, topics, None, transactions)
+    return processor, app, table
 
 
 def batch(*events: Event) -> Any:
@@ -170,16 +202,20 @@ def test_invalid_records_are_dead_lettered_and_the_batch_goes_on() -> None:
 
 
 class SkippedStub:
-    """Stands in for SkippedRecords: the first batch reveals offsets 0-1 as skipped."""
+    """Stands in for SkippedRecords: the first batch reveals offsets 0-1 as skipped,
+    and offsets in ``repeats`` as delivered again."""
 
-    def __init__(self, records: list[RawRecord]) -> None:
+    def __init__(self, records: list[RawRecord], repeats: frozenset[int] = frozenset()) -> None:
         self.records = records
+        self.repeats = repeats
         self.asked: list[tuple[str, list[tuple[str, int, int]]]] = []
 
-    async def recover(self, kind: str, positions: list[tuple[str, int, int]]) -> list[RawRecord]:
+    async def recover(
+        self, kind: str, positions: list[tuple[str, int, int]]
+    ) -> tuple[list[RawRecord], list[int]]:
         self.asked.append((kind, positions))
         found, self.records = self.records, []
-        return found
+        return found, [i for i, (_, _, offset) in enumerate(positions) if offset in self.repeats]
 
 
 def test_records_the_consumer_skipped_are_processed_first() -> None:
@@ -189,12 +225,20 @@ def test_records_the_consumer_skipped_are_processed_first() -> None:
         RawRecord("clicks", "clicks", home, e.message.offset, e.message.value, e.message.key)
         for e in (click("c0", "carol", home, 0), click("c1", "carol", home, 1))
     ]
-    stub = SkippedStub(skipped)
+    stub = SkippedStub(skipped, repeats=frozenset({1}))
     processor.skipped = cast(Any, stub)
     processor.metrics = Metrics()
     asyncio.run(processor.process("clicks", batch(click("c2", "carol", home, 2))))
-    asyncio.run(processor.process("clicks", batch(click("c3", "carol", home, 3))))
-    assert stub.asked == [("clicks", [("clicks", home, 2)]), ("clicks", [("clicks", home, 3)])]
+    # offset 1 delivered again after it was re-read: dropped
+    asyncio.run(
+        processor.process(
+            "clicks", batch(click("c1", "carol", home, 1), click("c3", "carol", home, 3))
+        )
+    )
+    assert stub.asked == [
+        ("clicks", [("clicks", home, 2)]),
+        ("clicks", [("clicks", home, 1), ("clicks", home, 3)]),
+    ]
     recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
     assert [r["trigger_event_id"] for r in recs] == ["c0", "c1", "c2", "c3"]
     assert processor.metrics.registry.get_sample_value("recstream_reread_records_total") == 2
@@ -209,7 +253,13 @@ class SlowAckProducer(Producer):
         self.acks: list[asyncio.Future[None]] = []
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None, *_: Any
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None,
+        *_: Any,
+        transactional_id: str | None = None,
     ) -> asyncio.Future[None]:
         self.sent.append((topic, key, value, partition))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -310,3 +360,44 @@ def test_stored_state_is_held_at_its_own_size() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 1_000 * 1_024, f"{grown / 1_000:.0f} bytes per 12-byte state"
+
+
+def test_exactly_once_sends_each_partitions_work_in_that_partitions_transaction() -> None:
+    processor, app, _ = make(exactly_once=True)
+    users = {home_partition(f"u{i}", PARTITIONS): f"u{i}" for i in range(50)}
+    events = batch(click("a1", users[0], 0, 5), click("b1", users[1], 1, 8))
+    wrong_home = click("a2", users[1], 0, 6)  # forwarded from partition 0 to partition 1
+    events.append(wrong_home)
+    asyncio.run(processor.process("clicks", events))
+    by_route: dict[str | None, list[str]] = {}
+    for (topic, *_), route in zip(app.producer.sent, app.producer.routes, strict=True):
+        by_route.setdefault(route, []).append(topic)
+    changelog = "app-user-state-changelog"
+    assert sorted(by_route["app-0-0"]) == sorted(
+        ["recommendations", "app-events-repartition", changelog]
+    )
+    assert sorted(by_route["app-0-1"]) == sorted(["recommendations", changelog])
+    assert set(by_route) == {"app-0-0", "app-0-1"}
+    assert all(event.acked for event in events)  # acknowledged before the gate opens
+
+
+def test_exactly_once_sweep_sends_each_partitions_sessions_in_its_transaction() -> None:
+    processor, app, _ = make(exactly_once=True)
+    user = "u1"
+    home = home_partition(user, PARTITIONS)
+    asyncio.run(processor.process("clicks", batch(click("c1", user, home))))
+    app.producer.sent.clear()
+    app.producer.routes.clear()
+    processor.pipeline.watermarks[home] = NOW + 10_000  # far past the session gap
+    processor._idle_since[home] = 0.0
+    asyncio.run(processor.sweep_idle())
+    topics = [topic for topic, *_ in app.producer.sent]
+    assert topics == ["sessions", "app-user-state-changelog"]
+    assert app.producer.routes == [f"app-0-{home}"] * 2
+
+
+def test_a_transactional_store_needs_the_route_of_every_batch() -> None:
+    transactions = Transactions(cast(Any, App()), dict)
+    store = TableStateStore(cast(Any, Table()), transactions=transactions)
+    with pytest.raises(ValueError, match="route"):
+        store.seal()

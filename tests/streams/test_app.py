@@ -49,10 +49,37 @@ def test_worker_command_has_help_and_faust_log_levels() -> None:
     assert worker.FAUST_LOG_LEVELS["warning"] == "warn"
 
 
-def test_worker_refuses_exactly_once(capsys: pytest.CaptureFixture[str]) -> None:
+def test_worker_refuses_exactly_once_when_the_broker_refuses_transactions(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recstream.streams import logs, scoring
+
+    fakes = (FakeRecsScorer(["a"]), FakeSentimentScorer())
+    # (the worker's log handler would hold pytest's captured stderr after the test)
+    monkeypatch.setattr(logs, "configure_logging", lambda settings: None)
+    monkeypatch.setattr(scoring, "load_scorers", lambda settings: fakes)
+    monkeypatch.setattr(worker, "check_partitions", lambda settings: None)
     settings = Settings(processing_guarantee="exactly_once", bootstrap_servers="127.0.0.1:1")
     assert worker.serve(settings) == worker.EXIT_BAD_CONFIG
-    assert "exactly_once is not supported" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "exactly_once needs Kafka transactions" in err and "KafkaConnectionError" in err
+
+
+def test_exactly_once_apps_commit_through_their_transactions() -> None:
+    from recstream.streams.transactions import Transactions
+
+    settings = Settings(processing_guarantee="exactly_once", bootstrap_servers="127.0.0.1:1")
+    app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    processor = app.recstream  # type: ignore[attr-defined]
+    transactions = processor.transactions
+    assert isinstance(transactions, Transactions)
+    assert processor.store.transactions is transactions
+    assert app.recstream_transactions is transactions  # type: ignore[attr-defined]
+    assert type(app.transport).__name__ == "_GatedTransport"
+    assert transactions.processed() == processor.skipped.tracker.positions()
+    plain = build_app(Settings(bootstrap_servers="127.0.0.1:1"), *(FakeRecsScorer(["a"]),
+                      FakeSentimentScorer()))  # fmt: skip
+    assert plain.recstream.transactions is None  # type: ignore[attr-defined]
 
 
 async def test_revoked_partitions_are_checked_again_from_their_committed_offset() -> None:
@@ -71,7 +98,7 @@ async def test_revoked_partitions_are_checked_again_from_their_committed_offset(
         return dict.fromkeys(partitions, 0)
 
     skipped.tracker = OffsetTracker(committed)
-    assert await skipped.tracker.gaps([("p.clicks", 0, 0)]) == []
+    assert (await skipped.tracker.check([("p.clicks", 0, 0)])).repeated == []
     await app.on_partitions_revoked.send({TP("p.clicks", 0)})
-    assert await skipped.tracker.gaps([("p.clicks", 0, 0)]) == []
+    assert (await skipped.tracker.check([("p.clicks", 0, 0)])).repeated == []
     assert asked == [[("p.clicks", 0)], [("p.clicks", 0)]]

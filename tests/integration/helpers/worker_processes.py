@@ -226,13 +226,15 @@ async def read_outputs(
     done: Callable[[Outputs], bool],
     timeout: float,
     linger: float = 0.0,
+    isolation_level: str = "read_uncommitted",
 ) -> Outputs:
     """Every JSON record of the output topics ``names`` from the start, read until
-    ``done`` holds (then ``linger`` seconds more, for stragglers) or the timeout."""
+    ``done`` holds (then ``linger`` seconds more, for stragglers) or the timeout.
+    ``isolation_level="read_committed"`` reads only committed transactions' records."""
     topics = {settings.topic(name): name for name in names}
     consumer = AIOKafkaConsumer(
         *topics, auto_offset_reset="earliest", enable_auto_commit=False,
-        **aiokafka_kwargs(settings),
+        isolation_level=isolation_level, **aiokafka_kwargs(settings),
     )  # fmt: skip
     got: Outputs = {name: [] for name in names}
     await consumer.start()
