@@ -95,11 +95,18 @@ def build_app(
     # Faust's signals call handlers as (sender, *args, signal=..., **kwargs).
     async def forget_offsets(sender: Any, revoked: set[TP], **_: Any) -> None:
         skipped.forget((tp.topic, tp.partition) for tp in revoked)
+        if transactions is not None:
+            transactions.revoke((tp.topic, tp.partition) for tp in revoked)
+
+    async def take_transactions(sender: Any, assigned: set[TP], **_: Any) -> None:
+        if transactions is not None:
+            transactions.assign((tp.topic, tp.partition) for tp in assigned)
 
     async def close_readers(sender: Any, **_: Any) -> None:
         await skipped.close()
 
     app.on_partitions_revoked.connect(forget_offsets)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(take_transactions)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(close_readers)  # type: ignore[arg-type]
 
     app.recstream = processor  # type: ignore[attr-defined]

@@ -103,12 +103,37 @@ class Transactions:
         #: The next offset to process on each input partition (everything before it is done).
         self.processed = processed
         self._committed: dict[Partition, int] = {}
+        #: Transactions of revoked partitions: never committed (their new owner aborts them).
+        self._revoked: set[str] = set()
 
     def transactional_id(self, topic: str, partition: int) -> str:
         """The id of the transaction that holds the work of ``topic``'s ``partition``
         (Faust's own naming: one producer per partition of a co-partitioned group)."""
         group = self.app.assignor.group_for_topic(topic)
         return f"{self.app.conf.id}-{group}-{partition}"
+
+    def revoke(self, partitions: Iterable[Partition]) -> None:
+        """These partitions go to another worker: their open transactions must not commit.
+
+        The worker forgets their processed offsets at the same time, so a commit now
+        would publish their outputs without their offsets; left open, the transaction
+        is aborted when the new owner's producer takes over its id, and the new owner
+        processes those events again from the committed offsets.
+        """
+        self._revoked.update(self._ids(partitions))
+
+    def assign(self, partitions: Iterable[Partition]) -> None:
+        """These partitions are this worker's (again): commit their transactions."""
+        self._revoked.difference_update(self._ids(partitions))
+
+    def _ids(self, partitions: Iterable[Partition]) -> set[str]:
+        ids = set()
+        for topic, partition in partitions:
+            try:
+                ids.add(self.transactional_id(topic, partition))
+            except KeyError:  # a topic outside the assignment's groups has no transaction
+                continue
+        return ids
 
     async def send(
         self,
@@ -148,6 +173,8 @@ class Transactions:
         locks: dict[str, asyncio.Lock] = driver._trn_locks
         group_id = self.app.conf.id
         for transactional_id, producer in sorted(producers.items()):
+            if transactional_id in self._revoked:
+                continue
             if not producer._txn_manager.is_in_transaction():  # ended at shutdown
                 continue
             async with locks[transactional_id]:

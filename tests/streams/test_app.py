@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -66,6 +67,8 @@ def test_worker_refuses_exactly_once_when_the_broker_refuses_transactions(
 
 
 def test_exactly_once_apps_commit_through_their_transactions() -> None:
+    from faust.types import TP
+
     from recstream.streams.transactions import Transactions
 
     settings = Settings(processing_guarantee="exactly_once", bootstrap_servers="127.0.0.1:1")
@@ -77,6 +80,13 @@ def test_exactly_once_apps_commit_through_their_transactions() -> None:
     assert app.recstream_transactions is transactions  # type: ignore[attr-defined]
     assert type(app.transport).__name__ == "_GatedTransport"
     assert transactions.processed() == processor.skipped.tracker.positions()
+    # revoked partitions' transactions are not committed until they come back
+    transactions.transactional_id = lambda topic, partition: f"t{partition}"
+    await_signal = app.on_partitions_revoked.send({TP("p.clicks", 1)})
+    asyncio.run(await_signal)
+    assert transactions._revoked == {"t1"}
+    asyncio.run(app.on_partitions_assigned.send({TP("p.clicks", 1)}))
+    assert transactions._revoked == set()
     plain = build_app(Settings(bootstrap_servers="127.0.0.1:1"), *(FakeRecsScorer(["a"]),
                       FakeSentimentScorer()))  # fmt: skip
     assert plain.recstream.transactions is None  # type: ignore[attr-defined]

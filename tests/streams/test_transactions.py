@@ -150,3 +150,15 @@ def test_records_go_to_the_producer_of_their_transaction() -> None:
 def test_probe_names_why_a_broker_cannot_run_transactions() -> None:
     why = asyncio.run(probe_transactions(Settings(bootstrap_servers="127.0.0.1:1")))
     assert why is not None and "KafkaConnectionError" in why
+
+
+def test_a_revoked_partitions_transaction_is_left_to_its_new_owner() -> None:
+    driver = Driver(["shop-0-0", "shop-0-1"])
+    transactions = Transactions(cast(Any, App(driver)), lambda: {("clicks", 0): 3})
+    transactions.revoke([("clicks", 1), ("shop-user-state-changelog", 1)])
+    asyncio.run(transactions.commit())
+    assert driver._transaction_producers["shop-0-1"].calls == []  # aborted by the new owner
+    assert driver._transaction_producers["shop-0-0"].calls[-2:] == ["commit", "begin"]
+    transactions.assign([("clicks", 1)])
+    asyncio.run(transactions.commit())
+    assert driver._transaction_producers["shop-0-1"].calls == ["commit", "begin"]
