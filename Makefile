@@ -40,10 +40,12 @@ typecheck: $(VENV)/.test-installed
 unit: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m "not integration"
 
-# Everything on the embedded noida broker, then the end-to-end test again on Tansu.
+# Everything on the embedded noida broker, then on Tansu the end-to-end test and the
+# crash and rebalance tests (noida cannot rebalance two live members; Tansu can).
 test: lint typecheck $(VENV)/.test-installed
 	$(BIN)/python -m pytest
-	RECSTREAM_TEST_BROKER=tansu $(BIN)/python -m pytest tests/integration/test_end_to_end.py
+	RECSTREAM_TEST_BROKER=tansu $(BIN)/python -m pytest tests/integration/test_end_to_end.py \
+		tests/integration/test_crash_and_rebalance.py
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/run_all.py

@@ -2,7 +2,8 @@
 
 Runs the crash, rebalance, bad-input, forget, partition-check and soak tests on the
 embedded broker (``RECSTREAM_TEST_BROKER`` / ``RECSTREAM_BOOTSTRAP_SERVERS`` as for
-any integration test) with ``RELIABILITY_RESULTS_DIR`` set, so each test writes its
+any integration test), then the rebalance test on Tansu (noida cannot rebalance),
+with ``RELIABILITY_RESULTS_DIR`` set, so each test writes its
 counts as JSON; then prints one table (records of each bad kind tried and
 dead-lettered, worker crashes, events produced vs outputs seen after the crash and
 rebalance tests, duplicates, soak memory) and writes
@@ -35,31 +36,45 @@ TESTS = (
 )
 
 
+#: Run again on Tansu: noida cannot rebalance two live members (see the test).
+TANSU_TESTS = (
+    "tests/integration/test_crash_and_rebalance.py::test_second_worker_joins_and_leaves",
+)
+
+
 def run_tests() -> int:
-    """Run the suite with results written to RUN_DIR; returns pytest's exit code."""
+    """Run the suite with results written to RUN_DIR (and the rebalance test on Tansu,
+    unless an external Kafka is set); returns pytest's exit code (the first failing)."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    for old in RUN_DIR.glob("*.json"):
+    for old in (*RUN_DIR.glob("*.json"), *RUN_DIR.glob("*.xml")):
         old.unlink()
     env = dict(os.environ, RELIABILITY_RESULTS_DIR=str(RUN_DIR))
-    command = [sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider",
-               f"--junitxml={RUN_DIR / 'junit.xml'}"]  # fmt: skip
-    return subprocess.run(command, cwd=REPO, env=env).returncode
+    runs: list[tuple[tuple[str, ...], dict[str, str], str]] = [(TESTS, env, "junit.xml")]
+    if not os.environ.get("RECSTREAM_BOOTSTRAP_SERVERS"):
+        runs.append((TANSU_TESTS, dict(env, RECSTREAM_TEST_BROKER="tansu"), "junit-tansu.xml"))
+    codes = []
+    for tests, run_env, junit in runs:
+        command = [sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider",
+                   f"--junitxml={RUN_DIR / junit}"]  # fmt: skip
+        codes.append(subprocess.run(command, cwd=REPO, env=run_env).returncode)
+    return next((code for code in codes if code), 0)
 
 
 def outcomes() -> dict[str, str]:
-    """test name -> passed / failed / skipped (reason) from the last run's JUnit XML."""
-    path = RUN_DIR / "junit.xml"
-    if not path.exists():
-        return {}
+    """test name -> passed / failed / skipped (reason) from the last run's JUnit XML
+    (the Tansu run's names end in " (tansu)")."""
     out: dict[str, str] = {}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        name = case.get("name", "?")
-        status = "passed"
-        for tag in ("failure", "error", "skipped"):
-            node = case.find(tag)
-            if node is not None:
-                status = f"{tag}: {(node.get('message') or '')[:120]}"
-        out[name] = status
+    for junit, suffix in (("junit.xml", ""), ("junit-tansu.xml", " (tansu)")):
+        path = RUN_DIR / junit
+        if not path.exists():
+            continue
+        for case in ET.parse(path).getroot().iter("testcase"):
+            status = "passed"
+            for tag in ("failure", "error", "skipped"):
+                node = case.find(tag)
+                if node is not None:
+                    status = f"{tag}: {(node.get('message') or '')[:120]}"
+            out[case.get("name", "?") + suffix] = status
     return out
 
 

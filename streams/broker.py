@@ -90,7 +90,8 @@ BROKER_TRAITS: Final[dict[str, BrokerTraits]] = {
         caveats=(
             "Memory-only storage: every topic is lost when the broker stops.",
             'ListOffsets "latest" answers the last batch\'s base offset + 1, not the log end, '
-            "so Faust table recovery stops reading a changelog early and loses updates.",
+            "so Faust table recovery stops reading a changelog early and loses updates, "
+            "unless every batch holds one record (RECSTREAM_PRODUCER_MAX_BATCH_BYTES=1).",
             "JoinGroup is held for half the group session timeout (measured: 3.0 s to the first "
             "record at a 6 s session timeout, 5.1 s at 10 s; noida 0.4 s): use Faust "
             "broker_session_timeout=10 and broker_heartbeat_interval=1 in tests.",

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     """RECSTREAM_BATCH_SIZE: most events taken from a stream in one batch."""
     batch_within: float = Field(0.01, gt=0)
     """RECSTREAM_BATCH_WITHIN: seconds a batch waits to fill before it is processed."""
+    producer_max_batch_bytes: int = Field(16_384, ge=1)
+    """RECSTREAM_PRODUCER_MAX_BATCH_BYTES: most bytes the worker's producer puts in one
+    record batch (1: one record per batch, which makes Tansu's end offsets exact)."""
     providers: CommaList = ("CUDAExecutionProvider", "CPUExecutionProvider")
     """RECSTREAM_PROVIDERS: onnxruntime execution providers, in order of preference."""
     require_gpu: bool = False
