@@ -37,6 +37,15 @@ def test_app_binds_loopback_and_declares_topics_table_and_agents() -> None:
     assert table.partitions == 3
 
 
+def test_producer_batch_size_setting_reaches_faust() -> None:
+    default = build_app(Settings(bootstrap_servers="127.0.0.1:1"), FakeRecsScorer(["a"]),
+                        FakeSentimentScorer())  # fmt: skip
+    assert default.conf.producer_max_batch_size == 16_384
+    settings = Settings(producer_max_batch_bytes=1, bootstrap_servers="127.0.0.1:1")
+    app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    assert app.conf.producer_max_batch_size == 1
+
+
 def test_web_host_setting_is_honoured() -> None:
     settings = Settings(web_host="0.0.0.0", bootstrap_servers="127.0.0.1:1")
     app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
