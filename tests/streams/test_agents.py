@@ -66,6 +66,10 @@ class Producer:
     ) -> asyncio.Future[None]:
         self.sent.append((topic, key, value, partition))
         self.routes.append(transactional_id)
+        return self.acknowledgement()
+
+    def acknowledgement(self) -> asyncio.Future[None]:
+        """The future the producer resolves once the broker has the record (at once here)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
@@ -252,16 +256,7 @@ class SlowAckProducer(Producer):
         super().__init__()
         self.acks: list[asyncio.Future[None]] = []
 
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        partition: int | None,
-        *_: Any,
-        transactional_id: str | None = None,
-    ) -> asyncio.Future[None]:
-        self.sent.append((topic, key, value, partition))
+    def acknowledgement(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.acks.append(future)
         return future
