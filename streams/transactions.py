@@ -10,7 +10,10 @@ record itself:
 * the outputs, forwards and state changes of the records read from input partition
   ``p`` go into the transaction of ``p`` (the worker splits each batch by partition);
 * what the idle-partition sweep emits for partition ``p`` goes into the transaction of
-  ``p`` too, committed at the next commit even when no offset moved.
+  ``p`` too, committed at the next commit even when no offset moved;
+* the offsets committed with ``p``'s transaction are the worker's own count of what it
+  processed (``skipped_records.OffsetTracker``), not Faust's acknowledgements, which
+  can stop short of, or step over, records Faust skipped after an assignment.
 
 A commit must never run while a batch has sent some of its records but not yet
 acknowledged its input: the transaction would then hold outputs whose offsets it does
@@ -23,7 +26,6 @@ Readers of the output topics see a batch's records only once its transaction com
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -37,8 +39,6 @@ from faust.types import TP
 
 from recstream.streams.kafka_config import aiokafka_kwargs
 from recstream.streams.settings import Settings
-
-log = logging.getLogger(__name__)
 
 #: (topic, partition)
 Partition = tuple[str, int]
