@@ -41,6 +41,16 @@ def test_recstream_targets_put_the_worker_on_the_run_s_topics_and_group(tmp_path
     assert env["RECSTREAM_PROVIDERS"] == "CPUExecutionProvider"
 
 
+def test_the_exactly_once_pass_through_needs_transactions() -> None:
+    target = ps.make_target("recstream-passthrough-eos", "127.0.0.1:19092", 2)
+    assert target.env["RECSTREAM_PROCESSING_GUARANTEE"] == "exactly_once"
+    assert target.command[-1] == "recstream-passthrough"  # the same worker code
+    plain = ps.make_target("recstream-passthrough", "127.0.0.1:19092", 2)
+    assert "RECSTREAM_PROCESSING_GUARANTEE" not in plain.env
+    assert ps.skip_reason("recstream-passthrough-eos", None, transactions=False)
+    assert ps.skip_reason("recstream-passthrough-eos", None, transactions=True) is None
+
+
 def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]  # 1..100
     assert bc.percentile(values, 50) == 50.0
