@@ -95,9 +95,13 @@ class BatchProcessor:
         for event in events:
             by_partition.setdefault(event.message.partition, []).append(event)
         async with transactions.gate.shared():  # no offset commit until the acks below
-            for partition, part in by_partition.items():
-                route = transactions.transactional_id(part[0].message.topic, partition)
-                await self._process(kind, part, route)
+            try:
+                for partition, part in by_partition.items():
+                    route = transactions.transactional_id(part[0].message.topic, partition)
+                    await self._process(kind, part, route)
+            except BaseException as exc:
+                transactions.fail(exc)  # half a batch is in the transactions: never commit
+                raise
             for event in events:
                 event.ack()  # Faust acks them again when the agent asks for more: a no-op
 
@@ -188,8 +192,12 @@ class BatchProcessor:
         changelog = self.store.table.changelog_topic.get_topic_name()
         route = self.transactions.transactional_id
         async with self.transactions.gate.shared():
-            for partition in due:
-                await self._sweep([partition], route(changelog, partition))
+            try:
+                for partition in due:
+                    await self._sweep([partition], route(changelog, partition))
+            except BaseException as exc:
+                self.transactions.fail(exc)
+                raise
 
     async def _sweep(self, partitions: list[int], route: str | None) -> None:
         out = Outputs()

@@ -105,12 +105,22 @@ class Transactions:
         self._committed: dict[Partition, int] = {}
         #: Transactions of revoked partitions: never committed (their new owner aborts them).
         self._revoked: set[str] = set()
+        #: Why a batch stopped half-way, if one did: nothing may commit after that.
+        self._failed: BaseException | None = None
 
     def transactional_id(self, topic: str, partition: int) -> str:
         """The id of the transaction that holds the work of ``topic``'s ``partition``
         (Faust's own naming: one producer per partition of a co-partitioned group)."""
         group = self.app.assignor.group_for_topic(topic)
         return f"{self.app.conf.id}-{group}-{partition}"
+
+    def fail(self, exc: BaseException) -> None:
+        """A batch or sweep stopped after sending part of its records: from now on every
+        commit raises, which stops the worker; its open transactions are aborted when
+        the restarted worker's producers take over their ids, and the events are
+        processed again from the last committed offsets."""
+        if self._failed is None:
+            self._failed = exc
 
     def revoke(self, partitions: Iterable[Partition]) -> None:
         """These partitions go to another worker: their open transactions must not commit.
@@ -151,12 +161,18 @@ class Transactions:
     async def commit(self, start_new_transaction: bool = True) -> None:
         """Commit every open transaction of this worker with its partitions' processed offsets.
 
-        Call it with no batch in flight (the gate held exclusively).  The offsets are
+        Call it with no batch in flight (the gate held exclusively).  Raises
+        ``RuntimeError`` once a batch failed half-way (see :meth:`fail`).  The offsets are
         the worker's own count of what it processed (holes Faust skipped included, see
         ``skipped_records``), not Faust's acknowledgements.  A transaction with no
         records and no offsets ends without a request to the broker.  Errors (a fenced
         producer: another worker owns the partition now) propagate and stop the worker.
         """
+        if self._failed is not None:
+            raise RuntimeError(
+                "exactly_once: a batch failed after sending part of its records; "
+                "stopping without committing it"
+            ) from self._failed
         moved = {
             key: offset
             for key, offset in self.processed().items()

@@ -396,3 +396,24 @@ def test_a_transactional_store_needs_the_route_of_every_batch() -> None:
     store = TableStateStore(cast(Any, Table()), transactions=transactions)
     with pytest.raises(ValueError, match="route"):
         store.seal()
+
+
+class FailingProducer(Producer):
+    """Accepts the first record, then fails (a broken connection mid-batch)."""
+
+    async def send(self, *args: Any, transactional_id: str | None = None) -> asyncio.Future[None]:
+        if self.sent:
+            raise ConnectionError("broker gone")
+        return await super().send(*args, transactional_id=transactional_id)
+
+
+def test_exactly_once_never_commits_after_a_batch_failed_half_way() -> None:
+    processor, app, _ = make(exactly_once=True)
+    app.producer = FailingProducer()
+    events = batch(click("a1", "u0", home_partition("u0", PARTITIONS)))
+    with pytest.raises(ConnectionError):
+        asyncio.run(processor.process("clicks", events))
+    assert not events[0].acked
+    assert processor.transactions is not None
+    with pytest.raises(RuntimeError, match="failed after sending part"):
+        asyncio.run(processor.transactions.commit())
