@@ -86,24 +86,31 @@ class BatchProcessor:
         self.skipped: SkippedRecords | None = None
 
     async def process(self, kind: str, events: Sequence[EventT]) -> None:
-        """Process one batch read from the ``kind`` input topic (or the repartition topic)."""
+        """Process one batch read from the ``kind`` input topic (or the repartition topic).
+
+        The events hold one more reference, released only when the whole batch went
+        through: Faust's own acknowledgement (when the agent asks for the next batch,
+        even after an error) then never marks a failed batch's offsets committable.
+        """
+        for event in events:
+            event.message.incref()
         transactions = self.transactions
         if transactions is None:
             await self._process(kind, events, None)
-            return
-        by_partition: dict[int, list[EventT]] = {}
-        for event in events:
-            by_partition.setdefault(event.message.partition, []).append(event)
-        async with transactions.gate.shared():  # no offset commit until the acks below
-            try:
-                for partition, part in by_partition.items():
-                    route = transactions.transactional_id(part[0].message.topic, partition)
-                    await self._process(kind, part, route)
-            except BaseException as exc:
-                transactions.fail(exc)  # half a batch is in the transactions: never commit
-                raise
+        else:
+            by_partition: dict[int, list[EventT]] = {}
             for event in events:
-                event.ack()  # Faust acks them again when the agent asks for more: a no-op
+                by_partition.setdefault(event.message.partition, []).append(event)
+            async with transactions.gate.shared():  # no offset commit until the batch is done
+                try:
+                    for partition, part in by_partition.items():
+                        route = transactions.transactional_id(part[0].message.topic, partition)
+                        await self._process(kind, part, route)
+                except BaseException as exc:
+                    transactions.fail(exc)  # half a batch is in the transactions: never commit
+                    raise
+        for event in events:
+            event.ack()
 
     async def _process(self, kind: str, events: Sequence[EventT], route: str | None) -> None:
         """``process`` for ``events``; ``route``: the transaction everything goes out in."""

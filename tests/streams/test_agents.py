@@ -37,16 +37,25 @@ class Message:
     offset: int
     value: bytes | None
     key: bytes | None = None
+    refcount: int = 1  # Faust's stream holds one reference
+
+    def incref(self) -> None:
+        self.refcount += 1
 
 
 @dataclass
 class Event:
     message: Message
-    acked: bool = False
 
     def ack(self) -> bool:
-        self.acked = True
-        return True
+        """Drop one reference; True when it was the last (the offset may commit)."""
+        self.message.refcount -= 1
+        return self.message.refcount == 0
+
+    @property
+    def acked(self) -> bool:
+        """Whether the processor released its reference (Faust still holds its own)."""
+        return self.message.refcount == 1
 
 
 class Producer:
@@ -399,17 +408,21 @@ def test_a_transactional_store_needs_the_route_of_every_batch() -> None:
 
 
 class FailingProducer(Producer):
-    """Accepts the first record, then fails (a broken connection mid-batch)."""
+    """Accepts ``accepted`` records, then fails (a broken connection mid-batch)."""
+
+    def __init__(self, accepted: int) -> None:
+        super().__init__()
+        self.accepted = accepted
 
     async def send(self, *args: Any, transactional_id: str | None = None) -> asyncio.Future[None]:
-        if self.sent:
+        if len(self.sent) >= self.accepted:
             raise ConnectionError("broker gone")
         return await super().send(*args, transactional_id=transactional_id)
 
 
 def test_exactly_once_never_commits_after_a_batch_failed_half_way() -> None:
     processor, app, _ = make(exactly_once=True)
-    app.producer = FailingProducer()
+    app.producer = FailingProducer(accepted=1)
     events = batch(click("a1", "u0", home_partition("u0", PARTITIONS)))
     with pytest.raises(ConnectionError):
         asyncio.run(processor.process("clicks", events))
@@ -417,3 +430,18 @@ def test_exactly_once_never_commits_after_a_batch_failed_half_way() -> None:
     assert processor.transactions is not None
     with pytest.raises(RuntimeError, match="failed after sending part"):
         asyncio.run(processor.transactions.commit())
+
+
+def test_a_failed_batch_is_never_acknowledged() -> None:
+    """Faust acknowledges a take() batch when the agent asks for more, even after an
+    error: the processor's own reference keeps the offsets from being committed."""
+    processor, app, _ = make()
+    app.producer = FailingProducer(accepted=0)
+    events = batch(click("a1", "u0", home_partition("u0", PARTITIONS)))
+    with pytest.raises(ConnectionError):
+        asyncio.run(processor.process("clicks", events))
+    assert events[0].ack() is False  # Faust's acknowledgement is not the last one
+    ok = batch(click("a2", "u0", home_partition("u0", PARTITIONS)))
+    app.producer = Producer()
+    asyncio.run(processor.process("clicks", ok))
+    assert ok[0].ack() is True  # after a good batch Faust's acknowledgement is final
