@@ -49,6 +49,8 @@ from recstream.streams.broker import BROKER_CAVEATS, EmbeddedBroker, free_port
 from recstream.streams.settings import Settings
 
 SCHEMA_VERSION = 1
+#: Seconds a stopped worker gets to leave its group before it is killed.
+STOP_TIMEOUT_S = 30.0
 #: Throughput scenarios in table order.
 THROUGHPUT_SCENARIOS = (
     "raw-decode",
@@ -331,14 +333,16 @@ class Workers:
         return None
 
     def stop(self) -> None:
-        """SIGTERM every worker, then SIGKILL what is left after 10 s; remove the logs."""
+        """SIGTERM every worker, then SIGKILL what is left after STOP_TIMEOUT_S; remove the
+        logs.  (A killed worker never leaves its group, and noida never expires it: the
+        next worker of the group could not join.)"""
         for proc in self.procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
-                proc.wait(10)
+                proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
