@@ -121,6 +121,8 @@ class BatchProcessor:
             if recovered and self.metrics is not None:
                 self.metrics.reread(len(recovered))
             if repeated:  # delivered again by Faust: processed already
+                if self.metrics is not None:
+                    self.metrics.repeated(len(repeated))
                 dropped = set(repeated)
                 messages = [m for i, m in enumerate(messages) if i not in dropped]
         else:

@@ -19,6 +19,7 @@ Exported series (every name is listed in :data:`METRIC_NAMES`)::
     recstream_model_info{kind,version,provider}  1 for each loaded model
     recstream_consumer_lag{topic,partition}      highwater - next offset to read, per partition
     recstream_reread_records_total               input records the consumer skipped, read again
+    recstream_repeated_records_total             input records handed over twice, dropped
 
 The consumer lag here is this worker's own view of the partitions it holds.  The
 consumer-group lag that drives autoscaling comes from a Kafka exporter
@@ -73,6 +74,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "recstream_model_info",
     "recstream_consumer_lag",
     "recstream_reread_records_total",
+    "recstream_repeated_records_total",
 )
 
 #: A source of (topic, partition, lag) triples, read at every scrape.
@@ -179,6 +181,12 @@ class Metrics:
             "Input records the consumer skipped after a (re)assignment, read again and processed.",
             registry=reg,
         )
+        self._repeated = Counter(
+            "recstream_repeated_records",
+            "Input records the consumer handed over again within one assignment, dropped "
+            "because they were processed already.",
+            registry=reg,
+        )
         self._models = _ModelInfoCollector()
         reg.register(self._models)
         self._lag = _LagCollector()
@@ -217,6 +225,10 @@ class Metrics:
     def reread(self, n: int) -> None:
         """Count ``n`` input records read again because the consumer skipped them."""
         self._reread.inc(n)
+
+    def repeated(self, n: int) -> None:
+        """Count ``n`` input records dropped because the consumer handed them over again."""
+        self._repeated.inc(n)
 
     def session_users(self, n: int) -> None:
         """Set the number of users in this worker's session table."""

@@ -255,6 +255,7 @@ def test_records_the_consumer_skipped_are_processed_first() -> None:
     recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
     assert [r["trigger_event_id"] for r in recs] == ["c0", "c1", "c2", "c3"]
     assert processor.metrics.registry.get_sample_value("recstream_reread_records_total") == 2
+    assert processor.metrics.registry.get_sample_value("recstream_repeated_records_total") == 1
     processor.close()
 
 

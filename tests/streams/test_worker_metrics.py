@@ -116,6 +116,13 @@ def test_reread_records_count() -> None:
     assert value(metrics, "recstream_reread_records_total") == 5
 
 
+def test_repeated_records_count() -> None:
+    metrics = Metrics()
+    assert value(metrics, "recstream_repeated_records_total") == 0
+    metrics.repeated(4)
+    assert value(metrics, "recstream_repeated_records_total") == 4
+
+
 def test_session_users_gauge() -> None:
     metrics = Metrics()
     metrics.session_users(42)
