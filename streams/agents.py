@@ -291,17 +291,32 @@ class BatchProcessor:
         metrics.session_users(len(self.store))
 
 
+async def stop_worker(app: faust.App, kind: str, exc: BaseException) -> None:
+    """A ``kind`` batch failed: stop the worker (see :func:`register_agents`)."""
+    log.critical("a %s batch failed (%r); stopping the worker", kind, exc)
+    await app.crash(exc)
+
+
 def register_agents(
     app: faust.App, processor: BatchProcessor, topics: Topics, batch_size: int, within: float
 ) -> None:
-    """Add one agent per input topic, one for the repartition topic, and the sweep timer."""
+    """Add one agent per input topic, one for the repartition topic, and the sweep timer.
+
+    A batch that raises stops the worker: Faust would restart the agent past the failed
+    batch, whose offsets (never acknowledged, see ``BatchProcessor.process``) would then
+    hold back every later commit of its partitions; a restarted worker replays it.
+    """
 
     def make_agent(kind: str, topic: faust.TopicT) -> None:
         async def agent(stream: StreamT) -> None:
             # take_events (unlike take) keeps each record's partition and offset.
             batches = stream.take_events(batch_size, within)  # type: ignore[attr-defined]
             async for events in batches:
-                await processor.process(kind, events)
+                try:
+                    await processor.process(kind, events)
+                except Exception as exc:
+                    await stop_worker(app, kind, exc)
+                    raise
 
         agent.__name__ = agent.__qualname__ = f"recstream_{kind}"
         app.agent(topic, name=f"recstream-{kind}")(agent)

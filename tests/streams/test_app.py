@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,25 @@ async def test_revoked_partitions_are_checked_again_from_their_committed_offset(
     await app.on_partitions_revoked.send({TP("p.clicks", 0)})
     assert (await skipped.tracker.check([("p.clicks", 0, 0)])).repeated == []
     assert asked == [[("p.clicks", 0)], [("p.clicks", 0)]]
+
+
+def test_a_failing_batch_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust restarts a crashed agent past its batch; recstream stops the worker instead."""
+    settings = Settings(bootstrap_servers="127.0.0.1:1")
+    app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    failure = ConnectionError("broker gone")
+
+    async def process(kind: str, events: object) -> None:
+        raise failure
+
+    class OneBatch:
+        def take_events(self, n: int, within: float) -> Any:
+            async def batches() -> Any:
+                yield ["event"]
+
+            return batches()
+
+    monkeypatch.setattr(app.recstream, "process", process)  # type: ignore[attr-defined]
+    with pytest.raises(ConnectionError):
+        asyncio.run(app.agents["recstream-clicks"].fun(OneBatch()))
+    assert app.crash_reason is failure
