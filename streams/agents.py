@@ -101,14 +101,10 @@ class BatchProcessor:
             by_partition: dict[int, list[EventT]] = {}
             for event in events:
                 by_partition.setdefault(event.message.partition, []).append(event)
-            async with transactions.gate.shared():  # no offset commit until the batch is done
-                try:
-                    for partition, part in by_partition.items():
-                        route = transactions.transactional_id(part[0].message.topic, partition)
-                        await self._process(kind, part, route)
-                except BaseException as exc:
-                    transactions.fail(exc)  # half a batch is in the transactions: never commit
-                    raise
+            async with transactions.batch():  # no offset commit until the batch is done
+                for partition, part in by_partition.items():
+                    route = transactions.transactional_id(part[0].message.topic, partition)
+                    await self._process(kind, part, route)
         for event in events:
             event.ack()
 
@@ -200,13 +196,9 @@ class BatchProcessor:
             return
         changelog = self.store.table.changelog_topic.get_topic_name()
         route = self.transactions.transactional_id
-        async with self.transactions.gate.shared():
-            try:
-                for partition in due:
-                    await self._sweep([partition], route(changelog, partition))
-            except BaseException as exc:
-                self.transactions.fail(exc)
-                raise
+        async with self.transactions.batch():
+            for partition in due:
+                await self._sweep([partition], route(changelog, partition))
 
     async def _sweep(self, partitions: list[int], route: str | None) -> None:
         out = Outputs()

@@ -114,6 +114,17 @@ class Transactions:
         group = self.app.assignor.group_for_topic(topic)
         return f"{self.app.conf.id}-{group}-{partition}"
 
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Hold the gate shared for one batch or sweep; should it fail inside, no commit
+        may follow (see :meth:`fail`)."""
+        async with self.gate.shared():
+            try:
+                yield
+            except BaseException as exc:
+                self.fail(exc)
+                raise
+
     def fail(self, exc: BaseException) -> None:
         """A batch or sweep stopped after sending part of its records: from now on every
         commit raises, which stops the worker; its open transactions are aborted when

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, cast
 
+import pytest
 from aiokafka import TopicPartition
 
 from recstream.streams.settings import Settings
@@ -162,3 +163,18 @@ def test_a_revoked_partitions_transaction_is_left_to_its_new_owner() -> None:
     transactions.assign([("clicks", 1)])
     asyncio.run(transactions.commit())
     assert driver._transaction_producers["shop-0-1"].calls == ["commit", "begin"]
+
+
+def test_a_batch_that_fails_inside_blocks_every_later_commit() -> None:
+    driver = Driver(["shop-0-0"])
+    transactions = Transactions(cast(Any, App(driver)), lambda: {("clicks", 0): 3})
+
+    async def failing_batch() -> None:
+        async with transactions.batch():
+            raise ConnectionError("broker gone")
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(failing_batch())
+    with pytest.raises(RuntimeError, match="failed after sending part"):
+        asyncio.run(transactions.commit())
+    assert driver._transaction_producers["shop-0-0"].calls == []
