@@ -152,13 +152,24 @@ def test_any_worker_answers_for_any_user_with_the_owners_answer(
     routed = headers_a if ROUTED_FROM in headers_a else headers_b
     assert routed[ROUTED_FROM] == owner
 
-    for w in workers:
-        status, _, session = http(f"{w.url}/v1/users/{user}/session")
-        assert status == 200
+    # Clicks and searches are separate topics and agents: the search can be answered
+    # before the clicks agent has processed the second click.  Wait for both.
+    sessions: dict[str, tuple[int, Any]] = {}
+
+    def both_show_every_event() -> bool:
+        for w in workers:
+            status, _, session = http(f"{w.url}/v1/users/{user}/session")
+            sessions[w.url] = (status, session)
+        return all(
+            status == 200 and session["session"]["counts"].get("view") == 2
+            for status, session in sessions.values()
+        )
+
+    wait_for("the session with both clicks on both workers", both_show_every_event, workers, 30)
+    for _, session in sessions.values():
         conforms(SESSION, "get", 200, session)
         assert session["session"]["items"] == ["item-3", "item-5"]
         assert session["session"]["searches"] == ["red tent"]
-        assert session["session"]["counts"]["view"] == 2
 
 
 def test_unknown_users_get_popular_items_and_bad_requests_get_400(
