@@ -44,11 +44,11 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 from worker_processes import (
     FAKE_WORKER_COMMAND,
     Record,
     e2e_env,
+    metric_samples,
     read_outputs,
     start_process,
     stop_processes,
@@ -71,6 +71,8 @@ COMMIT_INTERVAL_S = 2.8
 #: Input agents that can hold an uncommitted batch per partition (4 inputs + repartition).
 AGENTS = 5
 COLLECT_TIMEOUT_S = 90.0
+#: The /metrics sample counting a worker's recommendations.
+RECOMMENDATIONS_OUT = ("recstream_events_out_total", frozenset({("topic", "recommendations")}))
 #: Seconds the rebalance test waits for the joining worker to answer its first events.
 SECOND_WORKER_TIMEOUT_S = 30.0
 #: Event-time rules of the test: a 2 s gap splits sessions; a lateness longer than the
@@ -247,17 +249,6 @@ def duplicate_bound(settings: Settings, disruptions: int) -> int:
     return per * disruptions
 
 
-def recommendations_out(metrics: bytes) -> float:
-    """``recstream_events_out_total`` for recommendations in a worker's /metrics text."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(metrics.decode())
-        for sample in family.samples
-        if sample.name == "recstream_events_out_total"
-        and sample.labels.get("topic") == "recommendations"
-    )
-
-
 def save_result(name: str, result: dict[str, Any]) -> None:
     folder = os.environ.get("RELIABILITY_RESULTS_DIR")
     if folder:
@@ -404,7 +395,7 @@ def test_second_worker_joins_and_leaves(
             while not answered and time.monotonic() < deadline:
                 time.sleep(0.5)
                 with urllib.request.urlopen(url, timeout=10) as response:
-                    answered = recommendations_out(response.read())
+                    answered = metric_samples(response.read()).get(RECOMMENDATIONS_OUT, 0.0)
             answered_by_second.append(answered)
             workers[1].send_signal(signal.SIGTERM)
             return False

@@ -19,10 +19,10 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 from worker_processes import (
     WORKER_COMMAND,
     Worker,
+    metric_samples,
     start_process,
     stop_processes,
     wait_for,
@@ -132,14 +132,6 @@ def test_web_server_binds_loopback_by_default(worker: WatchedWorker) -> None:
     if not Path("/proc/net/tcp").exists():
         pytest.skip("needs Linux /proc/net/tcp to read listening sockets")
     assert listening_addresses(worker.port) == {"127.0.0.1"}
-
-
-def metric_samples(body: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
 
 
 async def produce_clicks(settings: Settings, n: int) -> None:

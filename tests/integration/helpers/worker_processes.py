@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from recstream.streams.broker import free_port
 from recstream.streams.kafka_config import aiokafka_kwargs
@@ -261,3 +262,12 @@ async def collect(settings: Settings, wanted: dict[str, int], timeout: float) ->
         return all(len(got[name]) >= n for name, n in wanted.items())
 
     return await read_outputs(settings, tuple(wanted), enough, timeout)
+
+
+def metric_samples(body: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A worker's /metrics text as (sample name, labels) -> value."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
