@@ -27,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Final
 
 import faust
 from faust.types import EventT, StreamT
@@ -43,6 +43,7 @@ from recstream.streams.pipeline import (
     Scores,
     repartition_payload,
 )
+from recstream.streams.record_batches import Outbox, faust_record_batches
 from recstream.streams.records import Forget, OutputRecord, Reason, to_json
 from recstream.streams.skipped_records import SkippedRecords
 from recstream.streams.state_store import TableStateStore
@@ -128,24 +129,15 @@ class BatchProcessor:
         ]
         pipeline = self.pipeline
         decoded, dead = pipeline.decode(records, repartitioned=kind == REPARTITIONED)
-        sends: list[Awaitable[Any]] = []
+        outbox = self._outbox(route)
         local: list[Decoded] = []
-        forward: list[Decoded] = []
+        repartition = self.topics.repartition.get_topic_name()
         for item in decoded:
             if item.home is None or item.home == item.source.partition or kind == "reviews":
                 local.append(item)
-            else:
-                forward.append(item)
-        for item in forward:
-            sends.append(
-                await self._send(
-                    self.topics.repartition.get_topic_name(),
-                    item.event.user_id.encode("utf-8"),
-                    repartition_payload(item.event, item.source.kind),
-                    item.home,
-                    route,
-                )
-            )
+            else:  # forwarded to the partition that owns the user's state
+                payload = repartition_payload(item.event, item.source.kind)
+                outbox.add(repartition, item.event.user_id.encode("utf-8"), payload, item.home)
         if self.latest is not None:  # before prepare: it deletes forgotten users' state
             self.latest.forget([i.event.user_id for i in local if isinstance(i.event, Forget)])
         work = pipeline.prepare(local, self.store)
@@ -171,7 +163,8 @@ class BatchProcessor:
                 self._idle_since[partition] = now
                 out.sessions += pipeline.sweep(partition, self.store)
             changes.append(self.store.seal(route))
-            sends += await self._send_outputs(out, route)
+            self._add_outputs(outbox, out)
+            sends = await outbox.send()
             if sends:
                 await asyncio.gather(*sends)
         finally:
@@ -193,6 +186,7 @@ class BatchProcessor:
             return
         if self.transactions is None:
             await self._sweep(due, None)
+            await self.store.flush()  # no offset commit follows a sweep of idle partitions
             return
         changelog = self.store.table.changelog_topic.get_topic_name()
         route = self.transactions.transactional_id
@@ -207,7 +201,9 @@ class BatchProcessor:
         changes = self.store.seal(route)
         try:
             if out.sessions:
-                await asyncio.gather(*await self._send_outputs(out, route))
+                outbox = self._outbox(route)
+                self._add_outputs(outbox, out)
+                await asyncio.gather(*await outbox.send())
                 self._observe_outputs(out)
         finally:
             await self.store.publish(changes)
@@ -230,21 +226,14 @@ class BatchProcessor:
 
     # -- helpers --------------------------------------------------------------------
 
-    async def _send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        partition: int | None = None,
-        route: str | None = None,
-    ) -> Awaitable[Any]:
+    def _outbox(self, route: str | None) -> Outbox:
+        """Where a step's records go: batches per partition, or the ``route`` transaction."""
         if route is None or self.transactions is None:
-            return await self.app.producer.send(topic, key, value, partition, None, None)
-        return await self.transactions.send(route, topic, key, value, partition)
+            return faust_record_batches(self.app)
+        return self.transactions.outbox(route)
 
-    async def _send_outputs(self, out: Outputs, route: str | None) -> list[Awaitable[Any]]:
+    def _add_outputs(self, outbox: Outbox, out: Outputs) -> None:
         topics = self.topics
-        sends: list[Awaitable[Any]] = []
         batches: list[tuple[str, Sequence[OutputRecord]]] = [
             (topics.recommendations, out.recommendations),
             (topics.sentiment, out.sentiments),
@@ -253,10 +242,9 @@ class BatchProcessor:
         for topic, records in batches:
             for record in records:
                 key = record.user_id.encode("utf-8")  # type: ignore[union-attr]
-                sends.append(await self._send(topic, key, to_json(record), None, route))
+                outbox.add(topic, key, to_json(record))
         for dead in out.dead_letters:
-            sends.append(await self._send(topics.deadletter, None, to_json(dead), None, route))
-        return sends
+            outbox.add(topics.deadletter, None, to_json(dead))
 
     def _observe_scoring(self, recs: int, reviews: int, seconds: float) -> None:
         if self.metrics is None:

@@ -15,7 +15,11 @@ from recstream.streams.pipeline import Pipeline
 from recstream.streams.scoring import RecsScorer, SentimentScorer
 from recstream.streams.settings import Settings
 from recstream.streams.skipped_records import SkippedRecords
-from recstream.streams.state_store import TableStateStore, declare_table
+from recstream.streams.state_store import (
+    TableStateStore,
+    declare_table,
+    flush_changelog_before_commits,
+)
 from recstream.streams.storefront import declare_latest_table
 from recstream.streams.topics import declare_topics
 from recstream.streams.transactions import use_transactions
@@ -76,10 +80,13 @@ def build_app(
     skipped = SkippedRecords(settings, app.conf.id)
     exactly_once = settings.processing_guarantee == "exactly_once"
     transactions = use_transactions(app, skipped.tracker.positions) if exactly_once else None
+    if not exactly_once:
+        flush_changelog_before_commits(app)
     topics = declare_topics(app, settings)
     table = declare_table(app, settings)
     declare_latest_table(app, settings)
     store = TableStateStore(table, defer_changelog=True, transactions=transactions)
+    app.recstream_store = store  # type: ignore[attr-defined]
     pipeline = Pipeline(settings, recs, sentiment, partitions=settings.partitions)
     processor = BatchProcessor(app, pipeline, store, topics, metrics, transactions)
     register_agents(app, processor, topics, settings.batch_size, settings.batch_within)
@@ -95,6 +102,9 @@ def build_app(
 
     # Faust's signals call handlers as (sender, *args, signal=..., **kwargs).
     async def forget_offsets(sender: Any, revoked: set[TP], **_: Any) -> None:
+        # Held changelog records go out before another worker takes the partitions
+        # (sent later, they could overwrite what the new owner writes).
+        await store.flush()
         skipped.forget((tp.topic, tp.partition) for tp in revoked)
         if transactions is not None:
             transactions.revoke((tp.topic, tp.partition) for tp in revoked)

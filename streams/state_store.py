@@ -2,21 +2,30 @@
 
 The pipeline decides which partition owns each user (the partition Kafka's default
 partitioner gives the user id), so writes go straight to the table's store and its
-changelog partition, one write per user per batch.  This avoids Faust's
-``Table.__setitem__``, which needs a current event (absent inside ``take()``) and
-would place the changelog record by the pseudonymised key instead.
+changelog partition.  This avoids Faust's ``Table.__setitem__``, which needs a current
+event (absent inside ``take()``) and would place the changelog record by the
+pseudonymised key instead.
+
+At-least-once, the changelog is written per commit, not per change: the records a
+batch releases wait in the store, the latest per key, and the consumer sends them
+(and waits for the broker's acknowledgements) right before it commits offsets
+(:func:`flush_changelog_before_commits`).  A user touched by every batch between two
+commits costs one changelog record instead of one per batch, and a committed offset
+never runs ahead of the state changes of the events before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import faust
-from faust.types import TableT
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, TableT
 
+from recstream.streams.record_batches import faust_record_batches
 from recstream.streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -72,9 +81,11 @@ class TableStateStore:
     ends with the latest local value of a key, and no agent's changes are sent while
     that agent still waits for its acknowledgements.
 
-    With ``transactions`` (exactly-once) each sealed batch goes out in the
-    transaction named by its ``route``, and :meth:`publish` also waits for the
-    records' acknowledgements.
+    Released records are not sent at once: they wait, the latest per key, until
+    :meth:`flush` (called before every offset commit, after idle sweeps and when
+    partitions are revoked).  With ``transactions`` (exactly-once) each sealed batch
+    instead goes out at once in the transaction named by its ``route``, and
+    :meth:`publish` also waits for the records' acknowledgements.
     """
 
     def __init__(
@@ -90,6 +101,9 @@ class TableStateStore:
         self._open: list[ChangelogRecord] = []
         self._sealed: deque[ChangelogBatch] = deque()
         self._sending = asyncio.Lock()
+        #: Released records not sent yet: key -> (partition, latest value or None).
+        self._held: dict[bytes, tuple[int, bytes | None]] = {}
+        self._flushing = asyncio.Lock()
 
     def get(self, key: str) -> bytes | None:
         """The state bytes of ``key`` on this worker, if any."""
@@ -135,8 +149,8 @@ class TableStateStore:
         return batch
 
     async def publish(self, *batches: ChangelogBatch) -> None:
-        """Release ``batches`` and return once their records were handed to the producer
-        (with ``transactions``: once the broker acknowledged them).
+        """Release ``batches`` and return once their records are held for the next
+        :meth:`flush` (with ``transactions``: once the broker acknowledged them).
 
         Records are sent in seal order; a released batch behind an unreleased one waits.
         """
@@ -153,10 +167,32 @@ class TableStateStore:
         if acks:
             await asyncio.gather(*acks)
 
+    async def flush(self) -> None:
+        """Send the held records and wait until the broker acknowledged them.
+
+        One flush at a time: records released meanwhile wait for the next one, so a
+        key's records still reach the changelog in order.
+        """
+        async with self._flushing:
+            held, self._held = self._held, {}
+            if not held:
+                return
+            batches = faust_record_batches(self.table.app)
+            topic = self.table.changelog_topic.get_topic_name()
+            for raw_key, (partition, value) in held.items():
+                batches.add(topic, raw_key, value, partition)
+            await asyncio.gather(*await batches.send())
+
+    @property
+    def held(self) -> int:
+        """How many keys' changelog records wait for the next :meth:`flush`."""
+        return len(self._held)
+
     async def _send(self, batch: ChangelogBatch) -> list[Awaitable[Any]]:
         if self.transactions is None:
+            held = self._held
             for partition, raw_key, value in batch.records:
-                self.table.send_changelog(partition, raw_key, value, "raw", "raw")
+                held[raw_key] = (partition, value)
             return []
         assert batch.route is not None  # seal() checks it
         topic = self.table.changelog_topic.get_topic_name()
@@ -195,3 +231,29 @@ class TableStateStore:
         mapping = getattr(self.table.data, "_key_partition", None)
         if isinstance(mapping, dict):
             mapping[raw_key] = partition
+
+
+class _FlushingConsumer(faust_aiokafka.Consumer):
+    """Faust's consumer that flushes the worker's held changelog records before it
+    commits offsets (the offsets are already chosen: only acknowledged events count,
+    and an event is acknowledged after its batch released its records)."""
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        store: TableStateStore = self.app.recstream_store  # type: ignore[attr-defined]
+        await store.flush()
+        committed: bool = await super()._commit_offsets(
+            offsets, start_new_transaction=start_new_transaction
+        )
+        return committed
+
+
+class _FlushingTransport(faust_aiokafka.Transport):
+    Consumer = _FlushingConsumer
+
+
+def flush_changelog_before_commits(app: faust.App) -> None:
+    """Make ``app``'s consumer flush ``app.recstream_store`` before each offset commit
+    (at-least-once; call before declaring topics, then set ``app.recstream_store``)."""
+    app.transport = _FlushingTransport(app.conf.broker_consumer, app)

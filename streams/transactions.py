@@ -169,6 +169,10 @@ class Transactions:
             topic, key, value, partition, None, None, transactional_id=transactional_id
         )
 
+    def outbox(self, transactional_id: str) -> TransactionOutbox:
+        """An :class:`~recstream.streams.record_batches.Outbox` for one transaction."""
+        return TransactionOutbox(self, transactional_id)
+
     async def commit(self, start_new_transaction: bool = True) -> None:
         """Commit every open transaction of this worker with its partitions' processed offsets.
 
@@ -213,6 +217,26 @@ class Transactions:
                     await producer.begin_transaction()
             for tp, offset in (done or {}).items():
                 self._committed[(tp.topic, tp.partition)] = offset
+
+
+class TransactionOutbox:
+    """Records of one step, sent one by one into one transaction (see ``record_batches``:
+    aiokafka's batch API does not join transactions)."""
+
+    def __init__(self, transactions: Transactions, transactional_id: str) -> None:
+        self._transactions = transactions
+        self._transactional_id = transactional_id
+        self._records: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+
+    def add(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+    ) -> None:
+        self._records.append((topic, key, value, partition))
+
+    async def send(self) -> list[Awaitable[Any]]:
+        records, self._records = self._records, []
+        send, route = self._transactions.send, self._transactional_id
+        return [await send(route, *record) for record in records]
 
 
 class _Commits(TransactionManager):

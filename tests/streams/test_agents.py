@@ -58,6 +58,17 @@ class Event:
         return self.message.refcount == 1
 
 
+class RecordBatch:
+    """aiokafka's ``BatchBuilder``, unbounded."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, bytes]] = []
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: None) -> object:
+        self.records.append((key, value))
+        return object()
+
+
 class Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
@@ -75,6 +86,24 @@ class Producer:
     ) -> asyncio.Future[None]:
         self.sent.append((topic, key, value, partition))
         self.routes.append(transactional_id)
+        return self.acknowledgement()
+
+    def _ensure_producer(self) -> Producer:
+        """Faust's producer stands in for the aiokafka producer under it too."""
+        return self
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(PARTITIONS))
+
+    def create_batch(self) -> RecordBatch:
+        return RecordBatch()
+
+    async def send_batch(
+        self, batch: RecordBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        for key, value in batch.records:
+            self.sent.append((topic, key, value, partition))
+            self.routes.append(None)
         return self.acknowledgement()
 
     def acknowledgement(self) -> asyncio.Future[None]:
@@ -108,11 +137,21 @@ class NamedTopic:
         return self.name
 
 
+CHANGELOG = "app-user-state-changelog"
+
+
 class Table:
-    def __init__(self) -> None:
+    def __init__(self, app: App | None = None) -> None:
+        self.app = app or App()
         self.data: dict[bytes, bytes] = {}
+        #: Records sent at once (a store without ``defer_changelog``).
         self.changelog: list[tuple[int | None, bytes, bytes | None]] = []
-        self.changelog_topic = NamedTopic("app-user-state-changelog")
+        self.changelog_topic = NamedTopic(CHANGELOG)
+
+    @property
+    def flushed(self) -> list[tuple[int | None, bytes | None, bytes | None]]:
+        """Records a deferring store flushed through the app's producer."""
+        return [(p, k, v) for t, k, v, p in self.app.producer.sent if t == CHANGELOG]
 
     def send_changelog(
         self, partition: int | None, key: bytes, value: bytes | None, *_: Any
@@ -133,7 +172,8 @@ def make(
         partitions=PARTITIONS,
         clock=lambda: NOW,
     )
-    app, table = App(), Table()
+    app = App()
+    table = Table(app)
     topics = Topics(
         inputs={},
         repartition=cast(Any, NamedTopic("app-events-repartition")),
@@ -286,12 +326,20 @@ def test_state_reaches_the_changelog_only_after_the_outputs_are_acknowledged() -
             await asyncio.sleep(0)
         await asyncio.sleep(0.01)
         assert [t for t, *_ in producer.sent] == ["recommendations"]
-        assert table.changelog == []  # outputs sent but not acknowledged yet
+        assert processor.store.held == 0  # outputs sent but not acknowledged yet
         assert b"carol" in table.data  # the local table is already up to date
         for ack in producer.acks:
             ack.set_result(None)
         await task
-        assert [(p, k) for p, k, _ in table.changelog] == [(home, b"carol")]
+        # released: held for the next flush (the consumer's commit), not sent yet
+        assert processor.store.held == 1 and table.flushed == []
+        flushing = asyncio.create_task(processor.store.flush())
+        while len(producer.acks) < 2:
+            await asyncio.sleep(0)
+        assert not flushing.done()  # a flush waits for the broker's acknowledgement
+        producer.acks[1].set_result(None)
+        await flushing
+        assert [(p, k) for p, k, _ in table.flushed] == [(home, b"carol")]
 
     asyncio.run(scenario())
     processor.close()
@@ -317,13 +365,20 @@ def test_a_concurrent_batch_or_sweep_does_not_release_another_batchs_changelog()
         while len(producer.acks) < 2:
             await asyncio.sleep(0)
         await processor.sweep_idle()  # must not wait for, nor send, the pending batches
-        assert table.changelog == []
+        assert processor.store.held == 0
         producer.acks[1].set_result(None)  # the later batch is acknowledged first ...
         await asyncio.sleep(0.01)
-        assert not second.done() and table.changelog == []  # ... but waits for the first
+        assert not second.done() and processor.store.held == 0  # ... but waits for the first
         producer.acks[0].set_result(None)
         await asyncio.gather(first, second)
-        assert [k for _, k, _ in table.changelog] == [b"dave", other_user.encode()]
+        assert processor.store.held == 2
+        flushing = asyncio.create_task(processor.store.flush())
+        while len(table.flushed) < 2:  # one batch per partition: one or two acks
+            await asyncio.sleep(0)
+        for ack in producer.acks[2:]:
+            ack.set_result(None)
+        await flushing
+        assert [k for _, k, _ in table.flushed] == [b"dave", other_user.encode()]
 
     asyncio.run(scenario())
     processor.close()
@@ -331,7 +386,7 @@ def test_a_concurrent_batch_or_sweep_does_not_release_another_batchs_changelog()
 
 def test_changelog_batches_keep_the_order_of_the_changes_to_one_key() -> None:
     """Two steps changing one key, released in reverse order: the changelog ends with the
-    latest local value."""
+    latest local value (and, held until the flush, gets only that one)."""
     table = Table()
     store = TableStateStore(cast(Any, table), defer_changelog=True)
 
@@ -342,13 +397,87 @@ def test_changelog_batches_keep_the_order_of_the_changes_to_one_key() -> None:
         late = store.seal()
         waiting = asyncio.create_task(store.publish(late))
         await asyncio.sleep(0)
-        assert not waiting.done() and table.changelog == []
+        assert not waiting.done() and store.held == 0
         await store.publish(early)
         await waiting
+        await store.flush()
 
     asyncio.run(scenario())
-    assert table.changelog == [(2, b"erin", b"v1"), (2, b"erin", b"v2")]
+    assert table.flushed == [(2, b"erin", b"v2")]
     assert table.data[b"erin"] == b"v2"
+
+
+def test_held_changelog_records_are_coalesced_per_key_until_the_flush() -> None:
+    """Many batches between two commits: one changelog record per user, its latest state;
+    a user deleted last gets a tombstone."""
+    processor, app, table = make(defer=True)
+    store = processor.store
+    users = {home_partition(f"u{i}", PARTITIONS): f"u{i}" for i in range(50)}
+    first, second = users[0], users[1]
+
+    async def scenario() -> None:
+        for n in range(5):
+            clicks = [click(f"a{n}", first, 0, n), click(f"b{n}", second, 1, n)]
+            await processor.process("clicks", batch(*clicks))
+        store.delete(second, 1)
+        await store.publish(store.seal())
+        assert store.held == 2
+        await store.flush()
+        assert store.held == 0
+        await store.flush()  # nothing new: nothing sent
+
+    asyncio.run(scenario())
+    assert table.flushed == [
+        (0, first.encode(), table.data[first.encode()]),
+        (1, second.encode(), None),
+    ]
+    recs = [t for t, *_ in app.producer.sent if t == "recommendations"]
+    assert len(recs) == 10
+
+
+def test_records_released_during_a_flush_go_out_after_it() -> None:
+    """One flush at a time: a key changed while its earlier value is in flight reaches the
+    changelog after that value, in the next flush."""
+    table = Table()
+    producer = SlowAckProducer()
+    table.app.producer = producer
+    store = TableStateStore(cast(Any, table), defer_changelog=True)
+
+    async def scenario() -> None:
+        store.put("fay", b"v1", 3)
+        await store.publish(store.seal())
+        first = asyncio.create_task(store.flush())
+        while not producer.acks:
+            await asyncio.sleep(0)
+        store.put("fay", b"v2", 3)
+        await store.publish(store.seal())
+        second = asyncio.create_task(store.flush())
+        await asyncio.sleep(0.01)
+        assert [v for *_, v in table.flushed] == [b"v1"] and not second.done()
+        producer.acks[0].set_result(None)
+        await first
+        while len(producer.acks) < 2:
+            await asyncio.sleep(0)
+        producer.acks[1].set_result(None)
+        await second
+
+    asyncio.run(scenario())
+    assert [v for *_, v in table.flushed] == [b"v1", b"v2"]
+
+
+def test_an_idle_sweep_flushes_what_it_changed() -> None:
+    """No offset commit follows a sweep of idle partitions: the sweep flushes itself."""
+    processor, app, table = make(defer=True)
+    user = "u1"
+    home = home_partition(user, PARTITIONS)
+    asyncio.run(processor.process("clicks", batch(click("c1", user, home))))
+    assert processor.store.held == 1
+    processor.pipeline.watermarks[home] = NOW + 10_000  # far past the session gap
+    processor._idle_since[home] = 0.0
+    asyncio.run(processor.sweep_idle())
+    assert processor.store.held == 0
+    assert [k for _, k, _ in table.flushed] == [user.encode()]
+    assert [t for t, *_ in app.producer.sent].count("sessions") == 1
 
 
 def test_stored_state_is_held_at_its_own_size() -> None:
@@ -419,6 +548,13 @@ class FailingProducer(Producer):
         if len(self.sent) >= self.accepted:
             raise ConnectionError("broker gone")
         return await super().send(*args, transactional_id=transactional_id)
+
+    async def send_batch(
+        self, batch: RecordBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        if len(self.sent) + len(batch.records) > self.accepted:
+            raise ConnectionError("broker gone")
+        return await super().send_batch(batch, topic, partition=partition)
 
 
 def test_exactly_once_never_commits_after_a_batch_failed_half_way() -> None:

@@ -144,3 +144,36 @@ def test_a_failing_batch_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConnectionError):
         asyncio.run(app.agents["recstream-clicks"].fun(OneBatch()))
     assert app.crash_reason is failure
+
+
+async def test_at_least_once_commits_flush_the_held_changelog_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The offsets Faust commits must never run ahead of the state changes behind them."""
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+    from faust.types import TP
+
+    app = build_app(Settings(bootstrap_servers="127.0.0.1:1"), FakeRecsScorer(["a"]),
+                    FakeSentimentScorer())  # fmt: skip
+    store = app.recstream.store  # type: ignore[attr-defined]
+    assert app.recstream_store is store  # type: ignore[attr-defined]
+    calls: list[str] = []
+
+    async def flush() -> None:
+        calls.append(f"flush {store.held}")
+
+    async def commit_offsets(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        calls.append(f"commit {dict(offsets)}")
+        return True
+
+    store.put("u1", b"state", 0)
+    await store.publish(store.seal())
+    monkeypatch.setattr(store, "flush", flush)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_commit_offsets", commit_offsets)
+    tp = TP("clicks", 0)
+    consumer: Any = app.consumer
+    assert await consumer._commit_offsets({tp: 5}) is True
+    assert calls == ["flush 1", f"commit { {tp: 5} }"]
+    exactly_once = Settings(processing_guarantee="exactly_once", bootstrap_servers="127.0.0.1:1")
+    eos_app = build_app(exactly_once, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    assert type(eos_app.transport).__name__ == "_GatedTransport"  # transactions instead

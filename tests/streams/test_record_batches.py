@@ -1,0 +1,85 @@
+"""RecordBatches: records placed like aiokafka's default partitioner, one batch per partition."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from recstream.streams.record_batches import RecordBatches, partition_for_key
+
+
+class BatchProducer:
+    """Real ``BatchBuilder``s of ``batch_size`` bytes; records what was submitted."""
+
+    def __init__(self, batch_size: int = 16_384) -> None:
+        self.batch_size = batch_size
+        self.submitted: list[tuple[str, int, int]] = []  # topic, partition, records
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_size, 0, key_serializer=None, value_serializer=None)
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+        self.submitted.append((topic, partition, batch.record_count()))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def batches(producer: BatchProducer, partitions: dict[str, int]) -> RecordBatches:
+    async def partitions_of(topic: str) -> int:
+        return partitions[topic]
+
+    return RecordBatches(producer, partitions_of)
+
+
+def test_keyed_records_go_where_aiokafkas_default_partitioner_puts_them() -> None:
+    keys = [f"user-{n}".encode() for n in range(200)]
+    partitioner = DefaultPartitioner()
+    for count in (1, 3, 4, 12):
+        expected = [partitioner(key, list(range(count)), list(range(count))) for key in keys]
+        assert [partition_for_key(key, count) for key in keys] == expected
+
+
+def test_one_batch_and_one_future_per_topic_partition() -> None:
+    producer = BatchProducer()
+    out = batches(producer, {"recs": 4, "changelog": 4})
+    keys = [f"u{n}".encode() for n in range(40)]
+    for key in keys:
+        out.add("recs", key, b"{}")
+    out.add("changelog", b"u1", b"state", 2)  # an explicit partition wins over the key
+    out.add("changelog", b"u1", None, 2)
+    assert len(out) == 42
+    acks = asyncio.run(out.send())
+    assert len(out) == 0
+    per_partition: dict[int, int] = {}
+    for key in keys:
+        partition = partition_for_key(key, 4)
+        per_partition[partition] = per_partition.get(partition, 0) + 1
+    recs = sorted((p, n) for topic, p, n in producer.submitted if topic == "recs")
+    assert recs == sorted(per_partition.items())
+    assert [s for s in producer.submitted if s[0] == "changelog"] == [("changelog", 2, 2)]
+    assert len(acks) == len(producer.submitted)
+
+
+def test_records_without_a_key_stick_to_one_partition_per_send() -> None:
+    producer = BatchProducer()
+    out = batches(producer, {"deadletter": 8})
+    for n in range(20):
+        out.add("deadletter", None, f"bad {n}".encode())
+    asyncio.run(out.send())
+    assert len(producer.submitted) == 1
+    topic, partition, records = producer.submitted[0]
+    assert topic == "deadletter" and 0 <= partition < 8 and records == 20
+
+
+def test_a_full_batch_is_submitted_and_another_started() -> None:
+    """With a 1-byte batch size (the Tansu test setting) every record is its own batch."""
+    producer = BatchProducer(batch_size=1)
+    out = batches(producer, {"recs": 1})
+    for n in range(5):
+        out.add("recs", f"u{n}".encode(), b"x" * 100)
+    acks = asyncio.run(out.send())
+    assert producer.submitted == [("recs", 0, 1)] * 5 and len(acks) == 5
