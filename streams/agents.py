@@ -7,12 +7,18 @@ hands the batch to :class:`BatchProcessor`, which
 2. forwards each click, search and forget request that arrived on a partition other
    than its user's home partition (unkeyed or differently keyed records) to the
    internal repartition topic, keyed and partitioned for that user;
-3. applies the rest to the users' sessions (one table write per user per batch);
+3. applies the rest to the users' sessions (one table write per user per batch) and
+   sweeps the sessions the batch's event time closed;
 4. scores the batch in a single-thread executor, off the event loop;
 5. produces every output without awaiting each one, then waits for all the
-   acknowledgements; only then are the batch's state changes written to the
-   changelog, and offsets are committed only after both (at-least-once: a crash
-   replays the batch from the state before it, so every output appears).
+   acknowledgements; only then are the batch's events acknowledged and its state
+   changes released for the changelog (sent, the latest per user, right before the
+   next offset commit: at-least-once, a crash replays the batch from the state before
+   it, so every output appears).
+
+Steps 1-3 run in the agent; 4-5 in a task, so that the agent applies its next batch
+while this one is scored and sent (at-least-once; at most two batches per agent in
+flight, completed in order).
 
 With ``exactly_once`` each batch is split by input partition and everything it sends
 goes into that partition's Kafka transaction, committed with its offsets
@@ -27,9 +33,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from dataclasses import dataclass
+from functools import partial
+from typing import Final, TypeVar
 
 import faust
 from faust.types import EventT, StreamT
@@ -41,12 +49,20 @@ from recstream.streams.pipeline import (
     Pipeline,
     RawRecord,
     Scores,
+    Work,
     repartition_payload,
 )
 from recstream.streams.record_batches import Outbox, faust_record_batches
-from recstream.streams.records import Forget, OutputRecord, Reason, to_json
+from recstream.streams.records import (
+    DeadLetter,
+    Forget,
+    OutputRecord,
+    Reason,
+    SessionSummary,
+    to_json,
+)
 from recstream.streams.skipped_records import SkippedRecords
-from recstream.streams.state_store import TableStateStore
+from recstream.streams.state_store import ChangelogBatch, TableStateStore
 from recstream.streams.storefront import LatestRecommendations
 from recstream.streams.topics import Topics
 from recstream.streams.transactions import Transactions
@@ -58,6 +74,25 @@ SWEEP_INTERVAL: Final = 1.0
 #: Kind of the records read from the repartition topic.
 REPARTITIONED: Final = "repartitioned"
 _REASONS: Final = frozenset(reason.value for reason in Reason)
+T = TypeVar("T")
+
+
+@dataclass
+class _Step:
+    """A batch between its two halves (see :meth:`BatchProcessor.process`)."""
+
+    outbox: Outbox
+    work: Work
+    dead: list[DeadLetter]
+    swept: list[SessionSummary]
+    changes: ChangelogBatch
+    #: ``(scores, seconds the scoring took)``; None: nothing to score.
+    scoring: asyncio.Future[tuple[Scores, float]] | None
+
+
+def _timed(call: Callable[[T], Scores], arg: T) -> tuple[Scores, float]:
+    started = time.perf_counter()
+    return call(arg), time.perf_counter() - started
 
 
 class BatchProcessor:
@@ -85,6 +120,9 @@ class BatchProcessor:
         self.latest: LatestRecommendations | None = None
         #: Re-reads input records the consumer skipped; set by the app (None: no check).
         self.skipped: SkippedRecords | None = None
+        #: Each agent's batch being completed (at-least-once), by input kind.
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._stopping: asyncio.Future[None] | None = None
 
     async def process(self, kind: str, events: Sequence[EventT]) -> None:
         """Process one batch read from the ``kind`` input topic (or the repartition topic).
@@ -92,25 +130,62 @@ class BatchProcessor:
         The events hold one more reference, released only when the whole batch went
         through: Faust's own acknowledgement (when the agent asks for the next batch,
         even after an error) then never marks a failed batch's offsets committable.
+
+        At-least-once, the batch's first half (decode, sessions, the scoring request)
+        runs here and its second half (outputs, changelog, acknowledgement) in a task,
+        so the agent takes its next batch while this one is scored: at most two
+        batches of an agent are in flight, completed in order.  Raises when the
+        previous batch of the agent failed.
         """
         for event in events:
             event.message.incref()
         transactions = self.transactions
         if transactions is None:
-            await self._process(kind, events, None)
-        else:
-            by_partition: dict[int, list[EventT]] = {}
-            for event in events:
-                by_partition.setdefault(event.message.partition, []).append(event)
-            async with transactions.batch():  # no offset commit until the batch is done
-                for partition, part in by_partition.items():
-                    route = transactions.transactional_id(part[0].message.topic, partition)
-                    await self._process(kind, part, route)
+            step = await self._begin(kind, events, None)
+            previous = self._in_flight.get(kind)
+            task = asyncio.create_task(self._complete_after(previous, step, events))
+            task.add_done_callback(partial(self._check_completed, kind))
+            self._in_flight[kind] = task
+            if previous is not None:
+                await previous
+            return
+        by_partition: dict[int, list[EventT]] = {}
+        for event in events:
+            by_partition.setdefault(event.message.partition, []).append(event)
+        async with transactions.batch():  # no offset commit until the batch is done
+            for partition, part in by_partition.items():
+                route = transactions.transactional_id(part[0].message.topic, partition)
+                await self._complete(await self._begin(kind, part, route))
         for event in events:
             event.ack()
 
-    async def _process(self, kind: str, events: Sequence[EventT], route: str | None) -> None:
-        """``process`` for ``events``; ``route``: the transaction everything goes out in."""
+    async def drain(self) -> None:
+        """Wait until every batch in flight is completed (raises if one failed)."""
+        for kind, task in list(self._in_flight.items()):
+            try:
+                await task
+            finally:
+                if self._in_flight.get(kind) is task:
+                    del self._in_flight[kind]
+
+    async def _complete_after(
+        self, previous: asyncio.Task[None] | None, step: _Step, events: Sequence[EventT]
+    ) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # in order: the agent's batch before this one
+        await self._complete(step)
+        for event in events:
+            event.ack()
+
+    def _check_completed(self, kind: str, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # also when the agent is idle and would not notice
+            self._stopping = asyncio.ensure_future(stop_worker(self.app, kind, exc))
+
+    async def _begin(self, kind: str, events: Sequence[EventT], route: str | None) -> _Step:
+        """Decode, forward, apply to the sessions, sweep, and submit the scoring."""
         messages = [event.message for event in events]
         if self.skipped is not None:  # records Faust skipped go first (see skipped_records)
             positions = [(m.topic, m.partition, m.offset) for m in messages]
@@ -141,35 +216,46 @@ class BatchProcessor:
         if self.latest is not None:  # before prepare: it deletes forgotten users' state
             self.latest.forget([i.event.user_id for i in local if isinstance(i.event, Forget)])
         work = pipeline.prepare(local, self.store)
-        changes = [self.store.seal(route)]
+        swept: list[SessionSummary] = []
+        now = time.monotonic()
+        for partition in {
+            item.source.partition if item.home is None else item.home for item in local
+        }:
+            self._idle_since[partition] = now
+            swept += pipeline.sweep(partition, self.store)
+        # One synchronous step of state changes: sealed before anything else can run.
+        changes = self.store.seal(route)
+        scoring = None
+        if work.recs or work.reviews:
+            loop = asyncio.get_running_loop()
+            scoring = loop.run_in_executor(self.executor, _timed, pipeline.score, work)
+        return _Step(outbox, work, dead, swept, changes, scoring)
+
+    async def _complete(self, step: _Step) -> None:
+        """Wait for the scores, send every output, then release the state changes."""
         try:
             scores = Scores()
-            if work.recs or work.reviews:
-                started = time.perf_counter()
-                loop = asyncio.get_running_loop()
-                scores = await loop.run_in_executor(self.executor, pipeline.score, work)
-                self._observe_scoring(
-                    len(work.recs), len(work.reviews), time.perf_counter() - started
-                )
-            out = pipeline.finish(work, scores)
+            if step.scoring is not None:
+                scores, seconds = await step.scoring
+                self._observe_scoring(len(step.work.recs), len(step.work.reviews), seconds)
+            out = self.pipeline.finish(step.work, scores)
             if self.latest is not None:
                 self.latest.record(out.recommendations)
                 self.latest.record_sentiments(out.sentiments)
-            out.dead_letters = dead + out.dead_letters
-            now = time.monotonic()
-            for partition in {
-                item.source.partition if item.home is None else item.home for item in local
-            }:
-                self._idle_since[partition] = now
-                out.sessions += pipeline.sweep(partition, self.store)
-            changes.append(self.store.seal(route))
-            self._add_outputs(outbox, out)
-            sends = await outbox.send()
+            out.dead_letters = step.dead + out.dead_letters
+            out.sessions += step.swept
+            self._add_outputs(step.outbox, out)
+            sends = await step.outbox.send()
             if sends:
                 await asyncio.gather(*sends)
+        except BaseException:
+            # Its state changes must never reach the changelog (they hold event ids
+            # whose outputs may be missing); the worker stops.
+            self.store.fail()
+            raise
         finally:
             # Only now may the changelog remember this batch (see TableStateStore).
-            await self.store.publish(*changes)
+            await self.store.publish(step.changes)
         self._observe_outputs(out)
 
     async def sweep_idle(self) -> None:
@@ -205,6 +291,9 @@ class BatchProcessor:
                 self._add_outputs(outbox, out)
                 await asyncio.gather(*await outbox.send())
                 self._observe_outputs(out)
+        except BaseException:
+            self.store.fail()  # as in ``_complete``
+            raise
         finally:
             await self.store.publish(changes)
 

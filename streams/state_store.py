@@ -104,6 +104,7 @@ class TableStateStore:
         #: Released records not sent yet: key -> (partition, latest value or None).
         self._held: dict[bytes, tuple[int, bytes | None]] = {}
         self._flushing = asyncio.Lock()
+        self._failed = False
 
     def get(self, key: str) -> bytes | None:
         """The state bytes of ``key`` on this worker, if any."""
@@ -167,12 +168,21 @@ class TableStateStore:
         if acks:
             await asyncio.gather(*acks)
 
+    def fail(self) -> None:
+        """A batch failed after changing the local state: from now on nothing reaches the
+        changelog (its records could remember events whose outputs were never sent), and
+        :meth:`flush` raises, so no offset commit follows either; the worker stops."""
+        self._failed = True
+        self._held.clear()
+
     async def flush(self) -> None:
         """Send the held records and wait until the broker acknowledged them.
 
         One flush at a time: records released meanwhile wait for the next one, so a
         key's records still reach the changelog in order.
         """
+        if self._failed:
+            raise RuntimeError("a batch failed: its state must not reach the changelog")
         async with self._flushing:
             held, self._held = self._held, {}
             if not held:
@@ -189,6 +199,8 @@ class TableStateStore:
         return len(self._held)
 
     async def _send(self, batch: ChangelogBatch) -> list[Awaitable[Any]]:
+        if self._failed:
+            return []
         if self.transactions is None:
             held = self._held
             for partition, raw_key, value in batch.records:

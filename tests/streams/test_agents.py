@@ -19,8 +19,16 @@ from pydantic import SecretStr
 
 from recstream.streams.agents import REPARTITIONED, BatchProcessor
 from recstream.streams.metrics import Metrics
-from recstream.streams.pipeline import Pipeline, RawRecord, UserIds, home_partition
+from recstream.streams.pipeline import (
+    Pipeline,
+    RawRecord,
+    UserIds,
+    home_partition,
+    repartition_payload,
+)
+from recstream.streams.records import Click
 from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
+from recstream.streams.sessions import UserState
 from recstream.streams.settings import Settings
 from recstream.streams.state_store import TableStateStore
 from recstream.streams.topics import Topics
@@ -127,6 +135,10 @@ class App:
         self.producer = Producer()
         self.assignor = Assignor()
         self.conf = Conf()
+        self.crash_reason: BaseException | None = None
+
+    async def crash(self, reason: BaseException) -> None:
+        self.crash_reason = reason
 
 
 class NamedTopic:
@@ -193,6 +205,12 @@ def batch(*events: Event) -> Any:
     return list(events)
 
 
+async def whole(processor: BatchProcessor, kind: str, events: Any) -> None:
+    """Process a batch and wait until it is completed (outputs sent, events acknowledged)."""
+    await processor.process(kind, events)
+    await processor.drain()
+
+
 def click(eid: str, user: str, partition: int, offset: int = 0) -> Event:
     value = orjson.dumps(
         {"event_id": eid, "user_id": user, "item_id": "item-1", "action": "view", "ts": NOW - 5}
@@ -207,8 +225,8 @@ def test_records_on_the_home_partition_are_processed_and_others_forwarded() -> N
     pseudo = UserIds("pepper")("alice")
 
     async def scenario() -> None:
-        await processor.process(
-            "clicks", batch(click("c1", "alice", home), click("c2", "alice", other))
+        await whole(
+            processor, "clicks", batch(click("c1", "alice", home), click("c2", "alice", other))
         )
         # c2 went to the repartition topic, keyed and placed for alice's home partition.
         forwarded = [s for s in app.producer.sent if s[0] == "app-events-repartition"]
@@ -217,7 +235,7 @@ def test_records_on_the_home_partition_are_processed_and_others_forwarded() -> N
         assert key == pseudo.encode() and partition == home
         assert b"alice" not in value and orjson.loads(value)["kind"] == "clicks"
         # The repartition agent then processes it on the home partition.
-        await processor.process(REPARTITIONED, batch(Event(Message(topic, home, 0, value, key))))
+        await whole(processor, REPARTITIONED, batch(Event(Message(topic, home, 0, value, key))))
 
     asyncio.run(scenario())
     recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
@@ -242,8 +260,8 @@ def test_invalid_records_are_dead_lettered_and_the_batch_goes_on() -> None:
             ),
         )
     )
-    asyncio.run(processor.process("clicks", batch(click("c1", "bob", home), bad)))
-    asyncio.run(processor.process("reviews", batch(review)))
+    asyncio.run(whole(processor, "clicks", batch(click("c1", "bob", home), bad)))
+    asyncio.run(whole(processor, "reviews", batch(review)))
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for topic, _, value, _ in app.producer.sent:
         by_topic.setdefault(topic, []).append(orjson.loads(value))
@@ -281,11 +299,13 @@ def test_records_the_consumer_skipped_are_processed_first() -> None:
     stub = SkippedStub(skipped, repeats=frozenset({1}))
     processor.skipped = cast(Any, stub)
     processor.metrics = Metrics()
-    asyncio.run(processor.process("clicks", batch(click("c2", "carol", home, 2))))
+    asyncio.run(whole(processor, "clicks", batch(click("c2", "carol", home, 2))))
     # offset 1 delivered again after it was re-read: dropped
     asyncio.run(
-        processor.process(
-            "clicks", batch(click("c1", "carol", home, 1), click("c3", "carol", home, 3))
+        whole(
+            processor,
+            "clicks",
+            batch(click("c1", "carol", home, 1), click("c3", "carol", home, 3)),
         )
     )
     assert stub.asked == [
@@ -321,7 +341,7 @@ def test_state_reaches_the_changelog_only_after_the_outputs_are_acknowledged() -
     home = home_partition("carol", PARTITIONS)
 
     async def scenario() -> None:
-        task = asyncio.create_task(processor.process("clicks", batch(click("c1", "carol", home))))
+        task = asyncio.create_task(whole(processor, "clicks", batch(click("c1", "carol", home))))
         while not producer.acks:
             await asyncio.sleep(0)
         await asyncio.sleep(0.01)
@@ -356,12 +376,15 @@ def test_a_concurrent_batch_or_sweep_does_not_release_another_batchs_changelog()
     other_home = home_partition(other_user, PARTITIONS)
 
     async def scenario() -> None:
-        first = asyncio.create_task(processor.process("clicks", batch(click("d1", "dave", home))))
+        # two agents (clicks and the repartition topic) with a batch in flight each
+        first = asyncio.create_task(whole(processor, "clicks", batch(click("d1", "dave", home))))
         while len(producer.acks) < 1:
             await asyncio.sleep(0)
-        second = asyncio.create_task(
-            processor.process("clicks", batch(click("o1", other_user, other_home)))
+        forwarded = click("o1", other_user, other_home)
+        forwarded.message.value = repartition_payload(
+            Click("o1", other_user, "item-1", "view", NOW - 5), "clicks"
         )
+        second = asyncio.create_task(whole(processor, REPARTITIONED, batch(forwarded)))
         while len(producer.acks) < 2:
             await asyncio.sleep(0)
         await processor.sweep_idle()  # must not wait for, nor send, the pending batches
@@ -418,7 +441,7 @@ def test_held_changelog_records_are_coalesced_per_key_until_the_flush() -> None:
     async def scenario() -> None:
         for n in range(5):
             clicks = [click(f"a{n}", first, 0, n), click(f"b{n}", second, 1, n)]
-            await processor.process("clicks", batch(*clicks))
+            await whole(processor, "clicks", batch(*clicks))
         store.delete(second, 1)
         await store.publish(store.seal())
         assert store.held == 2
@@ -470,7 +493,7 @@ def test_an_idle_sweep_flushes_what_it_changed() -> None:
     processor, app, table = make(defer=True)
     user = "u1"
     home = home_partition(user, PARTITIONS)
-    asyncio.run(processor.process("clicks", batch(click("c1", user, home))))
+    asyncio.run(whole(processor, "clicks", batch(click("c1", user, home))))
     assert processor.store.held == 1
     processor.pipeline.watermarks[home] = NOW + 10_000  # far past the session gap
     processor._idle_since[home] = 0.0
@@ -502,7 +525,7 @@ def test_exactly_once_sends_each_partitions_work_in_that_partitions_transaction(
     events = batch(click("a1", users[0], 0, 5), click("b1", users[1], 1, 8))
     wrong_home = click("a2", users[1], 0, 6)  # forwarded from partition 0 to partition 1
     events.append(wrong_home)
-    asyncio.run(processor.process("clicks", events))
+    asyncio.run(whole(processor, "clicks", events))
     by_route: dict[str | None, list[str]] = {}
     for (topic, *_), route in zip(app.producer.sent, app.producer.routes, strict=True):
         by_route.setdefault(route, []).append(topic)
@@ -519,7 +542,7 @@ def test_exactly_once_sweep_sends_each_partitions_sessions_in_its_transaction() 
     processor, app, _ = make(exactly_once=True)
     user = "u1"
     home = home_partition(user, PARTITIONS)
-    asyncio.run(processor.process("clicks", batch(click("c1", user, home))))
+    asyncio.run(whole(processor, "clicks", batch(click("c1", user, home))))
     app.producer.sent.clear()
     app.producer.routes.clear()
     processor.pipeline.watermarks[home] = NOW + 10_000  # far past the session gap
@@ -562,23 +585,67 @@ def test_exactly_once_never_commits_after_a_batch_failed_half_way() -> None:
     app.producer = FailingProducer(accepted=1)
     events = batch(click("a1", "u0", home_partition("u0", PARTITIONS)))
     with pytest.raises(ConnectionError):
-        asyncio.run(processor.process("clicks", events))
+        asyncio.run(whole(processor, "clicks", events))
     assert not events[0].acked
     assert processor.transactions is not None
     with pytest.raises(RuntimeError, match="failed after sending part"):
         asyncio.run(processor.transactions.commit())
 
 
-def test_a_failed_batch_is_never_acknowledged() -> None:
+def test_a_failed_batch_is_never_acknowledged_and_stops_the_worker() -> None:
     """Faust acknowledges a take() batch when the agent asks for more, even after an
-    error: the processor's own reference keeps the offsets from being committed."""
-    processor, app, _ = make()
+    error: the processor's own reference keeps the offsets from being committed, the
+    batch's state never reaches the changelog, and the worker stops."""
+    processor, app, table = make(defer=True)
     app.producer = FailingProducer(accepted=0)
-    events = batch(click("a1", "u0", home_partition("u0", PARTITIONS)))
-    with pytest.raises(ConnectionError):
-        asyncio.run(processor.process("clicks", events))
-    assert events[0].ack() is False  # Faust's acknowledgement is not the last one
-    ok = batch(click("a2", "u0", home_partition("u0", PARTITIONS)))
-    app.producer = Producer()
-    asyncio.run(processor.process("clicks", ok))
-    assert ok[0].ack() is True  # after a good batch Faust's acknowledgement is final
+    home = home_partition("u0", PARTITIONS)
+    failed = batch(click("a1", "u0", home))
+    ok = batch(click("a2", "u0", home))
+
+    async def scenario() -> None:
+        await processor.process("clicks", failed)  # returns: its completion is a task
+        with pytest.raises(ConnectionError):  # the agent's next batch learns of it
+            await processor.process("clicks", ok)
+        await asyncio.sleep(0)
+        assert isinstance(app.crash_reason, ConnectionError)  # also seen when idle
+        with pytest.raises(RuntimeError, match="changelog"):  # no offset commit follows
+            await processor.store.flush()
+
+    asyncio.run(scenario())
+    assert failed[0].ack() is False  # Faust's acknowledgement is not the last one
+    assert processor.store.held == 0 and table.flushed == []
+    processor.close()
+
+
+def test_the_next_batch_is_taken_while_the_previous_one_is_scored_and_sent() -> None:
+    """At-least-once, an agent's batch is completed (outputs, acknowledgement) in a task:
+    the next batch's sessions are applied meanwhile, and batches complete in order."""
+    processor, app, table = make(defer=True)
+    producer = SlowAckProducer()
+    app.producer = producer
+    home = home_partition("gus", PARTITIONS)
+    first, second = batch(click("g1", "gus", home, 0)), batch(click("g2", "gus", home, 1))
+
+    async def scenario() -> None:
+        await processor.process("clicks", first)
+        while not producer.acks:
+            await asyncio.sleep(0)
+        assert not first[0].acked  # its output is not acknowledged yet
+        taking = asyncio.create_task(processor.process("clicks", second))
+        await asyncio.sleep(0.01)
+        # the second batch was applied to the session already, but waits for the first
+        assert len(producer.acks) == 1 and not taking.done()
+        assert len(UserState.from_bytes(table.data[b"gus"]).tokens(50)) == 2
+        producer.acks[0].set_result(None)
+        await taking  # the agent may take its third batch once the first is complete
+        assert first[0].acked and not second[0].acked
+        while len(producer.acks) < 2:
+            await asyncio.sleep(0)
+        producer.acks[1].set_result(None)
+        await processor.drain()
+        assert second[0].acked
+
+    asyncio.run(scenario())
+    recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
+    assert [r["trigger_event_id"] for r in recs] == ["g1", "g2"]
+    processor.close()
