@@ -122,6 +122,7 @@ class BatchProcessor:
         self.skipped: SkippedRecords | None = None
         #: Each agent's batch being completed (at-least-once), by input kind.
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        #: The worker's stop after a failed completion (held so it is not collected).
         self._stopping: asyncio.Future[None] | None = None
 
     async def process(self, kind: str, events: Sequence[EventT]) -> None:

@@ -195,9 +195,15 @@ class UserIds:
 
 
 @lru_cache(maxsize=65_536)
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's (and aiokafka's) default partitioner gives a record keyed ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@lru_cache(maxsize=65_536)
 def home_partition(user_id: str, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives a record keyed by ``user_id``."""
-    return (murmur2(user_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    return partition_for_key(user_id.encode("utf-8"), partitions)
 
 
 def repartition_payload(event: InputEvent, kind: str) -> bytes:

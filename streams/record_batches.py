@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
 from typing import Any, Protocol
 
-from aiokafka.partitioner import murmur2
 from faust.types import AppT
+
+from recstream.streams.pipeline import partition_for_key
 
 
 class BatchProducer(Protocol):
@@ -30,12 +30,6 @@ class BatchProducer(Protocol):
     def create_batch(self) -> Any: ...
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Awaitable[Any]: ...
-
-
-@lru_cache(maxsize=65_536)
-def partition_for_key(key: bytes, partitions: int) -> int:
-    """The partition aiokafka's (and Kafka's) default partitioner gives ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class RecordBatches:

@@ -8,7 +8,8 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from recstream.streams.record_batches import RecordBatches, partition_for_key
+from recstream.streams.pipeline import partition_for_key
+from recstream.streams.record_batches import RecordBatches
 
 
 class BatchProducer:
