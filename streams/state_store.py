@@ -208,10 +208,10 @@ class TableStateStore:
             return []
         assert batch.route is not None  # seal() checks it
         topic = self.table.changelog_topic.get_topic_name()
-        return [
-            await self.transactions.send(batch.route, topic, raw_key, value, partition)
-            for partition, raw_key, value in batch.records
-        ]
+        outbox = self.transactions.outbox(batch.route)
+        for partition, raw_key, value in batch.records:
+            outbox.add(topic, raw_key, value, partition)
+        return await outbox.send()
 
     def _changelog(self, partition: int, raw_key: bytes, value: bytes | None) -> None:
         if self.defer_changelog:
