@@ -1,7 +1,9 @@
-"""Faust agents: micro-batches from the input topics through the pipeline to the outputs.
+"""The worker's agents: micro-batches from the input topics through the pipeline to the outputs.
 
-Every agent reads raw records with ``stream.take_events(batch_size, within)`` and
-hands the batch to :class:`BatchProcessor`, which
+Every agent (a Faust app task, one per input topic and one for the repartition topic)
+takes up to ``batch_size`` raw records from its topic's
+:class:`~recstream.streams.input_batches.InputFeed` (whole fetched batches, waiting at
+most ``within`` for more) and hands them to :class:`BatchProcessor`, which
 
 1. decodes and validates the whole batch (invalid records -> ``deadletter``);
 2. forwards each click, search and forget request that arrived on a partition other
@@ -11,7 +13,7 @@ hands the batch to :class:`BatchProcessor`, which
    sweeps the sessions the batch's event time closed;
 4. scores the batch in a single-thread executor, off the event loop;
 5. produces every output without awaiting each one, then waits for all the
-   acknowledgements; only then are the batch's events acknowledged and its state
+   acknowledgements; only then are the batch's records acknowledged and its state
    changes released for the changelog (sent, the latest per user, right before the
    next offset commit: at-least-once, a crash replays the batch from the state before
    it, so every output appears).
@@ -40,8 +42,9 @@ from functools import partial
 from typing import Final, TypeVar
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import Message
 
+from recstream.streams.input_batches import InputFeed, feed_topic
 from recstream.streams.metrics import PROCESSING_ERROR, Metrics
 from recstream.streams.pipeline import (
     Decoded,
@@ -125,40 +128,34 @@ class BatchProcessor:
         #: The worker's stop after a failed completion (held so it is not collected).
         self._stopping: asyncio.Future[None] | None = None
 
-    async def process(self, kind: str, events: Sequence[EventT]) -> None:
+    async def process(self, kind: str, messages: Sequence[Message]) -> None:
         """Process one batch read from the ``kind`` input topic (or the repartition topic).
 
-        The events hold one more reference, released only when the whole batch went
-        through: Faust's own acknowledgement (when the agent asks for the next batch,
-        even after an error) then never marks a failed batch's offsets committable.
-
-        At-least-once, the batch's first half (decode, sessions, the scoring request)
-        runs here and its second half (outputs, changelog, acknowledgement) in a task,
-        so the agent takes its next batch while this one is scored: at most two
-        batches of an agent are in flight, completed in order.  Raises when the
-        previous batch of the agent failed.
+        Its records are acknowledged (their offsets become committable) only when the
+        whole batch went through.  At-least-once, the batch's first half (decode,
+        sessions, the scoring request) runs here and its second half (outputs,
+        changelog, acknowledgement) in a task, so the agent takes its next batch while
+        this one is scored: at most two batches of an agent are in flight, completed
+        in order.  Raises when the previous batch of the agent failed.
         """
-        for event in events:
-            event.message.incref()
         transactions = self.transactions
         if transactions is None:
-            step = await self._begin(kind, events, None)
+            step = await self._begin(kind, messages, None)
             previous = self._in_flight.get(kind)
-            task = asyncio.create_task(self._complete_after(previous, step, events))
+            task = asyncio.create_task(self._complete_after(previous, step, messages))
             task.add_done_callback(partial(self._check_completed, kind))
             self._in_flight[kind] = task
             if previous is not None:
                 await previous
             return
-        by_partition: dict[int, list[EventT]] = {}
-        for event in events:
-            by_partition.setdefault(event.message.partition, []).append(event)
+        by_partition: dict[int, list[Message]] = {}
+        for message in messages:
+            by_partition.setdefault(message.partition, []).append(message)
         async with transactions.batch():  # no offset commit until the batch is done
             for partition, part in by_partition.items():
-                route = transactions.transactional_id(part[0].message.topic, partition)
+                route = transactions.transactional_id(part[0].topic, partition)
                 await self._complete(await self._begin(kind, part, route))
-        for event in events:
-            event.ack()
+        self._acknowledge(messages)
 
     async def drain(self) -> None:
         """Wait until every batch in flight is completed (raises if one failed)."""
@@ -170,13 +167,17 @@ class BatchProcessor:
                     del self._in_flight[kind]
 
     async def _complete_after(
-        self, previous: asyncio.Task[None] | None, step: _Step, events: Sequence[EventT]
+        self, previous: asyncio.Task[None] | None, step: _Step, messages: Sequence[Message]
     ) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])  # in order: the agent's batch before this one
         await self._complete(step)
-        for event in events:
-            event.ack()
+        self._acknowledge(messages)
+
+    def _acknowledge(self, messages: Sequence[Message]) -> None:
+        ack = self.app.consumer.ack
+        for message in messages:
+            ack(message)
 
     def _check_completed(self, kind: str, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -185,9 +186,8 @@ class BatchProcessor:
         if exc is not None:  # also when the agent is idle and would not notice
             self._stopping = asyncio.ensure_future(stop_worker(self.app, kind, exc))
 
-    async def _begin(self, kind: str, events: Sequence[EventT], route: str | None) -> _Step:
+    async def _begin(self, kind: str, messages: Sequence[Message], route: str | None) -> _Step:
         """Decode, forward, apply to the sessions, sweep, and submit the scoring."""
-        messages = [event.message for event in events]
         if self.skipped is not None:  # records Faust skipped go first (see skipped_records)
             positions = [(m.topic, m.partition, m.offset) for m in messages]
             recovered, repeated = await self.skipped.recover(kind, positions)
@@ -372,28 +372,29 @@ def register_agents(
 ) -> None:
     """Add one agent per input topic, one for the repartition topic, and the sweep timer.
 
-    A batch that raises stops the worker: Faust would restart the agent past the failed
-    batch, whose offsets (never acknowledged, see ``BatchProcessor.process``) would then
-    hold back every later commit of its partitions; a restarted worker replays it.
+    An agent is an app task taking batches from its topic's feed.  A batch that raises
+    stops the worker: its offsets, never acknowledged, would hold back every later
+    commit of its partitions; a restarted worker replays it.
     """
 
-    def make_agent(kind: str, topic: faust.TopicT) -> None:
-        async def agent(stream: StreamT) -> None:
-            # take_events (unlike take) keeps each record's partition and offset.
-            batches = stream.take_events(batch_size, within)  # type: ignore[attr-defined]
-            async for events in batches:
+    def make_agent(kind: str, feed: InputFeed) -> None:
+        async def agent() -> None:
+            while True:
+                messages = await feed.take(batch_size, within)
+                if not messages:  # all fetched before a rebalance: re-read
+                    continue
                 try:
-                    await processor.process(kind, events)
+                    await processor.process(kind, messages)
                 except Exception as exc:
                     await stop_worker(app, kind, exc)
                     raise
 
         agent.__name__ = agent.__qualname__ = f"recstream_{kind}"
-        app.agent(topic, name=f"recstream-{kind}")(agent)
+        app.task(agent)
 
     for kind, topic in topics.inputs.items():
-        make_agent(kind, topic)
-    make_agent(REPARTITIONED, topics.repartition)
+        make_agent(kind, feed_topic(app, topic))
+    make_agent(REPARTITIONED, feed_topic(app, topics.repartition))
 
     @app.timer(SWEEP_INTERVAL, name="recstream-sweep")
     async def sweep_idle() -> None:

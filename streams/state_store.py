@@ -25,6 +25,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TableT
 
+from recstream.streams.input_batches import BatchDeliveringConsumer
 from recstream.streams.record_batches import faust_record_batches
 from recstream.streams.settings import Settings
 
@@ -245,7 +246,7 @@ class TableStateStore:
             mapping[raw_key] = partition
 
 
-class _FlushingConsumer(faust_aiokafka.Consumer):
+class _FlushingConsumer(BatchDeliveringConsumer):
     """Faust's consumer that flushes the worker's held changelog records before it
     commits offsets (the offsets are already chosen: only acknowledged events count,
     and an event is acknowledged after its batch released its records)."""

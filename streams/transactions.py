@@ -37,6 +37,7 @@ from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from recstream.streams.input_batches import BatchDeliveringConsumer
 from recstream.streams.kafka_config import aiokafka_kwargs
 from recstream.streams.settings import Settings
 
@@ -246,7 +247,7 @@ class _Commits(TransactionManager):
         return True
 
 
-class _GatedConsumer(faust_aiokafka.Consumer):
+class _GatedConsumer(BatchDeliveringConsumer):
     """Faust's consumer whose commits wait for the batches in flight and then commit
     :class:`Transactions` (see the module docstring).
 

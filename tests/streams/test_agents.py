@@ -45,25 +45,19 @@ class Message:
     offset: int
     value: bytes | None
     key: bytes | None = None
-    refcount: int = 1  # Faust's stream holds one reference
-
-    def incref(self) -> None:
-        self.refcount += 1
+    #: Set by the consumer's ``ack`` (the offset may commit).
+    acked: bool = False
 
 
-@dataclass
-class Event:
-    message: Message
+class Consumer:
+    def __init__(self) -> None:
+        self.acked: list[Message] = []
 
-    def ack(self) -> bool:
-        """Drop one reference; True when it was the last (the offset may commit)."""
-        self.message.refcount -= 1
-        return self.message.refcount == 0
-
-    @property
-    def acked(self) -> bool:
-        """Whether the processor released its reference (Faust still holds its own)."""
-        return self.message.refcount == 1
+    def ack(self, message: Message) -> bool:
+        assert not message.acked, "acknowledged twice"
+        message.acked = True
+        self.acked.append(message)
+        return True
 
 
 class RecordBatch:
@@ -133,6 +127,7 @@ class Conf:
 class App:
     def __init__(self) -> None:
         self.producer = Producer()
+        self.consumer = Consumer()
         self.assignor = Assignor()
         self.conf = Conf()
         self.crash_reason: BaseException | None = None
@@ -200,22 +195,22 @@ def make(
     return processor, app, table
 
 
-def batch(*events: Event) -> Any:
-    """Stand-in events as the processor's Faust event type."""
-    return list(events)
+def batch(*messages: Message) -> Any:
+    """Stand-in messages as the processor's Faust message type."""
+    return list(messages)
 
 
-async def whole(processor: BatchProcessor, kind: str, events: Any) -> None:
-    """Process a batch and wait until it is completed (outputs sent, events acknowledged)."""
-    await processor.process(kind, events)
+async def whole(processor: BatchProcessor, kind: str, messages: Any) -> None:
+    """Process a batch and wait until it is completed (outputs sent, records acknowledged)."""
+    await processor.process(kind, messages)
     await processor.drain()
 
 
-def click(eid: str, user: str, partition: int, offset: int = 0) -> Event:
+def click(eid: str, user: str, partition: int, offset: int = 0) -> Message:
     value = orjson.dumps(
         {"event_id": eid, "user_id": user, "item_id": "item-1", "action": "view", "ts": NOW - 5}
     )
-    return Event(Message("clicks", partition, offset, value, user.encode()))
+    return Message("clicks", partition, offset, value, user.encode())
 
 
 def test_records_on_the_home_partition_are_processed_and_others_forwarded() -> None:
@@ -235,7 +230,7 @@ def test_records_on_the_home_partition_are_processed_and_others_forwarded() -> N
         assert key == pseudo.encode() and partition == home
         assert b"alice" not in value and orjson.loads(value)["kind"] == "clicks"
         # The repartition agent then processes it on the home partition.
-        await whole(processor, REPARTITIONED, batch(Event(Message(topic, home, 0, value, key))))
+        await whole(processor, REPARTITIONED, batch(Message(topic, home, 0, value, key)))
 
     asyncio.run(scenario())
     recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
@@ -249,16 +244,12 @@ def test_records_on_the_home_partition_are_processed_and_others_forwarded() -> N
 def test_invalid_records_are_dead_lettered_and_the_batch_goes_on() -> None:
     processor, app, _ = make()
     home = home_partition("bob", PARTITIONS)
-    bad = Event(Message("clicks", home, 1, b"{oops", None))
-    review = Event(
-        Message(
-            "reviews",
-            2,
-            0,
-            orjson.dumps(
-                {"event_id": "r1", "user_id": "bob", "item_id": "i", "text": "好", "ts": NOW}
-            ),
-        )
+    bad = Message("clicks", home, 1, b"{oops", None)
+    review = Message(
+        "reviews",
+        2,
+        0,
+        orjson.dumps({"event_id": "r1", "user_id": "bob", "item_id": "i", "text": "好", "ts": NOW}),
     )
     asyncio.run(whole(processor, "clicks", batch(click("c1", "bob", home), bad)))
     asyncio.run(whole(processor, "reviews", batch(review)))
@@ -293,7 +284,7 @@ def test_records_the_consumer_skipped_are_processed_first() -> None:
     processor, app, _ = make()
     home = home_partition("carol", PARTITIONS)
     skipped = [
-        RawRecord("clicks", "clicks", home, e.message.offset, e.message.value, e.message.key)
+        RawRecord("clicks", "clicks", home, e.offset, e.value, e.key)
         for e in (click("c0", "carol", home, 0), click("c1", "carol", home, 1))
     ]
     stub = SkippedStub(skipped, repeats=frozenset({1}))
@@ -381,7 +372,7 @@ def test_a_concurrent_batch_or_sweep_does_not_release_another_batchs_changelog()
         while len(producer.acks) < 1:
             await asyncio.sleep(0)
         forwarded = click("o1", other_user, other_home)
-        forwarded.message.value = repartition_payload(
+        forwarded.value = repartition_payload(
             Click("o1", other_user, "item-1", "view", NOW - 5), "clicks"
         )
         second = asyncio.create_task(whole(processor, REPARTITIONED, batch(forwarded)))
@@ -593,9 +584,8 @@ def test_exactly_once_never_commits_after_a_batch_failed_half_way() -> None:
 
 
 def test_a_failed_batch_is_never_acknowledged_and_stops_the_worker() -> None:
-    """Faust acknowledges a take() batch when the agent asks for more, even after an
-    error: the processor's own reference keeps the offsets from being committed, the
-    batch's state never reaches the changelog, and the worker stops."""
+    """A batch that fails is never acknowledged (its offsets never commit), its state
+    never reaches the changelog, and the worker stops."""
     processor, app, table = make(defer=True)
     app.producer = FailingProducer(accepted=0)
     home = home_partition("u0", PARTITIONS)
@@ -612,7 +602,7 @@ def test_a_failed_batch_is_never_acknowledged_and_stops_the_worker() -> None:
             await processor.store.flush()
 
     asyncio.run(scenario())
-    assert failed[0].ack() is False  # Faust's acknowledgement is not the last one
+    assert not failed[0].acked and app.consumer.acked == []
     assert processor.store.held == 0 and table.flushed == []
     processor.close()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from recstream.streams import worker
 from recstream.streams.app import build_app
+from recstream.streams.input_batches import feeds_of
 from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
 from recstream.streams.settings import Settings
 
@@ -25,14 +27,9 @@ def test_app_binds_loopback_and_declares_topics_table_and_agents() -> None:
     assert conf.web_bind == "127.0.0.1" and conf.web_port == 7001
     assert conf.processing_guarantee.value == "at_least_once"
     assert conf.topic_partitions == 3
-    names = {agent.channel.get_topic_name() for agent in app.agents.values()}
-    assert names == {
-        "p.clicks",
-        "p.searches",
-        "p.reviews",
-        "p.privacy",
-        "shop-a-events-repartition",
-    }
+    fed = {"p.clicks", "p.searches", "p.reviews", "p.privacy", "shop-a-events-repartition"}
+    assert set(feeds_of(app)) == fed  # one agent each, fed whole fetched batches
+    assert fed <= {name for topic in app.topics for name in topic.topics}  # subscribed
     table = app.tables["user-state"]
     assert table.changelog_topic.get_topic_name() == "shop-a-user-state-changelog"
     assert table.partitions == 3
@@ -130,19 +127,20 @@ def test_a_failing_batch_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> No
     app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
     failure = ConnectionError("broker gone")
 
-    async def process(kind: str, events: object) -> None:
+    async def process(kind: str, messages: object) -> None:
         raise failure
 
-    class OneBatch:
-        def take_events(self, n: int, within: float) -> Any:
-            async def batches() -> Any:
-                yield ["event"]
-
-            return batches()
-
     monkeypatch.setattr(app.recstream, "process", process)  # type: ignore[attr-defined]
+    app.flow_control.resume()
+    message: Any = SimpleNamespace(generation_id=app.consumer_generation_id)
+    feeds_of(app)[settings.topic("clicks")].queue.put_nowait([message])
+    clicks_agent = next(t for t in app._app_tasks if t.__name__ == "recstream_clicks")
+
+    async def run_agent() -> None:
+        await clicks_agent()
+
     with pytest.raises(ConnectionError):
-        asyncio.run(app.agents["recstream-clicks"].fun(OneBatch()))
+        asyncio.run(run_agent())
     assert app.crash_reason is failure
 
 

@@ -1,0 +1,227 @@
+"""The input topics' records reach the worker a fetched batch at a time.
+
+Faust delivers every record on its own: a ``Message``, a ``Conductor.on_message``
+call raced against the rebalance signal in new tasks, an ``Event``, a queue put and a
+``Stream`` step, several hundred microseconds of CPU per record on a small machine.
+For the topics the worker batches anyway (its inputs and the repartition topic),
+:class:`BatchDeliveringConsumer` hands each partition's share of a fetch to that
+topic's :class:`InputFeed` as one list of messages, with the bookkeeping Faust does per
+record (read offsets, offset gaps, unacknowledged messages for the rebalance wait, the
+monitor's counts).  Records of every other topic (table changelogs) keep Faust's path.
+
+Revoking partitions clears the feeds (Faust's flow control, like its agents' buffers),
+and a batch taken after the consumer's generation changed is dropped unacknowledged:
+after every rebalance the consumer seeks to the committed offsets and reads it again.
+Unlike Faust's buffers the feeds are not cleared when the flow resumes: what they hold
+then was fetched for the new assignment, past the seek.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, AppT, Message
+from mode.utils.queues import FlowControlQueue
+
+log = logging.getLogger(__name__)
+
+#: Fetched batches (lists of one partition's records) an :class:`InputFeed` buffers.
+FEED_BATCHES = 8
+
+
+class InputFeed:
+    """One input topic's fetched batches, waiting for the worker to take them."""
+
+    def __init__(self, app: faust.App, maxsize: int = FEED_BATCHES) -> None:
+        self.app = app
+        self.queue: FlowControlQueue[list[Message]] = FlowControlQueue(
+            maxsize, flow_control=app.flow_control
+        )
+        #: What the last :meth:`take` left of a batch.
+        self._left: list[Message] = []
+        app.flow_control.manage_queue(self)  # a rebalance calls clear()
+
+    def clear(self) -> None:
+        """Drop everything buffered when partitions are being revoked (the flow is
+        suspended then).  Faust also calls this when the flow resumes after a rebalance:
+        what is buffered then was fetched for the new assignment, and dropping it would
+        lose it (its offsets count as read, and the seek to the committed offsets may
+        have run already)."""
+        if self.app.flow_control.is_active():
+            return
+        self.queue.clear()
+        self._left = []
+
+    async def put(self, messages: list[Message]) -> None:
+        """Add one fetched batch (waits while the feed is full)."""
+        await self.queue.put(messages)
+
+    async def take(self, max_records: int, within: float) -> list[Message]:
+        """Up to ``max_records`` messages: what is buffered, else the next batch, waiting
+        at most ``within`` seconds after the first message for more to arrive.  Messages
+        fetched before the latest rebalance are dropped (re-read from the commit), so the
+        result may be empty."""
+        queue = self.queue
+        taken: list[Message] = []
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while len(taken) < max_records:
+            if self._left:
+                more, self._left = self._left, []
+            elif not queue.empty():
+                more = queue.get_nowait()
+            elif not taken:
+                more = await queue.get()
+            else:
+                deadline = loop.time() + within if deadline is None else deadline
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    more = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            taken += more
+        if len(taken) > max_records:
+            self._left = taken[max_records:]
+            del taken[max_records:]
+        return self._current(taken)
+
+    def _current(self, messages: list[Message]) -> list[Message]:
+        app = self.app
+        generation = app.consumer_generation_id
+        if not app.flow_control.is_active():
+            return []
+        if all(m.generation_id == generation for m in messages):
+            return messages
+        return [m for m in messages if m.generation_id == generation]
+
+
+def feeds_of(app: AppT) -> dict[str, InputFeed]:
+    """``app``'s feeds by topic name (empty until :func:`feed_topic` adds one)."""
+    feeds: dict[str, InputFeed] | None = getattr(app, "recstream_feeds", None)
+    if feeds is None:
+        feeds = {}
+        app.recstream_feeds = feeds  # type: ignore[attr-defined]
+    return feeds
+
+
+def feed_topic(app: faust.App, topic: faust.TopicT) -> InputFeed:
+    """Subscribe ``app`` to ``topic`` and deliver its records in batches to the returned
+    feed (``app``'s consumer must be a :class:`BatchDeliveringConsumer`)."""
+    feed = InputFeed(app)
+    for name in topic.topics:
+        feeds_of(app)[name] = feed
+    app.topics.add(topic)
+    return feed
+
+
+class BatchDeliveringConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, delivering the records of fed topics in batches."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        # Faust's loop (transport/consumer.py), one fetch at a time instead of one
+        # record at a time.
+        feeds: Mapping[str, InputFeed] = feeds_of(self.app)
+        try:
+            while not (self._stopped.is_set() or fetcher._stopped.is_set()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                try:
+                    await self.sleep(0)
+                    records, active = await self._wait_next_records(1.0)
+                    if records is None or self.should_stop:
+                        continue
+                    if not self.flow_active:
+                        await self._seek_back()
+                        continue
+                    await self._deliver(records, active, feeds)
+                finally:
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            log.exception("Drain messages raised: %r", exc)
+            raise
+
+    async def _seek_back(self) -> None:
+        try:
+            await self.perform_seek()
+        except Exception as exc:  # as Faust: logged, the next fetch tries again
+            log.warning("exception performing seek when flow not active %s", exc)
+
+    async def _deliver(
+        self,
+        records: Mapping[TP, list[Any]],
+        active: set[TP] | None,
+        feeds: Mapping[str, InputFeed],
+    ) -> None:
+        generation = self.app.consumer_generation_id
+        for tp, batch in records.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                break
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            feed = feeds.get(tp.topic)
+            if feed is None:
+                await self._deliver_each(tp, batch)
+            else:
+                await self._deliver_batch(tp, batch, feed)
+            if self._commit_every is not None and self._n_acked >= self._commit_every:
+                self._n_acked = 0
+                await self.commit()
+
+    async def _accept(self, tp: TP, offset: int, acks: bool) -> bool:
+        """Faust's read-offset rule: skip what was read, note gaps (committed past)."""
+        read = self._read_offset[tp]
+        if read is not None and offset < read:
+            return False
+        if acks and read and offset - read > 1:
+            await self._add_gap(tp, read + 1, offset)
+        return True
+
+    async def _deliver_each(self, tp: TP, batch: list[Any]) -> None:
+        acks = self.app.topics.acks_enabled_for(tp.topic)
+        for record in batch:
+            if await self._accept(tp, record.offset, acks):
+                message = self._to_message(tp, record)
+                await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                self._read_offset[tp] = record.offset
+
+    async def _deliver_batch(self, tp: TP, batch: list[Any], feed: InputFeed) -> None:
+        acks = self.app.topics.acks_enabled_for(tp.topic)
+        to_message = self._to_message
+        unacked = self._unacked_messages
+        message_in = self._on_message_in
+        messages: list[Message] = []
+        for record in batch:
+            if not await self._accept(tp, record.offset, acks):
+                continue
+            message = to_message(tp, record)
+            if acks:  # pending acknowledgement: a rebalance waits for it
+                message.tracked = True
+                unacked.add(message)
+                message_in(tp, record.offset, message)
+            messages.append(message)
+            self._read_offset[tp] = record.offset
+        if not messages:
+            return
+        if feed.queue.full() or not self.app.flow_control.is_active():
+            # As Faust's own delivery: wait for room and for the app's flow (resuming
+            # it clears the feeds), unless a rebalance starts (a seek re-reads them).
+            await self.wait_first(feed.put(messages), self.suspend_flow.wait())
+        else:
+            feed.queue.put_nowait(messages)

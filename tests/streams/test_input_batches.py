@@ -1,0 +1,240 @@
+"""Fetched batches to the agents: the consumer's delivery and the feeds' take()."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
+
+from recstream.streams.app import build_app
+from recstream.streams.input_batches import BatchDeliveringConsumer, InputFeed, feeds_of
+from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
+from recstream.streams.settings import Settings
+
+CLICKS = "clicks"
+CHANGELOG = "app-user-state-changelog"
+
+
+def record(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
+    value = f"{topic}:{offset}".encode()
+    return ConsumerRecord(topic, partition, offset, 0, 0, b"k", value, None, 1, len(value), ())
+
+
+def started(app: Any) -> BatchDeliveringConsumer:
+    """The app's consumer as a running worker has it (no broker: nothing is fetched)."""
+    consumer = app.consumer
+    assert isinstance(consumer, BatchDeliveringConsumer)
+    consumer.highwater = lambda tp: 100  # type: ignore[method-assign]
+    app.topics._acking_topics.update({CLICKS, CHANGELOG})  # set when Faust subscribes
+    app.flow_control.resume()
+    consumer.resume_flow()
+    return consumer
+
+
+@pytest.fixture
+async def app() -> Any:
+    """Built on the test's event loop (the app's flow control waits on it)."""
+    settings = Settings(bootstrap_servers="127.0.0.1:1")
+    return build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+
+
+async def test_a_fed_topic_gets_each_partitions_records_as_one_tracked_batch(app: Any) -> None:
+    consumer = started(app)
+    delivered: list[Any] = []
+
+    async def one_by_one(message: Any) -> None:
+        delivered.append(message)
+
+    consumer.callback = one_by_one
+    tp0, tp1, log0 = TP(CLICKS, 0), TP(CLICKS, 1), TP(CHANGELOG, 0)
+    records = {
+        tp0: [record(CLICKS, 0, o) for o in (3, 4, 5)],
+        tp1: [record(CLICKS, 1, 0)],
+        log0: [record(CHANGELOG, 0, o) for o in (7, 8)],
+    }
+    await consumer._deliver(records, {tp0, tp1, log0}, feeds_of(app))
+    queue = feeds_of(app)[CLICKS].queue
+    batches = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert [[(m.partition, m.offset, m.value) for m in b] for b in batches] == [
+        [(0, 3, b"clicks:3"), (0, 4, b"clicks:4"), (0, 5, b"clicks:5")],
+        [(1, 0, b"clicks:0")],
+    ]
+    # Faust's bookkeeping: read offsets, and pending acknowledgements a rebalance waits for
+    assert consumer._read_offset[tp0] == 5 and consumer._read_offset[tp1] == 0
+    assert {m.offset for m in consumer._unacked_messages if m.topic == CLICKS} == {0, 3, 4, 5}
+    # other topics (table changelogs) keep Faust's path, a record at a time
+    assert [(m.topic, m.offset) for m in delivered] == [(CHANGELOG, 7), (CHANGELOG, 8)]
+
+
+async def test_acknowledged_batches_make_their_offsets_committable(app: Any) -> None:
+    consumer = started(app)
+    tp = TP(CLICKS, 0)
+    consumer._committed_offset[tp] = 2
+    await consumer._deliver({tp: [record(CLICKS, 0, o) for o in (3, 4)]}, {tp}, feeds_of(app))
+    await consumer._deliver({tp: [record(CLICKS, 0, 5)]}, {tp}, feeds_of(app))
+    first, second = (feeds_of(app)[CLICKS].queue.get_nowait() for _ in range(2))
+    for message in second:
+        consumer.ack(message)
+    assert consumer._new_offset(tp) is None  # 3 and 4 are not done: nothing commits
+    for message in first:
+        consumer.ack(message)
+    assert consumer._new_offset(tp) == 6
+    assert not consumer._unacked_messages
+
+
+async def test_records_read_already_are_skipped_and_offset_gaps_noted(app: Any) -> None:
+    consumer = started(app)
+    tp = TP(CLICKS, 0)
+    consumer._read_offset[tp] = 4
+    records = [record(CLICKS, 0, o) for o in (2, 3, 4, 9)]  # 5-8: e.g. transaction markers
+    await consumer._deliver({tp: records}, {tp}, feeds_of(app))
+    batch = feeds_of(app)[CLICKS].queue.get_nowait()
+    assert [m.offset for m in batch] == [4, 9]  # Faust's rule: below the read offset skip
+    # committable without acknowledgements (Faust notes 5-9, the end is exclusive)
+    assert [(i.begin, i.end) for i in consumer._gap[tp]] == [(5, 10)]
+
+
+async def test_nothing_is_delivered_once_a_rebalance_stops_the_flow(app: Any) -> None:
+    consumer = started(app)
+    tp = TP(CLICKS, 0)
+    consumer.stop_flow()
+    await consumer._deliver({tp: [record(CLICKS, 0, 0)]}, {tp}, feeds_of(app))
+    assert feeds_of(app)[CLICKS].queue.empty()
+
+
+async def test_a_partition_no_longer_assigned_is_not_delivered(app: Any) -> None:
+    consumer = started(app)
+    tp0, tp1 = TP(CLICKS, 0), TP(CLICKS, 1)
+    records = {tp0: [record(CLICKS, 0, 0)], tp1: [record(CLICKS, 1, 0)]}
+    await consumer._deliver(records, {tp1}, feeds_of(app))
+    assert [m.partition for m in feeds_of(app)[CLICKS].queue.get_nowait()] == [1]
+    assert feeds_of(app)[CLICKS].queue.empty()
+
+
+async def test_a_full_feed_holds_the_consumer_until_the_agent_takes(app: Any) -> None:
+    consumer = started(app)
+    tp = TP(CLICKS, 0)
+    feed = feeds_of(app)[CLICKS]
+    for offset in range(feed.queue.maxsize):
+        await consumer._deliver({tp: [record(CLICKS, 0, offset)]}, {tp}, feeds_of(app))
+    blocked = asyncio.create_task(
+        consumer._deliver({tp: [record(CLICKS, 0, 99)]}, {tp}, feeds_of(app))
+    )
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    taken = await feed.take(1, 0.0)
+    await asyncio.wait_for(blocked, 1.0)
+    assert [m.offset for m in taken] == [0]
+
+
+async def test_delivery_waits_for_the_apps_flow_and_lands_after_its_clear(app: Any) -> None:
+    """During recovery the consumer fetches before the app's flow resumes, and resuming
+    clears the feeds: a batch delivered before that would be lost (its offsets read)."""
+    consumer = started(app)
+    app.flow_control.suspend()
+    tp = TP(CLICKS, 0)
+    delivering = asyncio.create_task(
+        consumer._deliver({tp: [record(CLICKS, 0, 0)]}, {tp}, feeds_of(app))
+    )
+    await asyncio.sleep(0.01)
+    assert not delivering.done() and feeds_of(app)[CLICKS].queue.empty()
+    app.flow_control.resume()
+    await asyncio.wait_for(delivering, 1.0)
+    assert [m.offset for m in feeds_of(app)[CLICKS].queue.get_nowait()] == [0]
+
+
+# -- InputFeed.take ------------------------------------------------------------------
+
+
+class Message:
+    def __init__(self, offset: int, generation_id: int = 0) -> None:
+        self.offset = offset
+        self.generation_id = generation_id
+
+
+def feed_of(app: Any) -> InputFeed:
+    app.flow_control.resume()
+    return InputFeed(app, maxsize=4)
+
+
+def offsets(messages: list[Any]) -> list[int]:
+    return [m.offset for m in messages]
+
+
+async def test_take_returns_what_is_buffered_up_to_the_limit_in_order(app: Any) -> None:
+    feed = feed_of(app)
+    feed.queue.put_nowait([Message(0), Message(1), Message(2)])
+    feed.queue.put_nowait([Message(3)])
+    assert offsets(await feed.take(2, 0.0)) == [0, 1]
+    assert offsets(await feed.take(10, 0.0)) == [2, 3]  # the rest first, then the queue
+
+
+async def test_take_waits_within_seconds_after_the_first_record_for_more(app: Any) -> None:
+    feed = feed_of(app)
+    feed.queue.put_nowait([Message(0)])
+
+    async def later() -> None:
+        await asyncio.sleep(0.02)
+        feed.queue.put_nowait([Message(1)])
+
+    arriving = asyncio.create_task(later())
+    assert offsets(await feed.take(10, 1.0)) == [0, 1]  # the second came within the wait
+    await arriving
+    feed.queue.put_nowait([Message(2)])
+    loop = asyncio.get_running_loop()
+    started_at = loop.time()
+    assert offsets(await feed.take(10, 0.05)) == [2]  # nothing more came: after `within`
+    assert loop.time() - started_at >= 0.04
+
+
+async def test_take_waits_for_the_first_record_without_a_limit(app: Any) -> None:
+    feed = feed_of(app)
+    taking = asyncio.create_task(feed.take(10, 0.0))
+    await asyncio.sleep(0.02)
+    assert not taking.done()
+    feed.queue.put_nowait([Message(7)])
+    assert offsets(await asyncio.wait_for(taking, 1.0)) == [7]
+
+
+async def test_records_fetched_before_a_rebalance_are_dropped(app: Any) -> None:
+    feed = feed_of(app)
+    feed.queue.put_nowait([Message(0, generation_id=0), Message(1, generation_id=0)])
+    feed.queue.put_nowait([Message(2, generation_id=1)])
+    app.consumer_generation_id = 1
+    assert offsets(await feed.take(10, 0.0)) == [2]
+
+
+async def test_a_rebalance_clears_the_feed(app: Any) -> None:
+    feed = feed_of(app)
+    feed.queue.put_nowait([Message(0)])
+    app.flow_control.suspend()
+    app.flow_control.clear()  # what Faust does when partitions are revoked
+    assert feed.queue.empty()
+
+
+async def test_a_rebalance_also_drops_what_the_last_take_left(app: Any) -> None:
+    feed = feed_of(app)
+    feed.queue.put_nowait([Message(0), Message(1)])
+    assert offsets(await feed.take(1, 0.0)) == [0]
+    app.flow_control.suspend()
+    app.flow_control.clear()
+    app.flow_control.resume()
+    feed.queue.put_nowait([Message(5)])
+    assert offsets(await feed.take(10, 0.0)) == [5]
+
+
+async def test_nothing_is_taken_while_the_flow_is_suspended(app: Any) -> None:
+    feed = feed_of(app)
+    feed.queue.put_nowait([Message(0)])
+    app.flow_control.suspend()
+    assert await feed.take(10, 0.0) == []
+
+
+async def test_resuming_the_flow_keeps_what_was_fetched_for_the_new_assignment(app: Any) -> None:
+    feed = feed_of(app)
+    feed.queue.put_nowait([Message(0)])
+    app.flow_control.resume()  # Faust's resume() also calls clear()
+    assert offsets(await feed.take(10, 0.0)) == [0]
