@@ -45,7 +45,8 @@ class InputFeed:
         )
         #: What the last :meth:`take` left of a batch.
         self._left: list[Message] = []
-        app.flow_control.manage_queue(self)  # a rebalance calls clear()
+        # a rebalance calls clear(), the only method mode uses on what it manages
+        app.flow_control.manage_queue(self)  # type: ignore[arg-type]
 
     def clear(self) -> None:
         """Drop everything buffered when partitions are being revoked (the flow is
