@@ -5,8 +5,9 @@ bottleneck, or ``--models DIR`` for ``recstream worker`` with real ONNX models),
 clicks at ``--rate`` events per second for ``--minutes`` (or ``--seconds``), samples
 the worker's resident memory (``VmRSS``) every ``--interval`` seconds, and reports
 the first, peak and last RSS, events produced and recommendations seen. Flat memory
-while the backlog grows means the worker slows its consumption (bounded stream
-buffers, ``take_events`` batches, awaited sends) instead of buffering without bound.
+while the backlog grows means the worker slows its consumption (bounded input feeds of
+fetched batches, at most two batches per agent in flight, awaited sends) instead of
+buffering without bound.
 
     .venv/bin/python benchmarks/soak.py --minutes 10            # embedded noida broker
     .venv/bin/python benchmarks/soak.py --seconds 60 --bootstrap 127.0.0.1:9092

@@ -64,7 +64,6 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "producer_linger": PRODUCER_LINGER_S,
         "producer_max_batch_size": settings.producer_max_batch_bytes,
         "consumer_auto_offset_reset": "earliest",
-        "stream_buffer_maxsize": max(4096, 2 * settings.batch_size),
     }
 
 
