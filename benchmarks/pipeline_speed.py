@@ -968,6 +968,16 @@ def onnx_table(results: dict[str, Any]) -> str:
     )
 
 
+def _env_note(env: dict[str, str] | None) -> str:
+    if not env:
+        return ""
+    return (
+        " Worker settings from the environment: "
+        + ", ".join(f"`{k}={v}`" for k, v in sorted(env.items()))
+        + "."
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     """The Markdown report."""
     meta = results["meta"]
@@ -976,7 +986,9 @@ def render(results: dict[str, Any]) -> str:
         f"Run {meta['started_at']} on {meta['cpus']} CPUs ({meta['mode']}); backlog "
         f"{meta['events']:,} clicks, {meta['backlog_source']}; {meta['partitions']} partitions; "
         f"medians of {meta['repeats']} run(s); load average at start {meta['load_average']}. "
-        "Absolute figures depend on what else ran; compare ratios within this run.\n",
+        "Absolute figures depend on what else ran; compare ratios within this run."
+        + _env_note(meta.get("recstream_env"))
+        + "\n",
         "## Throughput\n",
         "ev/s: outputs per second from the first output to the last (median of the runs); "
         "µs/ev: wall time per event; app CPU %: the app's processes, in % of one core, over "
@@ -1027,6 +1039,8 @@ async def run(cfg: Config, mode: str, with_models: bool) -> dict[str, Any]:
             **{k: v for k, v in asdict(cfg).items() if not isinstance(v, tuple)},
             "brokers": list(cfg.brokers),
             "scenarios": list(cfg.scenarios),
+            # the workers inherit these (what a run changed from the defaults)
+            "recstream_env": {k: v for k, v in os.environ.items() if k.startswith("RECSTREAM_")},
         },
         "brokers": {},
     }

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, Message
@@ -123,8 +124,23 @@ def feed_topic(app: faust.App, topic: faust.TopicT) -> InputFeed:
     return feed
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the fetch wait of the app's
+    ``recstream_fetch_max_wait`` (seconds; Faust fixes it at 1.5 s)."""
+
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        wait: float | None = getattr(self.app, "recstream_fetch_max_wait", None)
+        if wait is not None:  # read when the consumer starts (aiokafka has no setter)
+            consumer._fetch_max_wait_ms = round(wait * 1000)
+        return consumer
+
+
 class BatchDeliveringConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, delivering the records of fed topics in batches."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         # Faust's loop (transport/consumer.py), one fetch at a time instead of one

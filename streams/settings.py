@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     """RECSTREAM_BATCH_SIZE: most events taken from a stream in one batch."""
     batch_within: float = Field(0.01, gt=0)
     """RECSTREAM_BATCH_WITHIN: seconds a batch waits to fill before it is processed."""
+    fetch_max_wait: float = Field(0.5, gt=0, le=30)
+    """RECSTREAM_FETCH_MAX_WAIT: longest a fetch waits at the broker for records.  Kafka
+    answers as soon as records arrive; a broker that does not (Tansu) adds up to this to
+    every event's latency.  Faust's own value is 1.5 s."""
     producer_max_batch_bytes: int = Field(16_384, ge=1)
     """RECSTREAM_PRODUCER_MAX_BATCH_BYTES: most bytes the worker's producer puts in one
     record batch (1: one record per batch, which makes Tansu's end offsets exact)."""

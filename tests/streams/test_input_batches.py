@@ -238,3 +238,13 @@ async def test_resuming_the_flow_keeps_what_was_fetched_for_the_new_assignment(a
     feed.queue.put_nowait([Message(0)])
     app.flow_control.resume()  # Faust's resume() also calls clear()
     assert offsets(await feed.take(10, 0.0)) == [0]
+
+
+async def test_the_consumer_fetches_with_the_settings_wait() -> None:
+    """Faust fixes the fetch wait at 1.5 s; the worker's consumer uses its setting."""
+    settings = Settings(bootstrap_servers="127.0.0.1:1", fetch_max_wait=0.2)
+    app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    consumer = thread._create_consumer(asyncio.get_running_loop())
+    assert consumer._fetch_max_wait_ms == 200
+    await consumer.stop()  # never started: closes its client
