@@ -96,12 +96,9 @@ class InputFeed:
         return self._current(taken)
 
     def _current(self, messages: list[Message]) -> list[Message]:
-        app = self.app
-        generation = app.consumer_generation_id
-        if not app.flow_control.is_active():
+        if not self.app.flow_control.is_active():
             return []
-        if all(m.generation_id == generation for m in messages):
-            return messages
+        generation = self.app.consumer_generation_id
         return [m for m in messages if m.generation_id == generation]
 
 
@@ -229,7 +226,6 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
                 continue
             message = to_message(tp, record)
             if acks:  # pending acknowledgement: a rebalance waits for it
-                message.tracked = True
                 unacked.add(message)
                 message_in(tp, record.offset, message)
             messages.append(message)
