@@ -60,10 +60,6 @@ class InputFeed:
         self.queue.clear()
         self._left = []
 
-    async def put(self, messages: list[Message]) -> None:
-        """Add one fetched batch (waits while the feed is full)."""
-        await self.queue.put(messages)
-
     async def take(self, max_records: int, within: float) -> list[Message]:
         """Up to ``max_records`` messages: what is buffered, else the next batch, waiting
         at most ``within`` seconds after the first message for more to arrive.  Messages
@@ -235,6 +231,6 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
         if feed.queue.full() or not self.app.flow_control.is_active():
             # As Faust's own delivery: wait for room and for the app's flow (resuming
             # it clears the feeds), unless a rebalance starts (a seek re-reads them).
-            await self.wait_first(feed.put(messages), self.suspend_flow.wait())
+            await self.wait_first(feed.queue.put(messages), self.suspend_flow.wait())
         else:
             feed.queue.put_nowait(messages)

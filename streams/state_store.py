@@ -3,8 +3,8 @@
 The pipeline decides which partition owns each user (the partition Kafka's default
 partitioner gives the user id), so writes go straight to the table's store and its
 changelog partition.  This avoids Faust's ``Table.__setitem__``, which needs a current
-event (absent inside ``take()``) and would place the changelog record by the
-pseudonymised key instead.
+Faust event (the agents, fed whole batches, have none) and would place the changelog
+record by the pseudonymised key instead.
 
 At-least-once, the changelog is written per commit, not per change: the records a
 batch releases wait in the store, the latest per key, and the consumer sends them
