@@ -11,16 +11,17 @@ most ``within`` for more) and hands them to :class:`BatchProcessor`, which
    internal repartition topic, keyed and partitioned for that user;
 3. applies the rest to the users' sessions (one table write per user per batch) and
    sweeps the sessions the batch's event time closed;
-4. scores the batch in a single-thread executor, off the event loop;
+4. scores the batch in the scoring executor, off the event loop (``scoring_threads``
+   batches at once: onnxruntime releases the GIL while it runs);
 5. produces every output without awaiting each one, then waits for all the
    acknowledgements; only then are the batch's records acknowledged and its state
    changes released for the changelog (sent, the latest per user, right before the
    next offset commit: at-least-once, a crash replays the batch from the state before
    it, so every output appears).
 
-Steps 1-3 run in the agent; 4-5 in a task, so that the agent applies its next batch
-while this one is scored and sent (at-least-once; at most two batches per agent in
-flight, completed in order).
+Steps 1-3 run in the agent; 4-5 in a task, so that the agent applies its next batches
+while this one is scored and sent (at-least-once; at most ``scoring_threads + 1``
+batches per agent in flight, completed in order).
 
 With ``exactly_once`` each batch is split by input partition and everything it sends
 goes into that partition's Kafka transaction, committed with its offsets
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -109,6 +111,7 @@ class BatchProcessor:
         topics: Topics,
         metrics: Metrics | None = None,
         transactions: Transactions | None = None,
+        scoring_threads: int = 1,
     ) -> None:
         self.app = app
         self.pipeline = pipeline
@@ -117,14 +120,16 @@ class BatchProcessor:
         self.metrics = metrics
         #: Set for ``exactly_once``: sends go into the input partitions' transactions.
         self.transactions = transactions
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-scoring")
+        self.executor = ThreadPoolExecutor(scoring_threads, thread_name_prefix="recstream-scoring")
+        #: Batches an agent may have in flight: one being prepared, one per scoring thread.
+        self.max_in_flight = scoring_threads + 1
         self._idle_since: dict[int, float] = {}
         #: Each user's latest answers for the storefront; set by the worker.
         self.latest: LatestRecommendations | None = None
         #: Re-reads input records the consumer skipped; set by the app (None: no check).
         self.skipped: SkippedRecords | None = None
-        #: Each agent's batch being completed (at-least-once), by input kind.
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        #: Each agent's batches being completed (at-least-once), oldest first, by input kind.
+        self._in_flight: dict[str, deque[asyncio.Task[None]]] = {}
         #: The worker's stop after a failed completion (held so it is not collected).
         self._stopping: asyncio.Future[None] | None = None
 
@@ -134,19 +139,20 @@ class BatchProcessor:
         Its records are acknowledged (their offsets become committable) only when the
         whole batch went through.  At-least-once, the batch's first half (decode,
         sessions, the scoring request) runs here and its second half (outputs,
-        changelog, acknowledgement) in a task, so the agent takes its next batch while
-        this one is scored: at most two batches of an agent are in flight, completed
-        in order.  Raises when the previous batch of the agent failed.
+        changelog, acknowledgement) in a task, so the agent takes its next batches while
+        this one is scored: at most ``max_in_flight`` batches of an agent are in flight,
+        completed in order.  Raises when an earlier batch of the agent failed.
         """
         transactions = self.transactions
         if transactions is None:
             step = await self._begin(kind, messages, None)
-            previous = self._in_flight.get(kind)
+            queue = self._in_flight.setdefault(kind, deque())
+            previous = queue[-1] if queue else None
             task = asyncio.create_task(self._complete_after(previous, step, messages))
             task.add_done_callback(partial(self._check_completed, kind))
-            self._in_flight[kind] = task
-            if previous is not None:
-                await previous
+            queue.append(task)
+            while queue and (len(queue) >= self.max_in_flight or queue[0].done()):
+                await queue.popleft()
             return
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
@@ -159,12 +165,9 @@ class BatchProcessor:
 
     async def drain(self) -> None:
         """Wait until every batch in flight is completed (raises if one failed)."""
-        for kind, task in list(self._in_flight.items()):
-            try:
-                await task
-            finally:
-                if self._in_flight.get(kind) is task:
-                    del self._in_flight[kind]
+        for queue in list(self._in_flight.values()):
+            while queue:
+                await queue.popleft()
 
     async def _complete_after(
         self, previous: asyncio.Task[None] | None, step: _Step, messages: Sequence[Message]

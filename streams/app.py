@@ -88,7 +88,9 @@ def build_app(
     store = TableStateStore(table, defer_changelog=True, transactions=transactions)
     app.recstream_store = store  # type: ignore[attr-defined]
     pipeline = Pipeline(settings, recs, sentiment, partitions=settings.partitions)
-    processor = BatchProcessor(app, pipeline, store, topics, metrics, transactions)
+    processor = BatchProcessor(
+        app, pipeline, store, topics, metrics, transactions, settings.scoring_threads
+    )
     register_agents(app, processor, topics, settings.batch_size, settings.batch_within)
     owned_topics = {topic.get_topic_name() for topic in topics.inputs.values()}
     owned_topics.add(topics.repartition.get_topic_name())

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     """RECSTREAM_INTRA_OP_THREADS: onnxruntime threads inside one operator (0 = all cores)."""
     inter_op_threads: int = Field(1, ge=0)
     """RECSTREAM_INTER_OP_THREADS: onnxruntime threads across operators."""
+    scoring_threads: int = Field(2, ge=1, le=64)
+    """RECSTREAM_SCORING_THREADS: micro-batches scored at the same time, each on its own
+    thread (onnxruntime releases the GIL while it runs); an agent keeps one more batch
+    than this in flight."""
 
     # --- Web, metrics and logs ---------------------------------------------
     web_host: str = "127.0.0.1"

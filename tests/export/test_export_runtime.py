@@ -398,3 +398,40 @@ def test_loop_and_numpy_encodings_agree(recs: OnnxRecsScorer) -> None:
         strict=True,
     ):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_concurrent_calls_from_scoring_threads_match_serial_ones(
+    recs: OnnxRecsScorer, sentiment: OnnxSentimentScorer
+) -> None:
+    """The worker scores several batches at once (``RECSTREAM_SCORING_THREADS``): calls
+    from 4 threads give exactly what the same calls give one after another."""
+    rng = np.random.default_rng(3)
+    batches = [
+        [CLICKS[int(start) : int(start) + int(length)] for start, length in rows]
+        for rows in rng.integers(1, 20, size=(8, 16, 2))
+    ]
+    texts = [[f"review {n} {'great' if n % 2 else 'awful'} {'!' * n}"] * (n + 1) for n in range(8)]
+    serial = [
+        (recs.recommend(b, [set()] * len(b), 10), sentiment.classify(t))
+        for b, t in zip(batches, texts, strict=True)
+    ]
+    concurrent: dict[int, object] = {}
+    start = threading.Barrier(4)
+
+    def work(offset: int) -> None:
+        start.wait()
+        for n in range(offset, len(batches), 4):
+            for _ in range(5):
+                result = (
+                    recs.recommend(batches[n], [set()] * len(batches[n]), 10),
+                    sentiment.classify(texts[n]),
+                )
+                assert result == serial[n]
+            concurrent[n] = result
+
+    threads = [threading.Thread(target=work, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [concurrent[n] for n in range(len(batches))] == serial

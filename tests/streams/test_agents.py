@@ -1,15 +1,18 @@
 """BatchProcessor (the agents' body) against in-memory stand-ins for Faust's producer and table.
 
-Faust's ``agent.test_context()`` cannot drive ``stream.take_events()``-based agents
-(it sends events one by one through a fake channel without a consumer), so the
-agents' logic is tested here through :class:`BatchProcessor`, and the real Faust
-wiring by ``tests/integration/test_end_to_end.py``.
+Faust's ``agent.test_context()`` cannot drive the agents (app tasks taking whole
+fetched batches from the consumer's feeds), so the agents' logic is tested here
+through :class:`BatchProcessor`, and the real Faust wiring by
+``tests/integration/test_end_to_end.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import tracemalloc
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,7 +30,13 @@ from recstream.streams.pipeline import (
     repartition_payload,
 )
 from recstream.streams.records import Click
-from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
+from recstream.streams.scoring import (
+    FakeRecsScorer,
+    FakeSentimentScorer,
+    RecsResult,
+    RecsScorer,
+    Token,
+)
 from recstream.streams.sessions import UserState
 from recstream.streams.settings import Settings
 from recstream.streams.state_store import TableStateStore
@@ -167,14 +176,18 @@ class Table:
 
 
 def make(
-    salt: str | None = None, defer: bool = False, exactly_once: bool = False
+    salt: str | None = None,
+    defer: bool = False,
+    exactly_once: bool = False,
+    scoring_threads: int = 1,
+    recs: RecsScorer | None = None,
 ) -> tuple[BatchProcessor, App, Table]:
     settings = Settings(
         partitions=PARTITIONS, user_id_salt=SecretStr(salt) if salt else None, top_k=3
     )
     pipeline = Pipeline(
         settings,
-        FakeRecsScorer([f"item-{i}" for i in range(10)]),
+        recs or FakeRecsScorer([f"item-{i}" for i in range(10)]),
         FakeSentimentScorer(),
         partitions=PARTITIONS,
         clock=lambda: NOW,
@@ -191,7 +204,9 @@ def make(
     )
     transactions = Transactions(cast(Any, app), dict) if exactly_once else None
     store = TableStateStore(cast(Any, table), defer_changelog=defer, transactions=transactions)
-    processor = BatchProcessor(cast(Any, app), pipeline, store, topics, None, transactions)
+    processor = BatchProcessor(
+        cast(Any, app), pipeline, store, topics, None, transactions, scoring_threads
+    )
     return processor, app, table
 
 
@@ -638,4 +653,65 @@ def test_the_next_batch_is_taken_while_the_previous_one_is_scored_and_sent() -> 
     asyncio.run(scenario())
     recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
     assert [r["trigger_event_id"] for r in recs] == ["g1", "g2"]
+    processor.close()
+
+
+class CountingScorer(FakeRecsScorer):
+    """A fake recommender that takes 50 ms a call and counts the calls running at once."""
+
+    def __init__(self) -> None:
+        super().__init__([f"item-{i}" for i in range(10)])
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most_at_once = 0
+
+    def recommend(
+        self, histories: Sequence[Sequence[Token]], exclude: Sequence[Collection[str]], k: int
+    ) -> list[RecsResult]:
+        with self._lock:
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        time.sleep(0.05)
+        with self._lock:
+            self._running -= 1
+        return super().recommend(histories, exclude, k)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scoring_threads_score_that_many_batches_of_an_agent_at_once(threads: int) -> None:
+    """An agent keeps ``scoring_threads + 1`` batches in flight: that many are scored at
+    once, the next one waits for the oldest, and they complete in order."""
+    scorer = CountingScorer()
+    processor, app, _ = make(defer=True, scoring_threads=threads, recs=scorer)
+    producer = SlowAckProducer()
+    app.producer = producer
+    home = home_partition("ida", PARTITIONS)
+    batches = [batch(click(f"i{n}", "ida", home, n)) for n in range(threads + 2)]
+
+    async def scenario() -> None:
+        for queued in batches[:threads]:  # each returns at once: its completion is a task
+            await processor.process("clicks", queued)
+        taking = asyncio.create_task(processor.process("clicks", batches[threads]))
+        while not producer.acks:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.1)  # every batch in flight is scored by now
+        assert not taking.done()  # one more in flight than scoring threads: it waits
+        assert len(producer.acks) == 1  # the others are sent only after the first is done
+        producer.acks[0].set_result(None)
+        await taking
+        assert batches[0][0].acked and not batches[1][0].acked
+        last = asyncio.create_task(processor.process("clicks", batches[threads + 1]))
+        while not batches[-1][0].acked:
+            for ack in producer.acks:
+                if not ack.done():
+                    ack.set_result(None)
+            await asyncio.sleep(0.001)
+        await last
+        await processor.drain()
+
+    asyncio.run(scenario())
+    assert scorer.most_at_once == threads
+    assert [m[0].acked for m in batches] == [True] * (threads + 2)
+    recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
+    assert [r["trigger_event_id"] for r in recs] == [f"i{n}" for n in range(threads + 2)]
     processor.close()
