@@ -32,8 +32,8 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, fields
-from itertools import chain, pairwise, repeat
+from dataclasses import dataclass, field, fields
+from itertools import chain, count, pairwise, repeat
 from pathlib import Path
 from typing import Final, Generic, Protocol, TypeVar, cast
 
@@ -84,18 +84,31 @@ EMPTY_TEXT: Final = "empty_text"
 #: Default seconds between checks of a model file for a new version.
 RELOAD_INTERVAL: Final = 10.0
 _SEARCH: Final = ACTION_IDS["search"]
-_ACTION_OF = operator.attrgetter("action")
-_ITEM_OF = operator.attrgetter("item_id")
 _QUERY_OF = operator.attrgetter("query")
+_ENCODED_OF = operator.attrgetter("encoded")
+#: A token's code (``Token.encoded``): model serial << 40 | vocab index << 3 | action id.
+_SERIAL_SHIFT: Final = 40
+_ITEM_SHIFT: Final = 3
+_ACTION_MASK: Final = (1 << _ITEM_SHIFT) - 1
+_ITEM_MASK: Final = (1 << (_SERIAL_SHIFT - _ITEM_SHIFT)) - 1
+#: Serials of loaded recommenders (kept below 2**22 so that codes fit in an int64).
+_SERIALS: Final = count()
 
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    """One step of a user's history: a click on an item, or a search (item None)."""
+    """One step of a user's history: a click on an item, or a search (item None).
+
+    ``encoded`` is not part of the value: the recommender that last encoded the token
+    leaves its model inputs there (:meth:`RecsModel.token_code`), since a token is
+    encoded again in every recommendation of its user while it is among the last
+    ``max_len``.
+    """
 
     item_id: str | None
     action: str
     query: str | None = None
+    encoded: int = field(default=0, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +540,10 @@ class RecsModel:
         self.index: dict[str, int] = dict(
             zip(meta.vocab, range(FIRST_ITEM, FIRST_ITEM + len(meta.vocab)), strict=True)
         )
+        if len(self.item_ids) > _ITEM_MASK:
+            raise ModelLoadError(f"recs {meta.version}: {len(meta.vocab)} items is too many")
+        #: Tells this model's codes in ``Token.encoded`` from other models' (hot reload).
+        self.serial = next(_SERIALS) % (1 << 22) + 1
         self.query_words = QueryWords()
         self.popular = list(meta.popular)
         self.buffers = InputBuffers()
@@ -547,6 +564,27 @@ class RecsModel:
             return self.encode_loop(histories)
         return self.encode_numpy(histories)
 
+    def token_code(self, token: Token) -> int:
+        """The token's code for this model, computed and left in ``token.encoded``.
+
+        ``serial << 40 | vocab index << 3 | action id``; action 0 marks a token the
+        model does not read (an unknown action, a click without an item); a search has
+        index PAD.  One int, so a thread never sees half of another model's code.
+        """
+        code = token.encoded
+        if code >> _SERIAL_SHIFT == self.serial:
+            return code
+        action = ACTION_IDS.get(token.action, 0)
+        if action == _SEARCH:
+            item = PAD
+        elif token.item_id is None:
+            item = action = PAD
+        else:
+            item = self.index.get(token.item_id, OOV)
+        code = self.serial << _SERIAL_SHIFT | item << _ITEM_SHIFT | action
+        object.__setattr__(token, "encoded", code)
+        return code
+
     def _tails(self, histories: Sequence[Sequence[Token]]) -> list[Sequence[Token]]:
         max_len = self.max_len
         return [
@@ -560,7 +598,7 @@ class RecsModel:
         and actions come from one array of padded lists, search words are copied
         into a zeroed array through a byte view.
         """
-        index, words_of = self.index, self.query_words.packed
+        serial, code_of, words_of = self.serial, self.token_code, self.query_words.packed
         rows: list[int] = []
         kept_items: list[list[int]] = []
         kept_actions: list[list[int]] = []
@@ -571,20 +609,20 @@ class RecsModel:
             searches: list[tuple[int, bytes]] = []
             usable = False
             for token in tail:
-                action = ACTION_IDS.get(token.action, 0)
+                code = token.encoded
+                if code >> _SERIAL_SHIFT != serial:
+                    code = code_of(token)
+                action = code & _ACTION_MASK
                 if action == _SEARCH:
                     packed = words_of(token.query)
                     usable = usable or packed != _NO_WORDS
                     searches.append((len(items), packed))
                     items.append(PAD)
                 elif action:
-                    item_id = token.item_id
-                    if item_id is None:  # a click without an item: dropped
-                        continue
-                    item = index.get(item_id, OOV)
+                    item = code >> _ITEM_SHIFT & _ITEM_MASK
                     usable = usable or item != OOV
                     items.append(item)
-                else:
+                else:  # not read by the model
                     continue
                 actions.append(action)
             if usable:
@@ -614,26 +652,24 @@ class RecsModel:
     def encode_numpy(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
         """``encode`` with numpy over all tokens of the batch at once.
 
-        Python touches each token twice, in C loops (``map`` of an attribute getter
-        and a dict lookup), and once more each search and each unknown item; the
-        rest is array work.
+        Python reads each token's code once, in a C loop (``map`` of an attribute
+        getter), and computes it for the tokens this model has not encoded yet and
+        reads each search's query; the rest is array work.
         """
         max_len, batch = self.max_len, len(histories)
         tails = self._tails(histories)
         counts = np.fromiter(map(len, tails), np.int64, batch)
         flat: list[Token] = list(chain.from_iterable(tails))
         n = len(flat)
-        actions = np.fromiter(map(ACTION_IDS.get, map(_ACTION_OF, flat), repeat(0)), np.int64, n)
-        items = np.fromiter(map(self.index.get, map(_ITEM_OF, flat), repeat(OOV)), np.int64, n)
+        codes = np.fromiter(map(_ENCODED_OF, flat), np.int64, n)
+        stale = np.flatnonzero(codes >> _SERIAL_SHIFT != self.serial).tolist()
+        if stale:
+            codes[stale] = list(map(self.token_code, map(flat.__getitem__, stale)))
+        actions = codes & _ACTION_MASK
+        items = codes >> _ITEM_SHIFT & _ITEM_MASK
         search = actions == _SEARCH
-        items[search] = PAD
-        # A click without an item (None) came out OOV, like an unknown item: tell them apart.
-        unknown = np.flatnonzero(items == OOV).tolist()
-        if unknown:
-            no_item = [i for i in unknown if flat[i].item_id is None]
-            items[no_item] = PAD
         # Invalid tokens (unknown action, click without item) are dropped.
-        valid = (actions != 0) & (search | (items != PAD))
+        valid = actions != 0
         searches = np.flatnonzero(search & valid)
         hashes = self.query_words.hashes(
             list(map(_QUERY_OF, map(flat.__getitem__, searches.tolist())))

@@ -55,16 +55,16 @@ class _TopScores:
         return [top, np.take_along_axis(scores, top, axis=1)]
 
 
-def _model(top_k: int = 4) -> RecsModel:
+def _model(top_k: int = 4, vocab: Sequence[str] = VOCAB) -> RecsModel:
     meta = ModelMetadata(
-        "recs", "recs-enc", "fp32", MAX_LEN, {"vocab": VOCAB, "popular": ["v3"], "top_k": top_k}
+        "recs", "recs-enc", "fp32", MAX_LEN, {"vocab": vocab, "popular": ["v3"], "top_k": top_k}
     )
     return RecsModel(cast(Any, _TopScores(top_k)), meta)
 
 
-def _reference(histories: Sequence[Sequence[Token]]) -> EncodedBatch:
+def _reference(histories: Sequence[Sequence[Token]], vocab: Sequence[str] = VOCAB) -> EncodedBatch:
     """The documented encoding, token by token, with no shortcut."""
-    index = {item: n + FIRST_ITEM for n, item in enumerate(VOCAB)}
+    index = {item: n + FIRST_ITEM for n, item in enumerate(vocab)}
     rows, encoded = [], []
     for row, history in enumerate(histories):
         tokens = []
@@ -124,8 +124,35 @@ def test_encoders_match_the_reference(seed: int, path: str) -> None:
     rng = np.random.default_rng(seed)
     for size in (1, 3, SMALL_BATCH, SMALL_BATCH + 1, 40, 100):  # ~10 to ~1,300 tokens
         histories = [_history(rng) for _ in range(size)]
-        for _ in range(2):  # the second time the queries come from the cache
+        for _ in range(2):  # the second time tokens and queries come from the caches
             _assert_same(getattr(model, path)(histories), _reference(histories))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tokens_encoded_by_another_model_are_encoded_again(seed: int) -> None:
+    """Tokens keep the code of the model that last encoded them (``Token.encoded``); a
+    model with another vocabulary (a hot reload) must not read it, whichever encoder
+    ran before, and the two models may take turns on the same tokens."""
+    rng = np.random.default_rng(seed)
+    other_vocab = [*VOCAB[::-1], "v9"]
+    first, second = _model(), _model(vocab=other_vocab)
+    assert first.serial != second.serial
+    histories = [_history(rng) for _ in range(40)]
+    few = histories[:2]
+    for model, vocab in ((first, VOCAB), (second, other_vocab), (first, VOCAB)):
+        for path in (model.encode_numpy, model.encode_loop):
+            _assert_same(path(histories), _reference(histories, vocab))
+            _assert_same(path(few), _reference(few, vocab))
+
+
+def test_the_encoding_cache_is_not_part_of_a_tokens_value() -> None:
+    model = _model()
+    fresh, encoded = Token("v1", "view"), Token("v1", "view")
+    model.encode_loop([[encoded]])
+    assert encoded.encoded != fresh.encoded == 0
+    assert fresh == encoded and hash(fresh) == hash(encoded) and repr(fresh) == repr(encoded)
+    with pytest.raises(TypeError):
+        Token("v1", "view", None, 5)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("path", ["encode_loop", "encode_numpy"])
