@@ -207,15 +207,16 @@ class LatestRecommendations:
             if held is None or rec.event_ts >= held.event_ts:
                 newest[rec.user_id] = rec
         writes = 0
+        owned: dict[int, bool] = {}  # asking the assignor per user costs more than the rest
         for user, rec in newest.items():
-            partition = self._partition(user)
+            partition = self._partition(user, owned)
             if partition is None:
                 continue
             latest = self.read(user)
             held_rec = latest.get("recommendation")
             if held_rec is not None and held_rec["event_ts"] > rec.event_ts:
                 continue  # a late event's answer never replaces a newer one
-            latest["recommendation"] = asdict(rec)
+            latest["recommendation"] = rec  # orjson writes it as asdict(rec) would, faster
             self._write(user, latest, partition)
             writes += 1
         return writes
@@ -230,8 +231,9 @@ class LatestRecommendations:
         for sentiment in sentiments:
             by_user.setdefault(sentiment.user_id, []).append(sentiment)
         writes = 0
+        owned: dict[int, bool] = {}
         for user, labels in by_user.items():
-            partition = self._partition(user)
+            partition = self._partition(user, owned)
             if partition is None:
                 continue
             latest = self.read(user)
@@ -252,8 +254,9 @@ class LatestRecommendations:
 
     def forget(self, user_ids: Iterable[str]) -> None:
         """Delete the rows of forgotten users (stored ids) this worker owns."""
+        owned: dict[int, bool] = {}
         for user in user_ids:
-            partition = self._partition(user)
+            partition = self._partition(user, owned)
             if partition is not None:
                 self.store.delete(user, partition)
 
@@ -269,9 +272,12 @@ class LatestRecommendations:
         """Whether this worker actively owns ``partition`` (always, without a test)."""
         return self._owns is None or self._owns(partition)
 
-    def _partition(self, user: str) -> int | None:
+    def _partition(self, user: str, owned: dict[int, bool]) -> int | None:
+        """The user's home partition if this worker owns it (``owned``: answers so far)."""
         partition = self.keys.home_of_stored(user)
-        if partition is None or not self.owns(partition):
+        if partition is not None and partition not in owned:
+            owned[partition] = self.owns(partition)
+        if partition is None or not owned[partition]:
             self.skipped += 1
             return None
         return partition

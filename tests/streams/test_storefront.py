@@ -7,6 +7,7 @@ between real workers on a broker is in tests/integration/test_storefront_routing
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 import faust
 import jsonschema
+import orjson
 import pytest
 from faust.types import TableT
 
@@ -236,17 +238,27 @@ async def test_record_writes_each_users_newest_once_per_batch(worker: Worker) ->
     assert worker.latest.record(batch) == 2
     assert [key for _, key, _ in worker.changelog] == [b"u1", b"u2"]
     assert [p for p, _, _ in worker.changelog] == [home_partition("u1", 2), home_partition("u2", 2)]
-    assert worker.latest.read("u1")["recommendation"]["trigger_event_id"] == "b"
+    assert worker.latest.read("u1")["recommendation"] == orjson.loads(
+        orjson.dumps(dataclasses.asdict(batch[2]))  # every field, items as objects
+    )
     # An answer to an older (late) event never replaces a newer one.
     assert worker.latest.record([rec("u1", 99.0, ["p9"], "late")]) == 0
     assert worker.latest.read("u1")["recommendation"]["trigger_event_id"] == "b"
 
 
 async def test_record_skips_users_of_partitions_owned_elsewhere(worker: Worker) -> None:
-    worker.latest._owns = lambda partition: False
-    assert worker.latest.record([rec("u1", 1e9, ["p1"])]) == 0
-    assert worker.latest.skipped == 1
+    asked: list[int] = []
+
+    def owns(partition: int) -> bool:
+        asked.append(partition)
+        return False
+
+    worker.latest._owns = owns
+    users = [f"u{n}" for n in range(20)]
+    assert worker.latest.record([rec(user, 1e9, ["p1"]) for user in users]) == 0
+    assert worker.latest.skipped == 20
     assert worker.changelog == []
+    assert sorted(asked) == sorted({home_partition(user, 2) for user in users})  # once each
 
 
 async def test_sentiment_labels_keep_the_last_ten(worker: Worker) -> None:
