@@ -84,6 +84,8 @@ EMPTY_TEXT: Final = "empty_text"
 #: Default seconds between checks of a model file for a new version.
 RELOAD_INTERVAL: Final = 10.0
 _SEARCH: Final = ACTION_IDS["search"]
+_ACTION_OF = operator.attrgetter("action")
+_ITEM_OF = operator.attrgetter("item_id")
 _QUERY_OF = operator.attrgetter("query")
 _ENCODED_OF = operator.attrgetter("encoded")
 #: A token's code (``Token.encoded``): model serial << 40 | vocab index << 3 | action id.
@@ -109,6 +111,10 @@ class Token:
     action: str
     query: str | None = None
     encoded: int = field(default=0, init=False, compare=False, repr=False)
+
+
+#: Sets ``Token.encoded`` on the frozen token (the slot's own setter).
+_SET_ENCODED: Final = vars(Token)["encoded"].__set__
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,8 +588,21 @@ class RecsModel:
         else:
             item = self.index.get(token.item_id, OOV)
         code = self.serial << _SERIAL_SHIFT | item << _ITEM_SHIFT | action
-        object.__setattr__(token, "encoded", code)
+        _SET_ENCODED(token, code)
         return code
+
+    def token_codes(self, tokens: list[Token]) -> npt.NDArray[np.int64]:
+        """:meth:`token_code` of many tokens at once (lookups in C loops, then numpy)."""
+        n = len(tokens)
+        actions = np.fromiter(map(ACTION_IDS.get, map(_ACTION_OF, tokens), repeat(0)), np.int64, n)
+        items = np.fromiter(map(self.index.get, map(_ITEM_OF, tokens), repeat(OOV)), np.int64, n)
+        items[actions == _SEARCH] = PAD
+        # A click without an item (None) came out OOV, like an unknown item: tell them apart.
+        no_item = [i for i in np.flatnonzero(items == OOV).tolist() if tokens[i].item_id is None]
+        items[no_item] = actions[no_item] = PAD
+        codes = self.serial << _SERIAL_SHIFT | items << _ITEM_SHIFT | actions
+        deque(map(_SET_ENCODED, tokens, codes.tolist()), maxlen=0)
+        return codes
 
     def _tails(self, histories: Sequence[Sequence[Token]]) -> list[Sequence[Token]]:
         max_len = self.max_len
@@ -653,8 +672,8 @@ class RecsModel:
         """``encode`` with numpy over all tokens of the batch at once.
 
         Python reads each token's code once, in a C loop (``map`` of an attribute
-        getter), and computes it for the tokens this model has not encoded yet and
-        reads each search's query; the rest is array work.
+        getter), computes the codes of the tokens this model has not encoded yet (in C
+        loops too) and reads each search's query; the rest is array work.
         """
         max_len, batch = self.max_len, len(histories)
         tails = self._tails(histories)
@@ -664,7 +683,7 @@ class RecsModel:
         codes = np.fromiter(map(_ENCODED_OF, flat), np.int64, n)
         stale = np.flatnonzero(codes >> _SERIAL_SHIFT != self.serial).tolist()
         if stale:
-            codes[stale] = list(map(self.token_code, map(flat.__getitem__, stale)))
+            codes[stale] = self.token_codes(list(map(flat.__getitem__, stale)))
         actions = codes & _ACTION_MASK
         items = codes >> _ITEM_SHIFT & _ITEM_MASK
         search = actions == _SEARCH
