@@ -6,8 +6,8 @@ clicks at ``--rate`` events per second for ``--minutes`` (or ``--seconds``), sam
 the worker's resident memory (``VmRSS``) every ``--interval`` seconds, and reports
 the first, peak and last RSS, events produced and recommendations seen. Flat memory
 while the backlog grows means the worker slows its consumption (bounded input feeds of
-fetched batches, at most two batches per agent in flight, awaited sends) instead of
-buffering without bound.
+fetched batches, at most ``RECSTREAM_SCORING_THREADS`` + 1 batches per agent in flight,
+awaited sends) instead of buffering without bound.
 
     .venv/bin/python benchmarks/soak.py --minutes 10            # embedded noida broker
     .venv/bin/python benchmarks/soak.py --seconds 60 --bootstrap 127.0.0.1:9092
@@ -41,17 +41,21 @@ from recstream.streams.topic_admin import ALL_TOPICS, create_topics
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
-#: The worker with fake scorers that take ``SOAK_SCORER_MS`` per batch.
+#: The worker with fake scorers that take ``SOAK_SCORER_MS`` per batch, one batch at a
+#: time however many scoring threads call them (a saturated model's capacity does not
+#: grow with threads; a plain sleep would).
 SLOW_FAKE_WORKER = """
-import os, sys, time
+import os, sys, threading, time
 from recstream.streams import scoring, worker
 
 delay = float(os.environ["SOAK_SCORER_MS"]) / 1000.0
 recs = scoring.FakeRecsScorer([f"item-{i}" for i in range(40)])
 plain = recs.recommend
+busy = threading.Lock()
 
 def slow_recommend(histories, exclude, k):
-    time.sleep(delay)
+    with busy:
+        time.sleep(delay)
     return plain(histories, exclude, k)
 
 recs.recommend = slow_recommend
@@ -230,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=0.0, help="overrides --minutes")
     parser.add_argument("--rate", type=float, default=1500.0, help="clicks per second")
-    parser.add_argument("--scorer-ms", type=float, default=50.0, help="fake scorer delay/batch")
+    parser.add_argument(
+        "--scorer-ms",
+        type=float,
+        default=250.0,
+        help="fake scorer delay per batch: the worker answers at most "
+        "RECSTREAM_BATCH_SIZE / delay events/s (256 / 0.25 s = 1,024 by default)",
+    )
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--interval", type=float, default=3.0, help="RSS sample period (s)")
