@@ -21,7 +21,9 @@ most ``within`` for more) and hands them to :class:`BatchProcessor`, which
 
 Steps 1-3 run in the agent; 4-5 in a task, so that the agent applies its next batches
 while this one is scored and sent (at-least-once; at most ``scoring_threads + 1``
-batches per agent in flight, completed in order).
+batches per agent in flight).  A batch's outputs go to the producer right after the
+previous batch's (the producer keeps their order), without waiting for their
+acknowledgements; batches are acknowledged in order.
 
 With ``exactly_once`` each batch is split by input partition and everything it sends
 goes into that partition's Kafka transaction, committed with its offsets
@@ -39,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, TypeVar
 
@@ -93,6 +95,8 @@ class _Step:
     changes: ChangelogBatch
     #: ``(scores, seconds the scoring took)``; None: nothing to score.
     scoring: asyncio.Future[tuple[Scores, float]] | None
+    #: Set once the batch's outputs are with the producer (or it failed before that).
+    handed_over: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _timed(call: Callable[[T], Scores], arg: T) -> tuple[Scores, float]:
@@ -129,7 +133,7 @@ class BatchProcessor:
         #: Re-reads input records the consumer skipped; set by the app (None: no check).
         self.skipped: SkippedRecords | None = None
         #: Each agent's batches being completed (at-least-once), oldest first, by input kind.
-        self._in_flight: dict[str, deque[asyncio.Task[None]]] = {}
+        self._in_flight: dict[str, deque[tuple[asyncio.Task[None], _Step]]] = {}
         #: The worker's stop after a failed completion (held so it is not collected).
         self._stopping: asyncio.Future[None] | None = None
 
@@ -150,9 +154,9 @@ class BatchProcessor:
             previous = queue[-1] if queue else None
             task = asyncio.create_task(self._complete_after(previous, step, messages))
             task.add_done_callback(partial(self._check_completed, kind))
-            queue.append(task)
-            while queue and (len(queue) >= self.max_in_flight or queue[0].done()):
-                await queue.popleft()
+            queue.append((task, step))
+            while queue and (len(queue) >= self.max_in_flight or queue[0][0].done()):
+                await queue.popleft()[0]
             return
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
@@ -167,14 +171,17 @@ class BatchProcessor:
         """Wait until every batch in flight is completed (raises if one failed)."""
         for queue in list(self._in_flight.values()):
             while queue:
-                await queue.popleft()
+                await queue.popleft()[0]
 
     async def _complete_after(
-        self, previous: asyncio.Task[None] | None, step: _Step, messages: Sequence[Message]
+        self,
+        previous: tuple[asyncio.Task[None], _Step] | None,
+        step: _Step,
+        messages: Sequence[Message],
     ) -> None:
-        if previous is not None and not previous.done():
-            await asyncio.wait([previous])  # in order: the agent's batch before this one
-        await self._complete(step)
+        await self._complete(step, None if previous is None else previous[1].handed_over)
+        if previous is not None and not previous[0].done():
+            await asyncio.wait([previous[0]])  # in order: the agent's batch before this one
         self._acknowledge(messages)
 
     def _acknowledge(self, messages: Sequence[Message]) -> None:
@@ -235,13 +242,20 @@ class BatchProcessor:
             scoring = loop.run_in_executor(self.executor, _timed, pipeline.score, work)
         return _Step(outbox, work, dead, swept, changes, scoring)
 
-    async def _complete(self, step: _Step) -> None:
-        """Wait for the scores, send every output, then release the state changes."""
+    async def _complete(self, step: _Step, after: asyncio.Event | None = None) -> None:
+        """Wait for the scores, send every output, then release the state changes.
+
+        ``after``: set when the previous batch's outputs are with the producer; this
+        batch's go after them (the producer keeps their order), without waiting for
+        their acknowledgements.
+        """
         try:
             scores = Scores()
             if step.scoring is not None:
                 scores, seconds = await step.scoring
                 self._observe_scoring(len(step.work.recs), len(step.work.reviews), seconds)
+            if after is not None:
+                await after.wait()
             out = self.pipeline.finish(step.work, scores)
             if self.latest is not None:
                 self.latest.record(out.recommendations)
@@ -250,6 +264,7 @@ class BatchProcessor:
             out.sessions += step.swept
             self._add_outputs(step.outbox, out)
             sends = await step.outbox.send()
+            step.handed_over.set()
             if sends:
                 await asyncio.gather(*sends)
         except BaseException:
@@ -258,6 +273,7 @@ class BatchProcessor:
             self.store.fail()
             raise
         finally:
+            step.handed_over.set()  # also after a failure: the next batch may go on
             # Only now may the changelog remember this batch (see TableStateStore).
             await self.store.publish(step.changes)
         self._observe_outputs(out)

@@ -624,7 +624,9 @@ def test_a_failed_batch_is_never_acknowledged_and_stops_the_worker() -> None:
 
 def test_the_next_batch_is_taken_while_the_previous_one_is_scored_and_sent() -> None:
     """At-least-once, an agent's batch is completed (outputs, acknowledgement) in a task:
-    the next batch's sessions are applied meanwhile, and batches complete in order."""
+    the next batch's sessions are applied meanwhile, its outputs follow the previous
+    batch's to the producer without waiting for their acknowledgements, and batches are
+    acknowledged in order."""
     processor, app, table = make(defer=True)
     producer = SlowAckProducer()
     app.producer = producer
@@ -638,15 +640,14 @@ def test_the_next_batch_is_taken_while_the_previous_one_is_scored_and_sent() -> 
         assert not first[0].acked  # its output is not acknowledged yet
         taking = asyncio.create_task(processor.process("clicks", second))
         await asyncio.sleep(0.01)
-        # the second batch was applied to the session already, but waits for the first
-        assert len(producer.acks) == 1 and not taking.done()
+        # the second batch was applied to the session and sent, but waits for the first
+        assert len(producer.acks) == 2 and not taking.done()
         assert len(UserState.from_bytes(table.data[b"gus"]).tokens(50)) == 2
+        producer.acks[1].set_result(None)  # the second batch's acknowledgement first ...
+        await asyncio.sleep(0.01)
+        assert not second[0].acked and not taking.done()  # ... is not enough
         producer.acks[0].set_result(None)
         await taking  # the agent may take its third batch once the first is complete
-        assert first[0].acked and not second[0].acked
-        while len(producer.acks) < 2:
-            await asyncio.sleep(0)
-        producer.acks[1].set_result(None)
         await processor.drain()
         assert second[0].acked
 
@@ -694,12 +695,16 @@ def test_scoring_threads_score_that_many_batches_of_an_agent_at_once(threads: in
         taking = asyncio.create_task(processor.process("clicks", batches[threads]))
         while not producer.acks:
             await asyncio.sleep(0.001)
-        await asyncio.sleep(0.1)  # every batch in flight is scored by now
+        await asyncio.sleep(0.1)  # every batch in flight is scored and sent by now
         assert not taking.done()  # one more in flight than scoring threads: it waits
-        assert len(producer.acks) == 1  # the others are sent only after the first is done
+        assert len(producer.acks) == threads + 1  # sent without waiting for the first's acks
+        for ack in reversed(producer.acks[1:]):  # acknowledged last to first ...
+            ack.set_result(None)
+        await asyncio.sleep(0.01)
+        assert not any(m[0].acked for m in batches)  # ... they wait for the first
         producer.acks[0].set_result(None)
         await taking
-        assert batches[0][0].acked and not batches[1][0].acked
+        assert all(m[0].acked for m in batches[: threads + 1])
         last = asyncio.create_task(processor.process("clicks", batches[threads + 1]))
         while not batches[-1][0].acked:
             for ack in producer.acks:
@@ -714,4 +719,37 @@ def test_scoring_threads_score_that_many_batches_of_an_agent_at_once(threads: in
     assert [m[0].acked for m in batches] == [True] * (threads + 2)
     recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
     assert [r["trigger_event_id"] for r in recs] == [f"i{n}" for n in range(threads + 2)]
+    processor.close()
+
+
+class FirstCallSlowScorer(FakeRecsScorer):
+    """A fake recommender whose first call takes 100 ms and the others none."""
+
+    def __init__(self) -> None:
+        super().__init__([f"item-{i}" for i in range(10)])
+        self._calls = 0
+
+    def recommend(
+        self, histories: Sequence[Sequence[Token]], exclude: Sequence[Collection[str]], k: int
+    ) -> list[RecsResult]:
+        self._calls += 1
+        if self._calls == 1:
+            time.sleep(0.1)
+        return super().recommend(histories, exclude, k)
+
+
+def test_outputs_reach_the_producer_in_batch_order_when_a_later_batch_is_scored_first() -> None:
+    processor, app, _ = make(defer=True, scoring_threads=2, recs=FirstCallSlowScorer())
+    home = home_partition("kim", PARTITIONS)
+    first, second = batch(click("k1", "kim", home, 0)), batch(click("k2", "kim", home, 1))
+
+    async def scenario() -> None:
+        await processor.process("clicks", first)
+        await processor.process("clicks", second)  # scored while the first still is
+        await processor.drain()
+
+    asyncio.run(scenario())
+    assert first[0].acked and second[0].acked
+    recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
+    assert [r["trigger_event_id"] for r in recs] == ["k1", "k2"]
     processor.close()
