@@ -571,15 +571,13 @@ class RecsModel:
         return self.encode_numpy(histories)
 
     def token_code(self, token: Token) -> int:
-        """The token's code for this model, computed and left in ``token.encoded``.
+        """The token's code for this model, computed and left in ``token.encoded`` (the
+        encoders call it for tokens whose code is not this model's).
 
         ``serial << 40 | vocab index << 3 | action id``; action 0 marks a token the
         model does not read (an unknown action, a click without an item); a search has
         index PAD.  One int, so a thread never sees half of another model's code.
         """
-        code = token.encoded
-        if code >> _SERIAL_SHIFT == self.serial:
-            return code
         action = ACTION_IDS.get(token.action, 0)
         if action == _SEARCH:
             item = PAD
