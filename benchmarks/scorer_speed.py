@@ -175,7 +175,7 @@ def step_seconds(
         t0 = clock()
         batch = model.encode(histories)
         t1 = clock()
-        masked = model.exclusions(batch.rows, exclude)
+        masked = model.exclusions(batch, exclude)
         t2 = clock()
         top_items, top_scores = model.run(batch, masked)
         t3 = clock()
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "actions": encoded.actions.copy(),
                 "words": encoded.words.copy(),
                 "lengths": encoded.lengths.copy(),
-                "exclude": reference.exclusions(encoded.rows, exclude),
+                "exclude": reference.exclusions(encoded, exclude).copy(),
             }
             cells, overhead, steps = measure_cell(
                 None if args.overhead_only else graph,

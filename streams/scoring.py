@@ -30,6 +30,7 @@ import struct
 import threading
 import time
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -69,6 +70,12 @@ SEQUENCE_BUCKETS: Final = (8, 16, 32, 64, 128, 256)
 #: Batches of at most this many histories get exclusions, decoding and results
 #: without numpy (its fixed costs dominate at this size).
 SMALL_BATCH: Final = 8
+#: Batches of at most this many histories get their exclusions without numpy
+#: (measured right after a run: faster up to 64 rows, slower at 128).
+SMALL_EXCLUSIONS: Final = 64
+#: Bytes of bound input and output arrays (``BatchBuffers``) a scoring thread keeps for
+#: the batch shapes it saw last (a 512 x 50 batch takes ~1.3 MB, a 32 x 16 one ~30 kB).
+BOUND_BYTES: Final = 8 << 20
 #: Batches of at most this many tokens (after the ``max_len`` cut) are encoded one
 #: token at a time, larger ones with numpy (measured crossover: 320 tokens were
 #: faster token by token, 1,280 with numpy).
@@ -482,12 +489,118 @@ def bucket_length(length: int, max_len: int) -> int:
     return max_len
 
 
+def bucket_width(width: int) -> int:
+    """The padded width of a batch's exclusion lists: the next power of two (>= 1)."""
+    return 1 << max(0, width - 1).bit_length()
+
+
+class BoundBatch:
+    """Inputs and outputs for batches of one shape (rows x padded length), bound once
+    to the session (an ``IOBinding``), reused call after call.
+
+    A run then converts nothing: onnxruntime reads the inputs from, and writes top-k
+    into, these arrays (a plain ``run`` wraps every input in a new ``OrtValue`` and
+    allocates its outputs: ~60 us of a 1 ms run at batch 1, measured).  The flat
+    ``memoryview``s let the small-batch encoder fill the arrays without numpy calls.
+    On CUDA onnxruntime copies the inputs to the device and only the top-k back.
+    """
+
+    def __init__(self, session: ort.InferenceSession, rows: int, width: int, top_k: int) -> None:
+        self.session = session
+        self.items = np.zeros((rows, width), np.int64)
+        self.actions = np.zeros((rows, width), np.int64)
+        self.words = np.zeros((rows, width, WORDS_PER_SEARCH), np.int64)
+        self.lengths = np.zeros(rows, np.int64)
+        self.top_items = np.zeros((rows, top_k), np.int64)
+        self.top_scores = np.zeros((rows, top_k), np.float32)
+        self.items_view = self.items.data.cast("B").cast("q")
+        self.actions_view = self.actions.data.cast("B").cast("q")
+        self.words_bytes = self.words.data.cast("B")
+        self.lengths_view = self.lengths.data.cast("B").cast("q")
+        self.binding = session.io_binding()
+        self._values: dict[str, ort.OrtValue] = {}  # kept alive while bound
+        for name, values in (
+            ("items", self.items),
+            ("actions", self.actions),
+            ("words", self.words),
+            ("lengths", self.lengths),
+        ):
+            self._bind(name, values)
+        for name, out in (("top_items", self.top_items), ("top_scores", self.top_scores)):
+            value = self._values[name] = ort.OrtValue.ortvalue_from_numpy(out)
+            self.binding.bind_ortvalue_output(name, value)
+        arrays = (self.items, self.actions, self.words, self.lengths, self.top_items)
+        self.nbytes = sum(a.nbytes for a in arrays) + self.top_scores.nbytes
+        #: Exclusion arrays by padded width, and the one bound now.
+        self.excludes: dict[int, tuple[np.ndarray, memoryview]] = {}
+        self._bound_exclude: np.ndarray | None = None
+
+    def _bind(self, name: str, values: np.ndarray) -> None:
+        value = self._values[name] = ort.OrtValue.ortvalue_from_numpy(values)
+        self.binding.bind_ortvalue_input(name, value)
+
+    def exclude(self, width: int) -> tuple[np.ndarray, memoryview]:
+        """The ``[rows, width]`` exclusion array (not zeroed) and its flat view."""
+        held = self.excludes.get(width)
+        if held is None:
+            masked = np.zeros((self.lengths.size, width), np.int64)
+            held = self.excludes[width] = (masked, masked.data.cast("B").cast("q"))
+        return held
+
+    def run(self, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run on the bound inputs and ``exclude``; the bound ``(top_items, top_scores)``."""
+        if exclude is not self._bound_exclude:
+            if exclude.shape[0] != self.lengths.size:
+                raise ValueError(f"{exclude.shape[0]} exclusion rows for {self.lengths.size}")
+            contiguous = np.ascontiguousarray(exclude, np.int64)
+            self._bind("exclude", contiguous)
+            # A copy was bound: bind anew next time, the caller may change ``exclude``.
+            self._bound_exclude = exclude if contiguous is exclude else None
+        self.session.run_with_iobinding(self.binding)
+        return self.top_items, self.top_scores
+
+
+def _bound(batch: EncodedBatch) -> BoundBatch:
+    if batch.bound is None:
+        raise ValueError("only batches from RecsModel.encode can be run")
+    return batch.bound
+
+
+class BatchBuffers:
+    """Each thread's ``BoundBatch``es, by shape; the least recently used are dropped
+    while their inputs and outputs hold more than ``capacity_bytes``."""
+
+    def __init__(
+        self, session: ort.InferenceSession, top_k: int, capacity_bytes: int = BOUND_BYTES
+    ) -> None:
+        self._session = session
+        self._top_k = top_k
+        self._capacity = capacity_bytes
+        self._local = threading.local()
+
+    def get(self, rows: int, width: int) -> BoundBatch:
+        """The calling thread's buffers for ``rows`` x ``width`` (contents left over)."""
+        shapes: dict[tuple[int, int], BoundBatch] | None = getattr(self._local, "shapes", None)
+        if shapes is None:
+            shapes = self._local.shapes = {}
+        key = (rows, width)
+        bound = shapes.pop(key, None)
+        if bound is None:
+            bound = BoundBatch(self._session, rows, width, self._top_k)
+            held = sum(b.nbytes for b in shapes.values())
+            while shapes and held + bound.nbytes > self._capacity:
+                held -= shapes.pop(next(iter(shapes))).nbytes
+        shapes[key] = bound  # (re)inserted last: the most recently used
+        return bound
+
+
 @dataclass
 class EncodedBatch:
     """Model inputs for the rows of a batch that have a usable history.
 
-    The arrays may be views of the calling thread's reusable buffers: valid until
-    that thread encodes its next batch.
+    Made by ``RecsModel.encode``, the arrays are those of the calling thread's
+    ``bound`` buffers: valid until that thread encodes its next batch of that shape.
+    (``bound`` is None only for batches made elsewhere, which cannot be run.)
     """
 
     rows: list[int]
@@ -495,44 +608,13 @@ class EncodedBatch:
     actions: npt.NDArray[np.int64]
     words: npt.NDArray[np.int64]
     lengths: npt.NDArray[np.int64]
-
-
-class InputBuffers:
-    """Reusable input arrays, one set per padded length, grown by doubling; per thread."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def get(
-        self, batch: int, length: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """Zeroed ``items [B,L]``, ``actions [B,L]``, ``words [B,L,W]`` (C-contiguous views)."""
-        sets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = (
-            getattr(self._local, "sets", None) or {}
-        )
-        self._local.sets = sets
-        held = sets.get(length)
-        if held is None or held[0].shape[0] < batch:
-            capacity = max(batch, 2 * held[0].shape[0] if held else 8)
-            held = (
-                np.zeros((capacity, length), np.int64),
-                np.zeros((capacity, length), np.int64),
-                np.zeros((capacity, length, WORDS_PER_SEARCH), np.int64),
-            )
-            sets[length] = held
-        items, actions, words = (array[:batch] for array in held)
-        items.fill(0)
-        actions.fill(0)
-        words.fill(0)
-        return items, actions, words
+    bound: BoundBatch | None = field(default=None, compare=False, repr=False)
 
 
 class RecsModel:
     """One loaded recommender: session, vocabulary, popular items, buffers."""
 
-    def __init__(
-        self, session: ort.InferenceSession, meta: ModelMetadata, io_binding: bool | None = None
-    ) -> None:
+    def __init__(self, session: ort.InferenceSession, meta: ModelMetadata) -> None:
         self.session = session
         self.meta = meta
         self.version = meta.version
@@ -552,9 +634,7 @@ class RecsModel:
         self.serial = next(_SERIALS) % (1 << 22) + 1
         self.query_words = QueryWords()
         self.popular = list(meta.popular)
-        self.buffers = InputBuffers()
-        self._outputs = list(GRAPH_OUTPUTS["recs"])
-        self.io_binding = CUDA in session.get_providers() if io_binding is None else io_binding
+        self.buffers = BatchBuffers(session, meta.top_k)
 
     def encode(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
         """Inputs for the usable histories of a batch.
@@ -603,17 +683,23 @@ class RecsModel:
         return codes
 
     def _tails(self, histories: Sequence[Sequence[Token]]) -> list[Sequence[Token]]:
+        """The last ``max_len`` tokens of each history (the history itself when short)."""
         max_len = self.max_len
         return [
-            h[-max_len:] if isinstance(h, list | tuple) else list(h)[-max_len:] for h in histories
+            h
+            if len(h) <= max_len
+            else h[-max_len:]
+            if isinstance(h, list | tuple)
+            else list(h)[-max_len:]
+            for h in histories
         ]
 
     def encode_loop(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
         """``encode`` one token at a time (fast for a few hundred tokens).
 
-        Few numpy calls in all (right after a run each costs ~10-30 us, cold): items
-        and actions come from one array of padded lists, search words are copied
-        into a zeroed array through a byte view.
+        No numpy calls (right after a run each costs ~10-30 us, cold): items, actions
+        and lengths go into the bound arrays as flat ``array('q')``s, search words as
+        one ``bytearray``, through the arrays' memory views.
         """
         serial, code_of, words_of = self.serial, self.token_code, self.query_words.packed
         rows: list[int] = []
@@ -648,23 +734,36 @@ class RecsModel:
                 kept_actions.append(actions)
                 kept_searches.append(searches)
         lengths = list(map(len, kept_items))
-        width = bucket_length(max(lengths, default=1), self.max_len)
-        padded = [r + [PAD] * (width - len(r)) for r in kept_items]
-        padded += [r + [0] * (width - len(r)) for r in kept_actions]
-        both = np.array(padded, np.int64).reshape(2, len(rows), width)
+        if not rows:
+            return self._no_rows()
+        width = bucket_length(max(lengths), self.max_len)
+        bound = self.buffers.get(len(rows), width)
+        pad = [PAD] * width  # PAD and "no action" are both 0
+        flat_items: list[int] = []
+        flat_actions: list[int] = []
+        for items, actions in zip(kept_items, kept_actions, strict=True):
+            flat_items += items
+            flat_items += pad[len(items) :]
+            flat_actions += actions
+            flat_actions += pad[len(actions) :]
+        bound.items_view[:] = array("q", flat_items)
+        bound.actions_view[:] = array("q", flat_actions)
+        bound.lengths_view[:] = array("q", lengths)
         row_bytes = width * _PACKED_SIZE
-        words = bytearray(len(rows) * row_bytes)  # zeroed; becomes the words array in place
+        words = bytearray(len(rows) * row_bytes)  # zeroed
         for row_at, searches in zip(range(0, len(words), row_bytes), kept_searches, strict=True):
             for position, packed in searches:
                 at = row_at + position * _PACKED_SIZE
                 words[at : at + _PACKED_SIZE] = packed
-        return EncodedBatch(
-            rows,
-            both[0],
-            both[1],
-            np.frombuffer(words, np.int64).reshape(len(rows), width, WORDS_PER_SEARCH),
-            np.array(lengths, np.int64),
-        )
+        bound.words_bytes[:] = words
+        return EncodedBatch(rows, bound.items, bound.actions, bound.words, bound.lengths, bound)
+
+    def _no_rows(self) -> EncodedBatch:
+        """The encoding of a batch without a usable history (nothing to run)."""
+        width = bucket_length(1, self.max_len)
+        empty = np.zeros((0, width), np.int64)
+        words = np.zeros((0, width, WORDS_PER_SEARCH), np.int64)
+        return EncodedBatch([], empty, empty, words, np.zeros(0, np.int64))
 
     def encode_numpy(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
         """``encode`` with numpy over all tokens of the batch at once.
@@ -699,9 +798,15 @@ class RecsModel:
         usable[row_of[telling]] = True
         rows = np.flatnonzero(usable)
         keep = valid & usable[row_of]
+        if not rows.size:
+            return self._no_rows()
         lengths = np.bincount(row_of[keep], minlength=batch)[rows]
-        width = bucket_length(int(lengths.max()) if rows.size else 1, max_len)
-        items_in, actions_in, words_in = self.buffers.get(rows.size, width)
+        bound = self.buffers.get(rows.size, width=bucket_length(int(lengths.max()), max_len))
+        items_in, actions_in, words_in = bound.items, bound.actions, bound.words
+        items_in.fill(PAD)
+        actions_in.fill(0)
+        words_in.fill(0)
+        bound.lengths[:] = lengths
         # Where each kept token goes: its history's row in the batch, its position there.
         kept_row = (np.cumsum(usable) - 1)[row_of[keep]]
         kept_col = np.arange(kept_row.size) - (np.cumsum(lengths) - lengths)[kept_row]
@@ -710,50 +815,40 @@ class RecsModel:
         in_use = keep[searches]
         at = (np.cumsum(keep) - 1)[searches[in_use]]
         words_in[kept_row[at], kept_col[at]] = hashes[in_use]
-        return EncodedBatch(rows.tolist(), items_in, actions_in, words_in, lengths)
+        return EncodedBatch(rows.tolist(), items_in, actions_in, words_in, bound.lengths, bound)
 
-    def exclusions(self, rows: list[int], exclude: Sequence[Collection[str]]) -> np.ndarray:
-        """``[B, E]`` vocab indices to mask per row (unknown ids become the 0 padding)."""
-        chosen = [exclude[row] for row in rows]
-        if len(chosen) <= SMALL_BATCH:  # lists: numpy's fixed costs dominate at this size
+    def exclusions(self, batch: EncodedBatch, exclude: Sequence[Collection[str]]) -> np.ndarray:
+        """``[B, E]`` vocab indices to mask per row of ``batch`` (unknown ids become the 0
+        padding; E rounded up to a power of two), in the batch's bound buffers."""
+        bound = _bound(batch)
+        chosen = [exclude[row] for row in batch.rows]
+        if len(chosen) <= SMALL_EXCLUSIONS:  # lists: numpy's fixed costs dominate
             get = self.index.get
             lists = [[get(item, PAD) for item in items] for items in chosen]
-            width = max(1, max(map(len, lists), default=0))
-            return np.array([r + [PAD] * (width - len(r)) for r in lists], np.int64).reshape(
-                len(lists), width
-            )
+            width = bucket_width(max(map(len, lists)))
+            masked, view = bound.exclude(width)
+            pad = [PAD] * width
+            flat: list[int] = []
+            for indices in lists:
+                flat += indices
+                flat += pad[len(indices) :]
+            view[:] = array("q", flat)
+            return masked
         widths = np.fromiter(map(len, chosen), np.int64, len(chosen))
         total = int(widths.sum())
-        array = np.zeros((len(chosen), max(1, int(widths.max()) if total else 1)), np.int64)
+        masked, _ = bound.exclude(bucket_width(int(widths.max())))
+        masked.fill(PAD)
         if total:
-            indices = map(self.index.get, chain.from_iterable(chosen), repeat(PAD))
+            ids = map(self.index.get, chain.from_iterable(chosen), repeat(PAD))
             row_of = np.repeat(np.arange(len(chosen)), widths)
             columns = np.arange(total) - (np.cumsum(widths) - widths)[row_of]
-            array[row_of, columns] = np.fromiter(indices, np.int64, total)
-        return array
+            masked[row_of, columns] = np.fromiter(ids, np.int64, total)
+        return masked
 
     def run(self, batch: EncodedBatch, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(top_items [B,K], top_scores [B,K])`` from onnxruntime."""
-        feeds = {
-            "items": batch.items,
-            "actions": batch.actions,
-            "words": batch.words,
-            "lengths": batch.lengths,
-            "exclude": exclude,
-        }
-        if not self.io_binding:
-            top_items, top_scores = self.session.run(self._outputs, feeds)
-            return top_items, top_scores
-        # On CUDA, bind inputs and outputs explicitly: only the top-k results cross
-        # back to the host, the [B, V] scores never leave the device.
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, array)
-        for name in GRAPH_OUTPUTS["recs"]:
-            binding.bind_output(name)
-        self.session.run_with_iobinding(binding)
-        top_items, top_scores = binding.copy_outputs_to_cpu()
-        return top_items, top_scores
+        """``(top_items [B,K], top_scores [B,K])`` from onnxruntime: the thread's bound
+        output arrays, valid until its next run of a batch of this shape."""
+        return _bound(batch).run(exclude)
 
     def decode(
         self, top_items: np.ndarray, top_scores: np.ndarray, k: int
@@ -767,6 +862,12 @@ class RecsModel:
                 )
             ]
         indices, scores = top_items[:, :k], top_scores[:, :k]
+        # Scores are sorted: a row's last score tells whether it has a masked entry.
+        if scores[:, -1].min() > -np.inf and indices.min() >= FIRST_ITEM:  # nothing masked
+            ids = self.item_id_array[indices].ravel().tolist()
+            items = _SCORED_ITEMS.build(len(ids), ids, scores.ravel().tolist())
+            width = indices.shape[1]
+            return [tuple(items[at : at + width]) for at in range(0, len(items), width)]
         keep = (scores > -np.inf) & (indices >= FIRST_ITEM)
         ids = self.item_id_array[indices[keep]].tolist()
         items = _SCORED_ITEMS.build(len(ids), ids, scores[keep].tolist())
@@ -826,7 +927,7 @@ class OnnxRecsScorer(ReloadingScorer[RecsModel]):
         batch = model.encode(histories)
         decoded: list[tuple[ScoredItem, ...]] = []
         if batch.rows:
-            top_items, top_scores = model.run(batch, model.exclusions(batch.rows, exclude))
+            top_items, top_scores = model.run(batch, model.exclusions(batch, exclude))
             decoded = model.decode(top_items, top_scores, k)
         if len(batch.rows) == len(histories):  # the common case: every history usable
             if len(decoded) <= SMALL_BATCH:

@@ -61,10 +61,9 @@ def _histories(rng: np.random.Generator, batch: int, max_len: int) -> list[list[
     return histories
 
 
-def test_scorers_run_on_cuda_with_io_binding(exported: Exported) -> None:
+def test_scorers_run_on_cuda(exported: Exported) -> None:
     recs = OnnxRecsScorer(exported.folder / "recs.onnx", ON_GPU)
     assert recs.providers[0] == CUDA
-    assert recs._model.current().io_binding
     sentiment = OnnxSentimentScorer(exported.folder / "sentiment.onnx", ON_GPU)
     assert sentiment.providers[0] == CUDA
 

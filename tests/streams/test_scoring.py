@@ -16,6 +16,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import pytest
+from fake_sessions import BindingSession
 
 from recstream.export.metadata import ModelMetadata
 from recstream.model.features import FIRST_ITEM, query_hashes
@@ -26,7 +27,6 @@ from recstream.streams.scoring import (
     SEQUENCE_BUCKETS,
     FakeRecsScorer,
     FakeSentimentScorer,
-    InputBuffers,
     ModelLoadError,
     OnnxRecsScorer,
     OnnxSentimentScorer,
@@ -79,29 +79,66 @@ def test_fp16_without_cuda_gets_basic_optimizations_only(
     assert level == getattr(scoring.ort.GraphOptimizationLevel, expected)
 
 
-def test_input_buffers_are_zeroed_reused_and_contiguous() -> None:
-    buffers = InputBuffers()
-    items, actions, words = buffers.get(3, 8)
-    actions[:] = 2
-    assert items.shape == (3, 8) and words.shape == (3, 8, 4)
-    items[:] = 7
-    words[:] = 9
-    again, actions_again, words_again = buffers.get(2, 8)
-    assert np.shares_memory(items, again)  # same memory, reused
-    assert not again.any() and not actions_again.any() and not words_again.any()
-    assert again.flags.c_contiguous and words_again.flags.c_contiguous
-    bigger, _, _ = buffers.get(100, 8)
-    assert bigger.shape == (100, 8) and not bigger.any()
+def test_batch_buffers_are_bound_once_per_shape_and_reused() -> None:
+    model = _table_model()
+    first = model.buffers.get(3, 8)
+    assert first.items.shape == (3, 8) and first.words.shape == (3, 8, 4)
+    assert first.top_items.shape == (3, 8) and first.top_scores.dtype == np.float32
+    assert model.buffers.get(3, 8) is first  # the same arrays, still bound
+    assert model.buffers.get(3, 16) is not first and model.buffers.get(2, 8) is not first
+    session = cast(_TableSession, model.session)
+    assert session.bindings == 3  # one binding per shape, none per call
 
 
-def test_input_buffers_are_per_thread() -> None:
-    buffers = InputBuffers()
-    mine, _, _ = buffers.get(2, 8)
-    theirs: list[np.ndarray] = []
-    thread = threading.Thread(target=lambda: theirs.append(buffers.get(2, 8)[0]))
+def test_batch_buffers_keep_the_most_recently_used_shapes() -> None:
+    model = _table_model()
+    one_row = scoring.BoundBatch(model.session, 1, 8, 8).nbytes
+    buffers = scoring.BatchBuffers(model.session, 8, capacity_bytes=4 * one_row)
+    a, b = buffers.get(1, 8), buffers.get(2, 8)  # 1 + 2 rows: room for 1 more row
+    assert buffers.get(1, 8) is a  # a is now the most recent: b goes first
+    buffers.get(1, 8)
+    buffers.get(3, 8)  # 1 + 2 + 3 rows > 4: b, the least recently used, goes
+    assert buffers.get(1, 8) is a and buffers.get(2, 8) is not b
+
+
+def test_batch_buffers_are_per_thread() -> None:
+    model = _table_model()
+    mine = model.buffers.get(2, 8)
+    theirs: list[scoring.BoundBatch] = []
+    thread = threading.Thread(target=lambda: theirs.append(model.buffers.get(2, 8)))
     thread.start()
     thread.join()
-    assert not np.shares_memory(mine, theirs[0])
+    assert not np.shares_memory(mine.items, theirs[0].items)
+
+
+def test_reused_buffers_carry_nothing_over_between_batches() -> None:
+    """A batch encoded into buffers that held a longer one equals a fresh encoding."""
+    model = _table_model()
+    long = [[Token("v1", "view"), Token(None, "search", "red shoes")] * 3] * 2
+    short = [[Token("v2", "purchase")], [Token(None, "search", "手机")]]
+    for encode in (model.encode_loop, model.encode_numpy):
+        encode(long)
+        reused = encode(short)
+        fresh = _table_model().encode(short)
+        for ours, theirs in zip(
+            (reused.items, reused.actions, reused.words, reused.lengths),
+            (fresh.items, fresh.actions, fresh.words, fresh.lengths),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_changed_exclusion_array_is_bound_again() -> None:
+    """``run`` with a caller's array: a later call sees the array's new contents."""
+    model = _table_model()
+    encoded = model.encode([[Token("v1", "view")]])
+    exclude = np.zeros((1, 1), np.int64)
+    first = model.run(encoded, exclude)[0][0].tolist()
+    exclude[0, 0] = first[0]
+    second = model.run(encoded, exclude)[0][0].tolist()
+    assert second[0] != first[0]
+    with pytest.raises(ValueError, match="2 exclusion rows for 1"):
+        model.run(encoded, np.zeros((2, 1), np.int64))
 
 
 def test_fake_recs_is_deterministic_and_honours_exclusions() -> None:
@@ -165,7 +202,7 @@ def test_reloading_model_checks_only_every_interval(tmp_path: Path) -> None:
 # --- the recommender runtime around a stand-in session (no onnxruntime, no model) ---
 
 
-class _TableSession:
+class _TableSession(BindingSession):
     """Stands in for the recs graph: a fixed score per item, +100 for the row's last item.
 
     PAD and OOV score -inf, so a vocabulary smaller than top-k yields masked
@@ -173,12 +210,10 @@ class _TableSession:
     """
 
     def __init__(self, vocab_size: int, top_k: int) -> None:
+        super().__init__()
         self.base = np.random.default_rng(3).normal(size=vocab_size).astype(np.float32)
         self.base[:FIRST_ITEM] = -np.inf
         self.top_k = top_k
-
-    def get_providers(self) -> list[str]:
-        return ["CPUExecutionProvider"]
 
     def run(self, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         rows = np.arange(len(feeds["lengths"]))
@@ -267,11 +302,12 @@ def test_encoding_of_one_history() -> None:
         assert batch.lengths.tolist() == [3]
 
 
-@pytest.mark.parametrize("batch", [3, 20])  # list paths (<= SMALL_BATCH) and numpy paths
+@pytest.mark.parametrize("batch", [3, 70])  # list path (<= SMALL_EXCLUSIONS) and numpy path
 def test_exclusions_pad_unknown_ids(batch: int) -> None:
     model = _table_model()
     exclude: list[Collection[str]] = [{"v0", "unknown"}, (), ["v5"]] * (batch // 3 + 1)
-    array = model.exclusions(list(range(batch)), exclude)
+    encoded = model.encode([[Token("v1", "view")]] * batch)
+    array = model.exclusions(encoded, exclude)
     assert array.shape == (batch, 2) and array.dtype == np.int64
     for row in range(batch):
         expected = {model.index[i] for i in exclude[row] if i in model.index}
@@ -284,7 +320,7 @@ def test_decode_drops_masked_entries_and_keeps_order(batch: int) -> None:
     histories = [[Token(VOCAB[n % 6], "view")] for n in range(batch)]
     exclude = [{"v0", "v1"} if n % 2 else set() for n in range(batch)]
     encoded = model.encode(histories)
-    top_items, top_scores = model.run(encoded, model.exclusions(encoded.rows, exclude))
+    top_items, top_scores = model.run(encoded, model.exclusions(encoded, exclude))
     decoded = model.decode(top_items, top_scores, 8)
     for row, items in enumerate(decoded):
         ids = [s.item_id for s in items]
@@ -293,6 +329,40 @@ def test_decode_drops_masked_entries_and_keeps_order(batch: int) -> None:
         assert not set(ids) & exclude[row]
         assert [s.score for s in items] == sorted((s.score for s in items), reverse=True)
     assert len(model.decode(top_items, top_scores, 2)[0]) == 2
+
+
+@pytest.mark.parametrize("batch", [3, 70])
+def test_exclusion_width_is_rounded_up_to_a_power_of_two(batch: int) -> None:
+    model = _table_model()
+    encoded = model.encode([[Token("v1", "view")]] * batch)
+    exclude = [{"v0", "v2", "v3"}] + [set()] * (batch - 1)
+    array = model.exclusions(encoded, exclude)
+    assert array.shape == (batch, 4)
+    assert sorted(array[0].tolist()) == [0, *sorted(model.index[i] for i in exclude[0])]
+    assert not array[1:].any()
+    assert [scoring.bucket_width(n) for n in (0, 1, 2, 3, 5, 64, 65)] == [1, 1, 2, 4, 8, 64, 128]
+
+
+@pytest.mark.parametrize("batch", [3, 20])  # list and numpy paths
+@pytest.mark.parametrize("top_k", [4, 8])  # 4: nothing masked; 8: PAD and OOV come out
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_decode_matches_a_row_by_row_reference(batch: int, top_k: int, k: int) -> None:
+    model = _table_model(top_k=top_k)
+    histories = [[Token(VOCAB[n % 6], "view")] for n in range(batch)]
+    exclude = [{"v0", "v1"} if n % 3 == 0 else set() for n in range(batch)]
+    encoded = model.encode(histories)
+    top_items, top_scores = model.run(encoded, model.exclusions(encoded, exclude))
+    expected = [
+        tuple(
+            ScoredItem(model.item_ids[i], s)
+            for i, s in zip(row_items, row_scores, strict=True)
+            if s > -np.inf and i >= FIRST_ITEM
+        )
+        for row_items, row_scores in zip(
+            top_items[:, :k].tolist(), top_scores[:, :k].tolist(), strict=True
+        )
+    ]
+    assert model.decode(top_items, top_scores, k) == expected
 
 
 def test_record_builder_makes_equal_frozen_records() -> None:

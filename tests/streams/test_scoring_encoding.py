@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+from fake_sessions import BindingSession
 
 from recstream.export.metadata import ModelMetadata
 from recstream.model.features import (
@@ -37,14 +38,12 @@ VOCAB = ["v0", "v1", "v2", "v3", "None", "", "手机"]  # "None" and "" are real
 MAX_LEN = 12
 
 
-class _TopScores:
+class _TopScores(BindingSession):
     """Stands in for the recs graph: item n scores n, exclusions masked, top-k."""
 
     def __init__(self, top_k: int) -> None:
+        super().__init__()
         self.top_k = top_k
-
-    def get_providers(self) -> list[str]:
-        return ["CPUExecutionProvider"]
 
     def run(self, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         rows = len(feeds["lengths"])
