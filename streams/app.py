@@ -77,6 +77,7 @@ def build_app(
     """A ready-to-run worker app; ``app.recstream`` is its :class:`BatchProcessor`."""
     app = faust.App(settings.app_id, **faust_options(settings))
     app.recstream_fetch_max_wait = settings.fetch_max_wait  # type: ignore[attr-defined]
+    app.recstream_empty_fetch_pause = settings.empty_fetch_pause  # type: ignore[attr-defined]
     skipped = SkippedRecords(settings, app.conf.id)
     exactly_once = settings.processing_guarantee == "exactly_once"
     transactions = use_transactions(app, skipped.tracker.positions) if exactly_once else None

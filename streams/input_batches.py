@@ -19,7 +19,9 @@ then was fetched for the new assignment, past the seek.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,9 +119,37 @@ def feed_topic(app: faust.App, topic: faust.TopicT) -> InputFeed:
     return feed
 
 
+def pace_empty_fetches(consumer: AIOKafkaConsumer, pause: float) -> None:
+    """Make a started ``consumer`` wait until ``pause`` seconds have passed since it sent a
+    fetch that came back without records, before it fetches from that broker again.
+
+    A Kafka broker holds a fetch until records arrive or the fetch wait ends, so an idle
+    consumer polls a few times a second and this never waits.  A broker that answers
+    every fetch at once (noida) is otherwise polled in a tight loop that takes most of a
+    core, and the GIL, from the worker; records arriving meanwhile wait at most
+    ``pause`` longer.  (aiokafka has no setting for this: its fetch routine starts a
+    broker's next fetch when the previous one's task ends, so the task waits.)
+    """
+    fetcher = consumer._fetcher
+    fetch = fetcher._proc_fetch_request
+
+    async def fetch_paced(assignment: Any, node_id: int, request: Any) -> bool:
+        sent = time.monotonic()
+        got_records: bool = await fetch(assignment, node_id, request)
+        rest = pause - (time.monotonic() - sent)
+        if not got_records and rest > 0:
+            # Closed or unassigned meanwhile: end quietly, as aiokafka's own fetch does.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(rest)
+        return got_records
+
+    fetcher._proc_fetch_request = fetch_paced
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the fetch wait of the app's
-    ``recstream_fetch_max_wait`` (seconds; Faust fixes it at 1.5 s)."""
+    ``recstream_fetch_max_wait`` (seconds; Faust fixes it at 1.5 s) and, after an empty
+    fetch, the pause of its ``recstream_empty_fetch_pause`` (:func:`pace_empty_fetches`)."""
 
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -127,6 +157,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if wait is not None:  # read when the consumer starts (aiokafka has no setter)
             consumer._fetch_max_wait_ms = round(wait * 1000)
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        pause: float = getattr(self.app, "recstream_empty_fetch_pause", 0.0)
+        if pause > 0 and self._consumer is not None:
+            pace_empty_fetches(self._consumer, pause)
 
 
 class BatchDeliveringConsumer(faust_aiokafka.Consumer):

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     """RECSTREAM_FETCH_MAX_WAIT: longest a fetch waits at the broker for records.  Kafka
     answers as soon as records arrive; a broker that does not (Tansu) adds up to this to
     every event's latency.  Faust's own value is 1.5 s."""
+    empty_fetch_pause: float = Field(0.005, ge=0, le=1)
+    """RECSTREAM_EMPTY_FETCH_PAUSE: seconds the consumer waits after a fetch that came back
+    empty before the next one to that broker (counted from when it was sent).  Kafka
+    holds an empty fetch for the fetch wait, so this never waits there; a broker that
+    answers at once (noida) would be polled in a tight loop.  0 turns it off."""
     producer_max_batch_bytes: int = Field(16_384, ge=1)
     """RECSTREAM_PRODUCER_MAX_BATCH_BYTES: most bytes the worker's producer puts in one
     record batch (1: one record per batch, which makes Tansu's end offsets exact)."""

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from recstream.streams import input_batches
 from recstream.streams.app import build_app
-from recstream.streams.input_batches import BatchDeliveringConsumer, InputFeed, feeds_of
+from recstream.streams.input_batches import (
+    BatchDeliveringConsumer,
+    InputFeed,
+    feeds_of,
+    pace_empty_fetches,
+)
 from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
 from recstream.streams.settings import Settings
 
@@ -248,3 +256,72 @@ async def test_the_consumer_fetches_with_the_settings_wait() -> None:
     consumer = thread._create_consumer(asyncio.get_running_loop())
     assert consumer._fetch_max_wait_ms == 200
     await consumer.stop()  # never started: closes its client
+
+
+class _Fetcher:
+    """Stands in for aiokafka's fetcher: each fetch returns the next of ``results``."""
+
+    def __init__(self, results: list[bool]) -> None:
+        self.results = results
+        self.calls = 0
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        self.calls += 1
+        return self.results.pop(0)
+
+
+async def test_an_empty_fetch_waits_out_the_pause_and_one_with_records_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    fetcher = _Fetcher([False, True])
+    pace_empty_fetches(SimpleNamespace(_fetcher=fetcher), 0.25)
+    monkeypatch.setattr(input_batches.asyncio, "sleep", sleep)
+    assert await fetcher._proc_fetch_request(None, 1, None) is False
+    assert len(slept) == 1 and 0.2 < slept[0] <= 0.25  # the rest of the pause
+    assert await fetcher._proc_fetch_request(None, 1, None) is True
+    assert len(slept) == 1 and fetcher.calls == 2
+
+
+async def test_a_fetch_cancelled_during_the_pause_ends_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka cancels pending fetch tasks when it closes and awaits them: they must
+    not raise."""
+
+    async def sleep(seconds: float) -> None:
+        raise asyncio.CancelledError
+
+    fetcher = _Fetcher([False])
+    pace_empty_fetches(SimpleNamespace(_fetcher=fetcher), 0.25)
+    monkeypatch.setattr(input_batches.asyncio, "sleep", sleep)
+    assert await fetcher._proc_fetch_request(None, 1, None) is False
+
+
+async def test_the_worker_consumer_paces_empty_fetches_by_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(bootstrap_servers="127.0.0.1:1", empty_fetch_pause=0.02)
+    app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    fetcher = _Fetcher([False])
+    original = fetcher._proc_fetch_request
+
+    async def started(self: Any) -> None:
+        self._consumer = SimpleNamespace(_fetcher=fetcher)
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_start", started)
+    await thread.on_start()
+    assert fetcher._proc_fetch_request != original  # wrapped
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(input_batches.asyncio, "sleep", sleep)
+    await fetcher._proc_fetch_request(None, 1, None)
+    assert len(slept) == 1 and 0.0 < slept[0] <= 0.02
