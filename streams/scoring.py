@@ -67,8 +67,8 @@ CUDA: Final = "CUDAExecutionProvider"
 #: Padded sequence lengths a batch is rounded up to (plus the model's max length),
 #: so onnxruntime sees a few shapes only and buffers are reused.
 SEQUENCE_BUCKETS: Final = (8, 16, 32, 64, 128, 256)
-#: Batches of at most this many histories get exclusions, decoding and results
-#: without numpy (its fixed costs dominate at this size).
+#: Batches of at most this many histories are decoded and get their results without
+#: numpy (its fixed costs dominate at this size).
 SMALL_BATCH: Final = 8
 #: Batches of at most this many histories get their exclusions without numpy
 #: (measured right after a run: faster up to 64 rows, slower at 128).

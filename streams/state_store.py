@@ -11,7 +11,9 @@ batch releases wait in the store, the latest per key, and the consumer sends the
 (and waits for the broker's acknowledgements) right before it commits offsets
 (:func:`flush_changelog_before_commits`).  A user touched by every batch between two
 commits costs one changelog record instead of one per batch, and a committed offset
-never runs ahead of the state changes of the events before it.
+never runs ahead of the state changes of the events before it.  The storefront's table
+of each user's latest answers (derived from the outputs) holds its records the same way
+and is flushed with the user state (``hold_changelog``, :meth:`TableStateStore.also_flush`).
 """
 
 from __future__ import annotations
@@ -95,10 +97,17 @@ class TableStateStore:
         *,
         defer_changelog: bool = False,
         transactions: Transactions | None = None,
+        hold_changelog: bool = False,
     ) -> None:
         self.table = table
         self.defer_changelog = defer_changelog or transactions is not None
         self.transactions = transactions
+        #: Records of a store that is not deferred wait for :meth:`flush` at once (the
+        #: latest per key) instead of going out one Faust send each: for tables derived
+        #: from the outputs, whose records must only reach the changelog before the
+        #: offsets of the events behind them are committed (a crash replays those).
+        self.hold_changelog = hold_changelog and not self.defer_changelog
+        self._followers: list[TableStateStore] = []
         self._open: list[ChangelogRecord] = []
         self._sealed: deque[ChangelogBatch] = deque()
         self._sending = asyncio.Lock()
@@ -186,13 +195,19 @@ class TableStateStore:
             raise RuntimeError("a batch failed: its state must not reach the changelog")
         async with self._flushing:
             held, self._held = self._held, {}
-            if not held:
-                return
-            batches = faust_record_batches(self.table.app)
-            topic = self.table.changelog_topic.get_topic_name()
-            for raw_key, (partition, value) in held.items():
-                batches.add(topic, raw_key, value, partition)
-            await asyncio.gather(*await batches.send())
+            if held:
+                batches = faust_record_batches(self.table.app)
+                topic = self.table.changelog_topic.get_topic_name()
+                for raw_key, (partition, value) in held.items():
+                    batches.add(topic, raw_key, value, partition)
+                await asyncio.gather(*await batches.send())
+        for follower in self._followers:
+            await follower.flush()
+
+    def also_flush(self, follower: TableStateStore) -> None:
+        """Flush ``follower`` (a store holding its changelog) whenever this one flushes:
+        before every offset commit, when partitions are revoked, after idle sweeps."""
+        self._followers.append(follower)
 
     @property
     def held(self) -> int:
@@ -217,6 +232,8 @@ class TableStateStore:
     def _changelog(self, partition: int, raw_key: bytes, value: bytes | None) -> None:
         if self.defer_changelog:
             self._open.append((partition, raw_key, value))
+        elif self.hold_changelog:
+            self._held[raw_key] = (partition, value)
         else:
             self.table.send_changelog(partition, raw_key, value, "raw", "raw")
 

@@ -184,6 +184,8 @@ class LatestRecommendations:
 
     Call :meth:`record` and :meth:`record_sentiments` from the agents' batch
     processing; each writes once per user per batch, on the user's home partition.
+    With ``hold_changelog`` the rows' changelog records wait, the latest per user, for
+    the store's flush (:class:`~recstream.streams.state_store.TableStateStore`).
     """
 
     def __init__(
@@ -191,9 +193,11 @@ class LatestRecommendations:
         table: TableT,
         keys: UserKeys,
         owns: Callable[[int], bool] | None = None,
+        *,
+        hold_changelog: bool = False,
     ) -> None:
         self.table = table
-        self.store = TableStateStore(table)
+        self.store = TableStateStore(table, hold_changelog=hold_changelog)
         self.keys = keys
         self._owns = owns
         #: Writes skipped because the partition was unknown or owned by another worker.
@@ -549,7 +553,15 @@ def register_storefront(
             settings.web_host,
         )
     keys = UserKeys(settings, user_state_table)
-    latest = LatestRecommendations(latest_table, keys, owns or owned_partitions(app, latest_table))
+    # In an at-least-once worker (its user-state store flushes before each offset
+    # commit) the rows' changelog records wait for that flush too, the latest per user.
+    state_store: TableStateStore | None = getattr(app, "recstream_store", None)
+    hold = state_store is not None and state_store.transactions is None
+    latest = LatestRecommendations(
+        latest_table, keys, owns or owned_partitions(app, latest_table), hold_changelog=hold
+    )
+    if state_store is not None and hold:
+        state_store.also_flush(latest.store)
     shop = Storefront(app, settings, latest, user_state_table, scorer_popular, check, catalog)
     openapi = read_page_file("openapi.json")
     index = read_page_file("index.html")

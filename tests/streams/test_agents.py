@@ -753,3 +753,29 @@ def test_outputs_reach_the_producer_in_batch_order_when_a_later_batch_is_scored_
     recs = [orjson.loads(v) for t, _, v, _ in app.producer.sent if t == "recommendations"]
     assert [r["trigger_event_id"] for r in recs] == ["k1", "k2"]
     processor.close()
+
+
+def test_a_holding_store_sends_nothing_until_its_leader_flushes() -> None:
+    """A derived table's store (``hold_changelog``): its writes wait, the latest per key,
+    and go out when the store it follows flushes (before the offset commit)."""
+    state_table = Table()
+    leader = TableStateStore(cast(Any, state_table), defer_changelog=True)
+    derived_table = Table(state_table.app)
+    derived = TableStateStore(cast(Any, derived_table), hold_changelog=True)
+    leader.also_flush(derived)
+    derived.put("u1", b"first", 0)
+    derived.put("u1", b"second", 0)
+    derived.put("u2", b"only", 1)
+    assert derived.held == 2 and not derived_table.changelog and not derived_table.flushed
+    assert derived_table.data[b"u1"] == b"second"  # the local table changes at once
+    asyncio.run(leader.flush())
+    assert derived.held == 0
+    assert sorted(derived_table.flushed) == [(0, b"u1", b"second"), (1, b"u2", b"only")]
+    assert not derived_table.changelog  # nothing went out one send at a time
+
+
+def test_a_store_that_does_not_hold_sends_each_write_at_once() -> None:
+    table = Table()
+    store = TableStateStore(cast(Any, table))
+    store.put("u1", b"v", 0)
+    assert table.changelog == [(0, b"u1", b"v")] and store.held == 0

@@ -463,3 +463,31 @@ async def test_request_for_a_user_owned_elsewhere_is_answered_by_the_owner() -> 
         for w in (a, b):
             await w.app.web.stop()
             await w.app.http_client.close()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_the_workers_storefront_rows_reach_the_changelog_with_the_user_state(
+    guarantee: str,
+) -> None:
+    """At-least-once, the rows' changelog records wait for the user-state store's flush
+    (before each offset commit); exactly-once they go out at once, as before."""
+    from recstream.streams.app import build_app
+    from recstream.streams.scoring import FakeSentimentScorer
+    from recstream.streams.state_store import TABLE_NAME as USER_STATE
+    from recstream.streams.storefront import TABLE_NAME as STOREFRONT_TABLE
+
+    settings = Settings(bootstrap_servers="127.0.0.1:1", processing_guarantee=guarantee)
+    app = build_app(settings, FakeRecsScorer(CATALOGUE), FakeSentimentScorer())
+    latest = register_storefront(
+        app,
+        settings,
+        app.tables[STOREFRONT_TABLE],  # type: ignore[arg-type]
+        app.tables[USER_STATE],  # type: ignore[arg-type]
+        popular_items(FakeRecsScorer(CATALOGUE)),
+        lambda: (True, "ready"),
+        owns=lambda partition: True,
+    )
+    state_store: TableStateStore = app.recstream_store  # type: ignore[attr-defined]
+    held = guarantee == "at_least_once"
+    assert latest.store.hold_changelog is held
+    assert (latest.store in state_store._followers) is held
