@@ -556,12 +556,15 @@ def register_storefront(
     # In an at-least-once worker (its user-state store flushes before each offset
     # commit) the rows' changelog records wait for that flush too, the latest per user.
     state_store: TableStateStore | None = getattr(app, "recstream_store", None)
-    hold = state_store is not None and state_store.transactions is None
+    leader = state_store if state_store is not None and state_store.transactions is None else None
     latest = LatestRecommendations(
-        latest_table, keys, owns or owned_partitions(app, latest_table), hold_changelog=hold
+        latest_table,
+        keys,
+        owns or owned_partitions(app, latest_table),
+        hold_changelog=leader is not None,
     )
-    if state_store is not None and hold:
-        state_store.also_flush(latest.store)
+    if leader is not None:
+        leader.also_flush(latest.store)
     shop = Storefront(app, settings, latest, user_state_table, scorer_popular, check, catalog)
     openapi = read_page_file("openapi.json")
     index = read_page_file("index.html")
