@@ -560,6 +560,17 @@ class BoundBatch:
         return self.top_items, self.top_scores
 
 
+def _fill_padded(view: memoryview, rows: Iterable[list[int]], width: int) -> None:
+    """Write ``rows``, each right-padded with PAD to ``width``, into the flat int64
+    ``view`` of a ``[len(rows), width]`` array (one copy, no numpy call)."""
+    pad = [PAD] * width
+    flat: list[int] = []
+    for row in rows:
+        flat += row
+        flat += pad[len(row) :]
+    view[:] = array("q", flat)
+
+
 def _bound(batch: EncodedBatch) -> BoundBatch:
     if batch.bound is None:
         raise ValueError("only batches from RecsModel.encode can be run")
@@ -738,16 +749,8 @@ class RecsModel:
             return self._no_rows()
         width = bucket_length(max(lengths), self.max_len)
         bound = self.buffers.get(len(rows), width)
-        pad = [PAD] * width  # PAD and "no action" are both 0
-        flat_items: list[int] = []
-        flat_actions: list[int] = []
-        for items, actions in zip(kept_items, kept_actions, strict=True):
-            flat_items += items
-            flat_items += pad[len(items) :]
-            flat_actions += actions
-            flat_actions += pad[len(actions) :]
-        bound.items_view[:] = array("q", flat_items)
-        bound.actions_view[:] = array("q", flat_actions)
+        _fill_padded(bound.items_view, kept_items, width)
+        _fill_padded(bound.actions_view, kept_actions, width)  # "no action" is 0 too
         bound.lengths_view[:] = array("q", lengths)
         row_bytes = width * _PACKED_SIZE
         words = bytearray(len(rows) * row_bytes)  # zeroed
@@ -827,12 +830,7 @@ class RecsModel:
             lists = [[get(item, PAD) for item in items] for items in chosen]
             width = bucket_width(max(map(len, lists)))
             masked, view = bound.exclude(width)
-            pad = [PAD] * width
-            flat: list[int] = []
-            for indices in lists:
-                flat += indices
-                flat += pad[len(indices) :]
-            view[:] = array("q", flat)
+            _fill_padded(view, lists, width)
             return masked
         widths = np.fromiter(map(len, chosen), np.int64, len(chosen))
         total = int(widths.sum())
