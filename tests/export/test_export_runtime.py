@@ -111,6 +111,21 @@ def test_batching_and_bucketing_do_not_change_results(recs: OnnxRecsScorer) -> N
     )
 
 
+def test_a_batch_run_in_parts_by_length_answers_like_each_history_alone(
+    recs: OnnxRecsScorer,
+) -> None:
+    lengths = [1, 2, 3, 16, 2, 30, 1, 5, 9, 3, 2, 40, 7, 1, 2, 12, 3, 2, 1, 20]
+    histories = [CLICKS[:n] for n in lengths]
+    assert len(recs._model.current().runs(histories)) > 1
+    together = recs.recommend(histories, [set()] * len(histories), 10)
+    for history, result in zip(histories, together, strict=True):
+        alone = recs.recommend([history], [set()], 10)[0]
+        assert [s.item_id for s in result.items] == [s.item_id for s in alone.items]
+        np.testing.assert_allclose(
+            [s.score for s in result.items], [s.score for s in alone.items], rtol=1e-5
+        )
+
+
 def test_exclusions_are_honoured(recs: OnnxRecsScorer) -> None:
     history = [Token("item-2", "view")]
     before = recs.recommend([history], [set()], 10)[0]

@@ -24,6 +24,7 @@ from recstream.streams import scoring
 from recstream.streams.records import ScoredItem
 from recstream.streams.scoring import (
     EMPTY_TEXT,
+    MIN_RUN_ROWS,
     SEQUENCE_BUCKETS,
     FakeRecsScorer,
     FakeSentimentScorer,
@@ -410,6 +411,59 @@ def test_recommend_around_a_session(
             assert ids == [p for p in ["v5", "v4", "v3", "v2"] if p not in exclude[n]][:3]
         else:
             assert ids[0] == VOCAB[n % 6] or VOCAB[n % 6] in exclude[n]
+
+
+class _CudaTableSession(_TableSession):
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _views(n: int) -> list[Token]:
+    return [Token(VOCAB[step % 6], "view") for step in range(n)]
+
+
+def test_batches_run_in_parts_by_padded_length() -> None:
+    model = _table_model()
+    short = [_views(3)] * 20  # padded to 8
+    few = [_views(12)] * 3  # 16: too few for a run of their own
+    long = [_views(30)] * 10  # 32
+    histories = [*long[:5], *short, *few, *long[5:]]
+    parts = model.runs(histories)
+    assert [sorted(map(len, map(histories.__getitem__, part))) for part in parts] == [
+        [3] * 20,
+        [12] * 3 + [30] * 10,
+    ]
+    assert sorted(row for part in parts for row in part) == list(range(len(histories)))
+    # One run: a batch of at most MIN_RUN_ROWS, or a model on CUDA (extra runs cost more
+    # there than padding).
+    assert model.runs(histories[: MIN_RUN_ROWS + 2][-MIN_RUN_ROWS:]) == [list(range(8))]
+    cuda = RecsModel(cast(Any, _CudaTableSession(len(VOCAB) + FIRST_ITEM, 8)), model.meta)
+    assert cuda.runs(histories) == [list(range(len(histories)))]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recommend_in_parts_answers_each_history_as_alone(
+    seed: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    scorer = _table_scorer(monkeypatch, tmp_path)
+    session = cast(_TableSession, scorer._model.current().session)
+    widths: list[int] = []
+    run = session.run
+
+    def recording_run(outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        widths.append(feeds["items"].shape[1])
+        return run(outputs, feeds)
+
+    monkeypatch.setattr(session, "run", recording_run)
+    rng = np.random.default_rng(seed)
+    histories = _random_histories(seed, 40) + [_views(int(n)) for n in rng.integers(1, 40, 30)]
+    order = rng.permutation(len(histories))
+    histories = [histories[i] for i in order]
+    exclude = [{"v1"} if n % 4 == 0 else set() for n in range(len(histories))]
+    together = scorer.recommend(histories, exclude, 5)
+    assert len(widths) > 1 and widths == sorted(widths)  # run by length, shortest first
+    alone = [scorer.recommend([h], [e], 5)[0] for h, e in zip(histories, exclude, strict=True)]
+    assert together == alone
 
 
 def test_popular_is_the_fallback_of_an_empty_history(
