@@ -242,6 +242,11 @@ class Pipeline:
         # plus a heap of (deadline, user) over it (stale entries are skipped).
         self._deadlines: dict[int, dict[str, float]] = {}
         self._heaps: dict[int, list[tuple[float, str]]] = {}
+        #: user -> (the bytes last stored, the state they encode), least recently written
+        #: first: a state the store still holds as those bytes is used as it is, with
+        #: its scoring tokens, instead of being decoded again.
+        self._decoded: dict[str, tuple[bytes, sessions.UserState]] = {}
+        self._cache_users = settings.state_cache_users
 
     # -- 1. decode --------------------------------------------------------------
 
@@ -301,13 +306,10 @@ class Pipeline:
             if isinstance(event, Forget):
                 states[user] = (None, partition)
                 store.delete(user, partition)
+                self._decoded.pop(user, None)
                 self._untrack(partition, user)
                 continue
-            if user in states:
-                state = states[user][0]
-            else:
-                raw = store.get(user)
-                state = sessions.UserState.from_bytes(raw) if raw is not None else None
+            state = states[user][0] if user in states else self._load(user, store)
             if isinstance(event, Click):
                 step = sessions.step_of(event.action, event.ts, event.item_id, None)
             else:
@@ -342,7 +344,7 @@ class Pipeline:
             )
         for user, (state, partition) in states.items():
             if state is not None:
-                store.put(user, state.to_bytes(), partition)
+                self._save(user, state, partition, store)
                 self._track(partition, user, state)
         return work
 
@@ -424,18 +426,16 @@ class Pipeline:
                 due.append(user)
         closed: list[SessionSummary] = []
         for user in due:  # each user once: a state the sweep left as it was is re-tracked
-            raw = store.get(user)
-            if raw is None:
+            loaded = self._load(user, store)
+            if loaded is None:
                 continue
-            state, done = sessions.sweep(
-                sessions.UserState.from_bytes(raw), user, watermark, self.rules
-            )
+            state, done = sessions.sweep(loaded, user, watermark, self.rules)
             closed += done
             if state is None:
                 store.delete(user, partition)
+                self._decoded.pop(user, None)
             else:
-                if done:
-                    store.put(user, state.to_bytes(), partition)
+                self._save(user, state, partition, store, changed=bool(done))
                 self._track(partition, user, state)
         return closed
 
@@ -476,6 +476,43 @@ class Pipeline:
         if self.exclude_trigger and isinstance(event, Click) and event.item_id:
             return purchased | {event.item_id}
         return purchased
+
+    def _load(self, user: str, store: StateStore) -> sessions.UserState | None:
+        """The user's stored state, from the cache of decoded states when it is current.
+
+        The cached entry is taken out: the caller changes the state in place, and a
+        batch that fails before :meth:`_save` must not leave it behind.
+        """
+        raw = store.get(user)
+        cached = self._decoded.pop(user, None)
+        if raw is None:
+            return None
+        if cached is not None and cached[0] == raw:  # the store holds what was written
+            return cached[1]
+        return sessions.UserState.from_bytes(raw)
+
+    def _save(
+        self,
+        user: str,
+        state: sessions.UserState,
+        partition: int,
+        store: StateStore,
+        *,
+        changed: bool = True,
+    ) -> None:
+        """Store the state (when ``changed``) and keep it decoded for the user's next batch."""
+        if changed:
+            raw = state.to_bytes()
+            store.put(user, raw, partition)
+        else:
+            stored = store.get(user)
+            if stored is None:
+                return
+            raw = stored
+        if self._cache_users:
+            self._decoded[user] = (raw, state)
+            if len(self._decoded) > self._cache_users:
+                del self._decoded[next(iter(self._decoded))]
 
     def _track(self, partition: int, user: str, state: sessions.UserState) -> None:
         deadline = sessions.next_deadline(state, self.rules)

@@ -248,6 +248,8 @@ def parse_ts(value: object, *, now: float | None = None, max_future_s: float = 8
 
 def _ident(obj: dict[str, Any], name: str, *, required: bool = True) -> str | None:
     value = obj.get(name)
+    if type(value) is str and 0 < len(value) <= MAX_ID_CHARS and value.isprintable():
+        return value  # the common case, checked first
     if value is None:
         if required:
             raise InvalidEvent(Reason.MISSING_FIELD, f"{name} is required")

@@ -38,11 +38,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-from bisect import insort
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, starmap
 from operator import itemgetter
 from typing import Final
 
@@ -113,6 +113,9 @@ class UserState:
     history: list[tuple[int, str]] = field(default_factory=list)
     pending: list[Step] = field(default_factory=list)
     seen: bytes = b""
+    #: The scoring tokens of ``history + pending``: built by the first :meth:`tokens`
+    #: call, then kept in step by :func:`apply` and the sweep (not stored, not compared).
+    token_list: list[Token] | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """The stored form (format 2, in the module docstring)."""
@@ -177,11 +180,17 @@ class UserState:
         )
 
     def tokens(self, limit: int) -> list[Token]:
-        """The user's most recent ``limit`` tokens, oldest first (the model's input)."""
-        steps = [(code, text) for _, code, text in self.pending[-limit:]]
-        if len(steps) < limit:
-            steps = self.history[len(self.history) - (limit - len(steps)) :] + steps
-        return [_token(code, text) for code, text in steps]
+        """The user's most recent ``limit`` tokens, oldest first (the model's input).
+
+        The first call builds the tokens of all steps; later calls on the same state
+        object (a user's next events, in this batch or, through the pipeline's cache of
+        decoded states, in later ones) only slice them.
+        """
+        tokens = self.token_list
+        if tokens is None:
+            tokens = self.token_list = list(starmap(_token, self.history))
+            tokens += starmap(_token, map(_CODE_TEXT, self.pending))  # C loops
+        return tokens[-limit:]
 
 
 class Status(StrEnum):
@@ -250,7 +259,10 @@ def apply(
         st = UserState()
     elif st.last_ts and (ts < st.last_ts - rules.lateness or ts <= st.closed_until):
         return Applied(Status.LATE, st, [])
-    insort(st.pending, step)
+    at = bisect_right(st.pending, step)
+    st.pending.insert(at, step)
+    if st.token_list is not None:
+        st.token_list.insert(len(st.history) + at, _token(step[1], step[2]))
     if rules.dedup_window:
         st.seen = (st.seen + digest)[-rules.dedup_window * _HASH_BYTES :]
     st.last_ts = max(st.last_ts, ts)
@@ -366,7 +378,10 @@ def _finalize_split(
         st.history.extend((code, text) for _, code, text in st.pending[:steps_retired])
         del st.pending[:steps_retired]
         if len(st.history) > rules.history_length:
-            del st.history[: len(st.history) - rules.history_length]
+            dropped = len(st.history) - rules.history_length
+            del st.history[:dropped]
+            if st.token_list is not None:  # history + pending kept its order
+                del st.token_list[:dropped]
     return retired
 
 
@@ -395,6 +410,6 @@ def _summary(user_id: str, steps: list[Step]) -> SessionSummary:
 def _session_containing(user_id: str, step: Step, parts: list[list[Step]]) -> OpenSession | None:
     for steps in parts:
         if steps[0] <= step <= steps[-1]:
-            purchased = frozenset(text for _, code, text in steps if code == PURCHASE)
+            purchased = frozenset([text for _, code, text in steps if code == PURCHASE])
             return OpenSession(session_id_of(user_id, steps[0][0]), purchased)
     return None

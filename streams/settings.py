@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     """RECSTREAM_STATE_TTL: seconds of event time after which an idle user's state is dropped."""
     dedup_window: int = Field(64, ge=0)
     """RECSTREAM_DEDUP_WINDOW: recent event ids remembered per user to drop duplicates."""
+    state_cache_users: int = Field(8192, ge=0)
+    """RECSTREAM_STATE_CACHE_USERS: users whose decoded state and scoring tokens the worker
+    keeps between batches (the most recently written; ~8 KB each with 50 events of history,
+    ~64 MB at the default); 0 turns the cache off."""
     max_event_bytes: int = Field(65_536, ge=256)
     """RECSTREAM_MAX_EVENT_BYTES: larger records are dead-lettered unread."""
     max_future_skew: float = Field(86_400.0, ge=0)

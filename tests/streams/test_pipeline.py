@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from recstream.streams import sessions
 from recstream.streams.pipeline import (
     HEAP_SLACK,
     DictStore,
@@ -219,6 +220,76 @@ def test_forget_purges_state() -> None:
     assert "u1" not in store.data and out.sessions == []
     out = pipeline.run([click("c9", 2, "b")], store)
     assert out.recommendations[0].session_id == f"u1:{round((T0 + 2) * 1000)}"
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    decoded: list[bytes] = []
+    from_bytes = sessions.UserState.from_bytes
+
+    def counting(raw: bytes) -> sessions.UserState:
+        decoded.append(raw)
+        return from_bytes(raw)
+
+    monkeypatch.setattr(sessions.UserState, "from_bytes", counting)
+    return decoded
+
+
+def test_a_users_next_batch_reuses_the_state_it_left_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded = _count_decodes(monkeypatch)
+    pipeline, _, _, store = make()
+    pipeline.run([click("c1", 0, "a")], store)
+    pipeline.run([click("c2", 1, "b"), click("x1", 1, "z", user="u2")], store)
+    assert decoded == []  # u1's state came from the cache; u2 had none
+    # The store holds something else (e.g. recovered from the changelog): decoded again.
+    other, _, _, other_store = make()
+    other.run([click("c1", 0, "a"), click("c5", 1, "e")], other_store)
+    store.data["u1"] = other_store.data["u1"]
+    out = pipeline.run([click("c6", 2, "f")], store)
+    assert decoded == [other_store.data["u1"]]
+    assert [[i.item_id for i in r.items] for r in out.recommendations] == [["e", "a"]]
+
+
+def test_cached_and_uncached_pipelines_give_the_same_outputs_and_state() -> None:
+    events = [
+        click(f"c{n}", n * 7.0 % 400, f"i{n % 6}", "purchase" if n % 5 == 0 else "view",
+              user=f"u{n % 3}")
+        for n in range(60)
+    ]  # fmt: skip
+    results = []
+    for cache_users in (0, 2, 100):
+        pipeline, _, _, store = make(state_cache_users=cache_users)
+        outs = [pipeline.run(events[at : at + 7], store) for at in range(0, len(events), 7)]
+        assert len(pipeline._decoded) <= cache_users
+        results.append(([to_json(r) for o in outs for r in o.recommendations], store.data))
+    assert results[0] == results[1] == results[2]
+
+
+def test_a_failed_batch_leaves_no_changed_state_in_the_cache() -> None:
+    pipeline, _, _, store = make()
+    pipeline.run([click("c1", 0, "a")], store)
+
+    class FailingStore(DictStore):
+        def put(self, key: str, value: bytes, partition: int) -> None:
+            raise RuntimeError("disk full")
+
+    failing = FailingStore()
+    failing.data = store.data
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipeline.run([click("c2", 1, "b")], failing)
+    # c2 never reached the stored state: it is applied again, not a duplicate, and its
+    # item was never in the history.
+    out = pipeline.run([click("c2", 1, "b")], store)
+    assert [[i.item_id for i in r.items] for r in out.recommendations] == [["a"]]
+
+
+def test_a_forgotten_users_decoded_state_is_dropped() -> None:
+    pipeline, _, _, store = make()
+    pipeline.run([click("c1", 0, "a")], store)
+    assert "u1" in pipeline._decoded
+    pipeline.run([rec("privacy", {"event_id": "f1", "user_id": "u1", "ts": T0 + 1})], store)
+    assert "u1" not in pipeline._decoded
 
 
 def test_salted_user_ids_are_pseudonymised_everywhere() -> None:

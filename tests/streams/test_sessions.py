@@ -165,6 +165,30 @@ def test_state_expires_after_ttl() -> None:
     assert result.state.tokens(10) == [Token("b", "view")]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_kept_tokens_follow_every_change_of_the_state(seed: int) -> None:
+    """Late merges, closed and cut sessions, history trims, sweeps, TTL restarts,
+    duplicates: the kept token list always equals the tokens of a fresh decode."""
+    rng = random.Random(seed)
+    state: UserState | None = None
+    ts = 0.0
+    for n in range(300):
+        ts += rng.choice([1.0, 5.0, 150.0, 20_000.0]) if rng.random() < 0.9 else 0.0
+        late = ts - rng.uniform(0, RULES.lateness) if rng.random() < 0.2 else ts
+        if rng.random() < 0.1:
+            step = step_of("search", T0 + late, None, f"q{rng.randrange(5)}")
+        else:
+            step = click(late, f"i{rng.randrange(30)}", rng.choice(["view", "purchase"]))
+        event_id = f"e{rng.randrange(n + 1)}"  # some repeat: duplicates
+        state = apply(state, "u", event_id, step, RULES).state
+        if rng.random() < 0.1:
+            state = sweep(state, "u", T0 + ts + rng.uniform(0, 300), RULES)[0] or UserState()
+        fresh = UserState.from_bytes(state.to_bytes())
+        for limit in (1, 3, RULES.history_length, 100):
+            assert state.tokens(limit) == fresh.tokens(limit)
+        assert state.token_list == fresh.tokens(10_000)
+
+
 def _long_run(gap_s: float, n: int) -> UserState:
     rules = SessionRules(
         gap=1800, max_events=200, history_length=50, lateness=300, ttl=7 * 86400, dedup_window=64
