@@ -201,7 +201,7 @@ class Status(StrEnum):
     LATE = "late"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpenSession:
     """The session an applied event landed in, as the recommender needs it."""
 
@@ -209,7 +209,7 @@ class OpenSession:
     purchased: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Applied:
     """The result of :func:`apply`: the new state, sessions it closed, the event's session."""
 
