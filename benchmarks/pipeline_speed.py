@@ -426,6 +426,7 @@ async def raw_throughput(
         raise TimeoutError(f"{scenario} did not finish in {cfg.timeout_s:.0f}s") from None
     if proc.returncode != 0:
         raise RuntimeError(f"{scenario} failed: {err.decode(errors='replace')[-1500:]}")
+    await bc.delete_run_topics(bootstrap, run)
     result = json.loads(out.decode().strip().splitlines()[-1])
     rate = result["rate"]
     app_cpu = 100.0 * result["cpu_s"] / result["seconds"] if result["seconds"] else 0.0
@@ -478,9 +479,12 @@ async def app_throughput(
         }
     except BaseException:
         group.stop()
+        with contextlib.suppress(Exception):
+            await bc.delete_run_topics(bootstrap, target.app_id)
         raise
     if not keep:
         group.stop()
+        await bc.delete_run_topics(bootstrap, target.app_id)
     return result, group
 
 
@@ -762,6 +766,7 @@ async def run_broker(
                 )
             finally:
                 kept.stop()
+                await bc.delete_run_topics(broker.bootstrap_servers, kept.target.app_id)
         out["ratios"] = ratios(out["throughput"], main)
         out["cpu_cost_ratios"] = ratios(out["throughput"], main, "app_cpu_us_per_event")
     finally:

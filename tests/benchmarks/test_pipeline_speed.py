@@ -6,6 +6,7 @@ code computes what it says and that a run writes well-formed results.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
@@ -23,6 +25,7 @@ import bench_common as bc  # noqa: E402
 import capacity_guide  # noqa: E402
 import pipeline_speed as ps  # noqa: E402
 
+from recstream.streams.broker import EmbeddedBroker  # noqa: E402
 from recstream.streams.records import parse_click  # noqa: E402
 
 # ----------------------------------------------------------------------------
@@ -262,6 +265,29 @@ def _cpu_figure(value: Any) -> bool:
     """A figure a tiny run may not resolve: CPU clocks tick every 10 ms, and a fast
     scenario can finish the whole backlog within one fetch (rate 0.0)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_finished_runs_topics_are_deleted_and_no_others() -> None:
+    async def scenario(bootstrap: str) -> set[str]:
+        run = bc.unique_name("bench", "recstreamfull")
+        names = [f"{run}.clicks", f"changelog__{run}--in--default", "bench-other-in"]
+        await bc.create_topics(bootstrap, names, 2)
+        await bc.delete_run_topics(bootstrap, run)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return {name for name in await admin.list_topics() if "bench" in name}
+        finally:
+            await admin.close()
+
+    broker = EmbeddedBroker("noida")
+    broker.start()
+    try:
+        assert asyncio.run(scenario(broker.bootstrap_servers)) == {"bench-other-in"}
+    finally:
+        broker.stop()
 
 
 @pytest.mark.integration
