@@ -249,10 +249,10 @@ class Pipeline:
         # plus a heap of (deadline, user) over it (stale entries are skipped).
         self._deadlines: dict[int, dict[str, float]] = {}
         self._heaps: dict[int, list[tuple[float, str]]] = {}
-        #: user -> (the bytes last stored, the state they encode), least recently written
-        #: first: a state the store still holds as those bytes is used as it is, with
-        #: its scoring tokens, instead of being decoded again.
-        self._decoded: dict[str, tuple[bytes, sessions.UserState]] = {}
+        #: user -> (the bytes last stored, the state they encode, its partition), least
+        #: recently written first: a state the store still holds as those bytes is used
+        #: as it is, with its scoring tokens, instead of being decoded again.
+        self._decoded: dict[str, tuple[bytes, sessions.UserState, int]] = {}
         self._cache_users = settings.state_cache_users
 
     # -- 1. decode --------------------------------------------------------------
@@ -461,10 +461,14 @@ class Pipeline:
         self._track(partition, user, state)
 
     def forget_partition(self, partition: int) -> None:
-        """Stop sweeping a partition (it was revoked from this worker)."""
+        """Stop sweeping a partition (it was revoked from this worker) and drop its users'
+        decoded states (the table drops their bytes too)."""
         self._deadlines.pop(partition, None)
         self._heaps.pop(partition, None)
         self.watermarks.pop(partition, None)
+        gone = [user for user, entry in self._decoded.items() if entry[2] == partition]
+        for user in gone:
+            del self._decoded[user]
 
     # -- offline ----------------------------------------------------------------
 
@@ -520,7 +524,7 @@ class Pipeline:
                 return
             raw = stored
         if self._cache_users:
-            self._decoded[user] = (raw, state)
+            self._decoded[user] = (raw, state, partition)
             if len(self._decoded) > self._cache_users:
                 del self._decoded[next(iter(self._decoded))]
 

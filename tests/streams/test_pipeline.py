@@ -292,6 +292,16 @@ def test_a_forgotten_users_decoded_state_is_dropped() -> None:
     assert "u1" not in pipeline._decoded
 
 
+def test_a_revoked_partitions_decoded_states_are_dropped() -> None:
+    pipeline, _, _, store = make()
+    pipeline.run([click("c1", 0, "a"), rec("clicks", {
+        "event_id": "x1", "user_id": "u2", "item_id": "b", "action": "view", "ts": T0,
+    }, partition=1)], store)  # fmt: skip
+    assert set(pipeline._decoded) == {"u1", "u2"}
+    pipeline.forget_partition(1)
+    assert set(pipeline._decoded) == {"u1"}
+
+
 def test_salted_user_ids_are_pseudonymised_everywhere() -> None:
     pipeline, _, _, store = make(user_id_salt=SecretStr("pepper"))
     out = pipeline.run(
