@@ -41,6 +41,9 @@ from recstream.streams.topic_admin import ALL_TOPICS, create_topics
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
+#: Events per batch of the soaked worker: with the fake scorer's delay it sets the
+#: worker's capacity (256 / 0.25 s = 1,024 events/s by default, below the offered load).
+SOAK_BATCH_SIZE = 256
 #: The worker with fake scorers that take ``SOAK_SCORER_MS`` per batch, one batch at a
 #: time however many scoring threads call them (a saturated model's capacity does not
 #: grow with threads; a plain sleep would).
@@ -86,6 +89,8 @@ def worker_env(
         RECSTREAM_LOG_LEVEL="warning",
         OMP_NUM_THREADS="1",
         SOAK_SCORER_MS=str(scorer_ms),
+        # Fixed here, so the worker's capacity (batch size / delay) does not follow the default.
+        RECSTREAM_BATCH_SIZE=str(SOAK_BATCH_SIZE),
     )
     return env
 
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=250.0,
         help="fake scorer delay per batch: the worker answers at most "
-        "RECSTREAM_BATCH_SIZE / delay events/s (256 / 0.25 s = 1,024 by default)",
+        f"{SOAK_BATCH_SIZE} events per batch / delay events/s (1,024 by default)",
     )
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--partitions", type=int, default=2)

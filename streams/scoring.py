@@ -80,6 +80,9 @@ BOUND_BYTES: Final = 8 << 20
 #: ``RecsModel.runs``); a part with fewer rows than this joins the next longer part
 #: (a run has a fixed cost: ~0.7 ms for one history of the SASRec-size model).
 MIN_RUN_ROWS: Final = 8
+#: ... and a part is cut after this many rows: one run's ``[rows, items]`` score matrix
+#: stays within tens of MB (256 x 50k items x 4 bytes = 51 MB).
+MAX_RUN_ROWS: Final = 256
 #: Batches of at most this many tokens (after the ``max_len`` cut) are encoded one
 #: token at a time, larger ones with numpy (measured crossover: 320 tokens were
 #: faster token by token, 1,280 with numpy).
@@ -664,7 +667,8 @@ class RecsModel:
         one costs as if all were long (measured on replayed shop-log batches of 256
         clicks, 50k items: ~330 CPU-us per history in one run, ~230 run by length).
         Rows are sorted by their bucketed length; a part smaller than
-        ``MIN_RUN_ROWS`` joins the next longer one.  One part on CUDA.
+        ``MIN_RUN_ROWS`` joins the next longer one, one larger than ``MAX_RUN_ROWS`` is
+        cut.  One part on CUDA.
         """
         if not self.runs_by_length or len(histories) <= MIN_RUN_ROWS:
             return [list(range(len(histories)))]
@@ -673,7 +677,9 @@ class RecsModel:
         parts: list[list[int]] = []
         part: list[int] = []
         for row in sorted(range(len(histories)), key=widths.__getitem__):
-            if len(part) >= MIN_RUN_ROWS and widths[row] != widths[part[-1]]:
+            if len(part) >= MAX_RUN_ROWS or (
+                len(part) >= MIN_RUN_ROWS and widths[row] != widths[part[-1]]
+            ):
                 parts.append(part)
                 part = []
             part.append(row)

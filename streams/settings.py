@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     exclude_trigger_item: bool = True
     """RECSTREAM_EXCLUDE_TRIGGER_ITEM: leave out the item of the click being answered
     (the one on screen); items purchased in the session are always left out."""
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(1024, ge=1)
     """RECSTREAM_BATCH_SIZE: most events taken from a stream in one batch."""
     batch_within: float = Field(0.01, gt=0)
     """RECSTREAM_BATCH_WITHIN: seconds a batch waits to fill before it is processed."""

@@ -24,6 +24,7 @@ from recstream.streams import scoring
 from recstream.streams.records import ScoredItem
 from recstream.streams.scoring import (
     EMPTY_TEXT,
+    MAX_RUN_ROWS,
     MIN_RUN_ROWS,
     SEQUENCE_BUCKETS,
     FakeRecsScorer,
@@ -434,6 +435,9 @@ def test_batches_run_in_parts_by_padded_length() -> None:
         [12] * 3 + [30] * 10,
     ]
     assert sorted(row for part in parts for row in part) == list(range(len(histories)))
+    # A part is cut at MAX_RUN_ROWS rows.
+    many = [_views(3)] * (2 * MAX_RUN_ROWS + 5)
+    assert list(map(len, model.runs(many))) == [MAX_RUN_ROWS, MAX_RUN_ROWS, 5]
     # One run: a batch of at most MIN_RUN_ROWS, or a model on CUDA (extra runs cost more
     # there than padding).
     assert model.runs(histories[: MIN_RUN_ROWS + 2][-MIN_RUN_ROWS:]) == [list(range(8))]
