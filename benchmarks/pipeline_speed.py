@@ -489,16 +489,29 @@ async def app_throughput(
 
 
 async def latency_phase(
-    bootstrap: str, target: Target, rate: float, seconds: float, users: int, tag: str
+    bootstrap: str,
+    target: Target,
+    rate: float,
+    seconds: float,
+    users: int,
+    tag: str,
+    cpu: bc.CpuWindow | None = None,
 ) -> dict[str, Any]:
-    """Paced load at ``rate``: event time to output receipt, in milliseconds."""
+    """Paced load at ``rate``: event time to output receipt, in milliseconds.
+
+    ``cpu``: measured over the paced load (in % of one core; the ``observer`` role is
+    this process, which generates the load and watches the outputs).
+    """
     watch = bc.OutputWatch(target=10**12, tag=tag, latency=True)
     started = asyncio.Event()
     watcher = asyncio.create_task(
         bc.watch_output(bootstrap, target.sink, watch, seconds + 30.0, started=started)
     )
     await started.wait()
+    if cpu is not None:
+        cpu.begin()
     sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, users, id_prefix=tag)
+    cpu_percent = cpu.end() if cpu is not None else None
     watch.target = sent
     await watcher
     lat = [value * 1000.0 for value in watch.latencies]
@@ -510,6 +523,7 @@ async def latency_phase(
         "p99_ms": bc.percentile(lat, 99),
         "p999_ms": bc.percentile(lat, 99.9),
         "max_ms": max(lat, default=0.0),
+        "cpu_percent": cpu_percent,
     }
 
 
@@ -823,6 +837,9 @@ async def deep_measurements(
         log(f"{kind}: latency of {scenario} at {load:.0%} of {capacity:,.0f}/s")
         tag = f"lat{int(load * 100)}-"
         try:
+            cpu = bc.CpuWindow(
+                {"app": group.pids, "broker": [broker.pid or 0], "observer": [os.getpid()]}
+            )
             phase = await latency_phase(
                 broker.bootstrap_servers,
                 group.target,
@@ -830,6 +847,7 @@ async def deep_measurements(
                 cfg.latency_seconds,
                 cfg.users,
                 tag,
+                cpu,
             )
             phases.append({"load": load, **phase})
         except Exception as exc:
@@ -899,6 +917,10 @@ def throughput_table(results: dict[str, Any]) -> str:
     return bc.markdown_table(headers, rows)
 
 
+#: The roles whose CPU a latency phase records (see :func:`latency_phase`).
+LATENCY_CPU_ROLES = ("app", "broker", "observer")
+
+
 def deep_tables(results: dict[str, Any]) -> list[str]:
     """Latency, state, scale-out and rebalance sections per broker."""
     parts = []
@@ -915,12 +937,27 @@ def deep_tables(results: dict[str, Any]) -> list[str]:
                 bc.fmt(p.get("p50_ms"), 1),
                 bc.fmt(p.get("p99_ms"), 1),
                 bc.fmt(p.get("p999_ms"), 1),
+                *(bc.fmt((p.get("cpu_percent") or {}).get(role)) for role in LATENCY_CPU_ROLES),
             ]
             for p in out["latency"]
         ]
         parts.append(
-            "Latency, event ts → output receipt:\n\n"
-            + bc.markdown_table(["load", "ev/s", "outputs", "p50 ms", "p99 ms", "p99.9 ms"], rows)
+            "Latency, event ts → output receipt; CPU in % of one core while the load ran "
+            "(load generator: this benchmark's process, producing and watching):\n\n"
+            + bc.markdown_table(
+                [
+                    "load",
+                    "ev/s",
+                    "outputs",
+                    "p50 ms",
+                    "p99 ms",
+                    "p99.9 ms",
+                    "app CPU %",
+                    "broker CPU %",
+                    "load generator CPU %",
+                ],
+                rows,
+            )
         )
         state = out.get("state", {})
         parts.append(

@@ -344,6 +344,9 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
         assert "error" not in phase, phase
         assert phase["received"] > 0 and phase["sent"] >= phase["received"]
         assert 0 < phase["p50_ms"] <= phase["p99_ms"] <= phase["p999_ms"] <= phase["max_ms"]
+        assert set(phase["cpu_percent"]) == set(ps.LATENCY_CPU_ROLES)
+        assert all(_cpu_figure(v) for v in phase["cpu_percent"].values())
+    assert "load generator CPU %" in report
 
     state = broker["state"]
     assert "error" not in state, state
