@@ -438,6 +438,11 @@ async def raw_throughput(
     }
 
 
+def cpu_window(group: Workers, broker: EmbeddedBroker) -> bc.CpuWindow:
+    """CPU of the workers (``app``), the broker and this process (``observer``)."""
+    return bc.CpuWindow({"app": group.pids, "broker": [broker.pid or 0], "observer": [os.getpid()]})
+
+
 async def app_throughput(
     broker: EmbeddedBroker,
     scenario: str,
@@ -458,9 +463,7 @@ async def app_throughput(
     group = Workers(target)
     try:
         spawned = next(group.spawn() for _ in range(workers))
-        cpu = bc.CpuWindow(
-            {"app": group.pids, "broker": [broker.pid or 0], "observer": [os.getpid()]}
-        )
+        cpu = cpu_window(group, broker)
         watch = bc.OutputWatch(target=len(backlog))
         # On noida a consuming observer spins a core (no long-poll); its end offsets are
         # exact, so count by polling them there.
@@ -837,9 +840,6 @@ async def deep_measurements(
         log(f"{kind}: latency of {scenario} at {load:.0%} of {capacity:,.0f}/s")
         tag = f"lat{int(load * 100)}-"
         try:
-            cpu = bc.CpuWindow(
-                {"app": group.pids, "broker": [broker.pid or 0], "observer": [os.getpid()]}
-            )
             phase = await latency_phase(
                 broker.bootstrap_servers,
                 group.target,
@@ -847,7 +847,7 @@ async def deep_measurements(
                 cfg.latency_seconds,
                 cfg.users,
                 tag,
-                cpu,
+                cpu_window(group, broker),
             )
             phases.append({"load": load, **phase})
         except Exception as exc:
