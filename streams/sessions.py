@@ -39,6 +39,7 @@ import base64
 import hashlib
 import struct
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -116,21 +117,25 @@ class UserState:
     #: The scoring tokens of ``history + pending``: built by the first :meth:`tokens`
     #: call, then kept in step by :func:`apply` and the sweep (not stored, not compared).
     token_list: list[Token] | None = field(default=None, init=False, compare=False, repr=False)
+    #: The stored form's texts of ``history``, kept between writes: the history changes
+    #: only when a session is finalized, the pending events at every event.  Made by the
+    #: first :meth:`to_bytes`, dropped when a session moves into the history (not
+    #: stored, not compared).
+    history_texts: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """The stored form (format 2, in the module docstring)."""
         history, pending, seen = self.history, self.pending, self.seen
         n = len(pending)
-        codes_and_texts = (
-            *chain.from_iterable(history),
-            *chain.from_iterable(map(_CODE_TEXT, pending)),
-        )
         head = _HEADER.pack(
             _FORMAT, self.last_ts, self.closed_until, len(history), n, len(seen) // _HASH_BYTES
         )
         times = _times(n).pack(*map(_TS, pending))
-        texts = ("%c%s" * (len(history) + n) % codes_and_texts).encode("utf-8")
-        return b"".join((head, times, seen, texts))
+        history_texts = self.history_texts
+        if history_texts is None:
+            history_texts = self.history_texts = _texts(chain.from_iterable(history), len(history))
+        pending_texts = _texts(chain.from_iterable(map(_CODE_TEXT, pending)), n)
+        return b"".join((head, times, seen, history_texts, pending_texts))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
@@ -310,6 +315,11 @@ def remembered(seen: bytes, digest: bytes) -> bool:
     return False
 
 
+def _texts(codes_and_texts: Iterable[int | str], steps: int) -> bytes:
+    """The stored texts of ``steps`` steps: chr(action code) + text each, UTF-8."""
+    return ("%c%s" * steps % tuple(codes_and_texts)).encode("utf-8")
+
+
 @lru_cache(maxsize=256)
 def _times(n: int) -> struct.Struct:
     """The layout of ``n`` event times (little-endian doubles)."""
@@ -375,6 +385,7 @@ def _finalize_split(
         retired += 1
         steps_retired += len(steps)
     if steps_retired:
+        st.history_texts = None
         st.history.extend((code, text) for _, code, text in st.pending[:steps_retired])
         del st.pending[:steps_retired]
         if len(st.history) > rules.history_length:

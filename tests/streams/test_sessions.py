@@ -166,9 +166,10 @@ def test_state_expires_after_ttl() -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_kept_tokens_follow_every_change_of_the_state(seed: int) -> None:
+def test_kept_tokens_and_texts_follow_every_change_of_the_state(seed: int) -> None:
     """Late merges, closed and cut sessions, history trims, sweeps, TTL restarts,
-    duplicates: the kept token list always equals the tokens of a fresh decode."""
+    duplicates: the kept token list always equals the tokens of a fresh decode, and
+    the stored form (with its kept history texts) always decodes to the state."""
     rng = random.Random(seed)
     state: UserState | None = None
     ts = 0.0
@@ -184,6 +185,7 @@ def test_kept_tokens_follow_every_change_of_the_state(seed: int) -> None:
         if rng.random() < 0.1:
             state = sweep(state, "u", T0 + ts + rng.uniform(0, 300), RULES)[0] or UserState()
         fresh = UserState.from_bytes(state.to_bytes())
+        assert fresh == state
         for limit in (1, 3, RULES.history_length, 100):
             assert state.tokens(limit) == fresh.tokens(limit)
         assert state.token_list == fresh.tokens(10_000)
@@ -503,3 +505,30 @@ def test_duplicates_are_idempotent(
     assert base is not None and again is not None
     assert (base.pending, base.history) == (again.pending, again.history)
     assert closed_a == closed_b
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([0, 1, 59, 60, 61, 200]), min_size=1, max_size=40),
+    st.lists(st.sampled_from(["view", "purchase", "search"]), min_size=40, max_size=40),
+)
+def test_in_order_events_close_the_sessions_the_rules_describe(
+    gaps: list[int], actions: list[str]
+) -> None:
+    # The rules, spelled out: a session ends before an event that comes more than the
+    # gap after the previous one (exactly the gap stays), or when it holds max_events.
+    expected: list[list[int]] = []
+    ts = T0
+    events: list[tuple[str, Step]] = []
+    for i, gap in enumerate(gaps):
+        ts += gap
+        events.append((f"e{i}", step_of(actions[i], ts, f"i{i}", "q")))
+        if not expected or gap > PROP_RULES.gap or len(expected[-1]) >= PROP_RULES.max_events:
+            expected.append([])
+        expected[-1].append(i)
+    _, closed, statuses = _final(events)
+    assert set(statuses) == {Status.APPLIED}
+    assert [(s.start_ts, s.end_ts) for s in closed] == [
+        (events[s[0]][1][0], events[s[-1]][1][0]) for s in expected
+    ]
+    assert [sum(s.counts.values()) for s in closed] == [len(s) for s in expected]
