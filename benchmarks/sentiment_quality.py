@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -89,9 +90,19 @@ def _peer_report(
 
 
 def score_dataset(
-    name: str, path: Path, fmt: str, lang: str, proba: ProbaFn, quick: bool
+    name: str,
+    path: Path,
+    fmt: str,
+    lang: str,
+    proba: ProbaFn,
+    quick: bool,
+    seed_probas: Sequence[ProbaFn] = (),
 ) -> dict[str, Any]:
-    """Our model and every applicable peer on one data set's held-out split."""
+    """Our model and every applicable peer on one data set's held-out split.
+
+    ``seed_probas``: the same training run with other seeds; with them, ``ours`` also
+    holds the headline metric's spread over all seeds (``seed_spread``).
+    """
     data = load_reviews(path, fmt)
     train, test = train_test_split(data)
     if quick:
@@ -120,6 +131,10 @@ def score_dataset(
     methods[tfidf.name]["C"] = tfidf.chosen_c
     methods[tfidf.name]["seconds"] = round(time.perf_counter() - started, 2)
     metric = "macro_f1" if fmt == "alexa" else "accuracy"
+    if seed_probas:
+        values = [methods["ours"][metric]]
+        values += [evaluate_items(p, test, data.labels)[metric] for p in seed_probas]
+        methods["ours"]["seeds"] = seed_spread(values)
     return {
         "data": name,
         "file": str(path),
@@ -132,12 +147,24 @@ def score_dataset(
     }
 
 
+def seed_spread(values: Sequence[float]) -> dict[str, Any]:
+    """One metric over training seeds: the values, mean, sample standard deviation, range."""
+    return {
+        "values": [round(v, 4) for v in values],
+        "mean": round(statistics.fmean(values), 4),
+        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
 def verdict(methods: dict[str, Any], metric: str) -> dict[str, Any]:
-    """Best peer on ``metric`` and our margin over it (negative: the peer wins)."""
+    """Best peer on ``metric`` and our margin over it (negative: the peer wins); with
+    several seeds also the margin of our mean over them."""
     peers = {k: v[metric] for k, v in methods.items() if k != "ours"}
     best_peer = max(peers, key=lambda k: peers[k])
     margin = round(methods["ours"][metric] - peers[best_peer], 4)
-    return {
+    result = {
         "metric": metric,
         "best_peer": best_peer,
         "best_peer_value": peers[best_peer],
@@ -145,6 +172,11 @@ def verdict(methods: dict[str, Any], metric: str) -> dict[str, Any]:
         "margin": margin,
         "ours_wins": margin > 0,
     }
+    seeds = methods["ours"].get("seeds")
+    if seeds is not None:
+        mean_margin = round(seeds["mean"] - peers[best_peer], 4)
+        result |= {"mean_margin": mean_margin, "mean_wins": mean_margin > 0}
+    return result
 
 
 def throughput(model_path: Path, texts: Sequence[str], seconds: float = 10.0) -> dict[str, Any]:
@@ -203,6 +235,13 @@ def throughput(model_path: Path, texts: Sequence[str], seconds: float = 10.0) ->
     }
 
 
+def _training_seed(meta: dict[str, Any]) -> int | str:
+    """The ``--seed`` a checkpoint was trained with ("?" when its record lacks one)."""
+    training = meta.get("training")
+    seed = training.get("seed") if isinstance(training, dict) else None
+    return seed if isinstance(seed, int) else "?"
+
+
 def lexicon_use(meta: dict[str, Any]) -> str:
     """How the model used the VADER/TextBlob lexicons, from its training record."""
     training = meta.get("training")
@@ -248,6 +287,23 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {ds['data']} | {v['metric']} | {v['ours']:.4f} | {v['best_peer']} "
             f"{v['best_peer_value']:.4f} | {v['margin']:+.4f} | {word} |"
         )
+    if any("seeds" in ds["methods"]["ours"] for ds in result["datasets"]):
+        lines += [
+            "",
+            f"Over training seeds ({', '.join(map(str, result['seeds']))}; the first is the "
+            "model above):",
+            "",
+            "| data set | metric | ours, per seed | mean ± sd | best peer | mean's margin |",
+            "|---|---|---|---|---|---|",
+        ]
+        for ds in result["datasets"]:
+            spread, v = ds["methods"]["ours"]["seeds"], ds["verdict"]
+            per_seed = " / ".join(f"{x:.4f}" for x in spread["values"])
+            lines.append(
+                f"| {ds['data']} | {v['metric']} | {per_seed} | {spread['mean']:.4f} ± "
+                f"{spread['sd']:.4f} | {v['best_peer']} {v['best_peer_value']:.4f} "
+                f"| {v['mean_margin']:+.4f} |"
+            )
     for ds in result["datasets"]:
         groups = ds["methods"]["ours"].get("by_group")
         if groups:
@@ -274,6 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--model", type=Path, required=True, help="checkpoint folder or sentiment.onnx"
     )
+    parser.add_argument(
+        "--seed-model",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkpoint of the same training command with another --seed (repeatable): "
+        "the table adds the spread over seeds",
+    )
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="small run (see module docstring)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -286,11 +350,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     proba, meta = load_proba(args.model)
+    seed_models = [load_proba(path) for path in args.seed_model]
+    seeds = [_training_seed(m) for m in (meta, *(m for _, m in seed_models))]
     datasets = []
     held_out_texts: list[str] = []
     for name, rel, fmt, lang in DATASETS:
         print(f"scoring {name} ...", file=sys.stderr)
-        datasets.append(score_dataset(name, root / rel, fmt, lang, proba, args.quick))
+        datasets.append(
+            score_dataset(
+                name, root / rel, fmt, lang, proba, args.quick, [p for p, _ in seed_models]
+            )
+        )
         _, test = train_test_split(load_reviews(root / rel, fmt))
         held_out_texts.extend(i.review.text for i in test)
     random.Random(0).shuffle(held_out_texts)
@@ -300,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model_trained_at": meta.get("trained_at"),
         "model_hparams": meta.get("hparams"),
         "model_lexicon": lexicon_use(meta),
+        "seed_models": [str(path) for path in args.seed_model],
+        "seeds": seeds,
         "quick": args.quick,
         "machine": {
             "python": platform.python_version(),
