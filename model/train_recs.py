@@ -5,7 +5,9 @@ tokens of their training part become an input and, shifted by one, the item to
 predict at every position, with cross-entropy over the full catalogue (or a
 sampled softmax, ``negatives``), optionally plus a binary cross-entropy
 against uniform negatives (``bce_negatives``, ``bce_weight``), at a constant
-learning rate or one decaying along a half cosine (``cosine``).  Batches group
+learning rate or one decaying along a half cosine (``cosine``), optionally keeping an
+exponential moving average of the weights (``ema_half_life``, :class:`WeightAverage`),
+which is then what is validated and saved.  Batches group
 users of similar history length (:func:`bucketed_batches`) and are padded to
 their longest history only, which saves most of the encoder's work on
 short-history logs.  After
@@ -21,6 +23,7 @@ Runs are deterministic for a given ``seed`` and thread count.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -83,6 +86,39 @@ class TrainConfig:
     patience: int = 5
     use_side_info: bool = True
     threads: int | None = None
+    ema_half_life: float = 0.0
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, updated after every step.
+
+    ``half_life`` is in epochs: after each optimizer step the average moves towards
+    the weights by ``1 - decay``, with ``decay`` such that a step's weight in the
+    average halves every ``half_life`` epochs whatever the number of steps in an
+    epoch.  The average (``model``, a copy in eval mode) is what training validates
+    and saves; averaging the weights of many steps smooths the noise of single
+    steps (Polyak averaging).
+    """
+
+    def __init__(self, model: SASRec, half_life: float) -> None:
+        if half_life <= 0:
+            raise ValueError(f"the half-life must be > 0 epochs, got {half_life}")
+        self.half_life = half_life
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    def decay(self, steps_per_epoch: int) -> float:
+        """The factor kept of the average at each of an epoch's ``steps_per_epoch`` steps."""
+        return float(0.5 ** (1.0 / (self.half_life * max(steps_per_epoch, 1))))
+
+    @torch.no_grad()
+    def update(self, model: SASRec, steps_per_epoch: int) -> None:
+        """Move the average towards ``model``'s current weights by one step."""
+        weight = 1.0 - self.decay(steps_per_epoch)
+        for mean, param in zip(self.model.parameters(), model.parameters(), strict=True):
+            mean.lerp_(param, weight)
+        for kept, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
+            kept.copy_(buffer)
 
 
 def resolve(config: TrainConfig, n_train_users: int) -> TrainConfig:
@@ -161,20 +197,25 @@ def train(
         "bad_epochs": 0,
         "seconds": 0.0,
     }
+    average = WeightAverage(model, config.ema_half_life) if config.ema_half_life else None
     if resume:
-        state = _restore(out, model, optimizer, fingerprint, hparams)
+        state = _restore(out, model, optimizer, fingerprint, hparams, average)
+    # What is validated and saved: the average of the weights, or the weights.
+    kept = model if average is None else average.model
     writer = SummaryWriter(log_dir=str(out / "tensorboard"))
     meta: dict[str, Any] = {}
     try:
         while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
             epoch = state["epoch"] + 1
             started, cpu_started = time.perf_counter(), time.process_time()
-            loss = _one_epoch(model, optimizer, split, train_users, config, epoch, progress)
+            loss = _one_epoch(
+                model, optimizer, split, train_users, config, epoch, progress, average
+            )
             state["seconds"] += time.perf_counter() - started
             state["cpu_seconds"] = state.get("cpu_seconds", 0.0) + time.process_time() - cpu_started
-            model.eval()
+            kept.eval()
             ranked = rank_heldout(
-                torch_scorer(model, config.max_len),
+                torch_scorer(kept, config.max_len),
                 split,
                 valid_users,
                 "valid",
@@ -199,10 +240,10 @@ def train(
             if sampled[SELECT_METRIC] > state["best"]:
                 state |= {"best": sampled[SELECT_METRIC], "best_epoch": epoch, "bad_epochs": 0}
                 meta = _meta(split, config, hparams, fingerprint, epoch, state, sampled, full, loss)
-                save_checkpoint(out, CHECKPOINT_NAME, model, meta)
+                save_checkpoint(out, CHECKPOINT_NAME, kept, meta)
             else:
                 state["bad_epochs"] += 1
-            _save_state(out, model, optimizer, fingerprint, hparams, state)
+            _save_state(out, model, optimizer, fingerprint, hparams, state, average)
     finally:
         writer.close()
     if not meta:  # resumed after the last improvement: the best checkpoint is already on disk
@@ -220,6 +261,7 @@ def _one_epoch(
     config: TrainConfig,
     epoch: int,
     progress: bool,
+    average: WeightAverage | None = None,
 ) -> float:
     """One shuffled pass over the training users; returns the mean loss."""
     assert config.batch_size is not None
@@ -256,6 +298,8 @@ def _one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update(model, len(batches))
         total += float(loss.detach())
         seen += len(rows)
         users_per_s = seen / max(time.perf_counter() - started, 1e-9)
@@ -341,6 +385,7 @@ def _save_state(
     fingerprint: str,
     hparams: dict[str, Any],
     state: dict[str, Any],
+    average: WeightAverage | None = None,
 ) -> None:
     payload = {
         "model": model.state_dict(),
@@ -350,6 +395,8 @@ def _save_state(
         "hparams": hparams,
         "state": state,
     }
+    if average is not None:
+        payload["average"] = average.model.state_dict()
     tmp = out / (STATE_FILE + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(out / STATE_FILE)
@@ -361,6 +408,7 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     fingerprint: str,
     hparams: dict[str, Any],
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
     path = out / STATE_FILE
     if not path.is_file():
@@ -371,6 +419,10 @@ def _restore(
     if payload["hparams"] != hparams:
         raise ValueError(f"--resume: {out} was trained with {payload['hparams']}, not {hparams}")
     model.load_state_dict(payload["model"])
+    if average is not None:
+        if "average" not in payload:
+            raise ValueError(f"--resume: {out} was trained without a weight average")
+        average.model.load_state_dict(payload["average"])
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["torch_rng"])
     state: dict[str, Any] = payload["state"]

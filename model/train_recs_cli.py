@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay"
     )
     parser.add_argument(
+        "--ema-half-life",
+        type=float,
+        default=0.0,
+        help="validate and save an exponential moving average of the weights whose "
+        "steps' weights halve every this many epochs (0: the weights themselves)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=_positive_int,
         help="mean users per step; a step holds about batch-size x mean history tokens "
@@ -97,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
         or args.lr <= 0
         or args.weight_decay < 0
         or args.bce_weight < 0
+        or args.ema_half_life < 0
     ):
         print(
             "error: --dropout must be in [0, 1), --lr positive, "
-            "--weight-decay and --bce-weight >= 0",
+            "--weight-decay, --bce-weight and --ema-half-life >= 0",
             file=sys.stderr,
         )
         return 2
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         use_side_info=not args.no_side_info,
         threads=args.threads,
+        ema_half_life=args.ema_half_life,
     )
     try:
         meta = train_on_file(args.data, args.format, args.out, config, args.resume, not args.quiet)
