@@ -58,6 +58,7 @@ def data_sets(quick: bool) -> list[DataSet]:
         "epochs": 20,
         "batch_size": 64,
         "lr": 2e-3,
+        "ema_half_life": 1.5,
     }
     if quick:
         games_config = {"dim": 32, "epochs": 2}
@@ -158,6 +159,7 @@ FLAGS = {
     "patience": "--patience",
     "seed": "--seed",
     "max_items": "--max-items",
+    "ema_half_life": "--ema-half-life",
 }
 SWITCHES = {"use_side_info": "--no-side-info", "item_bias": "--no-item-bias"}
 
