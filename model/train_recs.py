@@ -23,7 +23,6 @@ Runs are deterministic for a given ``seed`` and thread count.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +52,7 @@ from recstream.model.splits import (
     sample_negatives,
     split_histories,
 )
+from recstream.model.weight_average import WeightAverage
 from recstream.streams.scoring import Token
 
 STATE_FILE = "train_state.pt"
@@ -87,38 +87,6 @@ class TrainConfig:
     use_side_info: bool = True
     threads: int | None = None
     ema_half_life: float = 0.0
-
-
-class WeightAverage:
-    """An exponential moving average of a model's weights, updated after every step.
-
-    ``half_life`` is in epochs: after each optimizer step the average moves towards
-    the weights by ``1 - decay``, with ``decay`` such that a step's weight in the
-    average halves every ``half_life`` epochs whatever the number of steps in an
-    epoch.  The average (``model``, a copy in eval mode) is what training validates
-    and saves; averaging the weights of many steps smooths the noise of single
-    steps (Polyak averaging).
-    """
-
-    def __init__(self, model: SASRec, half_life: float) -> None:
-        if half_life <= 0:
-            raise ValueError(f"the half-life must be > 0 epochs, got {half_life}")
-        self.half_life = half_life
-        self.model = copy.deepcopy(model).eval()
-        self.model.requires_grad_(False)
-
-    def decay(self, steps_per_epoch: int) -> float:
-        """The factor kept of the average at each of an epoch's ``steps_per_epoch`` steps."""
-        return float(0.5 ** (1.0 / (self.half_life * max(steps_per_epoch, 1))))
-
-    @torch.no_grad()
-    def update(self, model: SASRec, steps_per_epoch: int) -> None:
-        """Move the average towards ``model``'s current weights by one step."""
-        weight = 1.0 - self.decay(steps_per_epoch)
-        for mean, param in zip(self.model.parameters(), model.parameters(), strict=True):
-            mean.lerp_(param, weight)
-        for kept, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
-            kept.copy_(buffer)
 
 
 def resolve(config: TrainConfig, n_train_users: int) -> TrainConfig:

@@ -72,6 +72,7 @@ from recstream.model.review_adapters import (
 )
 from recstream.model.sentiment import SentimentEncoder, save_sentiment
 from recstream.model.text_tokens import TextTokenizer, word_char_mask
+from recstream.model.weight_average import WeightAverage
 from recstream.streams.records import LABELS, MIN_TS, Review
 
 MAX_REPEAT = 8
@@ -105,6 +106,7 @@ class TrainConfig:
     linear_ngrams: int = 0
     word_lr: float = 2e-3
     lexicon_init: bool = False
+    ema_half_life: float = 0.0
 
 
 @dataclass
@@ -385,6 +387,9 @@ def train_sentiment(
         return max(0.05, 1.0 - (step - warmup) / max(1, total_steps - warmup))
 
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
+    average = WeightAverage(model, config.ema_half_life) if config.ema_half_life else None
+    # What is validated and kept: the moving average of the weights, or the weights.
+    kept = model if average is None else average.model
     writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None, "validation": None}
     history = []
@@ -416,6 +421,8 @@ def train_sentiment(
             for optimizer, scheduler in zip(optimizers, schedulers, strict=True):
                 optimizer.step()
                 scheduler.step()
+            if average is not None:
+                average.update(model, len(batches))
             step += 1
             value = float(loss.detach())
             running = 0.98 * running + 0.02 * value if step > 1 else value
@@ -423,7 +430,7 @@ def train_sentiment(
                 writer.add_scalar("train/loss", running, step)
                 writer.add_scalar("train/lr", schedulers[1].get_last_lr()[0], step)
                 bar.set_postfix(loss=f"{running:.3f}")
-        validation = validate(model, tokenizer, prepared, config.max_len)
+        validation = validate(kept, tokenizer, prepared, config.max_len)
         writer.add_scalar("validation/mean_macro_f1", validation["mean_macro_f1"], epoch)
         for name, report in validation["sources"].items():
             writer.add_scalar(f"validation/{name}/macro_f1", report["macro_f1"], epoch)
@@ -441,7 +448,7 @@ def train_sentiment(
             best = {
                 "score": validation["mean_macro_f1"],
                 "epoch": epoch,
-                "state": copy.deepcopy(model.state_dict()),
+                "state": copy.deepcopy(kept.state_dict()),
                 "validation": validation,
             }
         elif epoch - best["epoch"] >= config.patience:

@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start the word path at zero instead of the VADER/TextBlob lexicon polarities",
     )
+    parser.add_argument(
+        "--ema-half-life",
+        type=float,
+        default=0.0,
+        help="validate and keep an exponential moving average of the weights whose steps' "
+        "weights halve every this many epochs (0: the weights themselves)",
+    )
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         lexicon=not args.no_lexicon,
         limit_per_source=args.limit,
         progress=not args.quiet,
+        ema_half_life=args.ema_half_life,
     )
     meta = train_sentiment(list(zip(args.data, args.format, strict=True)), args.out, config)
     summary = {

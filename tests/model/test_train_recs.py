@@ -14,12 +14,11 @@ import torch
 
 from recstream.model import train_recs_cli
 from recstream.model.checkpoint import load_meta
-from recstream.model.sasrec import SASRec, load_recs
+from recstream.model.sasrec import load_recs
 from recstream.model.shoplog import generate, write_log
 from recstream.model.train_recs import (
     STATE_FILE,
     TrainConfig,
-    WeightAverage,
     bucketed_batches,
     learning_rate,
     train_on_file,
@@ -112,25 +111,6 @@ def test_resume_continues_to_the_same_weights(shop_log: Path, tmp_path: Path) ->
     b = torch.load(tmp_path / "resumed" / STATE_FILE, weights_only=True)
     assert a["state"]["epoch"] == b["state"]["epoch"] == 3
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-
-
-def test_weight_average_halves_a_steps_weight_every_half_life() -> None:
-    model = SASRec(n_items=12, max_len=6, dim=8, layers=1, heads=1, dropout=0.0)
-    average = WeightAverage(model, half_life=2.0)
-    with torch.no_grad():
-        for param in average.model.parameters():
-            param.zero_()
-        for param in model.parameters():
-            param.fill_(1.0)
-    steps_per_epoch = 5
-    for _ in range(2 * steps_per_epoch):  # one half-life: the start weighs 1/2
-        average.update(model, steps_per_epoch)
-    for param in average.model.parameters():
-        assert torch.allclose(param, torch.full_like(param, 0.5), atol=1e-6)
-    assert not average.model.training
-    assert all(not p.requires_grad for p in average.model.parameters())
-    with pytest.raises(ValueError, match="half-life"):
-        WeightAverage(model, 0.0)
 
 
 def test_training_with_a_weight_average_saves_the_average(shop_log: Path, tmp_path: Path) -> None:

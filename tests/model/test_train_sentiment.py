@@ -8,10 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from recstream.model import evaluate_sentiment_cli, train_sentiment_cli
 from recstream.model.sentiment import load_sentiment
-from recstream.model.train_sentiment import masked_loss
+from recstream.model.train_sentiment import TrainConfig, masked_loss, train_sentiment
 
 POS_EN = ["good", "great", "love it", "excellent", "works well", "happy with it"]
 NEG_EN = ["bad", "awful", "hate it", "broken", "does not work", "waste of money"]
@@ -184,3 +185,33 @@ def test_lexicon_initialise_leans_the_word_path_like_the_lexicon() -> None:
     valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
     words = model.word_logits(tokens, valid)
     assert words[0, 2] > 0 > words[0, 0] and words[1, 0] > 0 > words[1, 2]
+
+
+def test_a_weight_average_is_what_is_validated_and_kept(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    en, zh = data
+    sources = [(en, "uci"), (zh, "zh_shopping")]
+
+    def config(half_life: float) -> TrainConfig:
+        return TrainConfig(
+            epochs=2,
+            dim=16,
+            char_dim=16,
+            batch_size=16,
+            lr=5e-3,
+            lexicon=False,
+            progress=False,
+            ema_half_life=half_life,
+        )
+
+    plain = train_sentiment(sources, tmp_path / "plain", config(0.0))
+    averaged = train_sentiment(sources, tmp_path / "averaged", config(0.5))
+    assert averaged["training"]["ema_half_life"] == 0.5
+    a, _ = load_sentiment(tmp_path / "plain")
+    b, _ = load_sentiment(tmp_path / "averaged")
+    # Same seed, same steps: only the kept weights differ (the average of the steps').
+    weights_a, weights_b = a.state_dict(), b.state_dict()
+    assert any(not torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert plain["metrics"]["test"]["sources"]["en"]["accuracy"] >= 0.9
+    assert averaged["metrics"]["test"]["sources"]["en"]["accuracy"] >= 0.9
