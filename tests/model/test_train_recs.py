@@ -160,10 +160,11 @@ def test_cli_trains_and_prints_json(
     train_recs_cli.add_arguments(parser)
     argv = ["--data", str(shop_log), "--format", "jsonl", "--out", str(tmp_path), "--epochs", "1"]
     argv += ["--dim", "16", "--layers", "1", "--max-len", "8", "--quiet", "--no-side-info"]
-    argv += ["--bce-negatives", "8", "--bce-weight", "0.5"]
+    argv += ["--bce-negatives", "8", "--bce-weight", "0.5", "--ema-half-life", "0.5"]
     assert train_recs_cli.run(parser.parse_args(argv)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["training"]["use_side_info"] is False
+    assert summary["training"]["ema_half_life"] == 0.5
     assert summary["training"]["bce_negatives"] == 8
     assert summary["training"]["bce_weight"] == 0.5
     assert load_meta(tmp_path, "recs")["hparams"]["use_side_info"] is False
@@ -183,6 +184,8 @@ def test_cli_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert train_recs_cli.run(missing) == 2
     data = ["--data", str(bad), "--format", "jsonl", "--out", "x"]
     assert train_recs_cli.run(parser.parse_args([*data, "--bce-weight", "-1"])) == 2
+    assert train_recs_cli.run(parser.parse_args([*data, "--ema-half-life", "-1"])) == 2
+    assert "--ema-half-life" in capsys.readouterr().err
 
 
 def test_learning_rate_is_constant_or_a_half_cosine_to_zero() -> None:
