@@ -351,16 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     proba, meta = load_proba(args.model)
     seed_models = [load_proba(path) for path in args.seed_model]
+    seed_probas = [seed_proba for seed_proba, _ in seed_models]
     seeds = [_training_seed(m) for m in (meta, *(m for _, m in seed_models))]
     datasets = []
     held_out_texts: list[str] = []
     for name, rel, fmt, lang in DATASETS:
         print(f"scoring {name} ...", file=sys.stderr)
-        datasets.append(
-            score_dataset(
-                name, root / rel, fmt, lang, proba, args.quick, [p for p, _ in seed_models]
-            )
-        )
+        datasets.append(score_dataset(name, root / rel, fmt, lang, proba, args.quick, seed_probas))
         _, test = train_test_split(load_reviews(root / rel, fmt))
         held_out_texts.extend(i.review.text for i in test)
     random.Random(0).shuffle(held_out_texts)
