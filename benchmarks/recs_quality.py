@@ -55,10 +55,10 @@ def data_sets(quick: bool) -> list[DataSet]:
     games_config: dict[str, Any] = {
         "dropout": 0.5,
         "patience": 3,
-        "epochs": 20,
+        "epochs": 26,
         "batch_size": 64,
-        "lr": 2e-3,
-        "ema_half_life": 1.5,
+        "lr": 4e-3,
+        "ema_half_life": 4.0,
     }
     if quick:
         games_config = {"dim": 32, "epochs": 2}
