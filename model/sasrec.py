@@ -34,8 +34,9 @@ RecSys 2023; Klenitskiy & Vasilev, RecSys 2023).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -256,12 +257,43 @@ class ChunkedSoftmaxLoss(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None
 
 
-def load_recs(folder: str | Path) -> tuple[SASRec, dict[str, Any]]:
-    """Load ``recs.pt`` + ``recs.json`` of a checkpoint folder: the model (eval mode), its meta."""
+class SASRecEnsemble(nn.Module):
+    """Several recommenders over one vocabulary, scored as one: ``score_last`` is the mean
+    of the members' log-probabilities (log-softmax of their scores; PAD and OOV stay -inf).
+
+    Members trained with other seeds make different mistakes, so their mean ranks
+    better than each of them, at the cost of running every member.  The same
+    ``score_last`` interface as :class:`SASRec`: it evaluates and exports alike.
+    ``members`` are the members' hyper-parameters.
+    """
+
+    def __init__(self, members: Sequence[dict[str, Any]]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs two or more members, got {len(members)}")
+        if len({int(h["n_items"]) for h in members}) != 1:
+            raise ValueError("ensemble members must share one vocabulary size")
+        self.members = nn.ModuleList(SASRec(**h) for h in members)
+
+    def score_last(self, items: Tensor, actions: Tensor, words: Tensor, lengths: Tensor) -> Tensor:
+        """``[B, V]`` mean log-probability of every vocab index as the next item."""
+        scores = [
+            torch.log_softmax(member.score_last(items, actions, words, lengths), dim=-1)
+            for member in cast(Sequence[SASRec], self.members)
+        ]
+        return torch.stack(scores).mean(dim=0)
+
+
+def load_recs(folder: str | Path) -> tuple[SASRec | SASRecEnsemble, dict[str, Any]]:
+    """Load ``recs.pt`` + ``recs.json`` of a checkpoint folder: the model (eval mode), its meta.
+
+    A checkpoint whose hyper-parameters list ``members`` holds a :class:`SASRecEnsemble`.
+    """
     folder = Path(folder)
     meta = load_meta(folder, CHECKPOINT_NAME)
     if meta.get("kind") != "recs":
         raise ValueError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not 'recs'")
-    model = SASRec(**meta["hparams"])
+    hparams = meta["hparams"]
+    model = SASRecEnsemble(hparams["members"]) if "members" in hparams else SASRec(**hparams)
     model.load_state_dict(load_state(folder, CHECKPOINT_NAME, meta))
     return model.eval(), meta

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "sentiment": "recstream.model.evaluate_sentiment_cli",
         "replay": "recstream.streams.offline_eval",
     },
+    "combine": {"recs": "recstream.model.ensemble_recs_cli"},
     "export": "recstream.export.export_cli",
 }
 
