@@ -11,6 +11,8 @@ negatives, 10,000 users; full: the whole catalogue) against the two baselines,
 and on logs with searches also trains an items-only model (the side-information
 ablation).  Results go to ``benchmarks/results/recs_quality.json`` and ``.md``.
 ``--reuse`` skips training where a checkpoint of the same data and settings exists.
+On Games it also trains a second model with another seed and evaluates the ensemble
+of the two (``recstream combine recs``).
 Data come from ``../shared/data`` (or ``RECSTREAM_DATA_ROOT``); missing sets are
 skipped with a note.  The shop log is generated with ``recstream.model.shoplog``.
 """
@@ -43,6 +45,9 @@ class DataSet:
     searches: bool = False
     published: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    #: Seeds of more models of the same configuration, combined with the first into an
+    #: ensemble (``recstream combine recs``) that is evaluated too.
+    ensemble_seeds: tuple[int, ...] = ()
 
 
 def data_root() -> Path:
@@ -55,7 +60,7 @@ def data_sets(quick: bool) -> list[DataSet]:
     games_config: dict[str, Any] = {
         "dropout": 0.5,
         "patience": 3,
-        "epochs": 26,
+        "epochs": 28,
         "batch_size": 64,
         "lr": 4e-3,
         "ema_half_life": 4.0,
@@ -76,6 +81,7 @@ def data_sets(quick: bool) -> list[DataSet]:
                 "full ndcg@10 (RecBole SASRec, CE)": 0.0412,
             },
             config=games_config,
+            ensemble_seeds=(1,),
         ),
         DataSet(
             "diginetica", root / "diginetica_sample" / "sample_train-item-views.csv", "diginetica"
@@ -100,22 +106,22 @@ def shop_log(quick: bool) -> DataSet:
 
 
 def train_and_evaluate(
-    data: DataSet, side_info: bool, quick: bool, reuse: bool, threads: int
+    data: DataSet, side_info: bool, quick: bool, reuse: bool, threads: int, seed: int | None = None
 ) -> dict[str, Any]:
-    """Train (unless reusable) and evaluate one model with both protocols."""
+    """Train (unless reusable) and evaluate one model with both protocols.
+
+    ``seed`` (an ensemble member's) replaces the configuration's seed.
+    """
     from recstream.model.checkpoint import load_meta
-    from recstream.model.evaluate_recs import evaluate_model_on_file
     from recstream.model.sequences import data_fingerprint
     from recstream.model.train_recs import TrainConfig, train_on_file
 
-    config = TrainConfig(use_side_info=side_info, threads=threads, **data.config)
+    options = dict(data.config) | ({} if seed is None else {"seed": seed})
+    config = TrainConfig(use_side_info=side_info, threads=threads, **options)
     if quick:
         config.epochs = config.epochs or 10
-    out = (
-        RUNS
-        / (data.name if side_info else f"{data.name}-items-only")
-        / ("quick" if quick else "full")
-    )
+    name = data.name if side_info else f"{data.name}-items-only"
+    out = RUNS / (name if seed is None else f"{name}-seed{seed}") / ("quick" if quick else "full")
     fingerprint = data_fingerprint([data.path], data.fmt)
     meta: dict[str, Any] | None = None
     if reuse and (out / "recs.json").is_file():
@@ -126,7 +132,6 @@ def train_and_evaluate(
             meta = old
     if meta is None:
         meta = train_on_file(data.path, data.fmt, out, config, progress=sys.stderr.isatty())
-    options = dict(data.config)
     if not side_info:
         options["use_side_info"] = False
     path = os.path.relpath(data.path, REPO)
@@ -136,9 +141,39 @@ def train_and_evaluate(
         "command": f"{command} --threads {threads}",
         "training": meta["training"],
     }
+    return result | evaluate_both(out, data)
+
+
+def combine_and_evaluate(
+    data: DataSet, members: list[dict[str, Any]], quick: bool
+) -> dict[str, Any]:
+    """Combine trained members (their ``train_and_evaluate`` results) and evaluate the ensemble."""
+    from recstream.model.ensemble_recs import combine
+
+    out = RUNS / f"{data.name}-ensemble" / ("quick" if quick else "full")
+    folders = [REPO / member["model_dir"] for member in members]
+    started = time.perf_counter()
+    meta = combine(folders, data.path, data.fmt, out)
+    seconds = round(time.perf_counter() - started, 1)
+    path = os.path.relpath(data.path, REPO)
+    flags = " ".join(f"--member {member['model_dir']}" for member in members)
+    result: dict[str, Any] = {
+        "model_dir": str(out.relative_to(REPO)),
+        "command": f"recstream combine recs {flags} --data {path} --format {data.fmt} "
+        f"--out {out.relative_to(REPO)}",
+        "training": {**meta["training"], "combine_seconds": seconds},
+    }
+    return result | evaluate_both(out, data)
+
+
+def evaluate_both(model: Path, data: DataSet) -> dict[str, Any]:
+    """The model's reports on the test items with the sampled and the full protocol."""
+    from recstream.model.evaluate_recs import evaluate_model_on_file
+
+    result: dict[str, Any] = {}
     for protocol in ("sampled", "full"):
         started = time.perf_counter()
-        report = evaluate_model_on_file(out, data.path, data.fmt, protocol)
+        report = evaluate_model_on_file(model, data.path, data.fmt, protocol)
         report["eval_seconds"] = round(time.perf_counter() - started, 1)
         result[protocol] = report
     return result
@@ -192,13 +227,22 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"## {name} ({entry['format']})", ""]
         for variant, run in entry["runs"].items():
             training = run["training"]
-            cpu = training.get("train_cpu_seconds")
-            lines.append(
-                f"**{variant}**: best epoch {training['best_epoch']}, training "
-                f"{training['train_seconds']:.0f} s wall"
-                + (f", {cpu:.0f} s CPU" if cpu is not None else "")
-                + f", {run['sampled']['users']} sampled / {run['full']['users']} full users."
-            )
+            users = f"{run['sampled']['users']} sampled / {run['full']['users']} full users."
+            if "members" in training:
+                seeds = ", ".join(str(m["seed"]) for m in training["members"])
+                lines.append(
+                    f"**{variant}**: mean log-probability of the models of seeds {seeds} "
+                    f"(each trained as above), combined in {training['combine_seconds']:.0f} s, "
+                    + users
+                )
+            else:
+                cpu = training.get("train_cpu_seconds")
+                lines.append(
+                    f"**{variant}**: best epoch {training['best_epoch']}, training "
+                    f"{training['train_seconds']:.0f} s wall"
+                    + (f", {cpu:.0f} s CPU" if cpu is not None else "")
+                    + f", {users}"
+                )
             if run.get("command"):
                 lines += ["", f"`{run['command']}`"]
             lines += ["", "| protocol | scorer | " + " | ".join(METRICS) + " |"]
@@ -254,6 +298,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"full ndcg@10 {run['full']['ndcg@10']:.4f} "
                 f"(pop {run['full']['baselines']['most_popular']['ndcg@10']:.4f}, "
                 f"co-oc {run['full']['baselines']['cooccurrence']['ndcg@10']:.4f})"
+            )
+        if data.ensemble_seeds:
+            members = [next(iter(entry["runs"].values()))] + [
+                train_and_evaluate(data, True, args.quick, args.reuse, args.threads, seed)
+                for seed in data.ensemble_seeds
+            ]
+            for member in members[1:]:
+                entry["runs"][f"SASRec, seed {member['training']['seed']}"] = member
+            run = entry["runs"]["ensemble"] = combine_and_evaluate(data, members, args.quick)
+            print(
+                f"{data.name} [ensemble] sampled hr@10 {run['sampled']['hr@10']:.4f} "
+                f"ndcg@10 {run['sampled']['ndcg@10']:.4f}; "
+                f"full ndcg@10 {run['full']['ndcg@10']:.4f}"
             )
         results["data_sets"][data.name] = entry
     RESULTS.mkdir(parents=True, exist_ok=True)
