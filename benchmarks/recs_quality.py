@@ -231,7 +231,7 @@ def markdown(results: dict[str, Any]) -> str:
             if "members" in training:
                 seeds = ", ".join(str(m["seed"]) for m in training["members"])
                 lines.append(
-                    f"**{variant}**: mean log-probability of the models of seeds {seeds} "
+                    f"**{variant}**: mean score of the models of seeds {seeds} "
                     f"(each trained as above), combined in {training['combine_seconds']:.0f} s, "
                     + users
                 )

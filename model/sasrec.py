@@ -259,8 +259,11 @@ class ChunkedSoftmaxLoss(torch.autograd.Function):
 
 class SASRecEnsemble(nn.Module):
     """Several recommenders over one vocabulary, scored as one: ``score_last`` is the mean
-    of the members' log-probabilities (log-softmax of their scores; PAD and OOV stay -inf).
+    of the members' scores (PAD and OOV stay -inf).
 
+    A member's log-probabilities (log-softmax) differ from its scores by one constant
+    per history, so the mean of the scores ranks the items of a history exactly as the
+    mean of the members' log-probabilities would, without a softmax over the catalogue.
     Members trained with other seeds make different mistakes, so their mean ranks
     better than each of them, at the cost of running every member.  The same
     ``score_last`` interface as :class:`SASRec`: it evaluates and exports alike.
@@ -276,12 +279,12 @@ class SASRecEnsemble(nn.Module):
         self.members = nn.ModuleList(SASRec(**h) for h in members)
 
     def score_last(self, items: Tensor, actions: Tensor, words: Tensor, lengths: Tensor) -> Tensor:
-        """``[B, V]`` mean log-probability of every vocab index as the next item."""
-        scores = [
-            torch.log_softmax(member.score_last(items, actions, words, lengths), dim=-1)
-            for member in cast(Sequence[SASRec], self.members)
-        ]
-        return torch.stack(scores).mean(dim=0)
+        """``[B, V]`` mean of the members' scores of every vocab index as the next item."""
+        members = cast(Sequence[SASRec], self.members)
+        total = members[0].score_last(items, actions, words, lengths)
+        for member in members[1:]:
+            total = total + member.score_last(items, actions, words, lengths)
+        return total / len(members)
 
 
 def load_recs(folder: str | Path) -> tuple[SASRec | SASRecEnsemble, dict[str, Any]]:
