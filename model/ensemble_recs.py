@@ -39,17 +39,18 @@ def combine(
     loaded = [load_recs(folder) for folder in members]
     first = loaded[0][1]
     side_info = bool(first["hparams"].get("use_side_info", True))
-    for folder, (model, meta) in zip(members, loaded, strict=True):
+    for folder, (model, member_meta) in zip(members, loaded, strict=True):
         if isinstance(model, SASRecEnsemble):
             raise ValueError(f"{folder} is an ensemble already; combine its members instead")
         for key in SHARED:
-            if meta.get(key) != first.get(key):
+            if member_meta.get(key) != first.get(key):
                 raise ValueError(f"{folder}: its {key} differs from that of {members[0]}")
-        if bool(meta["hparams"].get("use_side_info", True)) != side_info:
+        if bool(member_meta["hparams"].get("use_side_info", True)) != side_info:
             raise ValueError(f"{folder}: trained with other side information than {members[0]}")
     if data_fingerprint([data], fmt) != first["data_fingerprint"]:
         raise ValueError(f"the members were not trained on {data} (data fingerprint differs)")
-    ensemble = SASRecEnsemble([meta["hparams"] for _, meta in loaded])
+    hparams = [member_meta["hparams"] for _, member_meta in loaded]
+    ensemble = SASRecEnsemble(hparams)
     for member, (model, _) in zip(ensemble.members, loaded, strict=True):
         member.load_state_dict(model.state_dict())
     ensemble.eval()
@@ -63,7 +64,7 @@ def combine(
     catalogue = split.vocab.size - FIRST_ITEM
     meta = {
         "kind": "recs",
-        "hparams": {"members": [meta["hparams"] for _, meta in loaded]},
+        "hparams": {"members": hparams},
         "vocab": first["vocab"],
         "popular": first["popular"],
         "max_len": max_len,
@@ -77,11 +78,11 @@ def combine(
             "members": [
                 {
                     "folder": str(folder),
-                    "weights_sha256": meta.get("weights_sha256"),
-                    **meta.get("training", {}),
-                    "metrics": meta.get("metrics", {}),
+                    "weights_sha256": member_meta.get("weights_sha256"),
+                    **member_meta.get("training", {}),
+                    "metrics": member_meta.get("metrics", {}),
                 }
-                for folder, (_, meta) in zip(members, loaded, strict=True)
+                for folder, (_, member_meta) in zip(members, loaded, strict=True)
             ],
             "validation_seed": seed,
         },
