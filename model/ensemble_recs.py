@@ -15,16 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from recstream.model.checkpoint import save_checkpoint
-from recstream.model.evaluate_recs import rank_heldout, torch_scorer
-from recstream.model.features import FIRST_ITEM
+from recstream.model.evaluate_recs import Validation
 from recstream.model.sasrec import CHECKPOINT_NAME, SASRecEnsemble, load_recs
 from recstream.model.sequences import Vocab, data_fingerprint, load_histories
-from recstream.model.splits import (
-    SAMPLED_MAX_USERS,
-    choose_users,
-    sample_negatives,
-    split_histories,
-)
+from recstream.model.splits import split_histories
 
 #: Meta entries every member must agree on.
 SHARED = ("vocab", "max_len", "data_fingerprint")
@@ -57,11 +51,8 @@ def combine(
     split = split_histories(
         load_histories(data, fmt, side_info), vocab=Vocab(tuple(first["vocab"]))
     )
-    users = choose_users(split.evaluable(), SAMPLED_MAX_USERS, seed)
-    negatives = sample_negatives(split, users, seed=seed)
     max_len = int(first["max_len"])
-    ranked = rank_heldout(torch_scorer(ensemble, max_len), split, users, "valid", negatives, seed)
-    catalogue = split.vocab.size - FIRST_ITEM
+    sampled, full = Validation(split, seed).reports(ensemble, max_len)
     meta = {
         "kind": "recs",
         "hparams": {"members": hparams},
@@ -69,10 +60,7 @@ def combine(
         "popular": first["popular"],
         "max_len": max_len,
         "data_fingerprint": first["data_fingerprint"],
-        "metrics": {
-            "valid_sampled": ranked.report("sampled", catalogue),
-            "valid_full": ranked.report("full", catalogue),
-        },
+        "metrics": {"valid_sampled": sampled, "valid_full": full},
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training": {
             "members": [

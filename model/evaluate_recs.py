@@ -186,6 +186,25 @@ def torch_scorer(model: Any, max_len: int, threads: int | None = None) -> Scorer
     return score
 
 
+class Validation:
+    """A split's validation items as training (and ``combine``) score them: at most
+    10,000 users (seeded) and their sampled negatives, drawn once for every model."""
+
+    def __init__(self, split: Split, seed: int) -> None:
+        self.split = split
+        self.seed = seed
+        self.users = choose_users(split.evaluable(), SAMPLED_MAX_USERS, seed)
+        self.negatives = sample_negatives(split, self.users, seed=seed)
+
+    def reports(self, model: Any, max_len: int) -> tuple[dict[str, float], dict[str, float]]:
+        """The ``(sampled, full)`` reports of a torch model on the validation items."""
+        ranked = rank_heldout(
+            torch_scorer(model, max_len), self.split, self.users, "valid", self.negatives, self.seed
+        )
+        catalogue = self.split.vocab.size - FIRST_ITEM
+        return ranked.report("sampled", catalogue), ranked.report("full", catalogue)
+
+
 class OnnxScorer:
     """Runs an exported ``recs.onnx`` with onnxruntime (the artifact the worker serves).
 

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from recstream.model.checkpoint import save_checkpoint
-from recstream.model.evaluate_recs import rank_heldout, torch_scorer
+from recstream.model.evaluate_recs import Validation
 from recstream.model.features import FIRST_ITEM
 from recstream.model.sasrec import CHECKPOINT_NAME, SASRec
 from recstream.model.sequences import (
@@ -46,10 +46,7 @@ from recstream.model.sequences import (
     training_batch,
 )
 from recstream.model.splits import (
-    SAMPLED_MAX_USERS,
     Split,
-    choose_users,
-    sample_negatives,
     split_histories,
 )
 from recstream.model.weight_average import WeightAverage
@@ -156,8 +153,7 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
-    valid_users = choose_users(split.evaluable(), SAMPLED_MAX_USERS, config.seed)
-    valid_negs = sample_negatives(split, valid_users, seed=config.seed)
+    validation = Validation(split, config.seed)
     state: dict[str, Any] = {
         "epoch": 0,
         "best": -1.0,
@@ -182,17 +178,7 @@ def train(
             state["seconds"] += time.perf_counter() - started
             state["cpu_seconds"] = state.get("cpu_seconds", 0.0) + time.process_time() - cpu_started
             kept.eval()
-            ranked = rank_heldout(
-                torch_scorer(kept, config.max_len),
-                split,
-                valid_users,
-                "valid",
-                valid_negs,
-                config.seed,
-            )
-            catalogue = split.vocab.size - FIRST_ITEM
-            sampled = ranked.report("sampled", catalogue)
-            full = ranked.report("full", catalogue)
+            sampled, full = validation.reports(kept, config.max_len)
             writer.add_scalar("train/loss", loss, epoch)
             for name, value in sampled.items():
                 writer.add_scalar(f"valid_sampled/{name}", value, epoch)
