@@ -243,18 +243,17 @@ def _training_seed(meta: dict[str, Any]) -> int | str:
 
 
 def lexicon_use(meta: dict[str, Any]) -> str:
-    """How the model used the VADER/TextBlob lexicons, from its training record."""
-    training = meta.get("training")
-    if not isinstance(training, dict):
-        return "unknown (no training record in the model metadata)"
-    uses = []
-    if training.get("lexicon"):
-        uses.append("lexicon words as extra English training examples")
-    if training.get("lexicon_init"):
-        uses.append("word path initialised from lexicon polarities")
-    if not uses:
+    """How the model used a sentiment lexicon, from its checkpoint or ONNX metadata."""
+    tokenizer = meta.get("tokenizer")
+    if not isinstance(tokenizer, dict):
+        return "unknown (no tokenizer in the model metadata)"
+    lexicon = tokenizer.get("lexicon")
+    if not isinstance(lexicon, dict):
         return "none"
-    return "; ".join(uses) + " (VADER and TextBlob lexicons read from the installed packages)"
+    return (
+        f"rule-adjusted sums of {len(lexicon.get('valence', {}))} word valences as a model "
+        "input (the VADER lexicon file read from the installed package at training time)"
+    )
 
 
 def to_markdown(result: dict[str, Any]) -> str:

@@ -58,7 +58,7 @@ KIND_KEYS: Final = {
 #: The graph's input and output names, per kind (checked at load).
 GRAPH_INPUTS: Final = {
     "recs": ("items", "actions", "words", "lengths", "exclude"),
-    "sentiment": ("tokens", "lengths"),
+    "sentiment": ("tokens", "lengths", "lexicon"),
 }
 GRAPH_OUTPUTS: Final = {"recs": ("top_items", "top_scores"), "sentiment": ("probs",)}
 

@@ -74,8 +74,10 @@ class SentimentServingGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(tokens, lengths), dim=-1)
+    def forward(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, lexicon: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.softmax(self.model(tokens, lengths, lexicon), dim=-1)
 
 
 @dataclass
@@ -325,7 +327,11 @@ def export_sentiment(
     # The encoder pads the sequence to a multiple of its patch stride, so the
     # sequence axis is left for torch.export to bound (Dim.DYNAMIC).
     batch = torch.export.Dim("batch", min=1, max=65_536)
-    dynamic = {"tokens": {0: batch, 1: torch.export.Dim.DYNAMIC}, "lengths": {0: batch}}
+    dynamic = {
+        "tokens": {0: batch, 1: torch.export.Dim.DYNAMIC},
+        "lengths": {0: batch},
+        "lexicon": {0: batch},
+    }
     vocab_size = _embedding_size(model)
     rng = np.random.default_rng(7)
     example = parity.sentiment_batch(rng, 2, min(max_len, 5), vocab_size)

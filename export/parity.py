@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from recstream.model.features import ACTION_IDS, FIRST_ITEM, WORD_BUCKETS, WORDS_PER_SEARCH
+from recstream.model.sentiment_lexicon import LEXICON_FEATURES
 
 RECS_SCORE_RTOL = 1e-4
 SENTIMENT_PROB_ATOL = 1e-5
@@ -107,11 +108,19 @@ def recs_batch(
 
 
 def sentiment_batch(rng: np.random.Generator, batch: int, width: int, vocab_size: int) -> Batch:
-    """Right-padded token-id inputs with token ids drawn from the model's vocabulary."""
+    """Right-padded token-id inputs with token ids drawn from the model's vocabulary,
+    and lexicon scores in their ranges (compound -1..1, parts 0..1; every third row 0)."""
     lengths = _lengths(rng, batch, width)
     valid = np.arange(width)[None, :] < lengths[:, None]
     tokens = np.where(valid, rng.integers(1, vocab_size, size=(batch, width)), 0)
-    return {"tokens": tokens.astype(np.int64), "lengths": lengths}
+    lexicon = rng.uniform(0.0, 1.0, size=(batch, LEXICON_FEATURES))
+    lexicon[:, 0] = 2.0 * lexicon[:, 0] - 1.0
+    lexicon[::3] = 0.0
+    return {
+        "tokens": tokens.astype(np.int64),
+        "lengths": lengths,
+        "lexicon": lexicon.astype(np.float32),
+    }
 
 
 def recs_batches(num_items: int, max_len: int, seed: int = 20261129) -> Iterator[Batch]:

@@ -66,11 +66,13 @@ def tiny_sentiment(seed: int = 0) -> tuple[Any, dict[str, Any]]:
     import torch
 
     from recstream.model.sentiment import SentimentEncoder
-    from recstream.model.text_tokens import TextTokenizer
+    from recstream.model.sentiment_lexicon import SentimentLexicon
+    from recstream.model.text_tokens import TextTokenizer, word_char_mask
     from recstream.streams.records import LABELS
 
     torch.manual_seed(seed)
-    tokenizer = TextTokenizer.fit(_TEXTS, min_count=1, hash_buckets=16)
+    lexicon = SentimentLexicon({"good": 1.9, "great": 3.1, "bad": -2.5, "broken": -2.0})
+    tokenizer = TextTokenizer.fit(_TEXTS, min_count=1, hash_buckets=16, lexicon=lexicon)
     hparams: dict[str, Any] = {
         "vocab_size": tokenizer.vocab_size,
         "ngram_buckets": 256,
@@ -81,6 +83,8 @@ def tiny_sentiment(seed: int = 0) -> tuple[Any, dict[str, Any]]:
         "stride": 4,
         "max_len": TINY_TEXT_LEN,
         "dropout": 0.0,
+        "word_buckets": 64,
+        "linear_ngrams": 2,
     }
     meta = {
         "kind": "sentiment",
@@ -92,7 +96,12 @@ def tiny_sentiment(seed: int = 0) -> tuple[Any, dict[str, Any]]:
         "metrics": {},
         "trained_at": TINY_TRAINED_AT,
     }
-    return SentimentEncoder(**hparams).eval(), meta
+    model = SentimentEncoder(**hparams)
+    model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
+    with torch.no_grad():  # random, not the zero start of training, so every path counts
+        for weight in (model.classify.weight, model.words.weight, model.lexicon.weight):
+            torch.nn.init.normal_(weight, std=0.5)
+    return model.eval(), meta
 
 
 def build_tiny_models(

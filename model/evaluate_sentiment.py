@@ -118,7 +118,10 @@ def torch_proba(
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 tokens, lengths = pad_rows([encoded[i] for i in rows])
-                logits = model(torch.from_numpy(tokens), torch.from_numpy(lengths))
+                lexicon = tokenizer.lexicon_features([texts[i] for i in rows])
+                logits = model(
+                    torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(lexicon)
+                )
                 out[rows] = torch.softmax(logits, dim=-1).numpy()
         model.train(was_training)
         return out
@@ -162,8 +165,14 @@ def onnx_proba(
     def proba(texts: Sequence[str]) -> npt.NDArray[np.float32]:
         out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            tokens, lengths = tokenizer.encode_batch(texts[start : start + batch_size], max_len)
-            result = session.run(["probs"], {"tokens": tokens, "lengths": lengths})[0]
+            chunk = texts[start : start + batch_size]
+            tokens, lengths = tokenizer.encode_batch(chunk, max_len)
+            feeds = {
+                "tokens": tokens,
+                "lengths": lengths,
+                "lexicon": tokenizer.lexicon_features(chunk),
+            }
+            result = session.run(["probs"], feeds)[0]
             out[start : start + len(tokens)] = result
         return out
 

@@ -16,15 +16,24 @@ Input is the character ids of :mod:`recstream.model.text_tokens` (right-padded,
    path that does not depend on where a word falls in the patches, the valid
    character embeddings (mean and max), and classifies the four into
    ``(negative, neutral, positive)``;
-5. adds a fastText-style linear "bag of words" path straight to those logits:
-   every word (a run of up to ``word_max`` word characters, see
+5. adds a linear "bag of n-grams" path straight to those logits (a logistic
+   regression over TF-IDF features, computed in the graph): every word (a run of
+   up to ``word_max`` word characters, see
    :func:`recstream.model.text_tokens.word_char_mask`), every pair of words
-   separated by one space and (with ``linear_ngrams``) every character n-gram up
-   to that size is hashed in the graph into one of ``word_buckets`` rows of a
-   ``[word_buckets, 3]`` table, and the rows of a text are summed and divided by
-   the square root of their count.  Scripts without spaces (Chinese) have no word
-   characters and rely on the character n-grams.  The word characters are a
-   buffer filled from the tokenizer at training time and saved in the weights.
+   separated by one space, and every character n-gram up to ``linear_ngrams``
+   (any script) is hashed into one of ``word_buckets`` rows of a
+   ``[word_buckets, 3]`` table.  Each occurrence is weighted by its bucket's
+   inverse document frequency (a buffer filled from the training split); words
+   and pairs form one group, character n-grams another, and each group's
+   weighted rows are summed and divided by the group's L2 norm.  Scripts without
+   spaces (Chinese) have no word characters and rely on the character n-grams.
+   The word characters are a buffer too, filled from the tokenizer;
+6. adds a linear map of the ``lexicon`` input (the tokenizer's lexicon scores,
+   :mod:`recstream.model.sentiment_lexicon`) to the logits.
+
+The Transformer's classifier starts at zero, so an untrained encoder adds nothing
+and the linear paths can be fitted first (see
+:mod:`recstream.model.train_sentiment`).
 
 ``forward`` is tensors in, tensors out, with no branching on tensor values, so it
 exports to ONNX with dynamic batch and sequence axes.  Padding never changes the
@@ -42,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recstream.model.checkpoint import load_meta, load_state, save_checkpoint
+from recstream.model.sentiment_lexicon import LEXICON_FEATURES
 from recstream.streams.records import LABELS
 
 CHECKPOINT_NAME: Final = "sentiment"
@@ -87,7 +97,7 @@ class EncoderBlock(nn.Module):
 
 
 class SentimentEncoder(nn.Module):
-    """``forward(tokens [B,T] int64, lengths [B] int64) -> logits [B,3]``.
+    """``forward(tokens [B,T] int64, lengths [B] int64, lexicon [B,F] float) -> logits [B,3]``.
 
     ``char_dim`` is the per-character embedding size, ``dim`` the Transformer width
     after patching ``stride`` characters together.
@@ -134,10 +144,18 @@ class SentimentEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classify = nn.Linear(2 * dim + 2 * char_dim, len(LABELS))
         self.register_buffer("word_chars", torch.zeros(vocab_size, dtype=torch.bool))
-        # Linear word path (zero-initialised: it starts as "no opinion"); last row pads.
+        # Inverse document frequency per bucket (the padding row weighs nothing).
+        idf = torch.ones(word_buckets + 1)
+        idf[word_buckets] = 0.0
+        self.register_buffer("word_idf", idf)
+        # Linear paths (zero-initialised: they start as "no opinion"); last row pads.
         self.words = nn.Embedding(word_buckets + 1, len(LABELS), padding_idx=word_buckets)
+        self.lexicon = nn.Linear(LEXICON_FEATURES, len(LABELS), bias=False)
         with torch.no_grad():
             self.words.weight.zero_()
+            self.lexicon.weight.zero_()
+            self.classify.weight.zero_()
+            self.classify.bias.zero_()
             nn.init.normal_(self.chars.weight[1:], std=0.1)
             nn.init.normal_(self.ngrams.weight[:-1], std=0.1)
             nn.init.normal_(self.positions.weight, std=0.02)
@@ -166,6 +184,13 @@ class SentimentEncoder(nn.Module):
             raise ValueError(f"word mask {tuple(mask.shape)} != {tuple(word_chars.shape)}")
         with torch.no_grad():
             word_chars.copy_(mask.to(torch.bool))
+
+    def set_word_idf(self, idf: torch.Tensor) -> None:
+        """Set the per-bucket inverse document frequencies (``float [word_buckets]``)."""
+        if idf.shape != (self.word_buckets,):
+            raise ValueError(f"idf {tuple(idf.shape)} != ({self.word_buckets},)")
+        with torch.no_grad():
+            cast(torch.Tensor, self.word_idf)[: self.word_buckets] = idf
 
     def word_ids(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Hashed rows of the linear path, ``[B, (2 + linear_ngrams) T]``.
@@ -221,13 +246,37 @@ class SentimentEncoder(nn.Module):
         return torch.cat([singles, pairs, hashed.flatten(1)], dim=1)
 
     def word_logits(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The linear word path, ``[B, 3]``: summed rows / sqrt(count)."""
+        """The bag-of-n-grams path, ``[B, 3]``: per group, IDF-weighted rows / L2 norm."""
         ids = self.word_ids(tokens, valid)
-        count = (ids != self.word_buckets).sum(1, keepdim=True).clamp(min=1)
-        return self.words(ids).sum(1) / torch.sqrt(count.to(self.words.weight.dtype))
+        idf = cast(torch.Tensor, self.word_idf)[ids]  # [B, N]
+        rows = self.words(ids) * idf.unsqueeze(-1)  # [B, N, 3]
+        split = 2 * tokens.shape[1]  # words and pairs first, character n-grams after
+        logits = torch.zeros_like(rows[:, 0])
+        for group in (slice(0, split), slice(split, None)):
+            norm = torch.sqrt((idf[:, group] ** 2).sum(1, keepdim=True)).clamp(min=1e-6)
+            logits = logits + rows[:, group].sum(1) / norm
+        return logits
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def linear_logits(
+        self, tokens: torch.Tensor, valid: torch.Tensor, lexicon: torch.Tensor
+    ) -> torch.Tensor:
+        """The two linear paths and the classifier's bias, ``[B, 3]``."""
+        logits = self.lexicon(lexicon) + self.classify.bias
+        if self.word_buckets:
+            logits = logits + self.word_logits(tokens, valid)
+        return logits
+
+    def forward(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, lexicon: torch.Tensor
+    ) -> torch.Tensor:
         """Logits over ``(negative, neutral, positive)`` for right-padded ``tokens``."""
+        encoded, linear = self.path_logits(tokens, lengths, lexicon)
+        return encoded + linear
+
+    def path_logits(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, lexicon: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two summands of the logits: ``(Transformer path, linear paths + bias)``."""
         steps = torch.arange(tokens.shape[1], device=tokens.device)
         valid = steps.unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
         chars = self.embed(tokens, valid)  # [B, T, char_dim]
@@ -249,10 +298,8 @@ class SentimentEncoder(nn.Module):
         mean = (x * weight).sum(1) / patch_lengths.unsqueeze(1).to(x.dtype)
         top = (x + (weight - 1.0) * 1e4).amax(1)
         pooled = self.out_norm(torch.cat([mean, top, bag_mean, bag_max], dim=-1))
-        logits: torch.Tensor = self.classify(self.dropout(pooled))
-        if self.word_buckets:
-            logits = logits + self.word_logits(tokens, valid)
-        return logits
+        encoded = F.linear(self.dropout(pooled), self.classify.weight)
+        return encoded, self.linear_logits(tokens, valid, lexicon)
 
 
 def save_sentiment(folder: Path, model: SentimentEncoder, meta: dict[str, Any]) -> None:

@@ -19,6 +19,10 @@ to state the verdict at the start or at the end.  An empty or whitespace-only te
 encodes to length 0 (a row of padding); the caller decides what that means
 (serving answers ``neutral`` with the flag ``empty_text``).
 
+A tokenizer may carry a :class:`~recstream.model.sentiment_lexicon.SentimentLexicon`:
+:meth:`TextTokenizer.lexicon_features` then gives the model's second text input,
+a few lexicon scores per text (zeros without a lexicon).
+
 :func:`word_char_mask` tells the model which ids are word characters (letters,
 digits and apostrophes of the scripts written with spaces between words), from
 which it hashes whole words and word pairs inside its graph.
@@ -38,8 +42,10 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from recstream.model.sentiment_lexicon import LEXICON_FEATURES, SentimentLexicon
+
 TOKENIZER_KIND: Final = "char-hash"
-TOKENIZER_VERSION: Final = 1
+TOKENIZER_VERSION: Final = 2
 PAD_ID: Final = 0
 #: One past the largest Unicode code point.
 UNICODE_SIZE: Final = 0x110000
@@ -67,13 +73,16 @@ def is_word_char(char: str) -> bool:
 class TextTokenizer:
     """Maps texts to right-padded character id arrays; see the module docstring."""
 
-    def __init__(self, chars: str, hash_buckets: int = 512) -> None:
+    def __init__(
+        self, chars: str, hash_buckets: int = 512, lexicon: SentimentLexicon | None = None
+    ) -> None:
         if hash_buckets < 1:
             raise ValueError("hash_buckets must be >= 1")
         if len(set(chars)) != len(chars):
             raise ValueError("tokenizer characters must be distinct")
         self.chars = chars
         self.hash_buckets = hash_buckets
+        self.lexicon = lexicon
         known = len(chars)
         table = (known + 1 + np.arange(UNICODE_SIZE, dtype=np.int64) % hash_buckets).astype(
             np.int32
@@ -96,6 +105,7 @@ class TextTokenizer:
         min_count: int = 2,
         max_chars: int = 12_000,
         hash_buckets: int = 512,
+        lexicon: SentimentLexicon | None = None,
     ) -> TextTokenizer:
         """Learn the character list from training texts (most frequent first)."""
         counts: Counter[str] = Counter()
@@ -105,7 +115,7 @@ class TextTokenizer:
         kept.sort(key=lambda c: (-counts[c], ord(c)))
         # The space is always known: it separates English words.
         chars = " " + "".join(kept[: max_chars - 1])
-        return cls(chars, hash_buckets)
+        return cls(chars, hash_buckets, lexicon)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (stored in checkpoints and ONNX metadata)."""
@@ -114,6 +124,7 @@ class TextTokenizer:
             "version": TOKENIZER_VERSION,
             "chars": self.chars,
             "hash_buckets": self.hash_buckets,
+            "lexicon": None if self.lexicon is None else self.lexicon.to_dict(),
         }
 
     @classmethod
@@ -124,7 +135,12 @@ class TextTokenizer:
                 f"unsupported tokenizer {data.get('kind')!r} v{data.get('version')!r}; "
                 f"expected {TOKENIZER_KIND!r} v{TOKENIZER_VERSION}"
             )
-        return cls(str(data["chars"]), int(data["hash_buckets"]))
+        lexicon = data.get("lexicon")
+        return cls(
+            str(data["chars"]),
+            int(data["hash_buckets"]),
+            None if lexicon is None else SentimentLexicon.from_dict(lexicon),
+        )
 
     def encode(self, text: str, max_len: int) -> npt.NDArray[np.int64]:
         """Ids of one text, at most ``max_len`` of them (head and tail kept)."""
@@ -155,6 +171,12 @@ class TextTokenizer:
         for i, row in enumerate(rows):
             tokens[i, : row.shape[0]] = row
         return tokens, lengths
+
+    def lexicon_features(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """``float32 [B, LEXICON_FEATURES]``: the lexicon's scores, zeros without one."""
+        if self.lexicon is None:
+            return np.zeros((len(texts), LEXICON_FEATURES), dtype=np.float32)
+        return self.lexicon.features_batch([normalize(text) for text in texts])
 
 
 def word_char_mask(tokenizer: TextTokenizer) -> npt.NDArray[np.bool_]:

@@ -13,20 +13,14 @@ sources together:
 * within each source, classes are weighted by ``n / (k * n_class)`` (balanced;
   helps macro-F1 on unbalanced sets such as the Alexa reviews, and keeps their
   positives from biasing all English product text towards positive);
-* optionally (``lexicon=True``, the CLI default) the sentiment lexicons shipped
-  inside the ``vaderSentiment`` and ``textblob`` packages add English training
-  examples: every clearly polar word alone (VADER mean valence >= 1 in size,
-  TextBlob polarity >= 0.3 in size) with its sign as the label, and ``not WORD``
-  with the opposite label for the strongly polar single words (|valence| >= 1.5).
-  This is weak supervision from public lexicons, never from held-out data; it
-  gives the ~4,000 English training sentences a vocabulary prior;
-* with ``lexicon_init`` (also the CLI default; ``--no-lexicon`` turns off both)
-  the model's linear word path starts from those polarities (see
-  :func:`lexicon_initialise`);
-* the linear word path (hashed words, word pairs and character n-grams, see
-  :mod:`recstream.model.sentiment`) learns with its own, higher learning rate
-  (``word_lr``): like fastText it needs large steps, while the Transformer
-  memorises the small English sets within an epoch or two at the same rate;
+* with ``lexicon=True`` (the CLI default) the tokenizer carries the word valences
+  shipped inside the ``vaderSentiment`` package, and the model sees their
+  rule-adjusted sums (:mod:`recstream.model.sentiment_lexicon`);
+* the linear paths (the TF-IDF-weighted bag of n-grams and the lexicon scores,
+  see :mod:`recstream.model.sentiment`) are fitted alone for the first
+  ``linear_epochs`` epochs, like a logistic regression, with their own, higher
+  learning rate (``word_lr``); then the Transformer joins and everything trains
+  together.  The inverse document frequencies come from the training texts;
 * early stopping keeps the epoch with the best mean validation macro-F1 over the
   sources.
 
@@ -40,7 +34,6 @@ import copy
 import hashlib
 import math
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -59,7 +52,6 @@ from tqdm import tqdm
 from recstream.model.checkpoint import file_sha256
 from recstream.model.evaluate_sentiment import evaluate_items, pad_rows, torch_proba
 from recstream.model.review_adapters import (
-    BINARY_LABELS,
     SPLIT_SEED,
     TEST_FRACTION,
     VALIDATION_FRACTION,
@@ -71,9 +63,10 @@ from recstream.model.review_adapters import (
     train_validation_split,
 )
 from recstream.model.sentiment import SentimentEncoder, save_sentiment
+from recstream.model.sentiment_lexicon import SentimentLexicon
 from recstream.model.text_tokens import TextTokenizer, word_char_mask
 from recstream.model.weight_average import WeightAverage
-from recstream.streams.records import LABELS, MIN_TS, Review
+from recstream.streams.records import LABELS
 
 MAX_REPEAT = 8
 
@@ -82,7 +75,7 @@ MAX_REPEAT = 8
 class TrainConfig:
     """Hyper-parameters and run options of one training run."""
 
-    epochs: int = 4
+    epochs: int = 6
     max_len: int = 256
     char_dim: int = 32
     dim: int = 64
@@ -100,12 +93,12 @@ class TrainConfig:
     progress: bool = True
     limit_per_source: int | None = None
     lexicon: bool = True
-    word_buckets: int = 1 << 18
+    word_buckets: int = 1 << 20
     word_max: int = 16
     word_decay: float = 0.0
-    linear_ngrams: int = 0
-    word_lr: float = 2e-3
-    lexicon_init: bool = False
+    linear_ngrams: int = 4
+    word_lr: float = 0.01
+    linear_epochs: int = 2
     ema_half_life: float = 0.0
 
 
@@ -120,102 +113,10 @@ class SourceData:
     repeat: int = 1
 
 
-def lexicon_polarity() -> tuple[dict[str, float], set[str]]:
-    """Polar words of the VADER and TextBlob lexicons shipped in their packages.
-
-    Returns ``(polarity, strong)``: per word, VADER mean valence / 4 (words with
-    ``|valence| >= 1``) or else TextBlob polarity (``|p| >= 0.3``), both on -1..1;
-    and the single alphabetic words with ``|VADER valence| >= 1.5``.
-    """
-    import textblob
-    import vaderSentiment
-
-    vader_path = Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
-    polarity: dict[str, float] = {}
-    strong: set[str] = set()
-    for line in vader_path.read_text(encoding="utf-8").splitlines():
-        parts = line.split("\t")
-        if len(parts) < 2:
-            continue
-        word, valence = parts[0].strip(), float(parts[1])
-        if abs(valence) >= 1.0:
-            polarity[word] = valence / 4.0
-            if abs(valence) >= 1.5 and word.isalpha():
-                strong.add(word)
-    blob_path = Path(textblob.__file__).parent / "en" / "en-sentiment.xml"
-    senses: dict[str, list[float]] = {}
-    for match in re.finditer(
-        r'<word form="([^"]+)"[^>]*? polarity="([-0-9.]+)"', blob_path.read_text()
-    ):
-        senses.setdefault(match.group(1).lower(), []).append(float(match.group(2)))
-    for word, values in senses.items():
-        mean = sum(values) / len(values)
-        if abs(mean) >= 0.3 and word not in polarity:
-            polarity[word] = mean
-    return polarity, strong
-
-
-def lexicon_source() -> SourceData:
-    """Training-only examples from the VADER and TextBlob lexicons (see module docstring)."""
-    import vaderSentiment
-
-    polarity, strong = lexicon_polarity()
-    items = []
-    for word, value in sorted(polarity.items()):
-        label = "positive" if value > 0 else "negative"
-        flipped = "negative" if value > 0 else "positive"
-        items.append(LabelledReview(_lexicon_review(word), label))
-        if word in strong:
-            items.append(LabelledReview(_lexicon_review(f"not {word}"), flipped))
-    vader_path = Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
-    data = ReviewSet("lexicon", vader_path, "lexicon", BINARY_LABELS, tuple(items))
-    return SourceData(data, list(items), [], [])
-
-
-def lexicon_initialise(model: SentimentEncoder, tokenizer: TextTokenizer) -> int:
-    """Start the word path from the lexicon polarities; returns the rows set.
-
-    A single word's row becomes ``p * (-1, 0, +1)`` with ``p`` its polarity from
-    :func:`lexicon_polarity`, so the untrained model already leans the way the
-    lexicon does.  Entries that are not one word (emoticons, phrases) are skipped.
-    """
-    polarity, _ = lexicon_polarity()
-    words = [w for w in sorted(polarity) if " " not in w]
-    encoded = [tokenizer.encode(w, model.max_len) for w in words]
-    tokens, lengths = pad_rows(encoded)
-    set_rows = 0
-    with torch.no_grad():
-        tokens_t, lengths_t = torch.from_numpy(tokens), torch.from_numpy(lengths)
-        valid = torch.arange(tokens_t.shape[1]).unsqueeze(0) < lengths_t.unsqueeze(1)
-        ids = model.word_ids(tokens_t, valid)
-        for word, row in zip(words, ids, strict=True):
-            kept = row[row != model.word_buckets]
-            if kept.numel() != 1:
-                continue
-            value = polarity[word]
-            model.words.weight[int(kept[0])] = torch.tensor([-value, 0.0, value])
-            set_rows += 1
-    return set_rows
-
-
-def _lexicon_review(text: str) -> Review:
-    return Review(
-        event_id=f"lexicon:{text}",
-        user_id="lexicon",
-        item_id="lexicon",
-        text=text,
-        ts=MIN_TS,
-        lang="en",
-    )
-
-
 def prepare_sources(
-    sources: Sequence[tuple[Path, str]], limit: int | None = None, lexicon: bool = False
+    sources: Sequence[tuple[Path, str]], limit: int | None = None
 ) -> list[SourceData]:
-    """Load and split every ``(path, format)``; ``limit`` caps each split (for quick runs).
-
-    With ``lexicon`` the lexicon examples are appended as a training-only source.
-    """
+    """Load and split every ``(path, format)``; ``limit`` caps each split (for quick runs)."""
     prepared = []
     for path, fmt in sources:
         data = load_reviews(path, fmt)
@@ -232,8 +133,6 @@ def prepare_sources(
     largest = max(len(s.fit) for s in prepared)
     for source in prepared:
         source.repeat = min(MAX_REPEAT, max(1, round(math.sqrt(largest / len(source.fit)))))
-    if lexicon:
-        prepared.append(lexicon_source())
     return prepared
 
 
@@ -256,9 +155,10 @@ def _class_weights(source: SourceData) -> dict[str, float]:
 
 @dataclass
 class TrainingRows:
-    """Encoded training examples: ids, label index, allowed-label mask, loss weight."""
+    """Encoded training examples: ids, lexicon scores, label, allowed-label mask, weight."""
 
     ids: list[npt.NDArray[np.int64]]
+    lexicon: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int64]
     allowed: npt.NDArray[np.bool_]
     weights: npt.NDArray[np.float32]
@@ -269,24 +169,56 @@ def encode_training_rows(
 ) -> TrainingRows:
     """Every fit example of every source, repeated ``source.repeat`` times."""
     ids: list[npt.NDArray[np.int64]] = []
+    lexicon: list[npt.NDArray[np.float32]] = []
     labels: list[int] = []
     allowed: list[list[bool]] = []
     weights: list[float] = []
     for source in sources:
         mask = [label in source.data.labels for label in LABELS]
         class_weight = _class_weights(source)
-        for item in source.fit:
+        scores = tokenizer.lexicon_features([item.review.text for item in source.fit])
+        for item, score in zip(source.fit, scores, strict=True):
             encoded = tokenizer.encode(item.review.text, max_len)
             if encoded.shape[0] == 0:
                 continue
             for _ in range(source.repeat):
                 ids.append(encoded)
+                lexicon.append(score)
                 labels.append(LABELS.index(item.label))
                 allowed.append(mask)
                 weights.append(class_weight[item.label])
     return TrainingRows(
-        ids, np.array(labels), np.array(allowed, dtype=bool), np.array(weights, dtype=np.float32)
+        ids,
+        np.array(lexicon, dtype=np.float32).reshape(len(ids), -1),
+        np.array(labels),
+        np.array(allowed, dtype=bool),
+        np.array(weights, dtype=np.float32),
     )
+
+
+def inverse_document_frequency(
+    model: SentimentEncoder, texts: Sequence[npt.NDArray[np.int64]], batch_size: int = 512
+) -> torch.Tensor:
+    """``float [word_buckets]``: ``ln((1 + n) / (1 + df)) + 1`` per bucket, 0 if unseen.
+
+    ``df`` counts the encoded ``texts`` that hash a feature into the bucket.  Unseen
+    buckets weigh nothing, so n-grams new at serving time leave the norm alone.
+    """
+    document_frequency = torch.zeros(model.word_buckets + 1, dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            tokens, lengths = pad_rows(list(texts[start : start + batch_size]))
+            tokens_t, lengths_t = torch.from_numpy(tokens), torch.from_numpy(lengths)
+            valid = torch.arange(tokens_t.shape[1]).unsqueeze(0) < lengths_t.unsqueeze(1)
+            ids = model.word_ids(tokens_t, valid)
+            rows = torch.arange(ids.shape[0]).unsqueeze(1).expand_as(ids)
+            pairs = torch.unique(rows * (model.word_buckets + 1) + ids)
+            document_frequency += torch.bincount(
+                pairs % (model.word_buckets + 1), minlength=model.word_buckets + 1
+            ).to(torch.float64)
+    df = document_frequency[: model.word_buckets]
+    idf = torch.log((1.0 + len(texts)) / (1.0 + df)) + 1.0
+    return torch.where(df > 0, idf, torch.zeros_like(idf)).to(torch.float32)
 
 
 def length_bucketed_batches(
@@ -341,8 +273,11 @@ def train_sentiment(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    prepared = prepare_sources(sources, config.limit_per_source, config.lexicon)
-    tokenizer = TextTokenizer.fit(item.review.text for s in prepared for item in s.fit)
+    prepared = prepare_sources(sources, config.limit_per_source)
+    lexicon = SentimentLexicon.from_vader_package() if config.lexicon else None
+    tokenizer = TextTokenizer.fit(
+        (item.review.text for s in prepared for item in s.fit), lexicon=lexicon
+    )
     rows = encode_training_rows(prepared, tokenizer, config.max_len)
     row_lengths = np.array([r.shape[0] for r in rows.ids], dtype=np.int64)
     hparams: dict[str, Any] = {
@@ -362,10 +297,10 @@ def train_sentiment(
     }
     model = SentimentEncoder(**hparams)
     model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
-    if config.lexicon_init and config.word_buckets:
-        lexicon_initialise(model, tokenizer)
+    fit_texts = [tokenizer.encode(i.review.text, config.max_len) for s in prepared for i in s.fit]
+    model.set_word_idf(inverse_document_frequency(model, [t for t in fit_texts if t.shape[0]]))
     sparse = [model.chars.weight, model.ngrams.weight]
-    words = [model.words.weight]
+    words = [model.words.weight, model.lexicon.weight]
     dense = [p for p in model.parameters() if all(p is not s for s in sparse + words)]
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.SparseAdam(sparse, lr=config.lr),
@@ -405,15 +340,21 @@ def train_sentiment(
             unit="batch",
             leave=False,
         )
+        linear_only = epoch <= config.linear_epochs
         for batch in bar:
-            tokens, lengths = pad_rows([rows.ids[i] for i in batch])
-            logits = model(torch.from_numpy(tokens), torch.from_numpy(lengths))
-            loss = masked_loss(
-                logits,
+            tokens_np, lengths_np = pad_rows([rows.ids[i] for i in batch])
+            tokens, lengths = torch.from_numpy(tokens_np), torch.from_numpy(lengths_np)
+            lexicon_scores = torch.from_numpy(rows.lexicon[batch])
+            targets = (
                 torch.from_numpy(rows.labels[batch]),
                 torch.from_numpy(rows.allowed[batch]),
                 torch.from_numpy(rows.weights[batch]),
             )
+            if linear_only:  # only the linear paths (and the bias) learn
+                valid = torch.arange(tokens.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+                loss = masked_loss(model.linear_logits(tokens, valid, lexicon_scores), *targets)
+            else:
+                loss = masked_loss(model(tokens, lengths, lexicon_scores), *targets)
             for optimizer in optimizers:
                 optimizer.zero_grad()
             loss.backward()
@@ -485,7 +426,7 @@ def train_sentiment(
             }
             for s in prepared
         ],
-        "lexicon_examples": sum(len(s.fit) for s in prepared if s.data.format == "lexicon"),
+        "lexicon_words": 0 if lexicon is None else len(lexicon.valence),
         "training": {**asdict(config), "train_seconds": round(time.time() - started, 1)},
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``recstream train sentiment``."""
     add_source_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    parser.add_argument("--epochs", type=int, default=4, help="most epochs (early stopping)")
+    parser.add_argument("--epochs", type=int, default=6, help="most epochs (early stopping)")
     parser.add_argument(
         "--patience", type=int, default=2, help="epochs without validation gain before stopping"
     )
@@ -31,25 +31,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--word-buckets",
         type=int,
-        default=1 << 18,
-        help="hash buckets of the linear word/word-pair path (0 turns it off)",
+        default=1 << 20,
+        help="hash buckets of the linear bag-of-n-grams path (0 turns it off)",
     )
     parser.add_argument(
         "--word-decay", type=float, default=0.0, help="AdamW weight decay of the word path"
     )
     parser.add_argument(
-        "--word-lr", type=float, default=3e-2, help="peak learning rate of the word path"
+        "--word-lr", type=float, default=1e-2, help="peak learning rate of the word path"
     )
     parser.add_argument(
         "--linear-ngrams",
         type=int,
-        default=2,
+        default=4,
         help="also feed character n-grams up to this size to the linear path (0: none)",
     )
     parser.add_argument(
-        "--no-lexicon-init",
-        action="store_true",
-        help="start the word path at zero instead of the VADER/TextBlob lexicon polarities",
+        "--linear-epochs",
+        type=int,
+        default=2,
+        help="first epochs that fit the linear paths alone, before the Transformer joins",
     )
     parser.add_argument(
         "--ema-half-life",
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-lexicon",
         action="store_true",
-        help="use no VADER/TextBlob lexicon at all (no examples, no word-path start)",
+        help="no lexicon scores (the model's lexicon input is then all zeros)",
     )
     parser.add_argument(
         "--limit", type=int, default=None, help="cap each split of each source (quick experiments)"
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         word_decay=args.word_decay,
         linear_ngrams=args.linear_ngrams,
         word_lr=args.word_lr,
-        lexicon_init=not (args.no_lexicon or args.no_lexicon_init),
+        linear_epochs=args.linear_epochs,
         dropout=args.dropout,
         lr=args.lr,
         batch_size=args.batch_size,

@@ -1043,7 +1043,9 @@ class SentimentModel:
         batch = np.zeros((rows.size, width), np.int64)
         used = tokens[rows, :width]
         batch[:, : used.shape[1]] = used
-        (probs,) = self.session.run(["probs"], {"tokens": batch, "lengths": lengths[rows]})
+        lexicon = self.tokenizer.lexicon_features([texts[row] for row in rows.tolist()])
+        feeds = {"tokens": batch, "lengths": lengths[rows], "lexicon": lexicon}
+        (probs,) = self.session.run(["probs"], feeds)
         probs = probs.astype(np.float64)
         probs /= probs.sum(axis=1, keepdims=True)
         for row, p in zip(rows.tolist(), probs.tolist(), strict=True):

@@ -284,14 +284,17 @@ def test_sentiment_matches_pytorch_and_sums_to_one(
 ) -> None:
     from recstream.model.text_tokens import TextTokenizer
 
-    texts = ["great product, works well", "质量很好，非常满意", "broke 😡 " * 30, "ok"]
+    texts = ["great product, works well", "质量很好，非常满意", "broke 😡 " * 30, "not good"]
     results = sentiment.classify(texts)
     tokenizer = TextTokenizer.from_dict(exported.sentiment_meta["tokenizer"])
     tokens, lengths = tokenizer.encode_batch(texts, 64)
+    lexicon = tokenizer.lexicon_features(texts)
+    assert lexicon[0, 0] > 0 > lexicon[3, 0]  # the tiny model's lexicon is in its metadata
     with torch.no_grad():
-        probs = torch.softmax(
-            exported.sentiment_model(torch.from_numpy(tokens), torch.from_numpy(lengths)), -1
-        ).numpy()
+        logits = exported.sentiment_model(
+            torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(lexicon)
+        )
+        probs = torch.softmax(logits, -1).numpy()
     labels = ["negative", "neutral", "positive"]
     for result, reference in zip(results, probs, strict=True):
         assert sum(result.probs.values()) == pytest.approx(1.0, abs=1e-9)

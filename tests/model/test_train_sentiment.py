@@ -163,14 +163,14 @@ def test_cli_modules_do_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_lexicon_initialise_leans_the_word_path_like_the_lexicon() -> None:
-    import torch
+def test_inverse_document_frequency_counts_texts_not_occurrences() -> None:
+    import numpy as np
 
     from recstream.model.sentiment import SentimentEncoder
     from recstream.model.text_tokens import TextTokenizer, word_char_mask
-    from recstream.model.train_sentiment import lexicon_initialise
+    from recstream.model.train_sentiment import inverse_document_frequency
 
-    tokenizer = TextTokenizer.fit(["great awful the phone"], min_count=1)
+    tokenizer = TextTokenizer.fit(["good good phone", "good"], min_count=1)
     model = SentimentEncoder(
         vocab_size=tokenizer.vocab_size,
         ngram_buckets=64,
@@ -178,13 +178,34 @@ def test_lexicon_initialise_leans_the_word_path_like_the_lexicon() -> None:
         dim=8,
         heads=2,
         word_buckets=1 << 16,
-    ).eval()
+    )
     model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
-    assert lexicon_initialise(model, tokenizer) > 1000
-    tokens, lengths = (torch.from_numpy(a) for a in tokenizer.encode_batch(["great", "awful"], 8))
+    texts = [tokenizer.encode(t, 32) for t in ("good good phone", "good")]
+    idf = inverse_document_frequency(model, texts, batch_size=1)
+    tokens, lengths = (torch.from_numpy(a) for a in tokenizer.encode_batch(["good", "phone"], 8))
     valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    words = model.word_logits(tokens, valid)
-    assert words[0, 2] > 0 > words[0, 0] and words[1, 0] > 0 > words[1, 2]
+    ids = model.word_ids(tokens, valid)
+    good, phone = int(ids[0, 3]), int(ids[1, 4])  # the rows of the two words
+    assert float(idf[good]) == pytest.approx(1.0)  # in both texts (twice in one)
+    assert float(idf[phone]) == pytest.approx(float(np.log(3 / 2) + 1))
+    assert int((idf > 0).sum()) < 30 and float(idf.min()) == 0.0  # unseen buckets weigh 0
+
+
+def test_the_lexicon_is_stored_with_the_tokenizer(data: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("vaderSentiment", reason="vaderSentiment (train extra) not installed")
+    from recstream.model.text_tokens import TextTokenizer
+
+    en, _ = data
+    config = TrainConfig(epochs=1, dim=16, char_dim=16, batch_size=16, progress=False)
+    meta = train_sentiment([(en, "uci")], tmp_path, config)
+    assert meta["lexicon_words"] > 7000
+    tokenizer = TextTokenizer.from_dict(meta["tokenizer"])
+    scores = tokenizer.lexicon_features(["great phone", "awful phone", "the phone"])
+    assert scores[0, 0] > 0 > scores[1, 0] and scores[2, 0] == 0.0
+    # the linear epoch fitted the lexicon input: it leans the way the lexicon does
+    model, _ = load_sentiment(tmp_path)
+    weight = model.lexicon.weight.detach()
+    assert weight[2, 0] > weight[0, 0]
 
 
 def test_a_weight_average_is_what_is_validated_and_kept(
