@@ -96,7 +96,7 @@ class TrainConfig:
     word_buckets: int = 1 << 20
     word_max: int = 16
     word_decay: float = 0.0
-    linear_ngrams: int = 4
+    linear_ngrams: int = 3
     word_lr: float = 0.01
     linear_epochs: int = 2
     ema_half_life: float = 0.0

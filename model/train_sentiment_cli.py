@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--linear-ngrams",
         type=int,
-        default=4,
+        default=3,
         help="also feed character n-grams up to this size to the linear path (0: none)",
     )
     parser.add_argument(

@@ -151,3 +151,12 @@ def test_sentiment_without_tokenizer_or_neutral_is_refused(
     path = _rewrite(src, tmp_path / "c.onnx", {"tokenizer": '{"kind": "bpe"}'})
     with pytest.raises(ModelLoadError, match="bad tokenizer"):
         OnnxSentimentScorer(path, CPU)
+    # a tokenizer from before the lexicon input (v1), and one with an unreadable lexicon
+    tokenizer = dict(exported.sentiment_meta["tokenizer"])
+    for name, broken, message in (
+        ("d.onnx", {**tokenizer, "version": 1}, "unsupported tokenizer 'char-hash' v1"),
+        ("e.onnx", {**tokenizer, "lexicon": {"kind": "afinn"}}, "unsupported lexicon"),
+    ):
+        path = _rewrite(src, tmp_path / name, {"tokenizer": json.dumps(broken)})
+        with pytest.raises(ModelLoadError, match=message):
+            OnnxSentimentScorer(path, CPU)
