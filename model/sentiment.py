@@ -270,13 +270,6 @@ class SentimentEncoder(nn.Module):
         self, tokens: torch.Tensor, lengths: torch.Tensor, lexicon: torch.Tensor
     ) -> torch.Tensor:
         """Logits over ``(negative, neutral, positive)`` for right-padded ``tokens``."""
-        encoded, linear = self.path_logits(tokens, lengths, lexicon)
-        return encoded + linear
-
-    def path_logits(
-        self, tokens: torch.Tensor, lengths: torch.Tensor, lexicon: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two summands of the logits: ``(Transformer path, linear paths + bias)``."""
         steps = torch.arange(tokens.shape[1], device=tokens.device)
         valid = steps.unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
         chars = self.embed(tokens, valid)  # [B, T, char_dim]
@@ -298,8 +291,8 @@ class SentimentEncoder(nn.Module):
         mean = (x * weight).sum(1) / patch_lengths.unsqueeze(1).to(x.dtype)
         top = (x + (weight - 1.0) * 1e4).amax(1)
         pooled = self.out_norm(torch.cat([mean, top, bag_mean, bag_max], dim=-1))
-        encoded = F.linear(self.dropout(pooled), self.classify.weight)
-        return encoded, self.linear_logits(tokens, valid, lexicon)
+        encoded = F.linear(self.dropout(pooled), self.classify.weight)  # bias: linear_logits
+        return encoded + self.linear_logits(tokens, valid, lexicon)
 
 
 def save_sentiment(folder: Path, model: SentimentEncoder, meta: dict[str, Any]) -> None:
