@@ -165,13 +165,8 @@ def onnx_proba(
     def proba(texts: Sequence[str]) -> npt.NDArray[np.float32]:
         out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            tokens, lengths = tokenizer.encode_batch(chunk, max_len)
-            feeds = {
-                "tokens": tokens,
-                "lengths": lengths,
-                "lexicon": tokenizer.lexicon_features(chunk),
-            }
+            tokens, lengths, lexicon = tokenizer.inputs(texts[start : start + batch_size], max_len)
+            feeds = {"tokens": tokens, "lengths": lengths, "lexicon": lexicon}
             result = session.run(["probs"], feeds)[0]
             out[start : start + len(tokens)] = result
         return out

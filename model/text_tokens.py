@@ -144,9 +144,11 @@ class TextTokenizer:
 
     def encode(self, text: str, max_len: int) -> npt.NDArray[np.int64]:
         """Ids of one text, at most ``max_len`` of them (head and tail kept)."""
+        return self._ids(normalize(text), max_len)
+
+    def _ids(self, clean: str, max_len: int) -> npt.NDArray[np.int64]:
         if max_len < 1:
             raise ValueError("max_len must be >= 1")
-        clean = normalize(text)
         if not clean:
             return np.zeros(0, dtype=np.int64)
         code_points = np.frombuffer(clean.encode("utf-32-le"), dtype=np.uint32)
@@ -164,7 +166,20 @@ class TextTokenizer:
         ``T`` is the longest encoded text in the batch (at least 1, so an all-empty
         batch still has a column).
         """
-        rows = [self.encode(text, max_len) for text in texts]
+        return self._pad([self.encode(text, max_len) for text in texts])
+
+    def inputs(
+        self, texts: Sequence[str], max_len: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """``(tokens, lengths, lexicon)`` for the model, each text normalised once."""
+        clean = [normalize(text) for text in texts]
+        tokens, lengths = self._pad([self._ids(text, max_len) for text in clean])
+        return tokens, lengths, self._scores(clean)
+
+    @staticmethod
+    def _pad(
+        rows: Sequence[npt.NDArray[np.int64]],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
         width = max(1, int(lengths.max())) if rows else 1
         tokens = np.zeros((len(rows), width), dtype=np.int64)
@@ -174,9 +189,12 @@ class TextTokenizer:
 
     def lexicon_features(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """``float32 [B, LEXICON_FEATURES]``: the lexicon's scores, zeros without one."""
+        return self._scores([normalize(text) for text in texts])
+
+    def _scores(self, clean: Sequence[str]) -> npt.NDArray[np.float32]:
         if self.lexicon is None:
-            return np.zeros((len(texts), LEXICON_FEATURES), dtype=np.float32)
-        return self.lexicon.features_batch([normalize(text) for text in texts])
+            return np.zeros((len(clean), LEXICON_FEATURES), dtype=np.float32)
+        return self.lexicon.features_batch(clean)
 
 
 def word_char_mask(tokenizer: TextTokenizer) -> npt.NDArray[np.bool_]:

@@ -1031,7 +1031,7 @@ class SentimentModel:
         self.neutral = {label: float(label == "neutral") for label in self.labels}
 
     def classify(self, texts: Sequence[str]) -> list[SentimentResult]:
-        tokens, lengths = self.tokenizer.encode_batch(texts, self.max_len)
+        tokens, lengths, lexicon = self.tokenizer.inputs(texts, self.max_len)
         rows = np.flatnonzero(lengths > 0)
         results = [
             SentimentResult("neutral", dict(self.neutral), (EMPTY_TEXT,), self.version)
@@ -1043,8 +1043,7 @@ class SentimentModel:
         batch = np.zeros((rows.size, width), np.int64)
         used = tokens[rows, :width]
         batch[:, : used.shape[1]] = used
-        lexicon = self.tokenizer.lexicon_features([texts[row] for row in rows.tolist()])
-        feeds = {"tokens": batch, "lengths": lengths[rows], "lexicon": lexicon}
+        feeds = {"tokens": batch, "lengths": lengths[rows], "lexicon": lexicon[rows]}
         (probs,) = self.session.run(["probs"], feeds)
         probs = probs.astype(np.float64)
         probs /= probs.sum(axis=1, keepdims=True)

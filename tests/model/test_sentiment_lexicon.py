@@ -82,3 +82,13 @@ def test_the_packaged_lexicon_loads() -> None:
     lexicon = SentimentLexicon.from_vader_package()
     assert len(lexicon.valence) > 7000
     assert lexicon.valence["good"] > 0 > lexicon.valence["bad"]
+
+
+def test_inputs_equal_the_separate_encodings() -> None:
+    tokenizer = TextTokenizer.fit(["good phone"], min_count=1, lexicon=LEXICON)
+    texts = ["ＧＯＯＤ phone!", "", "not good " * 40, "手机"]
+    tokens, lengths, lexicon = tokenizer.inputs(texts, 32)
+    expected_tokens, expected_lengths = tokenizer.encode_batch(texts, 32)
+    assert np.array_equal(tokens, expected_tokens) and np.array_equal(lengths, expected_lengths)
+    assert np.array_equal(lexicon, tokenizer.lexicon_features(texts))
+    assert lexicon[0, 0] > 0 > lexicon[2, 0] and not lexicon[1].any()
