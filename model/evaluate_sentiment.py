@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recstream.model.review_adapters import LabelledReview, ReviewSet, train_test_split
-from recstream.model.text_tokens import TextTokenizer
+from recstream.model.text_tokens import TextTokenizer, pad_rows
 from recstream.streams.records import LABELS
 
 #: ``texts -> probabilities [N, 3]`` in :data:`LABELS` order.
@@ -127,17 +127,6 @@ def torch_proba(
         return out
 
     return proba
-
-
-def pad_rows(
-    rows: Sequence[npt.NDArray[np.int64]],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Right-pad encoded rows into ``(tokens [B, T], lengths [B])``."""
-    lengths = np.array([r.shape[0] for r in rows], dtype=np.int64)
-    tokens = np.zeros((len(rows), max(1, int(lengths.max(initial=0)))), dtype=np.int64)
-    for i, row in enumerate(rows):
-        tokens[i, : row.shape[0]] = row
-    return tokens, lengths
 
 
 def onnx_proba(

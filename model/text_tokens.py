@@ -166,26 +166,15 @@ class TextTokenizer:
         ``T`` is the longest encoded text in the batch (at least 1, so an all-empty
         batch still has a column).
         """
-        return self._pad([self.encode(text, max_len) for text in texts])
+        return pad_rows([self.encode(text, max_len) for text in texts])
 
     def inputs(
         self, texts: Sequence[str], max_len: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """``(tokens, lengths, lexicon)`` for the model, each text normalised once."""
         clean = [normalize(text) for text in texts]
-        tokens, lengths = self._pad([self._ids(text, max_len) for text in clean])
+        tokens, lengths = pad_rows([self._ids(text, max_len) for text in clean])
         return tokens, lengths, self._scores(clean)
-
-    @staticmethod
-    def _pad(
-        rows: Sequence[npt.NDArray[np.int64]],
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
-        width = max(1, int(lengths.max())) if rows else 1
-        tokens = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            tokens[i, : row.shape[0]] = row
-        return tokens, lengths
 
     def lexicon_features(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """``float32 [B, LEXICON_FEATURES]``: the lexicon's scores, zeros without one."""
@@ -195,6 +184,18 @@ class TextTokenizer:
         if self.lexicon is None:
             return np.zeros((len(clean), LEXICON_FEATURES), dtype=np.float32)
         return self.lexicon.features_batch(clean)
+
+
+def pad_rows(
+    rows: Sequence[npt.NDArray[np.int64]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Right-pad encoded rows into ``(tokens [B, T], lengths [B])`` (``T`` at least 1)."""
+    lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
+    width = max(1, int(lengths.max())) if rows else 1
+    tokens = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        tokens[i, : row.shape[0]] = row
+    return tokens, lengths
 
 
 def word_char_mask(tokenizer: TextTokenizer) -> npt.NDArray[np.bool_]:

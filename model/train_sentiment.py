@@ -50,7 +50,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from recstream.model.checkpoint import file_sha256
-from recstream.model.evaluate_sentiment import evaluate_items, pad_rows, torch_proba
+from recstream.model.evaluate_sentiment import evaluate_items, torch_proba
 from recstream.model.review_adapters import (
     SPLIT_SEED,
     TEST_FRACTION,
@@ -64,7 +64,7 @@ from recstream.model.review_adapters import (
 )
 from recstream.model.sentiment import SentimentEncoder, save_sentiment
 from recstream.model.sentiment_lexicon import SentimentLexicon
-from recstream.model.text_tokens import TextTokenizer, word_char_mask
+from recstream.model.text_tokens import TextTokenizer, pad_rows, word_char_mask
 from recstream.model.weight_average import WeightAverage
 from recstream.streams.records import LABELS
 
