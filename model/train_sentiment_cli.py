@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--word-buckets",
         type=int,
-        default=1 << 20,
+        default=1 << 21,
         help="hash buckets of the linear bag-of-n-grams path (0 turns it off)",
     )
     parser.add_argument(
@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="validate and keep an exponential moving average of the weights whose steps' "
         "weights halve every this many epochs (0: the weights themselves)",
+    )
+    parser.add_argument(
+        "--class-weight-power",
+        type=float,
+        default=0.5,
+        help="class weights within a source are (balanced weight) ** this (0: unweighted)",
     )
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         limit_per_source=args.limit,
         progress=not args.quiet,
         ema_half_life=args.ema_half_life,
+        class_weight_power=args.class_weight_power,
     )
     meta = train_sentiment(list(zip(args.data, args.format, strict=True)), args.out, config)
     summary = {

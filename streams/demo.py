@@ -119,7 +119,7 @@ def _ensure_models(args: argparse.Namespace, log: Path, model_dir: Path, work: P
         "training the sentiment model",
         _recstream("train", "sentiment", "--data", str(reviews), "--format", "jsonl",
                    "--out", str(sentiment), "--epochs", "4", "--seed", str(args.seed),
-                   "--no-lexicon", "--quiet"),
+                   "--quiet"),
         work / "train-sentiment.log",
     )  # fmt: skip
     _run_step(

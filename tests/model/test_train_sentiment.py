@@ -236,3 +236,27 @@ def test_a_weight_average_is_what_is_validated_and_kept(
     assert any(not torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert plain["metrics"]["test"]["sources"]["en"]["accuracy"] >= 0.9
     assert averaged["metrics"]["test"]["sources"]["en"]["accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5, 0.0])
+def test_class_weights_follow_the_power_of_the_balanced_weights(
+    tmp_path: Path, power: float
+) -> None:
+    from collections import Counter
+
+    from recstream.model.text_tokens import TextTokenizer
+    from recstream.model.train_sentiment import encode_training_rows, prepare_sources
+
+    path = tmp_path / "skewed.txt"
+    lines = ["sentence\tlabel"] + [f"good thing {i}\t1" for i in range(60)]
+    path.write_text("\n".join(lines + [f"bad thing {i}\t0" for i in range(20)]) + "\n")
+    (source,) = prepare_sources([(path, "uci")])
+    tokenizer = TextTokenizer.fit([item.review.text for item in source.fit])
+    rows = encode_training_rows([source], tokenizer, 32, class_weight_power=power)
+    counts = Counter(item.label for item in source.fit)
+    n = sum(counts.values())
+    for label, weight in (("negative", 0), ("positive", 2)):
+        expected = (n / (2 * counts[label])) ** power
+        assert rows.weights[rows.labels == weight] == pytest.approx(expected)
+    # the rarer class never weighs less than the common one
+    assert rows.weights[rows.labels == 0][0] >= rows.weights[rows.labels == 2][0]
