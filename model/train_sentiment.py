@@ -171,7 +171,7 @@ def encode_training_rows(
     sources: Sequence[SourceData],
     tokenizer: TextTokenizer,
     max_len: int,
-    class_weight_power: float = 1.0,
+    class_weight_power: float,
 ) -> TrainingRows:
     """Every fit example of every source, repeated ``source.repeat`` times."""
     ids: list[npt.NDArray[np.int64]] = []
