@@ -144,7 +144,8 @@ class SentimentEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classify = nn.Linear(2 * dim + 2 * char_dim, len(LABELS))
         self.register_buffer("word_chars", torch.zeros(vocab_size, dtype=torch.bool))
-        # Inverse document frequency per bucket (the padding row weighs nothing).
+        # Term weight per bucket: idf, times the polarity ratio when trained with it
+        # (``train_sentiment.term_weights``); the padding row weighs nothing.
         idf = torch.ones(word_buckets + 1)
         idf[word_buckets] = 0.0
         self.register_buffer("word_idf", idf)
@@ -186,7 +187,8 @@ class SentimentEncoder(nn.Module):
             word_chars.copy_(mask.to(torch.bool))
 
     def set_word_idf(self, idf: torch.Tensor) -> None:
-        """Set the per-bucket inverse document frequencies (``float [word_buckets]``)."""
+        """Set the per-bucket term weights (``float [word_buckets]``): idf, or idf times
+        the polarity ratio (``train_sentiment.term_weights``)."""
         if idf.shape != (self.word_buckets,):
             raise ValueError(f"idf {tuple(idf.shape)} != ({self.word_buckets},)")
         with torch.no_grad():
@@ -246,7 +248,7 @@ class SentimentEncoder(nn.Module):
         return torch.cat([singles, pairs, hashed.flatten(1)], dim=1)
 
     def word_logits(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The bag-of-n-grams path, ``[B, 3]``: per group, IDF-weighted rows / L2 norm."""
+        """The bag-of-n-grams path, ``[B, 3]``: per group, term-weighted rows / L2 norm."""
         ids = self.word_ids(tokens, valid)
         idf = cast(torch.Tensor, self.word_idf)[ids]  # [B, N]
         rows = self.words(ids) * idf.unsqueeze(-1)  # [B, N, 3]

@@ -103,6 +103,7 @@ class TrainConfig:
     linear_epochs: int = 2
     ema_half_life: float = 0.0
     class_weight_power: float = 0.5
+    polarity_power: float = 1.0
 
 
 @dataclass
@@ -202,15 +203,11 @@ def encode_training_rows(
     )
 
 
-def inverse_document_frequency(
+def bucket_document_counts(
     model: SentimentEncoder, texts: Sequence[npt.NDArray[np.int64]], batch_size: int = 512
 ) -> torch.Tensor:
-    """``float [word_buckets]``: ``ln((1 + n) / (1 + df)) + 1`` per bucket, 0 if unseen.
-
-    ``df`` counts the encoded ``texts`` that hash a feature into the bucket.  Unseen
-    buckets weigh nothing, so n-grams new at serving time leave the norm alone.
-    """
-    document_frequency = torch.zeros(model.word_buckets + 1, dtype=torch.float64)
+    """``float64 [word_buckets]``: how many encoded ``texts`` hash a feature into each bucket."""
+    counts = torch.zeros(model.word_buckets + 1, dtype=torch.float64)
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             tokens, lengths = pad_rows(list(texts[start : start + batch_size]))
@@ -219,12 +216,49 @@ def inverse_document_frequency(
             ids = model.word_ids(tokens_t, valid)
             rows = torch.arange(ids.shape[0]).unsqueeze(1).expand_as(ids)
             pairs = torch.unique(rows * (model.word_buckets + 1) + ids)
-            document_frequency += torch.bincount(
+            counts += torch.bincount(
                 pairs % (model.word_buckets + 1), minlength=model.word_buckets + 1
             ).to(torch.float64)
-    df = document_frequency[: model.word_buckets]
-    idf = torch.log((1.0 + len(texts)) / (1.0 + df)) + 1.0
+    return counts[: model.word_buckets]
+
+
+def inverse_document_frequency(document_counts: torch.Tensor, n_texts: int) -> torch.Tensor:
+    """``float [word_buckets]``: ``ln((1 + n) / (1 + df)) + 1`` per bucket, 0 if unseen.
+
+    Unseen buckets weigh nothing, so n-grams new at serving time leave the norm alone.
+    """
+    df = document_counts
+    idf = torch.log((1.0 + n_texts) / (1.0 + df)) + 1.0
     return torch.where(df > 0, idf, torch.zeros_like(idf)).to(torch.float32)
+
+
+def polarity_ratio(
+    model: SentimentEncoder, sources: Sequence[Sequence[Sequence[npt.NDArray[np.int64]]]]
+) -> torch.Tensor:
+    """``float [word_buckets]``: how strongly each bucket tells a source's labels apart.
+
+    ``sources`` holds, per source, its training texts grouped by label.  Within a source
+    each label ``c`` gives the smoothed rate ``(1 + texts of c holding the bucket) /
+    (1 + texts of c)``; the bucket's ratio is the largest minus the smallest log rate
+    (for two labels the naive-Bayes log-count ratio ``|ln(p / q)|``).  The sources'
+    ratios are averaged, each weighted by how many of its texts hold the bucket.  Ratios
+    are taken within a source so that one source's class balance (most Alexa reviews
+    are positive) does not make its common words look polar.
+    """
+    weighted = torch.zeros(model.word_buckets, dtype=torch.float64)
+    support = torch.zeros(model.word_buckets, dtype=torch.float64)
+    for groups in sources:
+        groups = [texts for texts in groups if texts]
+        if len(groups) < 2:
+            continue
+        counts = [bucket_document_counts(model, texts) for texts in groups]
+        log_rates = torch.stack(
+            [torch.log((1.0 + c) / (1.0 + len(t))) for c, t in zip(counts, groups, strict=True)]
+        )
+        held = torch.stack(counts).sum(0)
+        weighted += held * (log_rates.max(0).values - log_rates.min(0).values)
+        support += held
+    return torch.where(support > 0, weighted / support.clamp(min=1.0), 0.0).to(torch.float32)
 
 
 def length_bucketed_batches(
@@ -268,6 +302,31 @@ def validate(
     return {"mean_macro_f1": round(mean_f1, 4), "sources": reports}
 
 
+def term_weights(
+    model: SentimentEncoder,
+    tokenizer: TextTokenizer,
+    sources: Sequence[SourceData],
+    config: TrainConfig,
+) -> torch.Tensor:
+    """The linear path's per-bucket weights: idf times the polarity ratio to the power
+    ``config.polarity_power`` (0: idf alone)."""
+    encoded = [
+        [(tokenizer.encode(i.review.text, config.max_len), i.label) for i in s.fit] for s in sources
+    ]
+    texts = [t for source in encoded for t, _ in source if t.shape[0]]
+    idf = inverse_document_frequency(bucket_document_counts(model, texts), len(texts))
+    if config.polarity_power == 0:
+        return idf
+    by_label = [
+        [
+            [t for t, label in texts if t.shape[0] and label == wanted]
+            for wanted in source.data.labels
+        ]
+        for texts, source in zip(encoded, sources, strict=True)
+    ]
+    return idf * polarity_ratio(model, by_label) ** config.polarity_power
+
+
 def train_sentiment(
     sources: Sequence[tuple[Path, str]], out_dir: Path, config: TrainConfig
 ) -> dict[str, Any]:
@@ -303,8 +362,7 @@ def train_sentiment(
     }
     model = SentimentEncoder(**hparams)
     model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
-    fit_texts = [tokenizer.encode(i.review.text, config.max_len) for s in prepared for i in s.fit]
-    model.set_word_idf(inverse_document_frequency(model, [t for t in fit_texts if t.shape[0]]))
+    model.set_word_idf(term_weights(model, tokenizer, prepared, config))
     sparse = [model.chars.weight, model.ngrams.weight]
     words = [model.words.weight, model.lexicon.weight]
     dense = [p for p in model.parameters() if all(p is not s for s in sparse + words)]

@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="class weights within a source are (balanced weight) ** this (0: unweighted)",
     )
+    parser.add_argument(
+        "--polarity-power",
+        type=float,
+        default=1.0,
+        help="the linear path's hashed features weigh idf x (their log-count ratio "
+        "between labels) ** this (0: idf alone)",
+    )
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         ema_half_life=args.ema_half_life,
         class_weight_power=args.class_weight_power,
+        polarity_power=args.polarity_power,
     )
     meta = train_sentiment(list(zip(args.data, args.format, strict=True)), args.out, config)
     summary = {

@@ -168,7 +168,7 @@ def test_inverse_document_frequency_counts_texts_not_occurrences() -> None:
 
     from recstream.model.sentiment import SentimentEncoder
     from recstream.model.text_tokens import TextTokenizer, word_char_mask
-    from recstream.model.train_sentiment import inverse_document_frequency
+    from recstream.model.train_sentiment import bucket_document_counts, inverse_document_frequency
 
     tokenizer = TextTokenizer.fit(["good good phone", "good"], min_count=1)
     model = SentimentEncoder(
@@ -181,7 +181,7 @@ def test_inverse_document_frequency_counts_texts_not_occurrences() -> None:
     )
     model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
     texts = [tokenizer.encode(t, 32) for t in ("good good phone", "good")]
-    idf = inverse_document_frequency(model, texts, batch_size=1)
+    idf = inverse_document_frequency(bucket_document_counts(model, texts, batch_size=1), 2)
     tokens, lengths = (torch.from_numpy(a) for a in tokenizer.encode_batch(["good", "phone"], 8))
     valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
     ids = model.word_ids(tokens, valid)
@@ -262,3 +262,91 @@ def test_class_weights_follow_the_power_of_the_balanced_weights(
     assert positive == pytest.approx((n / (2 * counts["positive"])) ** power)
     # the rarer class never weighs less than the common one
     assert negative[0] >= positive[0]
+
+
+def test_polarity_ratio_is_taken_within_each_source() -> None:
+    import numpy as np
+
+    from recstream.model.sentiment import SentimentEncoder
+    from recstream.model.text_tokens import TextTokenizer, word_char_mask
+    from recstream.model.train_sentiment import polarity_ratio
+
+    words = ["good", "bad", "phone", "echo", "meh"]
+    tokenizer = TextTokenizer.fit(words, min_count=1)
+    model = SentimentEncoder(
+        vocab_size=tokenizer.vocab_size,
+        ngram_buckets=64,
+        char_dim=8,
+        dim=8,
+        heads=2,
+        word_buckets=1 << 18,
+        linear_ngrams=1,
+    )
+    model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
+
+    def encode(texts: list[str]) -> list[np.ndarray]:
+        return [tokenizer.encode(t, 32) for t in texts]
+
+    # Source A: balanced; "good" only in positive texts, "phone" in all of them.
+    a = [encode(["good phone"] * 3), encode(["bad phone"] * 3)]
+    # Source B: 9 positive texts to 1 negative, "echo" in all: common, not polar.
+    b = [encode(["echo"] * 9), encode(["echo bad"])]
+    # Source C has three labels; "meh" is only in its 2 neutral texts.
+    c = [encode(["echo"] * 3), encode(["meh"] * 2), encode(["bad"] * 3)]
+    ratio = polarity_ratio(model, [a, b, c])
+    tokens, lengths = (torch.from_numpy(x) for x in tokenizer.encode_batch(words, 8))
+    valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    ids = model.word_ids(tokens, valid)
+    good, bad, phone, echo, meh = (
+        int(ids[i, len(w) - 1]) for i, w in enumerate(words)
+    )  # word rows
+    assert float(ratio[good]) == pytest.approx(np.log(4))  # (1+3)/4 vs (1+0)/4
+    assert float(ratio[phone]) == pytest.approx(0.0, abs=1e-6)
+    assert float(ratio[meh]) == pytest.approx(np.log(4), rel=1e-5)  # 3/3 vs 1/4 and 1/3
+    # "echo": 0 in B (10/10 vs 2/2, 10 texts), ln 4 in C (3 texts: 4/4 vs 1/3 and 1/4).
+    assert float(ratio[echo]) == pytest.approx(3 * np.log(4) / 13, rel=1e-5)
+    # "bad": ln 4 in A (3 texts), |ln((1/10) / (2/2))| = ln 10 in B (1), ln 4 in C (3).
+    expected = (3 * np.log(4) + np.log(10) + 3 * np.log(4)) / 7
+    assert float(ratio[bad]) == pytest.approx(expected, rel=1e-5)
+    assert int((ratio > 0).sum()) < 40  # buckets no text hashes into stay 0
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_term_weights_are_idf_times_the_polarity_ratio_to_the_power(
+    data: tuple[Path, Path], power: float
+) -> None:
+    from recstream.model.sentiment import SentimentEncoder
+    from recstream.model.text_tokens import TextTokenizer
+    from recstream.model.train_sentiment import (
+        bucket_document_counts,
+        inverse_document_frequency,
+        polarity_ratio,
+        prepare_sources,
+        term_weights,
+    )
+
+    sources = prepare_sources([(data[0], "uci"), (data[1], "zh_shopping")])
+    tokenizer = TextTokenizer.fit([i.review.text for s in sources for i in s.fit])
+    model = SentimentEncoder(
+        vocab_size=tokenizer.vocab_size,
+        ngram_buckets=64,
+        char_dim=8,
+        dim=8,
+        heads=2,
+        word_buckets=1 << 16,
+        linear_ngrams=2,
+    )
+    config = TrainConfig(polarity_power=power)
+    weights = term_weights(model, tokenizer, sources, config)
+    texts = [tokenizer.encode(i.review.text, config.max_len) for s in sources for i in s.fit]
+    idf = inverse_document_frequency(bucket_document_counts(model, texts), len(texts))
+    by_label = [
+        [
+            [tokenizer.encode(i.review.text, config.max_len) for i in s.fit if i.label == label]
+            for label in s.data.labels
+        ]
+        for s in sources
+    ]
+    ratio = polarity_ratio(model, by_label)
+    torch.testing.assert_close(weights, idf if power == 0.0 else idf * ratio**power)
+    assert int((ratio > 0).sum()) > 0
