@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from recstream.model import evaluate_sentiment_cli, train_sentiment_cli
-from recstream.model.sentiment import load_sentiment
+from recstream.model.sentiment import SentimentEncoder, load_sentiment
+from recstream.model.text_tokens import TextTokenizer, word_char_mask
 from recstream.model.train_sentiment import TrainConfig, masked_loss, train_sentiment
 
 POS_EN = ["good", "great", "love it", "excellent", "works well", "happy with it"]
@@ -163,23 +164,30 @@ def test_cli_modules_do_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_inverse_document_frequency_counts_texts_not_occurrences() -> None:
-    import numpy as np
-
-    from recstream.model.sentiment import SentimentEncoder
-    from recstream.model.text_tokens import TextTokenizer, word_char_mask
-    from recstream.model.train_sentiment import bucket_document_counts, inverse_document_frequency
-
-    tokenizer = TextTokenizer.fit(["good good phone", "good"], min_count=1)
+def _linear_encoder(
+    tokenizer: TextTokenizer, word_buckets: int, linear_ngrams: int = 0
+) -> SentimentEncoder:
+    """A tiny encoder whose linear path hashes into ``word_buckets`` rows."""
     model = SentimentEncoder(
         vocab_size=tokenizer.vocab_size,
         ngram_buckets=64,
         char_dim=8,
         dim=8,
         heads=2,
-        word_buckets=1 << 16,
+        word_buckets=word_buckets,
+        linear_ngrams=linear_ngrams,
     )
     model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
+    return model
+
+
+def test_inverse_document_frequency_counts_texts_not_occurrences() -> None:
+    import numpy as np
+
+    from recstream.model.train_sentiment import bucket_document_counts, inverse_document_frequency
+
+    tokenizer = TextTokenizer.fit(["good good phone", "good"], min_count=1)
+    model = _linear_encoder(tokenizer, 1 << 16)
     texts = [tokenizer.encode(t, 32) for t in ("good good phone", "good")]
     idf = inverse_document_frequency(bucket_document_counts(model, texts, batch_size=1), 2)
     tokens, lengths = (torch.from_numpy(a) for a in tokenizer.encode_batch(["good", "phone"], 8))
@@ -193,7 +201,6 @@ def test_inverse_document_frequency_counts_texts_not_occurrences() -> None:
 
 def test_the_lexicon_is_stored_with_the_tokenizer(data: tuple[Path, Path], tmp_path: Path) -> None:
     pytest.importorskip("vaderSentiment", reason="vaderSentiment (train extra) not installed")
-    from recstream.model.text_tokens import TextTokenizer
 
     en, _ = data
     config = TrainConfig(epochs=1, dim=16, char_dim=16, batch_size=16, progress=False)
@@ -244,7 +251,6 @@ def test_class_weights_follow_the_power_of_the_balanced_weights(
 ) -> None:
     from collections import Counter
 
-    from recstream.model.text_tokens import TextTokenizer
     from recstream.model.train_sentiment import encode_training_rows, prepare_sources
     from recstream.streams.records import LABELS
 
@@ -267,22 +273,11 @@ def test_class_weights_follow_the_power_of_the_balanced_weights(
 def test_polarity_ratio_is_taken_within_each_source() -> None:
     import numpy as np
 
-    from recstream.model.sentiment import SentimentEncoder
-    from recstream.model.text_tokens import TextTokenizer, word_char_mask
     from recstream.model.train_sentiment import polarity_ratio
 
     words = ["good", "bad", "phone", "echo", "meh"]
     tokenizer = TextTokenizer.fit(words, min_count=1)
-    model = SentimentEncoder(
-        vocab_size=tokenizer.vocab_size,
-        ngram_buckets=64,
-        char_dim=8,
-        dim=8,
-        heads=2,
-        word_buckets=1 << 18,
-        linear_ngrams=1,
-    )
-    model.set_word_chars(torch.from_numpy(word_char_mask(tokenizer)))
+    model = _linear_encoder(tokenizer, 1 << 18, linear_ngrams=1)
 
     def encode(texts: list[str]) -> list[np.ndarray]:
         return [tokenizer.encode(t, 32) for t in texts]
@@ -315,8 +310,6 @@ def test_polarity_ratio_is_taken_within_each_source() -> None:
 def test_term_weights_are_idf_times_the_polarity_ratio_to_the_power(
     data: tuple[Path, Path], power: float
 ) -> None:
-    from recstream.model.sentiment import SentimentEncoder
-    from recstream.model.text_tokens import TextTokenizer
     from recstream.model.train_sentiment import (
         bucket_document_counts,
         inverse_document_frequency,
@@ -327,15 +320,7 @@ def test_term_weights_are_idf_times_the_polarity_ratio_to_the_power(
 
     sources = prepare_sources([(data[0], "uci"), (data[1], "zh_shopping")])
     tokenizer = TextTokenizer.fit([i.review.text for s in sources for i in s.fit])
-    model = SentimentEncoder(
-        vocab_size=tokenizer.vocab_size,
-        ngram_buckets=64,
-        char_dim=8,
-        dim=8,
-        heads=2,
-        word_buckets=1 << 16,
-        linear_ngrams=2,
-    )
+    model = _linear_encoder(tokenizer, 1 << 16, linear_ngrams=2)
     config = TrainConfig(polarity_power=power)
     weights = term_weights(model, tokenizer, sources, config)
     texts = [tokenizer.encode(i.review.text, config.max_len) for s in sources for i in s.fit]
