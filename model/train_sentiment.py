@@ -232,30 +232,29 @@ def inverse_document_frequency(document_counts: torch.Tensor, n_texts: int) -> t
     return torch.where(df > 0, idf, torch.zeros_like(idf)).to(torch.float32)
 
 
-def polarity_ratio(
-    model: SentimentEncoder, sources: Sequence[Sequence[Sequence[npt.NDArray[np.int64]]]]
-) -> torch.Tensor:
+def polarity_ratio(sources: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """``float [word_buckets]``: how strongly each bucket tells a source's labels apart.
 
-    ``sources`` holds, per source, its training texts grouped by label.  Within a source
-    each label ``c`` gives the smoothed rate ``(1 + texts of c holding the bucket) /
-    (1 + texts of c)``; the bucket's ratio is the largest minus the smallest log rate
-    (for two labels the naive-Bayes log-count ratio ``|ln(p / q)|``).  The sources'
-    ratios are averaged, each weighted by how many of its texts hold the bucket.  Ratios
-    are taken within a source so that one source's class balance (most Alexa reviews
-    are positive) does not make its common words look polar.
+    ``sources`` holds, per source, ``(counts [labels, word_buckets], texts [labels])``:
+    how many of its training texts of each label hash a feature into each bucket, and
+    how many texts each label has.  Within a source each label ``c`` gives the smoothed
+    rate ``(1 + counts_c) / (1 + texts_c)``; the bucket's ratio is the largest minus the
+    smallest log rate (for two labels the naive-Bayes log-count ratio ``|ln(p / q)|``).
+    The sources' ratios are averaged, each weighted by how many of its texts hold the
+    bucket.  Ratios are taken within a source so that one source's class balance (most
+    Alexa reviews are positive) does not make its common words look polar.  Labels
+    without texts are left out; a source with fewer than two others adds nothing.
     """
-    weighted = torch.zeros(model.word_buckets, dtype=torch.float64)
-    support = torch.zeros(model.word_buckets, dtype=torch.float64)
-    for groups in sources:
-        groups = [texts for texts in groups if texts]
-        if len(groups) < 2:
+    word_buckets = sources[0][0].shape[1]
+    weighted = torch.zeros(word_buckets, dtype=torch.float64)
+    support = torch.zeros(word_buckets, dtype=torch.float64)
+    for counts, texts in sources:
+        present = texts > 0
+        if int(present.sum()) < 2:
             continue
-        counts = [bucket_document_counts(model, texts) for texts in groups]
-        log_rates = torch.stack(
-            [torch.log((1.0 + c) / (1.0 + len(t))) for c, t in zip(counts, groups, strict=True)]
-        )
-        held = torch.stack(counts).sum(0)
+        counts, texts = counts[present], texts[present]
+        log_rates = torch.log((1.0 + counts) / (1.0 + texts.unsqueeze(1)))
+        held = counts.sum(0)
         weighted += held * (log_rates.max(0).values - log_rates.min(0).values)
         support += held
     return torch.where(support > 0, weighted / support.clamp(min=1.0), 0.0).to(torch.float32)
@@ -309,22 +308,24 @@ def term_weights(
     config: TrainConfig,
 ) -> torch.Tensor:
     """The linear path's per-bucket weights: idf times the polarity ratio to the power
-    ``config.polarity_power`` (0: idf alone)."""
-    encoded = [
-        [(tokenizer.encode(i.review.text, config.max_len), i.label) for i in s.fit] for s in sources
-    ]
-    texts = [t for source in encoded for t, _ in source if t.shape[0]]
-    idf = inverse_document_frequency(bucket_document_counts(model, texts), len(texts))
-    if config.polarity_power == 0:
-        return idf
-    by_label = [
-        [
-            [t for t, label in texts if t.shape[0] and label == wanted]
+    ``config.polarity_power`` (0: idf alone).  Both come from one count of each source's
+    training texts by label (empty texts left out)."""
+    counted = []
+    for source in sources:
+        encoded = [(tokenizer.encode(i.review.text, config.max_len), i.label) for i in source.fit]
+        by_label = [
+            [t for t, label in encoded if t.shape[0] and label == wanted]
             for wanted in source.data.labels
         ]
-        for texts, source in zip(encoded, sources, strict=True)
-    ]
-    return idf * polarity_ratio(model, by_label) ** config.polarity_power
+        counts = torch.stack([bucket_document_counts(model, texts) for texts in by_label])
+        sizes = torch.tensor([len(texts) for texts in by_label], dtype=torch.float64)
+        counted.append((counts, sizes))
+    document_counts = torch.stack([counts.sum(0) for counts, _ in counted]).sum(0)
+    n_texts = int(sum(float(sizes.sum()) for _, sizes in counted))
+    idf = inverse_document_frequency(document_counts, n_texts)
+    if config.polarity_power == 0:
+        return idf
+    return idf * polarity_ratio(counted) ** config.polarity_power
 
 
 def train_sentiment(
