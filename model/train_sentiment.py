@@ -232,6 +232,16 @@ def inverse_document_frequency(document_counts: torch.Tensor, n_texts: int) -> t
     return torch.where(df > 0, idf, torch.zeros_like(idf)).to(torch.float32)
 
 
+def label_document_counts(
+    model: SentimentEncoder, texts_by_label: Sequence[Sequence[npt.NDArray[np.int64]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One source's ``(counts [labels, word_buckets], texts [labels])`` (float64), as
+    :func:`polarity_ratio` reads them: ``bucket_document_counts`` per label, and how many
+    texts each label has."""
+    counts = torch.stack([bucket_document_counts(model, texts) for texts in texts_by_label])
+    return counts, torch.tensor([len(texts) for texts in texts_by_label], dtype=torch.float64)
+
+
 def polarity_ratio(sources: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """``float [word_buckets]``: how strongly each bucket tells a source's labels apart.
 
@@ -317,9 +327,7 @@ def term_weights(
             [t for t, label in encoded if t.shape[0] and label == wanted]
             for wanted in source.data.labels
         ]
-        counts = torch.stack([bucket_document_counts(model, texts) for texts in by_label])
-        sizes = torch.tensor([len(texts) for texts in by_label], dtype=torch.float64)
-        counted.append((counts, sizes))
+        counted.append(label_document_counts(model, by_label))
     document_counts = torch.stack([counts.sum(0) for counts, _ in counted]).sum(0)
     n_texts = int(sum(float(sizes.sum()) for _, sizes in counted))
     idf = inverse_document_frequency(document_counts, n_texts)

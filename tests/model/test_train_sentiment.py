@@ -273,7 +273,7 @@ def test_class_weights_follow_the_power_of_the_balanced_weights(
 def test_polarity_ratio_is_taken_within_each_source() -> None:
     import numpy as np
 
-    from recstream.model.train_sentiment import bucket_document_counts, polarity_ratio
+    from recstream.model.train_sentiment import label_document_counts, polarity_ratio
 
     words = ["good", "bad", "phone", "echo", "meh"]
     tokenizer = TextTokenizer.fit(words, min_count=1)
@@ -281,10 +281,6 @@ def test_polarity_ratio_is_taken_within_each_source() -> None:
 
     def encode(texts: list[str]) -> list[np.ndarray]:
         return [tokenizer.encode(t, 32) for t in texts]
-
-    def counted(groups: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = torch.stack([bucket_document_counts(model, texts) for texts in groups])
-        return counts, torch.tensor([len(t) for t in groups], dtype=torch.float64)
 
     # Source A: balanced; "good" only in positive texts, "phone" in all of them.
     a = [encode(["good phone"] * 3), encode(["bad phone"] * 3)]
@@ -294,7 +290,7 @@ def test_polarity_ratio_is_taken_within_each_source() -> None:
     c = [encode(["echo"] * 3), encode(["meh"] * 2), encode(["bad"] * 3)]
     # Source D has texts of one label only (the other's are missing): it adds nothing.
     d = [encode(["good"] * 5), []]
-    ratio = polarity_ratio([counted(a), counted(b), counted(c), counted(d)])
+    ratio = polarity_ratio([label_document_counts(model, groups) for groups in (a, b, c, d)])
     tokens, lengths = (torch.from_numpy(x) for x in tokenizer.encode_batch(words, 8))
     valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
     ids = model.word_ids(tokens, valid)
@@ -319,6 +315,7 @@ def test_term_weights_are_idf_times_the_polarity_ratio_to_the_power(
     from recstream.model.train_sentiment import (
         bucket_document_counts,
         inverse_document_frequency,
+        label_document_counts,
         polarity_ratio,
         prepare_sources,
         term_weights,
@@ -338,14 +335,6 @@ def test_term_weights_are_idf_times_the_polarity_ratio_to_the_power(
         ]
         for s in sources
     ]
-    ratio = polarity_ratio(
-        [
-            (
-                torch.stack([bucket_document_counts(model, texts) for texts in groups]),
-                torch.tensor([len(texts) for texts in groups], dtype=torch.float64),
-            )
-            for groups in by_label
-        ]
-    )
+    ratio = polarity_ratio([label_document_counts(model, groups) for groups in by_label])
     torch.testing.assert_close(weights, idf if power == 0.0 else idf * ratio**power)
     assert int((ratio > 0).sum()) > 0
