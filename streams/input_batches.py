@@ -148,8 +148,23 @@ def pace_empty_fetches(consumer: AIOKafkaConsumer, pause: float) -> None:
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the fetch wait of the app's
-    ``recstream_fetch_max_wait`` (seconds; Faust fixes it at 1.5 s) and, after an empty
-    fetch, the pause of its ``recstream_empty_fetch_pause`` (:func:`pace_empty_fetches`)."""
+    ``recstream_fetch_max_wait`` (seconds; Faust fixes it at 1.5 s), after an empty
+    fetch the pause of its ``recstream_empty_fetch_pause`` (:func:`pace_empty_fetches`),
+    and the changelogs' end offsets asked of the broker (:meth:`_highwaters`)."""
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """End offsets for table recovery, from a ListOffsets request.
+
+        Under exactly-once Faust takes them from the last fetch response's stable
+        offset, which aiokafka forgets at every assignment: until a partition's first
+        fetch the answer is "none", which recovery reads as an empty changelog.  It then
+        skips the changelog, or, after a rejoin, when the offsets read by the previous
+        recovery are kept, stops the worker with a ``ConsistencyError``.  The request
+        carries the consumer's isolation level, so a ``read_committed`` consumer gets
+        the broker's last stable offset.
+        """
+        answer = await self._ensure_consumer().end_offsets(partitions)
+        return {TP(tp.topic, tp.partition): offset for tp, offset in answer.items()}
 
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)

@@ -7,12 +7,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from recstream.streams import input_batches
 from recstream.streams.app import build_app
+from recstream.streams.broker import EmbeddedBroker
 from recstream.streams.input_batches import (
     BatchDeliveringConsumer,
     InputFeed,
@@ -325,3 +327,39 @@ async def test_the_worker_consumer_paces_empty_fetches_by_the_setting(
     monkeypatch.setattr(input_batches.asyncio, "sleep", sleep)
     await fetcher._proc_fetch_request(None, 1, None)
     assert len(slept) == 1 and 0.0 < slept[0] <= 0.02
+
+
+async def test_recovery_asks_the_broker_for_end_offsets_under_exactly_once() -> None:
+    """Before a partition's first fetch Faust's exactly-once answer is "none" (an empty
+    changelog to recovery); the worker's is the broker's last stable offset."""
+    tp = TP("changelog", 0)
+    with EmbeddedBroker("noida") as broker:
+        servers = broker.bootstrap_servers
+        plain = AIOKafkaProducer(bootstrap_servers=servers)
+        await plain.start()
+        for n in range(5):
+            await plain.send_and_wait(tp.topic, b"%d" % n, partition=0)
+        await plain.stop()
+        open_transaction = AIOKafkaProducer(bootstrap_servers=servers, transactional_id="t")
+        await open_transaction.start()
+        await open_transaction.begin_transaction()
+        for n in range(3):
+            await open_transaction.send_and_wait(tp.topic, b"open %d" % n, partition=0)
+        settings = Settings(bootstrap_servers=servers, processing_guarantee="exactly_once")
+        app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+        app.in_worker = True  # as ``faust worker`` sets it: transactions only in a worker
+        thread = app.consumer._thread  # type: ignore[attr-defined]
+        assert thread.consumer.in_transaction
+        consumer = AIOKafkaConsumer(bootstrap_servers=servers, isolation_level="read_committed")
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            thread._consumer = consumer
+            faust_answer = await faust_aiokafka.AIOKafkaConsumerThread._highwaters(thread, [tp])
+            assert faust_answer == {tp: None}
+            assert await thread._highwaters([tp]) == {tp: 5}  # not the open transaction's
+            await open_transaction.commit_transaction()
+            assert await thread._highwaters([tp]) == {tp: 9}  # 8 records and the marker
+        finally:
+            await consumer.stop()
+            await open_transaction.stop()
