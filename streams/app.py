@@ -9,7 +9,7 @@ import faust
 from faust.types import TP
 
 from recstream.streams.agents import BatchProcessor, register_agents
-from recstream.streams.kafka_config import faust_broker_kwargs
+from recstream.streams.kafka_config import aiokafka_kwargs, faust_broker_kwargs
 from recstream.streams.metrics import Metrics
 from recstream.streams.pipeline import Pipeline
 from recstream.streams.scoring import RecsScorer, SentimentScorer
@@ -78,6 +78,7 @@ def build_app(
     app = faust.App(settings.app_id, **faust_options(settings))
     app.recstream_fetch_max_wait = settings.fetch_max_wait  # type: ignore[attr-defined]
     app.recstream_empty_fetch_pause = settings.empty_fetch_pause  # type: ignore[attr-defined]
+    app.recstream_kafka = aiokafka_kwargs(settings)  # type: ignore[attr-defined]
     skipped = SkippedRecords(settings, app.conf.id)
     exactly_once = settings.processing_guarantee == "exactly_once"
     transactions = use_transactions(app, skipped.tracker.positions) if exactly_once else None

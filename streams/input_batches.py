@@ -14,6 +14,10 @@ and a batch taken after the consumer's generation changed is dropped unacknowled
 after every rebalance the consumer seeks to the committed offsets and reads it again.
 Unlike Faust's buffers the feeds are not cleared when the flow resumes: what they hold
 then was fetched for the new assignment, past the seek.
+
+The same consumer tells Faust's table recovery where each changelog ends: asked of the
+broker, and under exactly-once moved back over the transaction markers at the tail
+(:meth:`_ConsumerThread._highwaters`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, Message
@@ -36,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: Fetched batches (lists of one partition's records) an :class:`InputFeed` buffers.
 FEED_BATCHES = 8
+#: Offsets before a transactional changelog's end searched for its last committed record.
+TAIL_WINDOW = 256
+#: Seconds that search may take before recovery falls back to Faust's own wait.
+TAIL_TIMEOUT = 5.0
 
 
 class InputFeed:
@@ -146,6 +154,42 @@ def pace_empty_fetches(consumer: AIOKafkaConsumer, pause: float) -> None:
     fetcher._proc_fetch_request = fetch_paced
 
 
+async def ends_of_committed_records(
+    reader: AIOKafkaConsumer, ends: Mapping[TP, int], timeout: float = TAIL_TIMEOUT
+) -> dict[TP, int]:
+    """Each partition's end offset moved back to just after its last committed record.
+
+    A transactional changelog ends with a commit marker, which no consumer hands over,
+    so Faust's recovery never reads the offset before the end and finishes only through
+    its check for aborted transactions, after two 5 s polls without records.  ``reader``
+    (a ``read_committed`` consumer of no group) reads the last ``TAIL_WINDOW`` offsets
+    before each end; a partition keeps its end when none of them is a committed record
+    or the reading takes longer than ``timeout`` seconds.
+    """
+    found = dict(ends)
+    tails = {TopicPartition(tp.topic, tp.partition): end for tp, end in ends.items() if end > 0}
+    if not tails:
+        return found
+    reader.assign(list(tails))
+    for tp, end in tails.items():
+        reader.seek(tp, max(end - TAIL_WINDOW, 0))
+    last: dict[TopicPartition, int] = {}
+    pending = set(tails)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for tp, records in (await reader.getmany(*pending, timeout_ms=100)).items():
+            offsets = [r.offset for r in records if r.offset < tails[tp]]
+            if offsets:
+                last[tp] = max(offsets[-1], last.get(tp, -1))
+        for tp in list(pending):
+            if await reader.position(tp) >= tails[tp]:
+                pending.discard(tp)
+    for tp in tails.keys() - pending:
+        if tp in last:
+            found[TP(tp.topic, tp.partition)] = last[tp] + 1
+    return found
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the fetch wait of the app's
     ``recstream_fetch_max_wait`` (seconds; Faust fixes it at 1.5 s), after an empty
@@ -161,10 +205,22 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         skips the changelog, or, after a rejoin, when the offsets read by the previous
         recovery are kept, stops the worker with a ``ConsistencyError``.  The request
         carries the consumer's isolation level, so a ``read_committed`` consumer gets
-        the broker's last stable offset.
+        the broker's last stable offset, which :func:`ends_of_committed_records` then
+        moves back over the transaction markers at the changelog's tail.
         """
         answer = await self._ensure_consumer().end_offsets(partitions)
-        return {TP(tp.topic, tp.partition): offset for tp, offset in answer.items()}
+        ends = {TP(tp.topic, tp.partition): offset for tp, offset in answer.items()}
+        kafka: dict[str, Any] | None = getattr(self.app, "recstream_kafka", None)
+        if not self.consumer.in_transaction or kafka is None or not any(ends.values()):
+            return ends  # (an aiokafka consumer stopped before it reads fails to stop)
+        reader = AIOKafkaConsumer(
+            **kafka, group_id=None, enable_auto_commit=False, isolation_level="read_committed"
+        )
+        await reader.start()
+        try:
+            return await ends_of_committed_records(reader, ends)
+        finally:
+            await reader.stop()
 
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -329,37 +330,79 @@ async def test_the_worker_consumer_paces_empty_fetches_by_the_setting(
     assert len(slept) == 1 and 0.0 < slept[0] <= 0.02
 
 
-async def test_recovery_asks_the_broker_for_end_offsets_under_exactly_once() -> None:
-    """Before a partition's first fetch Faust's exactly-once answer is "none" (an empty
-    changelog to recovery); the worker's is the broker's last stable offset."""
-    tp = TP("changelog", 0)
+async def _produce_plain(servers: str, topic: str, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    await producer.start()
+    for n in range(count):
+        await producer.send_and_wait(topic, b"%d" % n, partition=0)
+    await producer.stop()
+
+
+async def _transaction(servers: str, topic: str, count: int) -> AIOKafkaProducer:
+    """A started producer with an open transaction holding ``count`` records."""
+    producer = AIOKafkaProducer(bootstrap_servers=servers, transactional_id=topic)
+    await producer.start()
+    await producer.begin_transaction()
+    for n in range(count):
+        await producer.send_and_wait(topic, b"txn %d" % n, partition=0)
+    return producer
+
+
+@pytest.fixture
+def noida() -> Iterator[str]:
     with EmbeddedBroker("noida") as broker:
-        servers = broker.bootstrap_servers
-        plain = AIOKafkaProducer(bootstrap_servers=servers)
-        await plain.start()
-        for n in range(5):
-            await plain.send_and_wait(tp.topic, b"%d" % n, partition=0)
-        await plain.stop()
-        open_transaction = AIOKafkaProducer(bootstrap_servers=servers, transactional_id="t")
-        await open_transaction.start()
-        await open_transaction.begin_transaction()
-        for n in range(3):
-            await open_transaction.send_and_wait(tp.topic, b"open %d" % n, partition=0)
-        settings = Settings(bootstrap_servers=servers, processing_guarantee="exactly_once")
-        app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
-        app.in_worker = True  # as ``faust worker`` sets it: transactions only in a worker
-        thread = app.consumer._thread  # type: ignore[attr-defined]
-        assert thread.consumer.in_transaction
-        consumer = AIOKafkaConsumer(bootstrap_servers=servers, isolation_level="read_committed")
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            thread._consumer = consumer
-            faust_answer = await faust_aiokafka.AIOKafkaConsumerThread._highwaters(thread, [tp])
-            assert faust_answer == {tp: None}
-            assert await thread._highwaters([tp]) == {tp: 5}  # not the open transaction's
-            await open_transaction.commit_transaction()
-            assert await thread._highwaters([tp]) == {tp: 9}  # 8 records and the marker
-        finally:
-            await consumer.stop()
-            await open_transaction.stop()
+        yield broker.bootstrap_servers
+
+
+async def test_recovery_asks_the_broker_for_end_offsets_under_exactly_once(noida: str) -> None:
+    """Before a partition's first fetch Faust's exactly-once answer is "none" (an empty
+    changelog to recovery); the worker's is the offset after the last committed record."""
+    tp = TP("changelog", 0)
+    await _produce_plain(noida, tp.topic, 5)
+    open_transaction = await _transaction(noida, tp.topic, 3)
+    settings = Settings(bootstrap_servers=noida, processing_guarantee="exactly_once")
+    app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
+    app.in_worker = True  # as ``faust worker`` sets it: transactions only in a worker
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    assert thread.consumer.in_transaction
+    consumer = AIOKafkaConsumer(bootstrap_servers=noida, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        consumer.assign([tp, TP("empty", 0)])
+        thread._consumer = consumer
+        assert await thread._highwaters([]) == {}
+        assert await thread._highwaters([TP("empty", 0)]) == {TP("empty", 0): 0}
+        faust_answer = await faust_aiokafka.AIOKafkaConsumerThread._highwaters(thread, [tp])
+        assert faust_answer == {tp: None}
+        assert await thread._highwaters([tp]) == {tp: 5}  # not the open transaction's
+        await open_transaction.commit_transaction()
+        # 8 records and the commit marker at 8, which recovery would wait for in vain
+        assert await thread._highwaters([tp]) == {tp: 8}
+    finally:
+        await consumer.stop()
+        await open_transaction.stop()
+
+
+async def test_a_changelogs_end_moves_back_over_markers_and_aborted_records(
+    noida: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committed, aborted, plain, empty = (TP(name, 0) for name in ("c", "a", "p", "e"))
+    for tp in (committed, aborted):
+        await _produce_plain(noida, tp.topic, 4)
+        producer = await _transaction(noida, tp.topic, 3)
+        await (producer.commit_transaction() if tp == committed else producer.abort_transaction())
+        await producer.stop()
+    await _produce_plain(noida, plain.topic, 4)
+    await _produce_plain(noida, empty.topic, 0)
+    reader = AIOKafkaConsumer(bootstrap_servers=noida, isolation_level="read_committed")
+    await reader.start()
+    try:
+        ends = {committed: 8, aborted: 8, plain: 4, empty: 0}
+        found = await input_batches.ends_of_committed_records(reader, ends)
+        assert found == {committed: 7, aborted: 4, plain: 4, empty: 0}
+        assert await input_batches.ends_of_committed_records(reader, ends, timeout=0) == ends
+        monkeypatch.setattr(input_batches, "TAIL_WINDOW", 2)  # only offsets 6 and 7 read
+        found = await input_batches.ends_of_committed_records(reader, ends)
+        assert found == {committed: 7, aborted: 8, plain: 4, empty: 0}
+    finally:
+        await reader.stop()
