@@ -179,8 +179,8 @@ async def ends_of_committed_records(
     while pending and time.monotonic() < deadline:
         for tp, records in (await reader.getmany(*pending, timeout_ms=100)).items():
             offsets = [r.offset for r in records if r.offset < tails[tp]]
-            if offsets:
-                last[tp] = max(offsets[-1], last.get(tp, -1))
+            if offsets:  # records come in offset order
+                last[tp] = offsets[-1]
         for tp in list(pending):
             if await reader.position(tp) >= tails[tp]:
                 pending.discard(tp)
@@ -212,7 +212,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         ends = {TP(tp.topic, tp.partition): offset for tp, offset in answer.items()}
         kafka: dict[str, Any] | None = getattr(self.app, "recstream_kafka", None)
         if not self.consumer.in_transaction or kafka is None or not any(ends.values()):
-            return ends  # (an aiokafka consumer stopped before it reads fails to stop)
+            # nothing to look at (and an aiokafka consumer that never read fails to stop)
+            return ends
         reader = AIOKafkaConsumer(
             **kafka, group_id=None, enable_auto_commit=False, isolation_level="read_committed"
         )
