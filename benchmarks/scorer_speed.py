@@ -12,7 +12,11 @@ histories, the run, decoding the default 10 items per user to ``ScoredItem``s)
 divided by the throughput of a bare ``InferenceSession.run`` on the same, already
 encoded, batch (goal >= 0.9); the two are timed alternately.  It is given from
 wall time (the definition) and from the thread's CPU time (steadier when other
-jobs share the cores).
+jobs share the cores), with the same histories call after call: every token
+carries this model's encoding (``Token.encoded``) after the first call, as the
+tokens of a served user's history do.  A third ratio ("newest token new") gives
+each history, before each runtime call (untimed), a new newest token equal to
+the old one: the case of a new event whose token no model has encoded yet.
 
 Prints a table and writes ``benchmarks/results/scorer_speed.json``.  Runs on one
 thread (the machine is shared): start it with ``nice -n 10``.
@@ -26,10 +30,9 @@ The overhead ratio is the figure to watch on a shared machine: both sides are
 timed alternately, so other jobs' load hits them alike.  For the CPU fp32 engine
 each cell also gets the CPU time of each step of the runtime call (encode,
 exclusions, run, decode), each step timed right after a bare run as in the ratio
-measurement: where the overhead goes.  Its remaining gap is Python work per
-history token (mostly the vocabulary dict lookup of each item id, whose 50k
-entries, key strings and values do not stay in cache) and, at small batches, the
-fixed cost of code that runs cold right after onnxruntime has streamed the model.
+measurement: where the overhead goes.  What is left is mostly the fixed cost of
+code that runs cold right after onnxruntime has streamed the model through the
+caches, and at large batches the C loops that read and join each token's encoding.
 """
 
 from __future__ import annotations
@@ -110,6 +113,16 @@ def make_histories(
     return histories, exclude
 
 
+def renew_newest_tokens(histories: list[list[Any]]) -> None:
+    """Replace each history's newest token by an equal new ``Token``: what a new event
+    brings, a token no model has encoded yet (the inputs stay the same)."""
+    from recstream.streams.scoring import Token
+
+    for history in histories:
+        newest = history[-1]
+        history[-1] = Token(newest.item_id, newest.action, newest.query)
+
+
 def median_seconds(call: Callable[[], object], min_time: float, min_repeats: int) -> float:
     """Median wall time of ``call`` after one warm-up, repeated for ``min_time`` s at least."""
     call()
@@ -125,9 +138,14 @@ def median_seconds(call: Callable[[], object], min_time: float, min_repeats: int
 
 
 def paired_median_seconds(
-    first: Callable[[], object], second: Callable[[], object], min_time: float, min_repeats: int
+    first: Callable[[], object],
+    second: Callable[[], object],
+    min_time: float,
+    min_repeats: int,
+    prepare: Callable[[], object] = lambda: None,
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Median wall and CPU times of two calls measured alternately: ``(first, second)``.
+    """Median wall and CPU times of two calls measured alternately: ``(first, second)``;
+    ``prepare`` runs, untimed, before each call of ``second``.
 
     Alternating makes load changes hit both calls alike.  The CPU time is the
     calling thread's (``time.thread_time``): with one onnxruntime thread the run
@@ -135,12 +153,15 @@ def paired_median_seconds(
     core; the steadier figure on a shared machine.
     """
     first()
+    prepare()
     second()
     wall: tuple[list[float], list[float]] = ([], [])
     cpu: tuple[list[float], list[float]] = ([], [])
     started = time.perf_counter()
     while len(wall[0]) < min_repeats or time.perf_counter() - started < 2 * min_time:
         for call, walls, cpus in ((first, wall[0], cpu[0]), (second, wall[1], cpu[1])):
+            if call is second:
+                prepare()
             c0, t0 = time.thread_time(), time.perf_counter()
             call()
             walls.append(time.perf_counter() - t0)
@@ -250,6 +271,10 @@ def measure_cell(
             )
             overhead[name] = cells[name] / runtime_s
             overhead[name + ":cpu"] = bare_cpu / runtime_cpu
+            _, (new_token_s, _) = paired_median_seconds(
+                bare, full, min_time, min_repeats, partial(renew_newest_tokens, histories)
+            )
+            overhead[name + ":new"] = cells[name] / new_token_s
             if name == "ort-fp32-cpu":
                 steps[name] = step_seconds(scorer, bare, histories, exclude, min_time, min_repeats)
         else:
@@ -277,7 +302,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         grid = [(b, n) for n in (10, args.max_len) for b in (1, 32, 512)]
     else:
         grid = [(b, n) for n in (10, args.max_len) for b in (1, 8, 32, 128, 512)]
-    min_time, min_repeats = (0.5, 3) if args.quick or args.gpu_check else (2.0, 5)
+    min_time = args.min_time or (0.5 if args.quick or args.gpu_check else 2.0)
+    min_repeats = 3 if args.quick or args.gpu_check else 5
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="recstream-bench-") as tmp:
         t0 = time.perf_counter()
@@ -333,6 +359,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "runtime_overhead_ratio_cpu_time": round(overhead[name + ":cpu"], 3)
                         if name in overhead
                         else None,
+                        "runtime_overhead_ratio_newest_token_new": round(overhead[name + ":new"], 3)
+                        if name in overhead
+                        else None,
                     }
                 )
                 if name in steps:
@@ -369,14 +398,21 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"\nscorer speed, {result['threads']} thread(s), model {result['model']}")
     print(
         f"{'engine':<18} {'batch':>5} {'len':>4} {'median ms':>10} {'seq/s':>10} "
-        f"{'overhead':>9} {'(cpu time)':>10}"
+        f"{'overhead':>9} {'(cpu time)':>10} {'(newest token new)':>18}"
     )
     for row in rows:
-        ratio, cpu_ratio = row["runtime_overhead_ratio"], row["runtime_overhead_ratio_cpu_time"]
+        ratios = [
+            row[key]
+            for key in (
+                "runtime_overhead_ratio",
+                "runtime_overhead_ratio_cpu_time",
+                "runtime_overhead_ratio_newest_token_new",
+            )
+        ]
+        ratio, cpu_ratio, new_ratio = ("" if r is None else f"{r:.2f}" for r in ratios)
         print(
             f"{row['engine']:<18} {row['batch']:>5} {row['length']:>4} {row['median_ms']:>10.2f} "
-            f"{row['sequences_per_s']:>10.1f} {'' if ratio is None else f'{ratio:.2f}':>9} "
-            f"{'' if cpu_ratio is None else f'{cpu_ratio:.2f}':>10}"
+            f"{row['sequences_per_s']:>10.1f} {ratio:>9} {cpu_ratio:>10} {new_ratio:>18}"
         )
     print_steps(rows)
     print("\nvariant agreement with PyTorch fp32:")
@@ -429,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--min-time", type=float, help="seconds each timing lasts at least (2, --quick 0.5)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     result = run(args)

@@ -84,10 +84,6 @@ MIN_RUN_ROWS: Final = 8
 #: ... and a part is cut after this many rows: one run's ``[rows, items]`` score matrix
 #: stays within tens of MB (256 x 50k items x 4 bytes = 51 MB).
 MAX_RUN_ROWS: Final = 256
-#: Batches of at most this many tokens (after the ``max_len`` cut) are encoded one
-#: token at a time, larger ones with numpy (measured crossover: 320 tokens were
-#: faster token by token, 1,280 with numpy).
-SMALL_TOKENS: Final = 512
 #: Distinct search queries whose word hashes are kept (about 2 MB).
 QUERY_CACHE: Final = 65_536
 _PACK_WORDS: Final = struct.Struct(f"{WORDS_PER_SEARCH}q").pack
@@ -99,17 +95,29 @@ EMPTY_TEXT: Final = "empty_text"
 #: Default seconds between checks of a model file for a new version.
 RELOAD_INTERVAL: Final = 10.0
 _SEARCH: Final = ACTION_IDS["search"]
-_ACTION_OF = operator.attrgetter("action")
-_ITEM_OF = operator.attrgetter("item_id")
-_QUERY_OF = operator.attrgetter("query")
 _ENCODED_OF = operator.attrgetter("encoded")
-#: A token's code (``Token.encoded``): model serial << 40 | vocab index << 3 | action id.
-_SERIAL_SHIFT: Final = 40
-_ITEM_SHIFT: Final = 3
-_ACTION_MASK: Final = (1 << _ITEM_SHIFT) - 1
-_ITEM_MASK: Final = (1 << (_SERIAL_SHIFT - _ITEM_SHIFT)) - 1
-#: Serials of loaded recommenders (kept below 2**22 so that codes fit in an int64).
-_SERIALS: Final = count()
+_TAG_OF = operator.itemgetter(0)
+_ITEM_BYTES_OF = operator.itemgetter(1)
+_ACTION_BYTES_OF = operator.itemgetter(2)
+_WORDS_OF = operator.itemgetter(3)
+_LAST = operator.itemgetter(-1)
+#: What a token's encoding tag says of it (the tag is ``model serial << 2 | kind``).
+_UNREAD: Final = 0  # an unknown action or a click without an item: left out
+_TELLING: Final = 1  # an in-vocabulary item or a search with words
+_READ: Final = 2  # read by the model but telling nothing (an unknown item, a wordless search)
+_KIND_BITS: Final = 2
+#: One int64 in the buffers' (native) byte order: ``_INT64(n)``.
+_INT64: Final = struct.Struct("q").pack
+_ACTION_BYTES: Final = {action: _INT64(action) for action in range(len(ACTION_IDS) + 1)}
+#: Serials of loaded recommenders (``RecsModel.serial``), never 0.
+_SERIALS: Final = count(1)
+#: A token's encoding for one model (``Token.encoded``): (tag, vocab index, action id,
+#: packed search words), the last three as native int64 bytes, ready to be joined.
+Encoding = tuple[int, bytes, bytes, bytes]
+#: The encoding of a token no model has encoded yet (serial 0 is no model's).
+_NOT_ENCODED: Final[Encoding] = (0, b"", b"", b"")
+#: The encoding of a padding position.
+_PADDING: Final[Encoding] = (0, _INT64(PAD), _INT64(0), _NO_WORDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +125,7 @@ class Token:
     """One step of a user's history: a click on an item, or a search (item None).
 
     ``encoded`` is not part of the value: the recommender that last encoded the token
-    leaves its model inputs there (:meth:`RecsModel.token_code`), since a token is
+    leaves its model inputs there (:meth:`RecsModel.encoding`), since a token is
     encoded again in every recommendation of its user while it is among the last
     ``max_len``.
     """
@@ -125,7 +133,7 @@ class Token:
     item_id: str | None
     action: str
     query: str | None = None
-    encoded: int = field(default=0, init=False, compare=False, repr=False)
+    encoded: Encoding = field(default=_NOT_ENCODED, init=False, compare=False, repr=False)
 
 
 #: Sets ``Token.encoded`` on the frozen token (the slot's own setter).
@@ -426,9 +434,9 @@ class ReloadingScorer(Generic[ModelT]):
 class QueryWords:
     """``query_hashes`` of search queries, cached, each packed in one ``bytes`` object.
 
-    Packed (``WORDS_PER_SEARCH`` native int64, 32 bytes), a query's hashes are one
-    object to fetch instead of a tuple of four ints, a batch's hashes become an
-    array with one ``join`` and the small-batch encoder copies them as one slice.
+    Packed (``WORDS_PER_SEARCH`` native int64, 32 bytes), a query's hashes are the
+    words part of its token's encoding (``Token.encoded``): a batch's words array is
+    one ``join`` of those parts.
     The cache is cleared when it holds ``capacity`` queries.  Thread-safe: dict
     operations are atomic, and a race costs at most a recomputation.
     """
@@ -446,13 +454,6 @@ class QueryWords:
                 self._packed.clear()
             self._packed[query] = packed
         return packed
-
-    def hashes(self, queries: Sequence[str | None]) -> npt.NDArray[np.int64]:
-        """``[len(queries), WORDS_PER_SEARCH]`` word hashes, read-only."""
-        joined = b"".join(map(self._packed.get, queries, repeat(b"")))
-        if len(joined) != len(queries) * _PACKED_SIZE:  # some were not cached (b"")
-            joined = b"".join(map(self.packed, queries))
-        return np.frombuffer(joined, np.int64).reshape(-1, WORDS_PER_SEARCH)
 
 
 RecordT = TypeVar("RecordT")
@@ -511,7 +512,7 @@ class BoundBatch:
     A run then converts nothing: onnxruntime reads the inputs from, and writes top-k
     into, these arrays (a plain ``run`` wraps every input in a new ``OrtValue`` and
     allocates its outputs: ~60 us of a 1 ms run at batch 1, measured).  The flat
-    ``memoryview``s let the small-batch encoder fill the arrays without numpy calls.
+    ``memoryview``s let the encoder fill the arrays without numpy calls.
     On CUDA onnxruntime copies the inputs to the device and only the top-k back.
     """
 
@@ -523,8 +524,8 @@ class BoundBatch:
         self.lengths = np.zeros(rows, np.int64)
         self.top_items = np.zeros((rows, top_k), np.int64)
         self.top_scores = np.zeros((rows, top_k), np.float32)
-        self.items_view = self.items.data.cast("B").cast("q")
-        self.actions_view = self.actions.data.cast("B").cast("q")
+        self.items_bytes = self.items.data.cast("B")
+        self.actions_bytes = self.actions.data.cast("B")
         self.words_bytes = self.words.data.cast("B")
         self.lengths_view = self.lengths.data.cast("B").cast("q")
         self.binding = session.io_binding()
@@ -649,10 +650,16 @@ class RecsModel:
         self.index: dict[str, int] = dict(
             zip(meta.vocab, range(FIRST_ITEM, FIRST_ITEM + len(meta.vocab)), strict=True)
         )
-        if len(self.item_ids) > _ITEM_MASK:
-            raise ModelLoadError(f"recs {meta.version}: {len(meta.vocab)} items is too many")
-        #: Tells this model's codes in ``Token.encoded`` from other models' (hot reload).
-        self.serial = next(_SERIALS) % (1 << 22) + 1
+        #: Tells this model's encodings in ``Token.encoded`` from other models' (hot reload).
+        self.serial = next(_SERIALS)
+        #: This model's encoding tags by kind: ``serial << 2 | kind`` (one int object each).
+        self._tags = tuple(self.serial << _KIND_BITS | kind for kind in (_UNREAD, _TELLING, _READ))
+        #: The tags of encodings that are this model's and read by it.
+        self._fresh_tags = frozenset(self._tags[_TELLING:])
+        self._unread: Encoding = (self._tags[_UNREAD], b"", b"", b"")
+        #: Each vocab index as native int64 bytes (PAD and OOV included).
+        self.item_bytes = [_INT64(index) for index in range(len(self.item_ids))]
+        self._padding = [_PADDING] * self.max_len
         self.query_words = QueryWords()
         self.popular = list(meta.popular)
         self.buffers = BatchBuffers(session, meta.top_k)
@@ -690,48 +697,73 @@ class RecsModel:
     def encode(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
         """Inputs for the usable histories of a batch.
 
-        Each history contributes its last ``max_len`` tokens, minus invalid ones (an
-        unknown action, a click without an item).  A history is usable when those
-        hold an in-vocabulary item or a search with words; the others are left out
-        (``rows`` lists the histories kept) and get the popular-items fallback.
-        Batches of few tokens are encoded token by token, larger ones with numpy over
-        all tokens at once (the same result; numpy's fixed cost only pays off at size).
+        Each history contributes its last ``max_len`` tokens, minus those the model
+        does not read (an unknown action, a click without an item).  A history is
+        usable when those hold an in-vocabulary item or a search with words; the
+        others are left out (``rows`` lists the histories kept) and get the
+        popular-items fallback.
+
+        No Python code runs per token once its ``Token.encoded`` is this model's:
+        each history's encodings are read, their tags checked and their bytes joined
+        by C loops (``map``, ``set``, ``bytes.join``); each input array is then one
+        copy of the joined bytes into the bound buffers.
         """
-        if sum(map(min, map(len, histories), repeat(self.max_len))) <= SMALL_TOKENS:
-            return self.encode_loop(histories)
-        return self.encode_numpy(histories)
+        fresh, telling = self._fresh_tags, self._tags[_TELLING]
+        rows: list[int] = []
+        kept: list[list[Encoding]] = []
+        for row, tail in enumerate(self._tails(histories)):
+            encodings = list(map(_ENCODED_OF, tail))  # one read per token: a consistent tuple
+            tags = set(map(_TAG_OF, encodings))
+            if not tags <= fresh:  # tokens new to this model, or not read by it
+                encodings = self._read_encodings(tail, encodings)
+                tags = set(map(_TAG_OF, encodings))
+            if telling in tags:
+                rows.append(row)
+                kept.append(encodings)
+        if not rows:
+            return self._no_rows()
+        lengths = list(map(len, kept))
+        width = bucket_length(max(lengths), self.max_len)
+        padding = self._padding
+        padded: list[Encoding] = []
+        for encodings in kept:
+            padded += encodings
+            padded += padding[: width - len(encodings)]
+        bound = self.buffers.get(len(rows), width)
+        bound.items_bytes[:] = b"".join(map(_ITEM_BYTES_OF, padded))
+        bound.actions_bytes[:] = b"".join(map(_ACTION_BYTES_OF, padded))
+        bound.words_bytes[:] = b"".join(map(_WORDS_OF, padded))
+        bound.lengths_view[:] = array("q", lengths)
+        return EncodedBatch(rows, bound.items, bound.actions, bound.words, bound.lengths, bound)
 
-    def token_code(self, token: Token) -> int:
-        """The token's code for this model, computed and left in ``token.encoded`` (the
-        encoders call it for tokens whose code is not this model's).
+    def encoding(self, token: Token) -> Encoding:
+        """The token's encoding for this model, computed and left in ``token.encoded``.
 
-        ``serial << 40 | vocab index << 3 | action id``; action 0 marks a token the
-        model does not read (an unknown action, a click without an item); a search has
-        index PAD.  One int, so a thread never sees half of another model's code.
+        One tuple, replaced whole: a thread never sees parts of two models' encodings.
         """
         action = ACTION_IDS.get(token.action, 0)
         if action == _SEARCH:
-            item = PAD
-        elif token.item_id is None:
-            item = action = PAD
-        else:
+            words = self.query_words.packed(token.query)
+            kind = _TELLING if words != _NO_WORDS else _READ
+            encoding = (self._tags[kind], self.item_bytes[PAD], _ACTION_BYTES[action], words)
+        elif action and token.item_id is not None:
             item = self.index.get(token.item_id, OOV)
-        code = self.serial << _SERIAL_SHIFT | item << _ITEM_SHIFT | action
-        _SET_ENCODED(token, code)
-        return code
+            kind = _TELLING if item != OOV else _READ
+            encoding = (self._tags[kind], self.item_bytes[item], _ACTION_BYTES[action], _NO_WORDS)
+        else:
+            encoding = self._unread
+        _SET_ENCODED(token, encoding)
+        return encoding
 
-    def token_codes(self, tokens: list[Token]) -> npt.NDArray[np.int64]:
-        """:meth:`token_code` of many tokens at once (lookups in C loops, then numpy)."""
-        n = len(tokens)
-        actions = np.fromiter(map(ACTION_IDS.get, map(_ACTION_OF, tokens), repeat(0)), np.int64, n)
-        items = np.fromiter(map(self.index.get, map(_ITEM_OF, tokens), repeat(OOV)), np.int64, n)
-        items[actions == _SEARCH] = PAD
-        # A click without an item (None) came out OOV, like an unknown item: tell them apart.
-        no_item = [i for i in np.flatnonzero(items == OOV).tolist() if tokens[i].item_id is None]
-        items[no_item] = actions[no_item] = PAD
-        codes = self.serial << _SERIAL_SHIFT | items << _ITEM_SHIFT | actions
-        deque(map(_SET_ENCODED, tokens, codes.tolist()), maxlen=0)
-        return codes
+    def _read_encodings(self, tokens: Sequence[Token], encodings: list[Encoding]) -> list[Encoding]:
+        """This model's encodings of the ``tokens`` it reads, from ``encodings`` (theirs
+        as read) where those are this model's, computed for the others."""
+        fresh, unread = self._fresh_tags, self._tags[_UNREAD]
+        encodings = [
+            encoding if encoding[0] in fresh else self.encoding(token)
+            for token, encoding in zip(tokens, encodings, strict=True)
+        ]
+        return [encoding for encoding in encodings if encoding[0] != unread]
 
     def _tails(self, histories: Sequence[Sequence[Token]]) -> list[Sequence[Token]]:
         """The last ``max_len`` tokens of each history (the history itself when short)."""
@@ -745,120 +777,12 @@ class RecsModel:
             for h in histories
         ]
 
-    def encode_loop(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
-        """``encode`` one token at a time (fast for a few hundred tokens).
-
-        No numpy calls (right after a run each costs ~10-30 us, cold): items, actions
-        and lengths go into the bound arrays as flat ``array('q')``s, search words as
-        one ``bytearray``, through the arrays' memory views.
-        """
-        serial, code_of, words_of = self.serial, self.token_code, self.query_words.packed
-        rows: list[int] = []
-        kept_items: list[list[int]] = []
-        kept_actions: list[list[int]] = []
-        kept_searches: list[list[tuple[int, bytes]]] = []  # (position, packed words)
-        for row, tail in enumerate(self._tails(histories)):
-            items: list[int] = []
-            actions: list[int] = []
-            searches: list[tuple[int, bytes]] = []
-            usable = False
-            for token in tail:
-                code = token.encoded
-                if code >> _SERIAL_SHIFT != serial:
-                    code = code_of(token)
-                action = code & _ACTION_MASK
-                if action == _SEARCH:
-                    packed = words_of(token.query)
-                    usable = usable or packed != _NO_WORDS
-                    searches.append((len(items), packed))
-                    items.append(PAD)
-                elif action:
-                    item = code >> _ITEM_SHIFT & _ITEM_MASK
-                    usable = usable or item != OOV
-                    items.append(item)
-                else:  # not read by the model
-                    continue
-                actions.append(action)
-            if usable:
-                rows.append(row)
-                kept_items.append(items)
-                kept_actions.append(actions)
-                kept_searches.append(searches)
-        lengths = list(map(len, kept_items))
-        if not rows:
-            return self._no_rows()
-        width = bucket_length(max(lengths), self.max_len)
-        bound = self.buffers.get(len(rows), width)
-        _fill_padded(bound.items_view, kept_items, width)
-        _fill_padded(bound.actions_view, kept_actions, width)  # "no action" is 0 too
-        bound.lengths_view[:] = array("q", lengths)
-        row_bytes = width * _PACKED_SIZE
-        words = bytearray(len(rows) * row_bytes)  # zeroed
-        for row_at, searches in zip(range(0, len(words), row_bytes), kept_searches, strict=True):
-            for position, packed in searches:
-                at = row_at + position * _PACKED_SIZE
-                words[at : at + _PACKED_SIZE] = packed
-        bound.words_bytes[:] = words
-        return EncodedBatch(rows, bound.items, bound.actions, bound.words, bound.lengths, bound)
-
     def _no_rows(self) -> EncodedBatch:
         """The encoding of a batch without a usable history (nothing to run)."""
         width = bucket_length(1, self.max_len)
         empty = np.zeros((0, width), np.int64)
         words = np.zeros((0, width, WORDS_PER_SEARCH), np.int64)
         return EncodedBatch([], empty, empty, words, np.zeros(0, np.int64))
-
-    def encode_numpy(self, histories: Sequence[Sequence[Token]]) -> EncodedBatch:
-        """``encode`` with numpy over all tokens of the batch at once.
-
-        Python reads each token's code once, in a C loop (``map`` of an attribute
-        getter), computes the codes of the tokens this model has not encoded yet (in C
-        loops too) and reads each search's query; the rest is array work.
-        """
-        max_len, batch = self.max_len, len(histories)
-        tails = self._tails(histories)
-        counts = np.fromiter(map(len, tails), np.int64, batch)
-        flat: list[Token] = list(chain.from_iterable(tails))
-        n = len(flat)
-        codes = np.fromiter(map(_ENCODED_OF, flat), np.int64, n)
-        stale = np.flatnonzero(codes >> _SERIAL_SHIFT != self.serial).tolist()
-        if stale:
-            codes[stale] = self.token_codes(list(map(flat.__getitem__, stale)))
-        actions = codes & _ACTION_MASK
-        items = codes >> _ITEM_SHIFT & _ITEM_MASK
-        search = actions == _SEARCH
-        # Invalid tokens (unknown action, click without item) are dropped.
-        valid = actions != 0
-        searches = np.flatnonzero(search & valid)
-        hashes = self.query_words.hashes(
-            list(map(_QUERY_OF, map(flat.__getitem__, searches.tolist())))
-        )
-        # A history is usable when it holds a known item or a search with words.
-        telling = valid & (items >= FIRST_ITEM)
-        telling[searches] = hashes[:, 0] != PAD
-        row_of = np.repeat(np.arange(batch), counts)
-        usable = np.zeros(batch, np.bool_)
-        usable[row_of[telling]] = True
-        rows = np.flatnonzero(usable)
-        keep = valid & usable[row_of]
-        if not rows.size:
-            return self._no_rows()
-        lengths = np.bincount(row_of[keep], minlength=batch)[rows]
-        bound = self.buffers.get(rows.size, width=bucket_length(int(lengths.max()), max_len))
-        items_in, actions_in, words_in = bound.items, bound.actions, bound.words
-        items_in.fill(PAD)
-        actions_in.fill(0)
-        words_in.fill(0)
-        bound.lengths[:] = lengths
-        # Where each kept token goes: its history's row in the batch, its position there.
-        kept_row = (np.cumsum(usable) - 1)[row_of[keep]]
-        kept_col = np.arange(kept_row.size) - (np.cumsum(lengths) - lengths)[kept_row]
-        items_in[kept_row, kept_col] = items[keep]
-        actions_in[kept_row, kept_col] = actions[keep]
-        in_use = keep[searches]
-        at = (np.cumsum(keep) - 1)[searches[in_use]]
-        words_in[kept_row[at], kept_col[at]] = hashes[in_use]
-        return EncodedBatch(rows.tolist(), items_in, actions_in, words_in, bound.lengths, bound)
 
     def exclusions(self, batch: EncodedBatch, exclude: Sequence[Collection[str]]) -> np.ndarray:
         """``[B, E]`` vocab indices to mask per row of ``batch`` (unknown ids become the 0
@@ -892,14 +816,17 @@ class RecsModel:
         self, top_items: np.ndarray, top_scores: np.ndarray, k: int
     ) -> list[tuple[ScoredItem, ...]]:
         """Item ids and scores, best first, at most ``k``; -inf (masked) entries dropped."""
-        if len(top_items) <= SMALL_BATCH:  # lists: numpy's fixed costs dominate at this size
-            return [
-                self._decode_row(row_indices[:k], row_scores[:k])
-                for row_indices, row_scores in zip(
-                    top_items.tolist(), top_scores.tolist(), strict=True
-                )
-            ]
         indices, scores = top_items[:, :k], top_scores[:, :k]
+        if len(top_items) <= SMALL_BATCH:  # lists: numpy's fixed costs dominate at this size
+            index_rows, score_rows = indices.tolist(), scores.tolist()
+            if min(map(min, index_rows)) < FIRST_ITEM or min(map(_LAST, score_rows)) == -np.inf:
+                return list(map(self._decode_row, index_rows, score_rows))
+            ids = list(map(self.item_ids.__getitem__, chain.from_iterable(index_rows)))
+            if len(index_rows) == 1:  # plain construction: the builder's fixed cost is more
+                return [tuple(map(ScoredItem, ids, score_rows[0]))]
+            items = _SCORED_ITEMS.build(len(ids), ids, chain.from_iterable(score_rows))
+            width = len(index_rows[0])  # k, or the model's top-k if smaller
+            return [tuple(items[at : at + width]) for at in range(0, len(items), width)]
         # Scores are sorted: a row's last score tells whether it has a masked entry.
         if scores[:, -1].min() > -np.inf and indices.min() >= FIRST_ITEM:  # nothing masked
             ids = self.item_id_array[indices].ravel().tolist()
@@ -913,12 +840,13 @@ class RecsModel:
         return [tuple(items[start:end]) for start, end in pairwise([0, *ends])]
 
     def _decode_row(self, indices: list[int], scores: list[float]) -> tuple[ScoredItem, ...]:
-        if scores[-1] == -np.inf or min(indices) < FIRST_ITEM:  # masked entries: drop them
-            kept = [(i, s) for i, s in zip(indices, scores, strict=True) if s > -np.inf]
-            indices = [i for i, _ in kept if i >= FIRST_ITEM]
-            scores = [s for i, s in kept if i >= FIRST_ITEM]
-        # Plain construction: for a few items it beats ``RecordBuilder`` (cold code).
-        return tuple(map(ScoredItem, map(self.item_ids.__getitem__, indices), scores))
+        """One row's items, its masked entries (-inf, PAD or OOV) dropped."""
+        item_ids = self.item_ids
+        return tuple(
+            ScoredItem(item_ids[i], s)
+            for i, s in zip(indices, scores, strict=True)
+            if s > -np.inf and i >= FIRST_ITEM
+        )
 
     def popular_for(self, exclude: Collection[str], k: int) -> tuple[ScoredItem, ...]:
         """The fallback: popular items not excluded, score 0.0 (not a model score)."""

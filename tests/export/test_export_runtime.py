@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -396,36 +395,6 @@ def test_invalid_tokens_are_dropped_and_any_sequence_works(
     results = recs.recommend([clean, noisy, deque(noisy), tuple(clean)], [set()] * 4, 10)
     assert len({r.items for r in results}) == 1
     assert [s.item_id for s in results[0].items] == _torch_top(exported, clean, 10)
-
-
-def test_loop_and_numpy_encodings_agree(recs: OnnxRecsScorer) -> None:
-    """Small batches are encoded token by token, large ones with numpy: same inputs."""
-    rng = np.random.default_rng(8)
-    kinds = [
-        lambda: Token(f"item-{rng.integers(40)}", "view"),
-        lambda: Token(f"item-{rng.integers(40)}", "purchase"),
-        lambda: Token("unknown-item", "add_to_cart"),
-        lambda: Token(None, "search", str(rng.choice(["red shoes", "手机 壳", "  ", "a b c d e"]))),
-        lambda: Token(None, "view"),  # invalid: click without item
-        lambda: Token("item-1", "wink"),  # invalid: unknown action
-    ]
-    histories: list[Sequence[Token]] = []
-    for _ in range(40):
-        size = int(rng.integers(0, 25))
-        picks = rng.integers(len(kinds), size=size)
-        history = [kinds[int(p)]() for p in picks]
-        histories.append(deque(history) if rng.random() < 0.2 else history)
-    model = recs._model.current()
-    loop = model.encode_loop(histories)
-    loop_arrays = [a.copy() for a in (loop.items, loop.actions, loop.words, loop.lengths)]
-    vectorized = model.encode_numpy(histories)
-    assert loop.rows == vectorized.rows and 0 < len(loop.rows) < 40
-    for ours, theirs in zip(
-        loop_arrays,
-        (vectorized.items, vectorized.actions, vectorized.words, vectorized.lengths),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_concurrent_calls_from_scoring_threads_match_serial_ones(

@@ -118,16 +118,15 @@ def test_reused_buffers_carry_nothing_over_between_batches() -> None:
     model = _table_model()
     long = [[Token("v1", "view"), Token(None, "search", "red shoes")] * 3] * 2
     short = [[Token("v2", "purchase")], [Token(None, "search", "手机")]]
-    for encode in (model.encode_loop, model.encode_numpy):
-        encode(long)
-        reused = encode(short)
-        fresh = _table_model().encode(short)
-        for ours, theirs in zip(
-            (reused.items, reused.actions, reused.words, reused.lengths),
-            (fresh.items, fresh.actions, fresh.words, fresh.lengths),
-            strict=True,
-        ):
-            np.testing.assert_array_equal(ours, theirs)
+    model.encode(long)
+    reused = model.encode(short)
+    fresh = _table_model().encode(short)
+    for ours, theirs in zip(
+        (reused.items, reused.actions, reused.words, reused.lengths),
+        (fresh.items, fresh.actions, fresh.words, fresh.lengths),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_a_changed_exclusion_array_is_bound_again() -> None:
@@ -268,23 +267,6 @@ def _random_histories(seed: int, count: int) -> list[Sequence[Token]]:
     return histories
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_loop_and_numpy_encodings_agree(seed: int) -> None:
-    model = _table_model()
-    histories = _random_histories(seed, 30)
-    loop = model.encode_loop(histories)
-    arrays = [a.copy() for a in (loop.items, loop.actions, loop.words, loop.lengths)]
-    vectorized = model.encode_numpy(histories)
-    assert loop.rows == vectorized.rows and 0 < len(loop.rows) < 30
-    for ours, theirs in zip(
-        arrays,
-        (vectorized.items, vectorized.actions, vectorized.words, vectorized.lengths),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(ours, theirs)
-        assert ours.dtype == theirs.dtype == np.int64
-
-
 def test_encoding_of_one_history() -> None:
     model = _table_model()
     history = [
@@ -294,14 +276,13 @@ def test_encoding_of_one_history() -> None:
         Token("nope", "purchase"),
         Token("v1", "teleport"),  # dropped
     ]
-    for encode in (model.encode_loop, model.encode_numpy):
-        batch = encode([history, []])
-        assert batch.rows == [0]
-        assert batch.items.tolist() == [[2, 0, 1] + [0] * 5]
-        assert batch.actions.tolist() == [[1, 4, 3] + [0] * 5]
-        assert batch.words[0, 1].tolist() == query_hashes("Red shoes")
-        assert not batch.words[0, [0, *range(2, 8)]].any()
-        assert batch.lengths.tolist() == [3]
+    batch = model.encode([history, []])
+    assert batch.rows == [0]
+    assert batch.items.tolist() == [[2, 0, 1] + [0] * 5]
+    assert batch.actions.tolist() == [[1, 4, 3] + [0] * 5]
+    assert batch.words[0, 1].tolist() == query_hashes("Red shoes")
+    assert not batch.words[0, [0, *range(2, 8)]].any()
+    assert batch.lengths.tolist() == [3]
 
 
 @pytest.mark.parametrize("batch", [3, 70])  # list path (<= SMALL_EXCLUSIONS) and numpy path
@@ -345,7 +326,7 @@ def test_exclusion_width_is_rounded_up_to_a_power_of_two(batch: int) -> None:
     assert [scoring.bucket_width(n) for n in (0, 1, 2, 3, 5, 64, 65)] == [1, 1, 2, 4, 8, 64, 128]
 
 
-@pytest.mark.parametrize("batch", [3, 20])  # list and numpy paths
+@pytest.mark.parametrize("batch", [1, 3, 20])  # one row, lists, numpy
 @pytest.mark.parametrize("top_k", [4, 8])  # 4: nothing masked; 8: PAD and OOV come out
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_decode_matches_a_row_by_row_reference(batch: int, top_k: int, k: int) -> None:

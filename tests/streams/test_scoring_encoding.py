@@ -117,21 +117,20 @@ def _assert_same(ours: EncodedBatch, expected: EncodedBatch) -> None:
 
 
 @pytest.mark.parametrize("seed", range(8))
-@pytest.mark.parametrize("path", ["encode_loop", "encode_numpy", "encode"])
-def test_encoders_match_the_reference(seed: int, path: str) -> None:
+def test_the_encoder_matches_the_reference(seed: int) -> None:
     model = _model()
     rng = np.random.default_rng(seed)
     for size in (1, 3, SMALL_BATCH, SMALL_BATCH + 1, 40, 100):  # ~10 to ~1,300 tokens
         histories = [_history(rng) for _ in range(size)]
         for _ in range(2):  # the second time tokens and queries come from the caches
-            _assert_same(getattr(model, path)(histories), _reference(histories))
+            _assert_same(model.encode(histories), _reference(histories))
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_tokens_encoded_by_another_model_are_encoded_again(seed: int) -> None:
-    """Tokens keep the code of the model that last encoded them (``Token.encoded``); a
-    model with another vocabulary (a hot reload) must not read it, whichever encoder
-    ran before, and the two models may take turns on the same tokens."""
+    """Tokens keep the encoding of the model that last encoded them (``Token.encoded``);
+    a model with another vocabulary (a hot reload) must not read it, and the two models
+    may take turns on the same tokens."""
     rng = np.random.default_rng(seed)
     other_vocab = [*VOCAB[::-1], "v9"]
     first, second = _model(), _model(vocab=other_vocab)
@@ -139,23 +138,21 @@ def test_tokens_encoded_by_another_model_are_encoded_again(seed: int) -> None:
     histories = [_history(rng) for _ in range(40)]
     few = histories[:2]
     for model, vocab in ((first, VOCAB), (second, other_vocab), (first, VOCAB)):
-        for path in (model.encode_numpy, model.encode_loop):
-            _assert_same(path(histories), _reference(histories, vocab))
-            _assert_same(path(few), _reference(few, vocab))
+        _assert_same(model.encode(histories), _reference(histories, vocab))
+        _assert_same(model.encode(few), _reference(few, vocab))
 
 
 def test_the_encoding_cache_is_not_part_of_a_tokens_value() -> None:
     model = _model()
     fresh, encoded = Token("v1", "view"), Token("v1", "view")
-    model.encode_loop([[encoded]])
-    assert encoded.encoded != fresh.encoded == 0
+    model.encode([[encoded]])
+    assert encoded.encoded == model.encoding(Token("v1", "view")) != fresh.encoded
     assert fresh == encoded and hash(fresh) == hash(encoded) and repr(fresh) == repr(encoded)
     with pytest.raises(TypeError):
         Token("v1", "view", None, 5)  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize("path", ["encode_loop", "encode_numpy"])
-def test_unknown_items_never_become_vocab_items(path: str) -> None:
+def test_unknown_items_never_become_vocab_items() -> None:
     model = _model()
     histories = [
         [Token("None", "view"), Token("", "purchase")],  # real item ids
@@ -163,34 +160,31 @@ def test_unknown_items_never_become_vocab_items(path: str) -> None:
         [Token("v", "view"), Token("v00", "view"), Token("手", "view")],  # unknown
         [Token("v3", "view")] * (3 * MAX_LEN),  # longer than max_len
     ]
-    batch = getattr(model, path)(histories)
+    batch = model.encode(histories)
     none, empty, v3 = (model.index[item] for item in ("None", "", "v3"))
     assert batch.rows == [0, 3]  # rows 1 and 2 hold no known item: fallback
     assert batch.items[0, :2].tolist() == [none, empty]
     assert batch.items[1].tolist() == [v3] * MAX_LEN and batch.lengths.tolist() == [2, MAX_LEN]
-    only_unknown = getattr(model, path)([*histories[1:3], [Token(None, "search", "x")]])
+    only_unknown = model.encode([*histories[1:3], [Token(None, "search", "x")]])
     assert only_unknown.rows == [2] and only_unknown.items[0].tolist()[:1] == [PAD]
 
 
 def test_search_without_words_does_not_make_a_history_usable() -> None:
     model = _model()
-    for path in (model.encode_loop, model.encode_numpy):
-        batch = path(
-            [[Token(None, "search", " ?! ")], [Token(None, "search")], [Token("x", "view")]]
-        )
-        assert batch.rows == [] and batch.items.shape == (0, 8) and batch.words.shape == (0, 8, 4)
+    batch = model.encode(
+        [[Token(None, "search", " ?! ")], [Token(None, "search")], [Token("x", "view")]]
+    )
+    assert batch.rows == [] and batch.items.shape == (0, 8) and batch.words.shape == (0, 8, 4)
 
 
 def test_query_words_match_query_hashes_cached_or_not() -> None:
     words = QueryWords(capacity=3)
     queries = ["red shoes", None, "", "手机 case", "red shoes", "a b c d e f", "red shoes"]
     for _ in range(3):
-        hashes = words.hashes(queries)
-        assert hashes.shape == (len(queries), WORDS_PER_SEARCH) and hashes.dtype == np.int64
-        assert hashes.tolist() == [query_hashes(q or "") for q in queries]
+        for query in queries:
+            hashes = np.frombuffer(words.packed(query), np.int64)
+            assert hashes.tolist() == query_hashes(query or "")
         assert len(words._packed) <= 3  # bounded: cleared when full
-    assert words.hashes([]).shape == (0, WORDS_PER_SEARCH)
-    assert np.frombuffer(words.packed("red shoes"), np.int64).tolist() == query_hashes("red shoes")
 
 
 def test_query_words_from_threads() -> None:
@@ -201,7 +195,11 @@ def test_query_words_from_threads() -> None:
 
     def work(offset: int) -> None:
         for start in range(offset, len(queries), 50):
-            if words.hashes(queries[start : start + 50]).tolist() != expected[start : start + 50]:
+            packed = b"".join(map(words.packed, queries[start : start + 50]))
+            if (
+                np.frombuffer(packed, np.int64).reshape(-1, WORDS_PER_SEARCH).tolist()
+                != expected[start : start + 50]
+            ):
                 failures.append(start)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
