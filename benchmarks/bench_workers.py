@@ -153,16 +153,19 @@ def recstream_passthrough() -> None:
     models: the scorers return empty fallbacks at once.  Configured by RECSTREAM_*, and
     started like ``recstream worker`` starts it (Faust's terminal spinner off: it sets
     the root logger to DEBUG, so every debug call in aiokafka and Faust would build a
-    log record).
+    log record; start-up objects frozen and the collector's young threshold raised).
     """
     import faust
 
     from recstream.streams.app import build_app
     from recstream.streams.settings import Settings
+    from recstream.streams.worker import prepare_garbage_collector
 
-    app = build_app(Settings(), NullRecs(), NullSentiment())
+    settings = Settings()
+    app = build_app(settings, NullRecs(), NullSentiment())
     worker = faust.Worker(app, loglevel="WARN", quiet=True)
     worker.spinner = None
+    prepare_garbage_collector(settings.gc_young_threshold)
     try:
         worker.execute_from_commandline()
     finally:

@@ -67,10 +67,10 @@ from recstream.streams.records import (
     Forget,
     OutputRecord,
     Reason,
+    RecordBuilder,
     SessionSummary,
     to_json,
 )
-from recstream.streams.scoring import RecordBuilder
 from recstream.streams.skipped_records import SkippedRecords
 from recstream.streams.state_store import ChangelogBatch, TableStateStore
 from recstream.streams.storefront import LatestRecommendations

@@ -20,10 +20,14 @@ from __future__ import annotations
 import base64
 import math
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from itertools import chain, repeat
+from operator import itemgetter
+from typing import Any, Final, Generic, TypeVar, cast
 
 import orjson
 
@@ -62,6 +66,36 @@ class InvalidEvent(ValueError):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+RecordT = TypeVar("RecordT")
+
+
+class RecordBuilder(Generic[RecordT]):
+    """Builds many instances of a frozen, slotted dataclass at once, without ``__init__``.
+
+    A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``
+    in Python (~1 us per ``ScoredItem`` on a loaded machine, thousands per batch).
+    Here each field's slot descriptor is mapped over a whole column, in C: about
+    twice as fast, and the instances are equal to ``cls(*row)`` (tested).  Only for
+    dataclasses whose slots are exactly their fields and without ``__post_init__``.
+    """
+
+    def __init__(self, cls: type[RecordT]) -> None:
+        names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        if getattr(cls, "__slots__", None) != names or hasattr(cls, "__post_init__"):
+            raise TypeError(f"{cls.__name__} is not a slotted dataclass without __post_init__")
+        self._cls = cls
+        self._setters = [getattr(cls, name).__set__ for name in names]
+
+    def build(self, count: int, *columns: Iterable[object]) -> list[RecordT]:
+        """``count`` instances; ``columns`` (one per field, in order) hold >= ``count`` values."""
+        if len(columns) != len(self._setters):
+            raise TypeError(f"{len(self._setters)} columns needed, got {len(columns)}")
+        records = list(map(object.__new__, repeat(self._cls, count)))
+        for setter, column in zip(self._setters, columns, strict=True):
+            deque(map(setter, records, column), maxlen=0)
+        return cast(list[RecordT], records)
 
 
 # ----------------------------------------------------------------------------
@@ -323,6 +357,67 @@ def parse_click(obj: dict[str, Any], *, now: float | None = None) -> Click:
         session_id=_ident(obj, "session_id", required=False),
         price=_number(obj, "price"),
         category=category[:MAX_ID_CHARS] if category else None,
+    )
+
+
+_CLICK_FIELDS: Final = itemgetter("event_id", "user_id", "item_id", "action", "ts")
+_ACTION_SET: Final = frozenset(ACTIONS)
+_CLICKS: Final = RecordBuilder(Click)
+_STR, _FLOAT, _NONE = frozenset([str]), frozenset([float]), type(None)
+
+
+def parse_clicks(
+    objs: Sequence[dict[str, Any]],
+    *,
+    now: float | None = None,
+    max_future_s: float = 86_400.0,
+    user_ids: Callable[[str], str] | None = None,
+) -> list[Click] | None:
+    """:func:`parse_click` for a whole batch, column by column; None unless every object
+    is a click in the common form (string ids, a float epoch-seconds ts, a float price).
+    ``user_ids`` maps each valid user id to the one the records carry (pseudonyms).
+
+    A None sends the caller to :func:`parse_click` one object at a time, which accepts
+    the other forms and names the reason of each invalid one: whatever this accepts,
+    that accepts too, into equal records (tested).
+    """
+    try:
+        rows = list(map(_CLICK_FIELDS, objs))
+    except (KeyError, TypeError):  # a field missing, or not an object
+        return None
+    if not rows:
+        return []
+    event_ids, user_id_column, item_ids, actions, stamps = zip(*rows, strict=True)
+    ids = list(chain(event_ids, user_id_column, item_ids))
+    sessions = list(map(dict.get, objs, repeat("session_id")))
+    prices = list(map(dict.get, objs, repeat("price")))
+    categories = list(map(dict.get, objs, repeat("category")))
+    given_sessions = [value for value in sessions if value is not None]
+    given_prices = [value for value in prices if value is not None]
+    given_categories = [value for value in categories if value is not None]
+    ids += given_sessions
+    limit = (time.time() if now is None else now) + max_future_s
+    if not (
+        set(map(type, ids)) == _STR
+        and min(map(len, ids)) > 0
+        and max(map(len, ids)) <= MAX_ID_CHARS
+        and all(map(str.isprintable, ids))
+        and _ACTION_SET.issuperset(actions)
+        and set(map(type, stamps)) == _FLOAT
+        and min(stamps) >= MIN_TS
+        and max(stamps) < MILLIS_THRESHOLD
+        and max(stamps) <= limit
+        and set(map(type, given_prices)) <= _FLOAT
+        and all(map(math.isfinite, given_prices))
+        and min(given_prices, default=0.0) >= 0
+        and set(map(type, given_categories)) <= _STR
+        and min(map(len, given_categories), default=1) > 0
+        and max(map(len, given_categories), default=0) <= MAX_ID_CHARS
+    ):
+        return None
+    users = user_id_column if user_ids is None else map(user_ids, user_id_column)
+    return _CLICKS.build(
+        len(rows), event_ids, users, item_ids, actions, stamps, sessions, prices, categories
     )
 
 

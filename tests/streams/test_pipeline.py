@@ -331,6 +331,31 @@ def test_repartitioned_records_keep_their_pseudonym_and_home() -> None:
     assert again[0].event == batch[0].event and again[0].home == batch[0].home
 
 
+@pytest.mark.parametrize("salt", [None, "pepper"])
+def test_a_batch_of_clicks_decodes_at_once_as_one_by_one(salt: str | None) -> None:
+    """All-clicks batches take the column path; one odd record sends the batch the
+    record-by-record way: the same events, homes and sources either way."""
+    settings = Settings(user_id_salt=SecretStr(salt) if salt else None)
+    pipeline = Pipeline(settings, EchoRecs(), LengthSentiment(), partitions=4, clock=lambda: NOW)
+    clicks = [
+        rec("clicks", {"event_id": f"e{n}", "user_id": f"user{n % 5}", "item_id": f"i{n}",
+                       "action": "view", "ts": T0 + n, "price": 2.5, "category": "c"},
+            offset=n, partition=n % 4)
+        for n in range(12)
+    ]  # fmt: skip
+    assert pipeline._decode_clicks(clicks, NOW) is not None  # the column path was taken
+    fast, none = pipeline.decode(clicks)
+    odd = rec("clicks", b"{not json", offset=99)
+    slow, dead = pipeline.decode([*clicks[:6], odd, *clicks[6:]])
+    assert none == [] and [letter.offset for letter in dead] == [99]
+    assert fast == slow and len(fast) == 12
+    assert {item.home for item in fast} == {home_partition(f"user{n}", 4) for n in range(5)}
+    users = {item.event.user_id for item in fast}
+    assert users == {UserIds(salt)(f"user{n}") for n in range(5)}
+    mixed = [*clicks, rec("searches", {"event_id": "s", "user_id": "u", "query": "q", "ts": T0})]
+    assert pipeline._decode_clicks(mixed, NOW) is None
+
+
 def test_home_partition_matches_kafka_default_partitioner() -> None:
     # Reference values of the Java client's murmur2 partitioner for these keys.
     from aiokafka.partitioner import DefaultPartitioner

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
+import random
+from itertools import repeat
 
 import orjson
 import pytest
 
 from recstream.streams import records
-from recstream.streams.records import InvalidEvent, Reason
+from recstream.streams.records import InvalidEvent, Reason, RecordBuilder, ScoredItem
 
 NOW = 1_750_000_000.0
 
@@ -147,3 +150,146 @@ def test_output_records_serialise() -> None:
     assert obj["fallback"] is False
     dead = records.DeadLetter.of("clicks", 3, 17, "bad_json: x", b"\xff")
     assert base64.b64decode(orjson.loads(records.to_json(dead))["payload"]) == b"\xff"
+
+
+def _one_by_one(objs: list[object], now: float) -> list[records.Click] | None:
+    """The record-by-record result, or None when any object is invalid (a non-object
+    never reaches parse_click: ``loads`` turns it away)."""
+    if not all(isinstance(obj, dict) for obj in objs):
+        return None
+    try:
+        return [records.parse_click(obj, now=now) for obj in objs]  # type: ignore[arg-type]
+    except InvalidEvent:
+        return None
+
+
+def test_parse_clicks_reads_a_common_batch_like_parse_click() -> None:
+    objs = [_click(event_id=f"e{n}", user_id=f"u{n % 3}", ts=NOW - 100 + n) for n in range(20)] + [
+        _click(event_id="x", price=0.0, category="shoes", session_id="s1", action="purchase")
+    ]
+    got = records.parse_clicks(objs, now=NOW)
+    assert got is not None
+    assert got == _one_by_one(objs, NOW)  # type: ignore[arg-type]
+    assert records.parse_clicks([], now=NOW) == []
+
+
+def test_parse_clicks_maps_user_ids() -> None:
+    objs = [_click(user_id="alice"), _click(event_id="e2", user_id="bob")]
+    got = records.parse_clicks(objs, now=NOW, user_ids=str.upper)
+    assert got is not None
+    assert [click.user_id for click in got] == ["ALICE", "BOB"]
+
+
+#: One field changed to a value the common form does not take (valid or not).
+_VARIANTS: list[dict[str, object]] = [
+    {"ts": 1_750_000_000},  # int seconds: valid, not the common form
+    {"ts": (NOW - 10) * 1000.0},  # milliseconds
+    {"ts": "2025-06-15T10:00:00Z"},
+    {"ts": NOW + 2 * 86_400.0},  # too far ahead
+    {"ts": 100.0},
+    {"ts": True},
+    {"ts": None},
+    {"event_id": 42},
+    {"event_id": ""},
+    {"event_id": "a\nb"},
+    {"event_id": "e" * 257},
+    {"user_id": None},
+    {"user_id": 7},
+    {"item_id": ["i"]},
+    {"item_id": "i" * 256},  # the longest valid id
+    {"action": "like"},
+    {"action": None},
+    {"action": 1},
+    {"price": 3},
+    {"price": -0.5},
+    {"price": -0.0},
+    {"price": True},
+    {"price": "9.5"},
+    {"category": ""},
+    {"category": "c" * 300},
+    {"category": 5},
+    {"session_id": ""},
+    {"session_id": 12},
+    {"session_id": "s\x00"},
+    {"extra": {"nested": [1, 2]}},
+]
+
+
+def _same(got: list[records.Click] | None, expected: list[records.Click] | None) -> bool:
+    """Equal records with equal JSON (3 == 3.0, but the outputs would differ)."""
+    return got == expected and orjson.dumps(got) == orjson.dumps(expected)
+
+
+@pytest.mark.parametrize("variant", _VARIANTS, ids=repr)
+def test_parse_clicks_with_one_uncommon_object(variant: dict[str, object]) -> None:
+    objs = [_click(event_id=f"e{n}", price=1.5) for n in range(3)]
+    odd = {k: v for k, v in {**_click(event_id="odd"), **variant}.items() if v is not None}
+    got = records.parse_clicks([*objs, odd], now=NOW)
+    expected = _one_by_one([*objs, odd], NOW)
+    assert got is None or _same(got, expected)
+    if expected is None:
+        assert got is None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_parse_clicks_accepts_only_what_parse_click_reads_the_same(seed: int) -> None:
+    """Random batches with a few odd objects: the column path either returns None or
+    exactly the records parse_click makes; it never accepts an invalid batch."""
+    rng = random.Random(seed)
+    objs: list[object] = []
+    for n in range(rng.randint(1, 12)):
+        obj = _click(event_id=f"e{n}", ts=NOW - rng.uniform(0, 1000))
+        if rng.random() < 0.5:
+            obj.update(price=rng.uniform(0, 100), category="c", session_id="s")
+        if rng.random() < 0.3:
+            obj.update(rng.choice(_VARIANTS))
+            obj = {k: v for k, v in obj.items() if v is not None}
+        if rng.random() < 0.05:
+            objs.append(rng.choice([[obj], "text", 3, None]))
+            continue
+        if rng.random() < 0.05:
+            del obj[rng.choice(["event_id", "user_id", "item_id", "action", "ts"])]
+        objs.append(obj)
+    got = records.parse_clicks(objs, now=NOW)  # type: ignore[arg-type]
+    expected = _one_by_one(objs, NOW)
+    if got is not None:
+        assert _same(got, expected)
+    if expected is not None and all(
+        type(obj["ts"]) is float  # type: ignore[index]
+        and type(obj.get("price", 0.0)) is float  # type: ignore[attr-defined]
+        and obj.get("category", "c") != ""  # type: ignore[attr-defined]
+        and len(obj.get("category", "")) <= records.MAX_ID_CHARS  # type: ignore[attr-defined]
+        and type(obj.get("session_id", "")) is str  # type: ignore[attr-defined]
+        and obj["ts"] < records.MILLIS_THRESHOLD  # type: ignore[index]
+        for obj in objs
+    ):
+        assert _same(got, expected)  # the common form is never sent the slow way
+
+
+def test_record_builder_makes_equal_frozen_records() -> None:
+    built = RecordBuilder(ScoredItem).build(3, ["a", "b", "c"], [0.5, -1.0, 2.0])
+    assert built == [ScoredItem("a", 0.5), ScoredItem("b", -1.0), ScoredItem("c", 2.0)]
+    assert hash(built[0]) == hash(ScoredItem("a", 0.5))
+    assert orjson.dumps(built) == orjson.dumps([ScoredItem("a", 0.5), *built[1:]])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built[0].score = 1.0  # type: ignore[misc]
+    assert RecordBuilder(ScoredItem).build(2, ["x", "y"], repeat(0.0))[1] == ScoredItem("y", 0.0)
+    with pytest.raises(TypeError):
+        RecordBuilder(ScoredItem).build(1, ["only ids"])
+
+
+def test_record_builder_refuses_classes_it_cannot_fill() -> None:
+    @dataclasses.dataclass
+    class NoSlots:
+        a: int
+
+    @dataclasses.dataclass(slots=True)
+    class PostInit:
+        a: int
+
+        def __post_init__(self) -> None:
+            self.a += 1
+
+    for cls in (NoSlots, PostInit):
+        with pytest.raises(TypeError):
+            RecordBuilder(cls)

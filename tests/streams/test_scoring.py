@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import threading
 from collections import deque
 from collections.abc import Collection, Sequence
-from itertools import repeat
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
-import orjson
 import pytest
 from fake_sessions import BindingSession
 
@@ -32,7 +29,6 @@ from recstream.streams.scoring import (
     ModelLoadError,
     OnnxRecsScorer,
     OnnxSentimentScorer,
-    RecordBuilder,
     RecsModel,
     RecsScorer,
     ReloadingModel,
@@ -346,35 +342,6 @@ def test_decode_matches_a_row_by_row_reference(batch: int, top_k: int, k: int) -
         )
     ]
     assert model.decode(top_items, top_scores, k) == expected
-
-
-def test_record_builder_makes_equal_frozen_records() -> None:
-    built = RecordBuilder(ScoredItem).build(3, ["a", "b", "c"], [0.5, -1.0, 2.0])
-    assert built == [ScoredItem("a", 0.5), ScoredItem("b", -1.0), ScoredItem("c", 2.0)]
-    assert hash(built[0]) == hash(ScoredItem("a", 0.5))
-    assert orjson.dumps(built) == orjson.dumps([ScoredItem("a", 0.5), *built[1:]])
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        built[0].score = 1.0  # type: ignore[misc]
-    assert RecordBuilder(ScoredItem).build(2, ["x", "y"], repeat(0.0))[1] == ScoredItem("y", 0.0)
-    with pytest.raises(TypeError):
-        RecordBuilder(ScoredItem).build(1, ["only ids"])
-
-
-def test_record_builder_refuses_classes_it_cannot_fill() -> None:
-    @dataclasses.dataclass
-    class NoSlots:
-        a: int
-
-    @dataclasses.dataclass(slots=True)
-    class PostInit:
-        a: int
-
-        def __post_init__(self) -> None:
-            self.a += 1
-
-    for cls in (NoSlots, PostInit):
-        with pytest.raises(TypeError):
-            RecordBuilder(cls)
 
 
 @pytest.mark.parametrize("batch", [4, 12])
