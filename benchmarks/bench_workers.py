@@ -146,30 +146,17 @@ class NullSentiment:
 
 
 def recstream_passthrough() -> None:
-    """recstream's worker app (``streams/app.py``) with scoring disabled.
+    """``recstream worker`` (``streams/worker.py``, ``serve``) with scoring disabled.
 
     Everything the worker does per batch (decode, validate, sessions, changelog writes,
-    sweeps, one output per event, the hop to the scoring thread) except running the
-    models: the scorers return empty fallbacks at once.  Configured by RECSTREAM_*, and
-    started like ``recstream worker`` starts it (Faust's terminal spinner off: it sets
-    the root logger to DEBUG, so every debug call in aiokafka and Faust would build a
-    log record; start-up objects frozen and the collector's young threshold raised).
+    sweeps, one output per event, the hop to the scoring thread, metrics, the
+    storefront's latest answers) except running the models: the scorers return empty
+    fallbacks at once.  Configured by RECSTREAM_* like the worker.
     """
-    import faust
-
-    from recstream.streams.app import build_app
     from recstream.streams.settings import Settings
-    from recstream.streams.worker import prepare_garbage_collector
+    from recstream.streams.worker import serve
 
-    settings = Settings()
-    app = build_app(settings, NullRecs(), NullSentiment())
-    worker = faust.Worker(app, loglevel="WARN", quiet=True)
-    worker.spinner = None
-    prepare_garbage_collector(settings.gc_young_threshold)
-    try:
-        worker.execute_from_commandline()
-    finally:
-        app.recstream.close()  # type: ignore[attr-defined]
+    sys.exit(serve(Settings(), (NullRecs(), NullSentiment())))
 
 
 def build_models(out: Path, items: int) -> None:

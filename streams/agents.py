@@ -86,7 +86,7 @@ REPARTITIONED: Final = "repartitioned"
 _REASONS: Final = frozenset(reason.value for reason in Reason)
 _RAW_RECORDS: Final = RecordBuilder(RawRecord)
 _TOPIC, _PARTITION, _OFFSET = attrgetter("topic"), attrgetter("partition"), attrgetter("offset")
-_VALUE, _KEY = attrgetter("value"), attrgetter("key")
+_VALUE, _KEY, _EVENT_TS = attrgetter("value"), attrgetter("key"), attrgetter("event_ts")
 T = TypeVar("T")
 
 
@@ -388,8 +388,7 @@ class BatchProcessor:
             reason = dead.error.split(":", 1)[0]
             metrics.deadletter(Reason(reason) if reason in _REASONS else PROCESSING_ERROR)
         now = time.time()
-        for recommendation in out.recommendations:
-            metrics.end_to_end(now - recommendation.event_ts)
+        metrics.end_to_end([now - ts for ts in map(_EVENT_TS, out.recommendations)])
         metrics.session_users(len(self.store))
 
 

@@ -7,7 +7,8 @@ For the topics the worker batches anyway (its inputs and the repartition topic),
 :class:`BatchDeliveringConsumer` hands each partition's share of a fetch to that
 topic's :class:`InputFeed` as one list of messages, with the bookkeeping Faust does per
 record (read offsets, offset gaps, unacknowledged messages for the rebalance wait, the
-monitor's counts).  Records of every other topic (table changelogs) keep Faust's path.
+sensors' counts: once per batch for a :class:`BatchSensor`).  Records of every other
+topic (table changelogs) keep Faust's path.
 
 Revoking partitions clears the feeds (Faust's flow control, like its agents' buffers),
 and a batch taken after the consumer's generation changed is dropped unacknowledged:
@@ -26,8 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -237,6 +238,14 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             pace_empty_fetches(self._consumer, pause)
 
 
+@runtime_checkable
+class BatchSensor(Protocol):
+    """A Faust sensor told once per delivered batch instead of once per message."""
+
+    def on_messages_in(self, tp: TP, messages: Sequence[Message]) -> None:
+        """``messages`` (of ``tp``, in offset order) were received."""
+
+
 class BatchDeliveringConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, delivering the records of fed topics in batches."""
 
@@ -323,7 +332,8 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
         acks = self.app.topics.acks_enabled_for(tp.topic)
         to_message = self._to_message
         unacked = self._unacked_messages
-        message_in = self._on_message_in
+        by_batch = [sensor for sensor in self.app.sensors if isinstance(sensor, BatchSensor)]
+        each = [sensor for sensor in self.app.sensors if not isinstance(sensor, BatchSensor)]
         messages: list[Message] = []
         for record in batch:
             if not await self._accept(tp, record.offset, acks):
@@ -331,11 +341,15 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
             message = to_message(tp, record)
             if acks:  # pending acknowledgement: a rebalance waits for it
                 unacked.add(message)
-                message_in(tp, record.offset, message)
+                for sensor in each:
+                    sensor.on_message_in(tp, record.offset, message)
             messages.append(message)
             self._read_offset[tp] = record.offset
         if not messages:
             return
+        if acks:
+            for sensor in by_batch:
+                sensor.on_messages_in(tp, messages)
         if feed.queue.full() or not self.app.flow_control.is_active():
             # As Faust's own delivery: wait for room and for the app's flow (resuming
             # it clears the feeds), unless a rebalance starts (a seek re-reads them).

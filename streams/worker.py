@@ -6,9 +6,12 @@ import argparse
 import gc
 import logging
 import sys
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from recstream.streams.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from recstream.streams.scoring import RecsScorer, SentimentScorer
 
 log = logging.getLogger("recstream.worker")
 
@@ -106,8 +109,12 @@ def prepare_garbage_collector(young_threshold: int) -> int:
     return gc.get_freeze_count()
 
 
-def serve(settings: Settings) -> int:
-    """Run the worker for ``settings`` until it is stopped; returns the exit code."""
+def serve(settings: Settings, scorers: tuple[RecsScorer, SentimentScorer] | None = None) -> int:
+    """Run the worker for ``settings`` until it is stopped; returns the exit code.
+
+    ``scorers`` replaces the models of ``settings.model_dir`` (the pass-through
+    benchmark runs the whole worker with scorers that return at once).
+    """
     import faust
 
     from recstream.streams.app import build_app
@@ -123,7 +130,7 @@ def serve(settings: Settings) -> int:
     try:
         from recstream.streams.scoring import load_scorers
 
-        recs, sentiment = load_scorers(settings)
+        recs, sentiment = scorers or load_scorers(settings)
     except Exception as exc:  # any model problem stops the worker before it joins the group
         print(
             f"recstream worker: cannot load the models from {settings.model_dir}: "

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
@@ -78,6 +79,33 @@ async def test_a_fed_topic_gets_each_partitions_records_as_one_tracked_batch(app
     assert {m.offset for m in consumer._unacked_messages if m.topic == CLICKS} == {0, 3, 4, 5}
     # other topics (table changelogs) keep Faust's path, a record at a time
     assert [(m.topic, m.offset) for m in delivered] == [(CHANGELOG, 7), (CHANGELOG, 8)]
+
+
+class _EachSensor(faust.Sensor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[TP, int]] = []
+
+    def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
+        self.seen.append((tp, offset))
+
+
+class _BatchSensor(_EachSensor):
+    def on_messages_in(self, tp: TP, messages: Sequence[Any]) -> None:
+        self.seen.append((tp, len(messages)))
+
+
+async def test_sensors_hear_of_a_batch_once_or_of_each_message(app: Any) -> None:
+    consumer = started(app)
+    each, batched = _EachSensor(), _BatchSensor()
+    app.sensors.add(each)
+    app.sensors.add(batched)
+    tp = TP(CLICKS, 2)
+    await consumer._deliver({tp: [record(CLICKS, 2, o) for o in (5, 6, 7)]}, {tp}, feeds_of(app))
+    assert isinstance(batched, input_batches.BatchSensor)
+    assert not isinstance(each, input_batches.BatchSensor)
+    assert each.seen == [(tp, 5), (tp, 6), (tp, 7)]
+    assert batched.seen == [(tp, 3)]
 
 
 async def test_acknowledged_batches_make_their_offsets_committable(app: Any) -> None:

@@ -532,3 +532,28 @@ def test_in_order_events_close_the_sessions_the_rules_describe(
         (events[s[0]][1][0], events[s[-1]][1][0]) for s in expected
     ]
     assert [sum(s.counts.values()) for s in closed] == [len(s) for s in expected]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([0, 1, 59, 60, 61, 200]), max_size=12),
+    st.integers(1, 4),
+    st.sampled_from([100.0, 10_000.0]),
+)
+def test_next_deadline_is_the_first_watermark_at_which_a_sweep_changes_the_state(
+    gaps: list[int], max_events: int, ttl: float
+) -> None:
+    rules = SessionRules(
+        gap=60.0, max_events=max_events, history_length=8, lateness=30.0, ttl=ttl, dedup_window=0
+    )
+    times = [T0 + sum(gaps[: i + 1]) for i in range(len(gaps))]
+
+    def fresh() -> UserState:
+        pending = [(ts, ACTION_IDS["view"], f"i{n}") for n, ts in enumerate(times)]
+        return UserState(last_ts=times[-1] if times else T0, pending=pending)
+
+    deadline = next_deadline(fresh(), rules)
+    before = fresh()
+    assert sweep(before, "u", deadline, rules) == (before, [])
+    after, closed = sweep(fresh(), "u", deadline + 0.01, rules)
+    assert after is None or closed

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import cast
 
 import faust
 import prometheus_client
 import pytest
 from faust.types import TP
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from recstream.streams.metrics import (
@@ -101,11 +103,41 @@ def test_scoring_batches_feed_both_histograms() -> None:
 
 def test_end_to_end_latency_clamps_clock_skew_to_zero() -> None:
     metrics = Metrics()
-    metrics.end_to_end(0.3)
-    metrics.end_to_end(-2.0)  # event stamped slightly in the future
+    metrics.end_to_end([0.3])
+    metrics.end_to_end([-2.0])  # event stamped slightly in the future
     assert value(metrics, "recstream_end_to_end_latency_seconds_count") == 2
     assert value(metrics, "recstream_end_to_end_latency_seconds_sum") == pytest.approx(0.3)
     assert value(metrics, "recstream_end_to_end_latency_seconds_bucket", le="0.005") == 1
+
+
+def test_end_to_end_latency_reads_like_a_prometheus_histogram() -> None:
+    """The batch histogram exports what prometheus-client's own would, value by value."""
+    values = [0.0, 0.005, 0.0051, 0.3, 1.0, 1, 59.9, 60.0, 61.0, 1e6, 0.02, 0.02]
+    reference_registry = CollectorRegistry()
+    reference = Histogram(
+        "recstream_end_to_end_latency_seconds",
+        "reference",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        registry=reference_registry,
+    )
+    for seconds in values:
+        reference.observe(seconds)
+    metrics = Metrics()
+    metrics.end_to_end(values[:5])
+    metrics.end_to_end(iter(values[5:]))
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("le", "")): sample.value
+            for family in registry.collect()
+            if family.name == "recstream_end_to_end_latency_seconds"
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    expected = samples(reference_registry)
+    assert len(expected) == 16  # 14 buckets with +Inf, the sum and the count
+    assert samples(metrics.registry) == pytest.approx(expected)
 
 
 def test_reread_records_count() -> None:
@@ -179,6 +211,12 @@ def test_sensor_counts_recstream_topics_by_logical_name_only() -> None:
     assert value(metrics, "recstream_events_in_total", topic="clicks") == 2
     assert value(metrics, "recstream_events_in_total", topic="reviews") == 1
     assert sensor.next_offsets == {("shop1.clicks", 1): 43, ("shop1.reviews", 0): 8}
+    batch = [SimpleNamespace(offset=offset) for offset in (43, 44, 45)]
+    sensor.on_messages_in(TP("shop1.clicks", 1), batch)
+    sensor.on_messages_in(TP("recstream-users-changelog", 0), batch)
+    sensor.on_messages_in(TP("shop1.clicks", 1), [])
+    assert value(metrics, "recstream_events_in_total", topic="clicks") == 5
+    assert sensor.next_offsets[("shop1.clicks", 1)] == 46
 
 
 @dataclass
