@@ -1,0 +1,174 @@
+"""Batch code speed: recstream's own per-batch work on the benchmark backlog, no Kafka.
+
+Runs the click backlog of ``pipeline_speed`` (the built-in shop log, keyed by user, over
+4 partitions) through :class:`recstream.streams.pipeline.Pipeline` in batches of
+``RECSTREAM_BATCH_SIZE`` events, as the worker's agents do, with scorers that return
+empty fallbacks at once: decode and validate, apply to the sessions (an in-memory
+store), score (the null scorers), build the outputs, sweep every partition, serialise
+every output to JSON.  Each step's CPU time is summed over the backlog and given per
+event.
+
+Two garbage-collector settings are compared, in alternating repeats: Python's own
+(young generation collected every 700 allocations, nothing frozen) and the worker's
+(:func:`recstream.streams.worker.prepare_garbage_collector` with
+``RECSTREAM_GC_YOUNG_THRESHOLD``).  A fresh pipeline and store per repeat: each repeat
+starts from no state, as a worker draining a backlog for new users does.
+
+Prints a table and writes ``benchmarks/results/batch_speed.json``.
+
+    python benchmarks/batch_speed.py              # 60,000 clicks, 3 repeats per setting
+    python benchmarks/batch_speed.py --events 5000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bench_common as bc
+from bench_workers import NullRecs, NullSentiment
+
+from recstream.streams.pipeline import DictStore, Pipeline, RawRecord, partition_for_key
+from recstream.streams.records import to_json
+from recstream.streams.settings import Settings
+from recstream.streams.worker import prepare_garbage_collector
+
+RESULTS = bc.RESULTS_DIR / "batch_speed.json"
+STEPS = ("decode", "prepare", "score", "finish", "sweep", "json")
+#: The two garbage-collector settings compared.
+PYTHON_GC, WORKER_GC = "python-default", "worker"
+
+
+def backlog_records(events: int, users: int, partitions: int) -> tuple[list[RawRecord], str]:
+    """The benchmark backlog as raw records on the partitions their keys hash to."""
+    backlog = bc.make_backlog(events, users)
+    records = [
+        RawRecord("clicks", "clicks", partition_for_key(key, partitions), offset, value, key)
+        for offset, (key, value) in enumerate(backlog.records)
+    ]
+    return records, backlog.source
+
+
+def run_once(records: list[RawRecord], settings: Settings, partitions: int) -> dict[str, float]:
+    """CPU seconds of each step over the whole backlog, and the outputs made."""
+    pipeline = Pipeline(settings, NullRecs(), NullSentiment(), partitions=partitions)
+    store = DictStore()
+    spent = dict.fromkeys(STEPS, 0.0)
+    outputs = 0
+    clock = time.process_time
+    for start in range(0, len(records), settings.batch_size):
+        batch = records[start : start + settings.batch_size]
+        t0 = clock()
+        decoded, dead = pipeline.decode(batch)
+        t1 = clock()
+        work = pipeline.prepare(decoded, store)
+        t2 = clock()
+        scores = pipeline.score(work)
+        t3 = clock()
+        out = pipeline.finish(work, scores)
+        t4 = clock()
+        for partition in range(partitions):
+            out.sessions += pipeline.sweep(partition, store)
+        t5 = clock()
+        for group in (out.recommendations, out.sessions, out.dead_letters, dead):
+            outputs += len([to_json(record) for record in group])
+        t6 = clock()
+        marks = (t0, t1, t2, t3, t4, t5, t6)
+        for step, begun, ended in zip(STEPS, marks, marks[1:], strict=True):
+            spent[step] += ended - begun
+    spent["outputs"] = outputs
+    return spent
+
+
+def set_collector(setting: str, young_threshold: int, default: tuple[int, int, int]) -> None:
+    """Put the garbage collector in ``setting`` (the other's frozen objects thawed)."""
+    gc.unfreeze()
+    gc.set_threshold(*default)
+    if setting == WORKER_GC:
+        prepare_garbage_collector(young_threshold)
+    else:
+        gc.collect()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure both settings; returns the results (also what is written as JSON)."""
+    settings = Settings(batch_size=args.batch_size)
+    records, source = backlog_records(args.events, args.users, args.partitions)
+    default = gc.get_threshold()
+    runs: dict[str, list[dict[str, float]]] = {PYTHON_GC: [], WORKER_GC: []}
+    try:
+        for _ in range(args.repeats):
+            for setting in (PYTHON_GC, WORKER_GC):
+                set_collector(setting, settings.gc_young_threshold, default)
+                runs[setting].append(run_once(records, settings, args.partitions))
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*default)
+    per_event: dict[str, dict[str, float]] = {}
+    for setting, measured in runs.items():
+        medians = {step: statistics.median(m[step] for m in measured) for step in STEPS}
+        per_event[setting] = {step: 1e6 * s / len(records) for step, s in medians.items()}
+        per_event[setting]["total"] = sum(per_event[setting][step] for step in STEPS)
+    return {
+        "meta": {
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "python": platform.python_version(),
+            "events": len(records),
+            "backlog_source": source,
+            "partitions": args.partitions,
+            "batch_size": settings.batch_size,
+            "repeats": args.repeats,
+            "gc_young_threshold": settings.gc_young_threshold,
+            "python_gc_threshold": list(default),
+        },
+        "outputs_per_run": runs[WORKER_GC][0]["outputs"],
+        "cpu_us_per_event": per_event,
+        "total_ratio_python_over_worker": (
+            per_event[PYTHON_GC]["total"] / per_event[WORKER_GC]["total"]
+        ),
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The per-step CPU table of a result, as Markdown."""
+    rows = []
+    for setting, steps in result["cpu_us_per_event"].items():
+        rows.append([setting, *(f"{steps[step]:.2f}" for step in (*STEPS, "total"))])
+    return bc.markdown_table(["garbage collector", *STEPS, "total"], rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=60_000, help="backlog size")
+    parser.add_argument("--users", type=int, default=5_000, help="distinct users asked for")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setting (median)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    result = run(args)
+    meta = result["meta"]
+    print(
+        f"{meta['events']:,} clicks ({meta['backlog_source']}), batches of "
+        f"{meta['batch_size']}, {meta['partitions']} partitions; CPU µs per event, median "
+        f"of {meta['repeats']}:\n"
+    )
+    print(table(result))
+    print(f"\nPython's collector / the worker's: {result['total_ratio_python_over_worker']:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
