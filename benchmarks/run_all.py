@@ -24,7 +24,13 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 #: Benchmarks in the order they run.
-BENCHMARKS = ("pipeline_speed", "scorer_speed", "recs_quality", "sentiment_quality")
+BENCHMARKS = (
+    "pipeline_speed",
+    "batch_speed",
+    "scorer_speed",
+    "recs_quality",
+    "sentiment_quality",
+)
 
 
 def run_one(
