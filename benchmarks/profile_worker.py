@@ -1,13 +1,18 @@
 """Profile recstream's worker with py-spy while it drains a click backlog; print where time goes.
 
     .venv/bin/python benchmarks/profile_worker.py [--scenario recstream-passthrough|recstream-full]
-        [--broker tansu|noida] [--events 20000]
+        [--broker tansu|noida] [--events 20000] [--paced CLICKS_PER_S --seconds 10]
 
 Starts a broker, loads the backlog, runs the worker under ``py-spy record`` (raw
 collapsed stacks, written to ``$TMPDIR/recstream-profile-<scenario>-<broker>.txt``) until
 every output has arrived, then prints the functions with the most samples, self and
 inclusive, as a share of all samples and as microseconds per event.  Needs ``py-spy``
 (``pip install py-spy``) and permission to trace child processes.
+
+``--paced`` profiles live traffic instead: the worker drains a small backlog first (so
+start-up is over), then py-spy attaches for ``--seconds`` while fresh clicks arrive at
+the given rate, and the CPU is also given per thread (event loop, Faust's consumer
+thread, scoring threads).
 """
 
 from __future__ import annotations
@@ -91,11 +96,88 @@ def parse_collapsed(path: Path) -> tuple[int, Counter[str], Counter[str]]:
     return total, leaf, groups
 
 
-async def profile(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the worker under py-spy on a fresh backlog; returns the figures."""
+def thread_samples(path: Path) -> Counter[str]:
+    """Samples per thread of a profile recorded with ``--threads`` (the stacks' first frame)."""
+    threads: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            name = stack.split(";", 1)[0]
+            threads[name.split(": ", 1)[-1] if ": " in name else name] += int(count_text)
+    return threads
+
+
+def find_py_spy() -> str:
+    """The py-spy executable beside this Python, else on the PATH."""
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
         raise SystemExit("py-spy not found: pip install py-spy")
+    return py_spy
+
+
+async def profile_paced(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the worker on a small backlog, then profile it under paced clicks."""
+    py_spy = find_py_spy()
+    warmup = bc.make_backlog(args.events, args.users)
+    out_path = args.output or Path(tempfile.gettempdir()) / (
+        f"recstream-profile-{args.scenario}-{args.broker}-paced.txt"
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model_dir = ps.sasrec_size_models(50_000) if args.scenario == "recstream-full" else None
+    broker = EmbeddedBroker(args.broker)
+    broker.start()
+    try:
+        target = ps.make_target(args.scenario, broker.bootstrap_servers, 4, model_dir)
+        await ps.prepare_target(broker.bootstrap_servers, target, 4, warmup)
+        group = ps.Workers(target)
+        group.spawn()
+        try:
+            watch = bc.OutputWatch(target=len(warmup))
+            await bc.watch_output(
+                broker.bootstrap_servers, target.sink, watch, args.timeout, alive=group.dead
+            )
+            spy = await asyncio.create_subprocess_exec(
+                py_spy,
+                "record",
+                "--pid",
+                str(group.procs[0].pid),
+                "--duration",
+                str(round(args.seconds)),
+                "--format",
+                "raw",
+                "--rate",
+                str(args.rate),
+                "--nonblocking",
+                "--nolineno",
+                "--threads",
+                "--output",
+                str(out_path),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            sent = await bc.paced_produce(
+                broker.bootstrap_servers, target.source, args.paced, args.seconds, args.users
+            )
+            await spy.wait()
+        finally:
+            group.stop()
+    finally:
+        broker.stop()
+    total, leaf, groups = parse_collapsed(out_path)
+    return {
+        "rate": sent / args.seconds,
+        "events": sent,
+        "total": total,
+        "leaf": leaf,
+        "groups": groups,
+        "threads": thread_samples(out_path),
+        "path": out_path,
+    }
+
+
+async def profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the worker under py-spy on a fresh backlog; returns the figures."""
+    py_spy = find_py_spy()
     backlog = bc.make_backlog(args.events, args.users)
     out_path = args.output or Path(tempfile.gettempdir()) / (
         f"recstream-profile-{args.scenario}-{args.broker}.txt"
@@ -163,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--output", type=Path, help="collapsed stacks file (default: temp dir)")
+    parser.add_argument(
+        "--paced", type=float, help="profile live clicks at this rate (after --events drain)"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="paced: seconds profiled")
     args = parser.parse_args(argv)
-    result = asyncio.run(profile(args))
+    result = asyncio.run(profile_paced(args) if args.paced else profile(args))
     total = max(result["total"], 1)
     # One non-idle sample stands for 1/rate s of one thread's CPU; spread over the events.
     us_per_sample = 1e6 / args.rate / result["events"]
@@ -179,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\nInclusive (anywhere in the stack):")
     for name, count in result["groups"].most_common():
         print(f"  {count / total:6.1%} {count * us_per_sample:8.1f} µs  {name}")
+    if "threads" in result:
+        seconds = args.seconds
+        print(f"\nPer thread (% of one core over the {seconds:g} s profiled, CPU µs per event):")
+        for name, count in result["threads"].most_common():
+            busy = count / args.rate / seconds
+            print(f"  {busy:6.1%} {count * us_per_sample:8.1f} µs  {name}")
     return 0
 
 
