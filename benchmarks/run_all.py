@@ -27,6 +27,7 @@ RESULTS_DIR = BENCH_DIR / "results"
 BENCHMARKS = (
     "pipeline_speed",
     "batch_speed",
+    "state_recovery",
     "scorer_speed",
     "recs_quality",
     "sentiment_quality",

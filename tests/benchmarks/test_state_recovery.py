@@ -1,0 +1,42 @@
+"""The state-recovery benchmark: the states it writes, and one tiny run on noida.
+
+Timed figures are never asserted (they depend on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import state_recovery  # noqa: E402
+
+from recstream.streams.sessions import UserState  # noqa: E402
+
+
+def test_a_written_state_is_a_full_history_and_an_open_session() -> None:
+    raw, start = state_recovery.user_state(7, 1_800_000_000.0, 50, 64)
+    state = UserState.from_bytes(raw)
+    assert len(state.history) == 50 and len(state.pending) == 3
+    assert len(state.seen) == 64 * 6
+    assert state.pending[0][0] == start < state.last_ts
+    assert {len(text) for _, text in state.history} == {10}
+    other, _ = state_recovery.user_state(8, 1_800_000_000.0, 50, 64)
+    assert UserState.from_bytes(other).history != state.history
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(170)
+def test_a_tiny_run_recovers_the_probe_users_session(tmp_path: Path) -> None:
+    out = tmp_path / "state_recovery.json"
+    assert state_recovery.main(["--users", "300", "--timeout", "120", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["state_recovered"] is True
+    assert result["probe_session_id"] == result["expected_session_id"]
+    assert result["users"] == 300 and result["bytes_per_user"] > 900
+    assert result["restart_s"] > 0 and result["cold_start_s"] > 0
