@@ -166,9 +166,13 @@ async def wait_for_topics(bootstrap: str, names: Iterable[str], timeout: float =
 
 
 async def produce_backlog(
-    bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]
+    bootstrap: str,
+    topic: str,
+    records: Sequence[tuple[bytes, bytes]],
+    partition_of: Callable[[bytes], int] | None = None,
 ) -> float:
-    """Produce every record (acks=1, batched); returns the seconds it took."""
+    """Produce every record (acks=1, batched), on ``partition_of(key)`` when given, else
+    where the producer's partitioner puts it; returns the seconds it took."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=256 * 1024
     )
@@ -177,7 +181,8 @@ async def produce_backlog(
     try:
         pending = []
         for key, value in records:
-            pending.append(await producer.send(topic, value=value, key=key))
+            partition = None if partition_of is None else partition_of(key)
+            pending.append(await producer.send(topic, value=value, key=key, partition=partition))
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import signal
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -115,27 +117,56 @@ def find_py_spy() -> str:
     return py_spy
 
 
-async def profile_paced(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the worker on a small backlog, then profile it under paced clicks."""
-    py_spy = find_py_spy()
-    warmup = bc.make_backlog(args.events, args.users)
-    out_path = args.output or Path(tempfile.gettempdir()) / (
-        f"recstream-profile-{args.scenario}-{args.broker}-paced.txt"
+def output_path(args: argparse.Namespace, suffix: str = "") -> Path:
+    """Where the collapsed stacks go (``--output``, else the temp dir), folder made."""
+    path: Path = args.output or Path(tempfile.gettempdir()) / (
+        f"recstream-profile-{args.scenario}-{args.broker}{suffix}.txt"
     )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record_options(args: argparse.Namespace, out_path: Path) -> tuple[str, ...]:
+    """The ``py-spy record`` options both modes use."""
+    return (
+        "--format",
+        "raw",
+        "--rate",
+        str(args.rate),
+        "--nonblocking",
+        "--nolineno",
+        "--output",
+        str(out_path),
+    )
+
+
+@contextlib.asynccontextmanager
+async def broker_and_target(
+    args: argparse.Namespace, backlog: bc.Backlog
+) -> AsyncIterator[tuple[str, ps.Target]]:
+    """A started broker (its address) and the scenario's topics with ``backlog`` loaded."""
     model_dir = ps.sasrec_size_models(50_000) if args.scenario == "recstream-full" else None
     broker = EmbeddedBroker(args.broker)
     broker.start()
     try:
         target = ps.make_target(args.scenario, broker.bootstrap_servers, 4, model_dir)
-        await ps.prepare_target(broker.bootstrap_servers, target, 4, warmup)
+        await ps.prepare_target(broker.bootstrap_servers, target, 4, backlog)
+        yield broker.bootstrap_servers, target
+    finally:
+        broker.stop()
+
+
+async def profile_paced(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the worker on a small backlog, then profile it under paced clicks."""
+    py_spy = find_py_spy()
+    warmup = bc.make_backlog(args.events, args.users)
+    out_path = output_path(args, "-paced")
+    async with broker_and_target(args, warmup) as (bootstrap, target):
         group = ps.Workers(target)
         group.spawn()
         try:
             watch = bc.OutputWatch(target=len(warmup))
-            await bc.watch_output(
-                broker.bootstrap_servers, target.sink, watch, args.timeout, alive=group.dead
-            )
+            await bc.watch_output(bootstrap, target.sink, watch, args.timeout, alive=group.dead)
             spy = await asyncio.create_subprocess_exec(
                 py_spy,
                 "record",
@@ -143,26 +174,17 @@ async def profile_paced(args: argparse.Namespace) -> dict[str, Any]:
                 str(group.procs[0].pid),
                 "--duration",
                 str(round(args.seconds)),
-                "--format",
-                "raw",
-                "--rate",
-                str(args.rate),
-                "--nonblocking",
-                "--nolineno",
                 "--threads",
-                "--output",
-                str(out_path),
+                *record_options(args, out_path),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )
             sent = await bc.paced_produce(
-                broker.bootstrap_servers, target.source, args.paced, args.seconds, args.users
+                bootstrap, target.source, args.paced, args.seconds, args.users
             )
             await spy.wait()
         finally:
             group.stop()
-    finally:
-        broker.stop()
     total, leaf, groups = parse_collapsed(out_path)
     return {
         "rate": sent / args.seconds,
@@ -179,37 +201,14 @@ async def profile(args: argparse.Namespace) -> dict[str, Any]:
     """Run the worker under py-spy on a fresh backlog; returns the figures."""
     py_spy = find_py_spy()
     backlog = bc.make_backlog(args.events, args.users)
-    out_path = args.output or Path(tempfile.gettempdir()) / (
-        f"recstream-profile-{args.scenario}-{args.broker}.txt"
-    )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    model_dir = ps.sasrec_size_models(50_000) if args.scenario == "recstream-full" else None
-    broker = EmbeddedBroker(args.broker)
-    broker.start()
-    try:
-        target = ps.make_target(args.scenario, broker.bootstrap_servers, 4, model_dir)
-        await ps.prepare_target(broker.bootstrap_servers, target, 4, backlog)
-        command = (
-            py_spy,
-            "record",
-            "--format",
-            "raw",
-            "--rate",
-            str(args.rate),
-            "--nonblocking",
-            "--nolineno",
-            "--output",
-            str(out_path),
-            "--",
-            *target.command,
-        )
+    out_path = output_path(args)
+    async with broker_and_target(args, backlog) as (bootstrap, target):
+        command = (py_spy, "record", *record_options(args, out_path), "--", *target.command)
         group = ps.Workers(dataclasses.replace(target, command=command))
         group.spawn()
         try:
             watch = bc.OutputWatch(target=len(backlog))
-            await bc.watch_output(
-                broker.bootstrap_servers, target.sink, watch, args.timeout, alive=group.dead
-            )
+            await bc.watch_output(bootstrap, target.sink, watch, args.timeout, alive=group.dead)
             rate = watch.rate()
         finally:
             # SIGINT to py-spy's group: the worker stops and py-spy writes its file.
@@ -219,8 +218,6 @@ async def profile(args: argparse.Namespace) -> dict[str, Any]:
             while time.monotonic() < deadline and any(p.poll() is None for p in group.procs):
                 await asyncio.sleep(0.2)
             group.stop()
-    finally:
-        broker.stop()
     total, leaf, groups = parse_collapsed(out_path)
     return {
         "rate": rate,

@@ -37,7 +37,6 @@ from typing import Any
 import bench_common as bc
 import pipeline_speed as ps
 import psutil
-from aiokafka import AIOKafkaProducer
 
 from recstream.model.features import ACTION_IDS
 from recstream.streams.broker import EmbeddedBroker
@@ -71,30 +70,12 @@ async def write_changelog(
     bootstrap: str, topic: str, users: int, now: float, history: int, dedup: int
 ) -> tuple[int, float]:
     """One state per user on its home partition; returns (bytes written, probe session start)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=256 * 1024
+    records = [(f"u{n}".encode(), user_state(n, now, history, dedup)[0]) for n in range(users)]
+    await bc.produce_backlog(
+        bootstrap, topic, records, lambda key: home_partition(key.decode(), PARTITIONS)
     )
-    await producer.start()
-    written = 0
-    probe_start = 0.0
-    try:
-        pending = []
-        for n in range(users):
-            user = f"u{n}"
-            value, start = user_state(n, now, history, dedup)
-            if user == PROBE_USER:
-                probe_start = start
-            key = user.encode()
-            written += len(key) + len(value)
-            partition = home_partition(user, PARTITIONS)
-            pending.append(await producer.send(topic, value, key=key, partition=partition))
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return written, probe_start
+    written = sum(len(key) + len(value) for key, value in records)
+    return written, user_state(int(PROBE_USER[1:]), now, history, dedup)[1]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
