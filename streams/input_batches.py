@@ -34,7 +34,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, AppT, Message
+from faust.types import TP, AppT, Message, SensorT
 from mode.utils.queues import FlowControlQueue
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,10 @@ class BatchSensor(Protocol):
 class BatchDeliveringConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, delivering the records of fed topics in batches."""
 
+    #: The sensors :meth:`_split_sensors` last split, and how.
+    _sensors_split_for: tuple[SensorT, ...] = ()
+    _sensors_split: tuple[list[BatchSensor], list[SensorT]] = ([], [])
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -311,6 +315,18 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
                 self._n_acked = 0
                 await self.commit()
 
+    def _split_sensors(self) -> tuple[list[BatchSensor], list[SensorT]]:
+        """The app's sensors told once per batch, and those told of each message; worked
+        out again only when the sensors change (a protocol check per batch is slow)."""
+        sensors = tuple(self.app.sensors)
+        if self._sensors_split_for != sensors:
+            self._sensors_split_for = sensors
+            self._sensors_split = (
+                [sensor for sensor in sensors if isinstance(sensor, BatchSensor)],
+                [sensor for sensor in sensors if not isinstance(sensor, BatchSensor)],
+            )
+        return self._sensors_split
+
     async def _accept(self, tp: TP, offset: int, acks: bool) -> bool:
         """Faust's read-offset rule: skip what was read, note gaps (committed past)."""
         read = self._read_offset[tp]
@@ -332,8 +348,7 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
         acks = self.app.topics.acks_enabled_for(tp.topic)
         to_message = self._to_message
         unacked = self._unacked_messages
-        by_batch = [sensor for sensor in self.app.sensors if isinstance(sensor, BatchSensor)]
-        each = [sensor for sensor in self.app.sensors if not isinstance(sensor, BatchSensor)]
+        by_batch, each = self._split_sensors()
         messages: list[Message] = []
         for record in batch:
             if not await self._accept(tp, record.offset, acks):
@@ -348,8 +363,8 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
         if not messages:
             return
         if acks:
-            for sensor in by_batch:
-                sensor.on_messages_in(tp, messages)
+            for batch_sensor in by_batch:
+                batch_sensor.on_messages_in(tp, messages)
         if feed.queue.full() or not self.app.flow_control.is_active():
             # As Faust's own delivery: wait for room and for the app's flow (resuming
             # it clears the feeds), unless a rebalance starts (a seek re-reads them).

@@ -363,7 +363,7 @@ def parse_click(obj: dict[str, Any], *, now: float | None = None) -> Click:
 _CLICK_FIELDS: Final = itemgetter("event_id", "user_id", "item_id", "action", "ts")
 _ACTION_SET: Final = frozenset(ACTIONS)
 _CLICKS: Final = RecordBuilder(Click)
-_STR, _FLOAT, _NONE = frozenset([str]), frozenset([float]), type(None)
+_STR, _FLOAT = frozenset([str]), frozenset([float])
 
 
 def parse_clicks(

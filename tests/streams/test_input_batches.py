@@ -106,6 +106,11 @@ async def test_sensors_hear_of_a_batch_once_or_of_each_message(app: Any) -> None
     assert not isinstance(each, input_batches.BatchSensor)
     assert each.seen == [(tp, 5), (tp, 6), (tp, 7)]
     assert batched.seen == [(tp, 3)]
+    later = _BatchSensor()  # added between two deliveries: heard from the next one on
+    app.sensors.add(later)
+    await consumer._deliver({tp: [record(CLICKS, 2, 8)]}, {tp}, feeds_of(app))
+    assert later.seen == [(tp, 1)] and batched.seen == [(tp, 3), (tp, 1)]
+    assert each.seen[-1] == (tp, 8)
 
 
 async def test_acknowledged_batches_make_their_offsets_committable(app: Any) -> None:
