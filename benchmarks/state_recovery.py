@@ -49,13 +49,15 @@ QUICK_RESULTS = bc.RESULTS_DIR / "state_recovery_quick.json"
 PARTITIONS = 4
 #: The probe's user: one of the users written to the changelog.
 PROBE_USER = "u0"
+#: Seconds between a written state's open session's start and the time it is written.
+OPEN_SESSION_AGE = 120.0
 
 
-def user_state(index: int, now: float, history: int, dedup: int) -> tuple[bytes, float]:
-    """User ``u{index}``'s stored state as a busy worker leaves it, and its open session's
-    start (distinct 10-character item ids per user)."""
+def user_state(index: int, now: float, history: int, dedup: int) -> bytes:
+    """User ``u{index}``'s stored state as a busy worker leaves it (distinct 10-character
+    item ids per user; the open session starts ``OPEN_SESSION_AGE`` before ``now``)."""
     views = ACTION_IDS["view"]
-    start = now - 120.0
+    start = now - OPEN_SESSION_AGE
     state = UserState(
         last_ts=now - 60.0,
         closed_until=now - 4000.0,
@@ -63,19 +65,19 @@ def user_state(index: int, now: float, history: int, dedup: int) -> tuple[bytes,
         pending=[(start + 30.0 * n, views, f"p{n:09d}") for n in range(3)],
         seen=b"".join(event_hash(f"u{index}-e{n}") for n in range(dedup)),
     )
-    return state.to_bytes(), start
+    return state.to_bytes()
 
 
 async def write_changelog(
     bootstrap: str, topic: str, users: int, now: float, history: int, dedup: int
-) -> tuple[int, float]:
-    """One state per user on its home partition; returns (bytes written, probe session start)."""
-    records = [(f"u{n}".encode(), user_state(n, now, history, dedup)[0]) for n in range(users)]
+) -> int:
+    """One state per user on its home partition; returns the bytes written."""
+    records = [(f"u{n}".encode(), user_state(n, now, history, dedup)) for n in range(users)]
     await bc.produce_backlog(
         bootstrap, topic, records, lambda key: home_partition(key.decode(), PARTITIONS)
     )
     written = sum(len(key) + len(value) for key, value in records)
-    return written, user_state(int(PROBE_USER[1:]), now, history, dedup)[1]
+    return written
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,7 +96,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cold_s = time.perf_counter() - spawned
             group.stop()
             now = time.time()
-            written, probe_start = await write_changelog(
+            written = await write_changelog(
                 bootstrap, target.changelog, args.users, now, args.history, args.dedup
             )
             spawned = group.spawn()
@@ -107,7 +109,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         broker.stop()
     recovery_s = max(restart_s - cold_s, 0.0)
-    expected = session_id_of(PROBE_USER, probe_start)
+    expected = session_id_of(PROBE_USER, now - OPEN_SESSION_AGE)
     return {
         "meta": {
             "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

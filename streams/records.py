@@ -405,8 +405,8 @@ def parse_clicks(
         and _ACTION_SET.issuperset(actions)
         and set(map(type, stamps)) == _FLOAT
         and min(stamps) >= MIN_TS
-        and max(stamps) < MILLIS_THRESHOLD
-        and max(stamps) <= limit
+        and (latest := max(stamps)) < MILLIS_THRESHOLD
+        and latest <= limit
         and set(map(type, given_prices)) <= _FLOAT
         and all(map(math.isfinite, given_prices))
         and min(given_prices, default=0.0) >= 0

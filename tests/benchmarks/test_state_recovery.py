@@ -20,13 +20,14 @@ from recstream.streams.sessions import UserState  # noqa: E402
 
 
 def test_a_written_state_is_a_full_history_and_an_open_session() -> None:
-    raw, start = state_recovery.user_state(7, 1_800_000_000.0, 50, 64)
-    state = UserState.from_bytes(raw)
+    now = 1_800_000_000.0
+    state = UserState.from_bytes(state_recovery.user_state(7, now, 50, 64))
+    start = now - state_recovery.OPEN_SESSION_AGE
     assert len(state.history) == 50 and len(state.pending) == 3
     assert len(state.seen) == 64 * 6
     assert state.pending[0][0] == start < state.last_ts
     assert {len(text) for _, text in state.history} == {10}
-    other, _ = state_recovery.user_state(8, 1_800_000_000.0, 50, 64)
+    other = state_recovery.user_state(8, now, 50, 64)
     assert UserState.from_bytes(other).history != state.history
 
 
