@@ -9,7 +9,7 @@ from typing import Any
 
 import faust
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -79,6 +79,44 @@ async def test_a_fed_topic_gets_each_partitions_records_as_one_tracked_batch(app
     assert {m.offset for m in consumer._unacked_messages if m.topic == CLICKS} == {0, 3, 4, 5}
     # other topics (table changelogs) keep Faust's path, a record at a time
     assert [(m.topic, m.offset) for m in delivered] == [(CHANGELOG, 7), (CHANGELOG, 8)]
+
+
+async def test_a_commit_due_by_count_runs_beside_the_delivery(app: Any) -> None:
+    """Faust commits every ``broker_commit_every`` acks inside its delivery loop; the
+    worker's commit flushes the changelog first, so it runs in its own task (one at a
+    time) and the records after it are delivered meanwhile."""
+    consumer = started(app)
+    release = asyncio.Event()
+    commits: list[str] = []
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> bool:
+        commits.append("started")
+        await release.wait()
+        commits.append("done")
+        return True
+
+    consumer.commit = slow_commit  # type: ignore[method-assign]
+    consumer._commit_every = 2
+    tp = TP(CLICKS, 0)
+    await consumer._deliver({tp: [record(CLICKS, 0, 0)]}, {tp}, feeds_of(app))
+    consumer._n_acked = 2  # two acknowledged: a commit is due
+    # (awaited in the delivery, the commit would hold it until released)
+    await asyncio.wait_for(consumer._deliver({tp: [record(CLICKS, 0, 1)]}, {tp}, feeds_of(app)), 5)
+    await asyncio.sleep(0)
+    assert commits == ["started"] and consumer._n_acked == 0
+    consumer._n_acked = 2  # due again while it runs: no second one
+    await consumer._deliver({tp: [record(CLICKS, 0, 2)]}, {tp}, feeds_of(app))
+    queue = feeds_of(app)[CLICKS].queue
+    assert [m.offset for _ in range(queue.qsize()) for m in queue.get_nowait()] == [0, 1, 2]
+    release.set()
+    await asyncio.sleep(0.01)
+    assert commits == ["started", "done"]
+    release.clear()
+    consumer._n_acked = 2  # the next one due starts anew
+    await consumer._deliver({tp: [record(CLICKS, 0, 3)]}, {tp}, feeds_of(app))
+    await asyncio.sleep(0)
+    assert commits == ["started", "done", "started"]
+    release.set()
 
 
 class _EachSensor(faust.Sensor):
@@ -361,6 +399,82 @@ async def test_the_worker_consumer_paces_empty_fetches_by_the_setting(
     monkeypatch.setattr(input_batches.asyncio, "sleep", sleep)
     await fetcher._proc_fetch_request(None, 1, None)
     assert len(slept) == 1 and 0.0 < slept[0] <= 0.02
+
+
+class _Consumer:
+    """What :func:`input_batches.pause_inactive` uses of an aiokafka consumer."""
+
+    def __init__(self, assigned: set[TP]) -> None:
+        self.assigned = assigned
+        self.paused_tps: set[TP] = set()
+        self.calls: list[tuple[str, set[TP]]] = []
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    def paused(self) -> set[TP]:
+        return set(self.paused_tps)
+
+    def pause(self, *tps: TP) -> None:
+        self.calls.append(("pause", set(tps)))
+        self.paused_tps |= set(tps)
+
+    def resume(self, *tps: TP) -> None:
+        self.calls.append(("resume", set(tps)))
+        self.paused_tps -= set(tps)
+
+
+def test_partitions_faust_does_not_read_are_paused_and_resumed_when_it_does() -> None:
+    clicks, log0, log1 = TP(CLICKS, 0), TP(CHANGELOG, 0), TP(CHANGELOG, 1)
+    consumer = _Consumer({clicks, log0, log1})
+    pause = input_batches.pause_inactive
+    pause(consumer, {clicks})
+    assert consumer.paused_tps == {log0, log1}
+    pause(consumer, {clicks})
+    assert len(consumer.calls) == 1  # in step: nothing to do
+    pause(consumer, {log0, log1})  # recovering: changelogs read
+    assert consumer.paused_tps == {clicks}
+    assert consumer.calls[1:] == [("pause", {clicks}), ("resume", {log0, log1})]
+
+
+async def test_records_of_a_partition_faust_does_not_read_are_not_fetched(noida: str) -> None:
+    """Unread fetched records of one partition hold back aiokafka's next fetch from the
+    broker for 100 ms: a changelog the worker writes (and Faust does not read after
+    recovery) must not be fetched at all."""
+    clicks, log0 = TP("clicks", 0), TP("changelog", 0)
+    await _produce_plain(noida, log0.topic, 50)
+    await _produce_plain(noida, clicks.topic, 5)
+    app = build_app(
+        Settings(bootstrap_servers=noida, fetch_max_wait=0.05),
+        FakeRecsScorer(["a"]),
+        FakeSentimentScorer(),
+    )
+    app.consumer.resume_flow()
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    consumer = AIOKafkaConsumer(bootstrap_servers=noida, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(*clicks), TopicPartition(*log0)])  # as a group assigns
+        got: dict[Any, list[Any]] = {}
+        for _ in range(100):
+            for tp, records in (await thread._fetch_records(consumer, {clicks}, 0.1)).items():
+                got.setdefault(tp, []).extend(records)
+            if len(got.get(clicks, [])) == 5:
+                break
+        assert [r.value for r in got[clicks]] == [b"%d" % n for n in range(5)]
+        assert consumer.paused() == {log0}
+        assert log0 not in consumer._fetcher._records  # written first, never fetched
+        # Faust reads it again (recovery after a rebalance): resumed from its position
+        records = await thread._fetch_records(consumer, {clicks, log0}, 1.0)
+        for _ in range(100):
+            if len(records.get(log0, [])) == 50:
+                break
+            for tp, more in (await thread._fetch_records(consumer, {clicks, log0}, 0.1)).items():
+                records.setdefault(tp, []).extend(more)
+        assert consumer.paused() == set()
+        assert [r.offset for r in records[log0]] == list(range(50))
+    finally:
+        await consumer.stop()
 
 
 async def _produce_plain(servers: str, topic: str, count: int) -> None:
