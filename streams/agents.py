@@ -21,7 +21,10 @@ most ``within`` for more) and hands them to :class:`BatchProcessor`, which
 
 Steps 1-3 run in the agent; 4-5 in a task, so that the agent applies its next batches
 while this one is scored and sent (at-least-once; at most ``scoring_threads + 1``
-batches per agent in flight).  A batch's outputs go to the producer right after the
+batches per agent in flight).  The micro-batch adapts to the load: a batch waits for
+more records (at most ``within``) only while an earlier one is being scored, so when
+the worker is idle an event is processed as soon as it arrives, and under load the
+batches grow with what arrives meanwhile.  A batch's outputs go to the producer right after the
 previous batch's (the producer keeps their order), without waiting for their
 acknowledgements; batches are acknowledged in order.
 
@@ -142,6 +145,15 @@ class BatchProcessor:
         self._in_flight: dict[str, deque[tuple[asyncio.Task[None], _Step]]] = {}
         #: The worker's stop after a failed completion (held so it is not collected).
         self._stopping: asyncio.Future[None] | None = None
+        #: Batches handed to the scoring threads and not scored yet.
+        self._scoring = 0
+
+    def busy_scoring(self) -> bool:
+        """Whether a batch is being scored (or waits for a scoring thread) now."""
+        return self._scoring > 0
+
+    def _scored(self, _: object) -> None:
+        self._scoring -= 1
 
     async def process(self, kind: str, messages: Sequence[Message]) -> None:
         """Process one batch read from the ``kind`` input topic (or the repartition topic).
@@ -253,6 +265,8 @@ class BatchProcessor:
         if work.recs or work.reviews:
             loop = asyncio.get_running_loop()
             scoring = loop.run_in_executor(self.executor, _timed, pipeline.score, work)
+            self._scoring += 1
+            scoring.add_done_callback(self._scored)
         return _Step(outbox, work, dead, swept, changes, scoring)
 
     async def _complete(self, step: _Step, after: asyncio.Event | None = None) -> None:
@@ -408,10 +422,15 @@ def register_agents(
     commit of its partitions; a restarted worker replays it.
     """
 
+    # At-least-once a batch waits for more records only while another is being scored
+    # (see InputFeed.take).  Exactly-once keeps the plain wait: every batch is a
+    # transaction per partition, and the next one is taken only after it committed.
+    busy = processor.busy_scoring if processor.transactions is None else None
+
     def make_agent(kind: str, feed: InputFeed) -> None:
         async def agent() -> None:
             while True:
-                messages = await feed.take(batch_size, within)
+                messages = await feed.take(batch_size, within, busy)
                 if not messages:  # all fetched before a rebalance: re-read
                     continue
                 try:

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import faust
@@ -71,11 +71,15 @@ class InputFeed:
         self.queue.clear()
         self._left = []
 
-    async def take(self, max_records: int, within: float) -> list[Message]:
+    async def take(
+        self, max_records: int, within: float, busy: Callable[[], bool] | None = None
+    ) -> list[Message]:
         """Up to ``max_records`` messages: what is buffered, else the next batch, waiting
-        at most ``within`` seconds after the first message for more to arrive.  Messages
-        fetched before the latest rebalance are dropped (re-read from the commit), so the
-        result may be empty."""
+        at most ``within`` seconds after the first message for more to arrive; with
+        ``busy``, only while it says so (asked whenever nothing more is buffered: the
+        worker waits while an earlier batch is being scored, when waiting costs nothing).
+        Messages fetched before the latest rebalance are dropped (re-read from the
+        commit), so the result may be empty."""
         queue = self.queue
         taken: list[Message] = []
         deadline: float | None = None
@@ -87,6 +91,8 @@ class InputFeed:
                 more = queue.get_nowait()
             elif not taken:
                 more = await queue.get()
+            elif busy is not None and not busy():
+                break
             else:
                 deadline = loop.time() + within if deadline is None else deadline
                 remaining = deadline - loop.time()

@@ -95,7 +95,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(1024, ge=1)
     """RECSTREAM_BATCH_SIZE: most events taken from a stream in one batch."""
     batch_within: float = Field(0.01, gt=0)
-    """RECSTREAM_BATCH_WITHIN: seconds a batch waits to fill before it is processed."""
+    """RECSTREAM_BATCH_WITHIN: longest a batch waits to fill before it is processed; it
+    waits only while an earlier batch is being scored (at-least-once; exactly-once:
+    always)."""
     fetch_max_wait: float = Field(0.5, gt=0, le=30)
     """RECSTREAM_FETCH_MAX_WAIT: longest a fetch waits at the broker for records.  Kafka
     answers as soon as records arrive; a broker that does not (Tansu) adds up to this to

@@ -722,6 +722,23 @@ def test_scoring_threads_score_that_many_batches_of_an_agent_at_once(threads: in
     processor.close()
 
 
+def test_the_processor_tells_whether_a_batch_is_being_scored() -> None:
+    """The agents wait for more records only while it is (see InputFeed.take)."""
+    scorer = CountingScorer()
+    processor, _, _ = make(defer=True, recs=scorer)
+    home = home_partition("jo", PARTITIONS)
+
+    async def scenario() -> None:
+        assert not processor.busy_scoring()
+        await processor.process("clicks", batch(click("j1", "jo", home, 0)))
+        assert processor.busy_scoring()  # the scorer takes 50 ms
+        await processor.drain()
+        assert not processor.busy_scoring()
+
+    asyncio.run(scenario())
+    processor.close()
+
+
 class FirstCallSlowScorer(FakeRecsScorer):
     """A fake recommender whose first call takes 100 ms and the others none."""
 

@@ -272,6 +272,30 @@ async def test_take_waits_within_seconds_after_the_first_record_for_more(app: An
     assert loop.time() - started_at >= 0.04
 
 
+async def test_take_waits_for_more_only_while_busy_says_so(app: Any) -> None:
+    """The worker's batch waits for more records only while an earlier batch is being
+    scored: an idle worker processes an event as soon as it arrives."""
+    feed = feed_of(app)
+    loop = asyncio.get_running_loop()
+    feed.queue.put_nowait([Message(0), Message(1)])
+    started_at = loop.time()
+    assert offsets(await feed.take(10, 1.0, lambda: False)) == [0, 1]  # what is there
+    assert loop.time() - started_at < 0.5  # not the 1 s wait
+    busy = [True]
+
+    async def later() -> None:
+        await asyncio.sleep(0.02)
+        busy[0] = False  # the earlier batch is scored ...
+        feed.queue.put_nowait([Message(3)])  # ... and one more record came meanwhile
+
+    feed.queue.put_nowait([Message(2)])
+    arriving = asyncio.create_task(later())
+    started_at = loop.time()
+    assert offsets(await feed.take(10, 1.0, lambda: busy[0])) == [2, 3]
+    assert loop.time() - started_at < 0.5  # went once not busy, not after `within`
+    await arriving
+
+
 async def test_take_waits_for_the_first_record_without_a_limit(app: Any) -> None:
     feed = feed_of(app)
     taking = asyncio.create_task(feed.take(10, 0.0))
