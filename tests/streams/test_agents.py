@@ -74,10 +74,14 @@ class RecordBatch:
 
     def __init__(self) -> None:
         self.records: list[tuple[bytes | None, bytes]] = []
+        self.closed = False
 
     def append(self, *, key: bytes | None, value: bytes, timestamp: None) -> object:
         self.records.append((key, value))
         return object()
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class Producer:
@@ -112,6 +116,7 @@ class Producer:
     async def send_batch(
         self, batch: RecordBatch, topic: str, *, partition: int
     ) -> asyncio.Future[None]:
+        assert batch.closed  # see test_record_batches
         for key, value in batch.records:
             self.sent.append((topic, key, value, partition))
             self.routes.append(None)

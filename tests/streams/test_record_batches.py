@@ -23,6 +23,9 @@ class BatchProducer:
         return BatchBuilder(self.batch_size, 0, key_serializer=None, value_serializer=None)
 
     async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+        # complete when submitted: aiokafka sends a closed batch at once, an open one
+        # waits out the producer's linger (5 ms) for records that never come
+        assert batch.closed()
         self.submitted.append((topic, partition, batch.record_count()))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
