@@ -28,6 +28,7 @@ BENCHMARKS = (
     "pipeline_speed",
     "batch_speed",
     "state_recovery",
+    "latency_probe",
     "scorer_speed",
     "recs_quality",
     "sentiment_quality",

@@ -1,0 +1,240 @@
+"""Latency of the worker under live clicks at fixed rates, split at the worker's output.
+
+``pipeline_speed`` measures latency at shares of the capacity it measured; this probe
+takes rates in events per second, so runs of different code or settings are compared
+at the same load, and it splits each recommendation's latency in two:
+
+* **event -> emitted**: the click's ``ts`` to the recommendation's ``emitted_at``, which
+  the worker stamps when it builds the batch's outputs (fetch, batch wait, sessions,
+  scoring);
+* **emitted -> received**: from there to this process reading it (produce, broker,
+  this consumer's fetch).
+
+One run starts a broker and the worker (the full pipeline with the SASRec-size model of
+``pipeline_speed``, or the pass-through), drains a small warm-up backlog, then for each
+rate sends fresh clicks paced at that rate for ``--seconds`` and reads every answer.
+Per rate: p50 / p90 / p99 of both parts and of the total, the CPU of the worker, the
+broker and this process (% of one core), and the scoring micro-batches the worker
+counted meanwhile (``/metrics``).  Timing is on this machine's clock for both ends.
+
+    python benchmarks/latency_probe.py [--broker noida|tansu] [--rates 300,1200,2400]
+        [--seconds 8] [--scenario recstream-full|recstream-passthrough]
+        [--env RECSTREAM_BATCH_WITHIN=0.001 ...]
+    python benchmarks/latency_probe.py --quick     # two low rates, 3 s each
+
+Prints a table and writes ``benchmarks/results/latency_probe.json`` (``_quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bench_common as bc
+import pipeline_speed as ps
+from prometheus_client.parser import text_string_to_metric_families
+
+from recstream.streams.broker import EmbeddedBroker
+
+RESULTS = bc.RESULTS_DIR / "latency_probe.json"
+QUICK_RESULTS = bc.RESULTS_DIR / "latency_probe_quick.json"
+PARTITIONS = 4
+#: Clicks drained before the first rate (start-up, first model runs).
+WARMUP_EVENTS = 3_000
+SCENARIOS = ("recstream-full", "recstream-passthrough")
+
+
+def scoring_batches(port: str) -> dict[str, float]:
+    """The worker's recommendation scoring batches so far: count and events."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    found = {"batches": 0.0, "events": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name != "recstream_scoring_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") != "recs":
+                continue
+            if sample.name.endswith("_count"):
+                found["batches"] = sample.value
+            elif sample.name.endswith("_sum"):
+                found["events"] = sample.value
+    return found
+
+
+def spread(values_ms: Sequence[float]) -> dict[str, float]:
+    """p50 / p90 / p99 in milliseconds."""
+    return {f"p{q}": round(bc.percentile(values_ms, q), 1) for q in (50, 90, 99)}
+
+
+def split_latency(watch: bc.OutputWatch) -> dict[str, dict[str, float]]:
+    """Each output's latency in two parts and whole (needs kept values and times)."""
+    to_emit, to_receipt, total = [], [], []
+    for value, received in zip(watch.values, watch.receipt_times, strict=True):
+        event, emitted = float(value["event_ts"]), float(value["emitted_at"])
+        to_emit.append((emitted - event) * 1000.0)
+        to_receipt.append((received - emitted) * 1000.0)
+        total.append((received - event) * 1000.0)
+    return {
+        "event_to_emitted_ms": spread(to_emit),
+        "emitted_to_received_ms": spread(to_receipt),
+        "total_ms": spread(total),
+    }
+
+
+async def one_rate(
+    bootstrap: str,
+    target: ps.Target,
+    group: ps.Workers,
+    broker: EmbeddedBroker,
+    rate: float,
+    seconds: float,
+    users: int,
+    tag: str,
+) -> dict[str, Any]:
+    """Paced clicks at ``rate`` for ``seconds``; every answer read back and split."""
+    watch = bc.OutputWatch(target=10**12, tag=tag, keep_values=True, keep_times=True)
+    started = asyncio.Event()
+    watching = asyncio.create_task(
+        bc.watch_output(bootstrap, target.sink, watch, seconds + 30.0, started=started)
+    )
+    await started.wait()
+    port = target.env["RECSTREAM_WEB_PORT"]
+    before = scoring_batches(port)
+    cpu = ps.cpu_window(group, broker)
+    cpu.begin()
+    sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, users, id_prefix=tag)
+    cpu_percent = cpu.end()
+    watch.target = sent
+    await watching
+    after = scoring_batches(port)
+    batches = after["batches"] - before["batches"]
+    return {
+        "rate": rate,
+        "sent": sent,
+        "received": watch.count,
+        **split_latency(watch),
+        "cpu_percent": cpu_percent,
+        "scoring_batches": batches,
+        "mean_scoring_batch": (after["events"] - before["events"]) / batches if batches else None,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Broker, worker, warm-up, then one paced phase per rate."""
+    model_dir = ps.sasrec_size_models(50_000) if args.scenario == "recstream-full" else None
+    warmup = bc.make_backlog(args.warmup, args.users)
+    broker = EmbeddedBroker(args.broker)
+    broker.start()
+    try:
+        bootstrap = broker.bootstrap_servers
+        target = ps.make_target(args.scenario, bootstrap, PARTITIONS, model_dir)
+        target.env.update(args.env)
+        await ps.prepare_target(bootstrap, target, PARTITIONS, warmup)
+        group = ps.Workers(target)
+        group.spawn()
+        try:
+            drained = bc.OutputWatch(target=len(warmup))
+            await bc.watch_output(bootstrap, target.sink, drained, args.timeout, alive=group.dead)
+            phases = []
+            for n, rate in enumerate(args.rates):
+                ps.log(f"{args.broker}: {rate:,.0f} clicks/s for {args.seconds:g} s")
+                phases.append(
+                    await one_rate(
+                        bootstrap, target, group, broker, rate, args.seconds, args.users, f"r{n}-"
+                    )
+                )
+        finally:
+            group.stop()
+    finally:
+        broker.stop()
+    return {
+        "meta": {
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "broker": args.broker,
+            "scenario": args.scenario,
+            "partitions": PARTITIONS,
+            "seconds_per_rate": args.seconds,
+            "users": args.users,
+            "env": args.env,
+        },
+        "phases": phases,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """One row per rate."""
+    rows = []
+    for phase in result["phases"]:
+        parts = [phase[key] for key in ("event_to_emitted_ms", "emitted_to_received_ms")]
+        total = phase["total_ms"]
+        rows.append(
+            [
+                f"{phase['rate']:,.0f}",
+                f"{phase['received']:,}/{phase['sent']:,}",
+                *(f"{p['p50']} / {p['p90']} / {p['p99']}" for p in [*parts, total]),
+                bc.fmt(phase["mean_scoring_batch"], 1),
+                f"{phase['cpu_percent'].get('app', 0):.0f}",
+            ]
+        )
+    headers = [
+        "clicks/s",
+        "answered",
+        "event->emitted p50/p90/p99 ms",
+        "emitted->received",
+        "total",
+        "mean scoring batch",
+        "worker CPU %",
+    ]
+    return bc.markdown_table(headers, rows)
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs (``RECSTREAM_*`` settings for the worker)."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("RECSTREAM_"):
+            raise SystemExit(f"--env wants RECSTREAM_NAME=value, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--broker", choices=("noida", "tansu"), default="noida")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="recstream-full")
+    parser.add_argument(
+        "--rates", default="300,1200,2400", help="clicks per second, comma-separated"
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="paced seconds per rate")
+    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--warmup", type=int, default=WARMUP_EVENTS, help="clicks drained first")
+    parser.add_argument("--env", action="append", default=[], help="RECSTREAM_NAME=value")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the warm-up")
+    parser.add_argument("--quick", action="store_true", help="rates 100,400 for 3 s each")
+    parser.add_argument("--out", type=Path, help="default: results/latency_probe[_quick].json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rates, args.seconds, args.warmup = "100,400", 3.0, 500
+    args.rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
+    args.env = parse_env(args.env)
+    args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
+    result = asyncio.run(run(args))
+    print(table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    lost = [p["rate"] for p in result["phases"] if p["received"] < p["sent"]]
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The latency probe: how it splits an answer's latency, and one tiny run on noida.
+
+Timed figures are never asserted (they depend on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import bench_common as bc  # noqa: E402
+import latency_probe  # noqa: E402
+
+
+def test_each_answer_is_split_at_the_workers_emission() -> None:
+    watch = bc.OutputWatch(target=3, keep_values=True, keep_times=True)
+    watch.values = [
+        {"event_ts": 100.000, "emitted_at": 100.010},
+        {"event_ts": 100.000, "emitted_at": 100.030},
+        {"event_ts": 100.100, "emitted_at": 100.120},
+    ]
+    watch.receipt_times = [100.015, 100.032, 100.150]
+    split = latency_probe.split_latency(watch)  # nearest-rank percentiles of three
+    assert split["event_to_emitted_ms"] == pytest.approx({"p50": 20, "p90": 30, "p99": 30})
+    assert split["emitted_to_received_ms"] == pytest.approx({"p50": 5, "p90": 30, "p99": 30})
+    assert split["total_ms"] == pytest.approx({"p50": 32, "p90": 50, "p99": 50})
+
+
+def test_worker_settings_are_taken_as_recstream_variables_only() -> None:
+    assert latency_probe.parse_env(["RECSTREAM_BATCH_WITHIN=0.001"]) == {
+        "RECSTREAM_BATCH_WITHIN": "0.001"
+    }
+    for bad in ("BATCH_WITHIN=1", "RECSTREAM_BATCH_WITHIN"):
+        with pytest.raises(SystemExit):
+            latency_probe.parse_env([bad])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(170)
+def test_a_tiny_run_answers_every_click_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "latency_probe.json"
+    args = ["--scenario", "recstream-passthrough", "--rates", "50,100", "--seconds", "1"]
+    assert latency_probe.main([*args, "--warmup", "200", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["meta"]["broker"] == "noida"
+    assert [phase["rate"] for phase in result["phases"]] == [50.0, 100.0]
+    for phase in result["phases"]:
+        assert phase["received"] == phase["sent"] > 0
+        for part in ("event_to_emitted_ms", "emitted_to_received_ms", "total_ms"):
+            assert set(phase[part]) == {"p50", "p90", "p99"}
+        assert phase["total_ms"]["p50"] >= phase["event_to_emitted_ms"]["p50"] > 0
+        assert phase["scoring_batches"] >= 1 and phase["mean_scoring_batch"] >= 1
