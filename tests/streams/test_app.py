@@ -38,7 +38,7 @@ def test_app_binds_loopback_and_declares_topics_table_and_agents() -> None:
 def test_producer_batch_size_setting_reaches_faust() -> None:
     default = build_app(Settings(bootstrap_servers="127.0.0.1:1"), FakeRecsScorer(["a"]),
                         FakeSentimentScorer())  # fmt: skip
-    assert default.conf.producer_max_batch_size == 16_384
+    assert default.conf.producer_max_batch_size == 262_144
     settings = Settings(producer_max_batch_bytes=1, bootstrap_servers="127.0.0.1:1")
     app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
     assert app.conf.producer_max_batch_size == 1
