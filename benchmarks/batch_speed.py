@@ -3,10 +3,11 @@
 Runs the click backlog of ``pipeline_speed`` (the built-in shop log, keyed by user, over
 4 partitions) through :class:`recstream.streams.pipeline.Pipeline` in batches of
 ``RECSTREAM_BATCH_SIZE`` events, as the worker's agents do, with scorers that return
-empty fallbacks at once: decode and validate, apply to the sessions (an in-memory
-store), score (the null scorers), build the outputs, sweep every partition, serialise
-every output to JSON.  Each step's CPU time is summed over the backlog and given per
-event.
+empty fallbacks at once: deliver (the worker's Faust consumer, no broker: aiokafka's
+fetched records to a feed's messages, taken and acknowledged), decode and validate,
+apply to the sessions (an in-memory store), score (the null scorers), build the outputs,
+sweep every partition, serialise every output to JSON.  Each step's CPU time is summed
+over the backlog and given per event.
 
 Two garbage-collector settings are compared, in alternating repeats: Python's own
 (young generation collected every 700 allocations, nothing frozen) and the worker's
@@ -26,6 +27,7 @@ Prints a table and writes ``benchmarks/results/batch_speed.json``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import platform
@@ -38,8 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import bench_common as bc
+from aiokafka.structs import ConsumerRecord
 from bench_workers import NullRecs, NullSentiment
+from faust.types import TP
 
+from recstream.streams.app import build_app
+from recstream.streams.input_batches import BatchDeliveringConsumer, InputFeed, feeds_of
 from recstream.streams.pipeline import DictStore, Pipeline, RawRecord, partition_for_key
 from recstream.streams.records import to_json
 from recstream.streams.settings import Settings
@@ -47,7 +53,7 @@ from recstream.streams.worker import prepare_garbage_collector
 
 RESULTS = bc.RESULTS_DIR / "batch_speed.json"
 QUICK_RESULTS = bc.RESULTS_DIR / "batch_speed_quick.json"
-STEPS = ("decode", "prepare", "score", "finish", "sweep", "json")
+STEPS = ("deliver", "decode", "prepare", "score", "finish", "sweep", "json")
 #: The two garbage-collector settings compared.
 PYTHON_GC, WORKER_GC = "python-default", "worker"
 
@@ -55,40 +61,93 @@ PYTHON_GC, WORKER_GC = "python-default", "worker"
 def backlog_records(events: int, users: int, partitions: int) -> tuple[list[RawRecord], str]:
     """The benchmark backlog as raw records on the partitions their keys hash to."""
     backlog = bc.make_backlog(events, users)
-    records = [
-        RawRecord("clicks", "clicks", partition_for_key(key, partitions), offset, value, key)
-        for offset, (key, value) in enumerate(backlog.records)
-    ]
+    next_offsets = [0] * partitions
+    records = []
+    for key, value in backlog.records:
+        partition = partition_for_key(key, partitions)
+        offset, next_offsets[partition] = next_offsets[partition], next_offsets[partition] + 1
+        records.append(RawRecord("clicks", "clicks", partition, offset, value, key))
     return records, backlog.source
 
 
-def run_once(records: list[RawRecord], settings: Settings, partitions: int) -> dict[str, float]:
+class Delivery:
+    """The worker's Faust consumer with no broker: fetched records in, messages taken
+    from the feed and acknowledged, as the agents do."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Needs a running event loop (the app's flow control waits on it)."""
+        unused_broker = settings.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})
+        app = build_app(unused_broker, NullRecs(), NullSentiment())
+        consumer = app.consumer
+        assert isinstance(consumer, BatchDeliveringConsumer)
+        consumer.highwater = lambda tp: 0  # type: ignore[method-assign]  # no broker asked
+        self.topic = settings.topic("clicks")
+        app.topics._acking_topics.add(self.topic)  # type: ignore[attr-defined]  # as subscribing
+        app.flow_control.resume()
+        consumer.resume_flow()
+        self.consumer = consumer
+        self.feeds = feeds_of(app)
+        self.feed: InputFeed = self.feeds[self.topic]
+
+    async def pass_through(self, fetch: dict[TP, list[ConsumerRecord[bytes, bytes]]]) -> int:
+        """Deliver one fetch, take it and acknowledge it; the messages taken."""
+        await self.consumer._deliver(fetch, None, self.feeds)
+        messages = await self.feed.take(sum(map(len, fetch.values())), 0)
+        self.consumer.acknowledge(messages)
+        return len(messages)
+
+
+def fetched_batches(
+    records: list[RawRecord], topic: str, batch_size: int
+) -> list[dict[TP, list[ConsumerRecord[bytes, bytes]]]]:
+    """The backlog as aiokafka would fetch it, ``batch_size`` records a fetch."""
+    fetches = []
+    for start in range(0, len(records), batch_size):
+        fetch: dict[TP, list[ConsumerRecord[bytes, bytes]]] = {}
+        for r in records[start : start + batch_size]:
+            record = ConsumerRecord(
+                topic, r.partition, r.offset, 0, 0, r.key, r.value, None, 0, len(r.value or b""), ()
+            )
+            fetch.setdefault(TP(topic, r.partition), []).append(record)
+        fetches.append(fetch)
+    return fetches
+
+
+async def run_once(
+    records: list[RawRecord], settings: Settings, partitions: int
+) -> dict[str, float]:
     """CPU seconds of each step over the whole backlog, and the outputs made."""
+    delivery = Delivery(settings)
+    fetches = fetched_batches(records, delivery.topic, settings.batch_size)
     pipeline = Pipeline(settings, NullRecs(), NullSentiment(), partitions=partitions)
     store = DictStore()
     spent = dict.fromkeys(STEPS, 0.0)
-    outputs = 0
+    outputs = delivered = 0
     clock = time.process_time
-    for start in range(0, len(records), settings.batch_size):
+    for start, fetch in zip(range(0, len(records), settings.batch_size), fetches, strict=True):
         batch = records[start : start + settings.batch_size]
         t0 = clock()
-        decoded, dead = pipeline.decode(batch)
+        delivered += await delivery.pass_through(fetch)
         t1 = clock()
-        work = pipeline.prepare(decoded, store)
+        decoded, dead = pipeline.decode(batch)
         t2 = clock()
-        scores = pipeline.score(work)
+        work = pipeline.prepare(decoded, store)
         t3 = clock()
-        out = pipeline.finish(work, scores)
+        scores = pipeline.score(work)
         t4 = clock()
+        out = pipeline.finish(work, scores)
+        t5 = clock()
         for partition in range(partitions):
             out.sessions += pipeline.sweep(partition, store)
-        t5 = clock()
+        t6 = clock()
         for group in (out.recommendations, out.sessions, out.dead_letters, dead):
             outputs += len([to_json(record) for record in group])
-        t6 = clock()
-        marks = (t0, t1, t2, t3, t4, t5, t6)
+        t7 = clock()
+        marks = (t0, t1, t2, t3, t4, t5, t6, t7)
         for step, begun, ended in zip(STEPS, marks[:-1], marks[1:], strict=True):
             spent[step] += ended - begun
+    if delivered != len(records):
+        raise RuntimeError(f"delivered {delivered} of {len(records)} records")
     spent["outputs"] = outputs
     return spent
 
@@ -113,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.repeats):
             for setting in (PYTHON_GC, WORKER_GC):
                 set_collector(setting, settings.gc_young_threshold, default)
-                runs[setting].append(run_once(records, settings, args.partitions))
+                runs[setting].append(asyncio.run(run_once(records, settings, args.partitions)))
     finally:
         gc.unfreeze()
         gc.set_threshold(*default)

@@ -48,12 +48,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
 from operator import attrgetter
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 import faust
 from faust.types import Message
 
-from recstream.streams.input_batches import InputFeed, feed_topic
+from recstream.streams.input_batches import BatchDeliveringConsumer, InputFeed, feed_topic
 from recstream.streams.metrics import PROCESSING_ERROR, Metrics
 from recstream.streams.pipeline import (
     Decoded,
@@ -203,9 +203,7 @@ class BatchProcessor:
         self._acknowledge(messages)
 
     def _acknowledge(self, messages: Sequence[Message]) -> None:
-        ack = self.app.consumer.ack
-        for message in messages:
-            ack(message)
+        cast(BatchDeliveringConsumer, self.app.consumer).acknowledge(messages)
 
     def _check_completed(self, kind: str, task: asyncio.Task[None]) -> None:
         if task.cancelled():

@@ -9,6 +9,7 @@ import faust
 from faust.types import TP
 
 from recstream.streams.agents import BatchProcessor, register_agents
+from recstream.streams.input_batches import BatchMonitor
 from recstream.streams.kafka_config import aiokafka_kwargs, faust_broker_kwargs
 from recstream.streams.metrics import Metrics
 from recstream.streams.pipeline import Pipeline
@@ -65,6 +66,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "producer_linger": PRODUCER_LINGER_S,
         "producer_max_batch_size": settings.producer_max_batch_bytes,
         "consumer_auto_offset_reset": "earliest",
+        "Monitor": BatchMonitor,
     }
 
 

@@ -62,11 +62,11 @@ class Consumer:
     def __init__(self) -> None:
         self.acked: list[Message] = []
 
-    def ack(self, message: Message) -> bool:
-        assert not message.acked, "acknowledged twice"
-        message.acked = True
-        self.acked.append(message)
-        return True
+    def acknowledge(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            assert not message.acked, "acknowledged twice"
+            message.acked = True
+            self.acked.append(message)
 
 
 class RecordBatch:

@@ -74,9 +74,15 @@ async def test_a_fed_topic_gets_each_partitions_records_as_one_tracked_batch(app
         [(0, 3, b"clicks:3"), (0, 4, b"clicks:4"), (0, 5, b"clicks:5")],
         [(1, 0, b"clicks:0")],
     ]
-    # Faust's bookkeeping: read offsets, and pending acknowledgements a rebalance waits for
+    # Faust's bookkeeping: read offsets, and pending acknowledgements a rebalance waits
+    # for (the last message of each batch stands for it)
     assert consumer._read_offset[tp0] == 5 and consumer._read_offset[tp1] == 0
-    assert {m.offset for m in consumer._unacked_messages if m.topic == CLICKS} == {0, 3, 4, 5}
+    assert {(m.partition, m.offset) for m in consumer._unacked_messages if m.topic == CLICKS} == {
+        (0, 5),
+        (1, 0),
+    }
+    assert [m.generation_id for b in batches for m in b] == [app.consumer_generation_id] * 4
+    assert [m.timestamp for b in batches for m in b] == [0.0] * 4  # aiokafka's ms as seconds
     # other topics (table changelogs) keep Faust's path, a record at a time
     assert [(m.topic, m.offset) for m in delivered] == [(CHANGELOG, 7), (CHANGELOG, 8)]
 
@@ -158,13 +164,68 @@ async def test_acknowledged_batches_make_their_offsets_committable(app: Any) -> 
     await consumer._deliver({tp: [record(CLICKS, 0, o) for o in (3, 4)]}, {tp}, feeds_of(app))
     await consumer._deliver({tp: [record(CLICKS, 0, 5)]}, {tp}, feeds_of(app))
     first, second = (feeds_of(app)[CLICKS].queue.get_nowait() for _ in range(2))
-    for message in second:
-        consumer.ack(message)
+    consumer.acknowledge(second)
     assert consumer._new_offset(tp) is None  # 3 and 4 are not done: nothing commits
-    for message in first:
-        consumer.ack(message)
+    assert consumer._unacked_messages  # a rebalance still waits for the first batch
+    consumer.acknowledge(first)
     assert consumer._new_offset(tp) == 6
     assert not consumer._unacked_messages
+    assert consumer._n_acked == 3 and all(m.acked for m in first + second)
+    consumer.acknowledge(first)  # again: nothing more to count
+    assert consumer._n_acked == 3
+
+
+async def test_acknowledging_counts_as_fausts_ack_does(app: Any) -> None:
+    """Offsets below the committed one, or acknowledged already, are not counted again;
+    a batch's partitions are told apart; messages of topics without acknowledgements
+    count for nothing."""
+    consumer = started(app)
+    tp0, tp1 = TP(CLICKS, 0), TP(CLICKS, 1)
+    consumer._committed_offset[tp0] = 5
+    records = {
+        tp0: [record(CLICKS, 0, o) for o in (4, 5, 6)],
+        tp1: [record(CLICKS, 1, o) for o in (0, 1)],
+    }
+    await consumer._deliver(records, {tp0, tp1}, feeds_of(app))
+    feed = feeds_of(app)[CLICKS]
+    taken = await feed.take(10, 0)
+    consumer._acked_index[tp1].add(1)  # acknowledged before (e.g. by Faust's own ack)
+    consumer._acked[tp1].append(1)
+    consumer.acknowledge(taken)
+    assert consumer._acked[tp0] == [5, 6] and consumer._acked[tp1] == [1, 0]
+    assert consumer._n_acked == 3
+    app.topics._acking_topics.discard(CLICKS)
+    await consumer._deliver({tp0: [record(CLICKS, 0, 7)]}, {tp0}, feeds_of(app))
+    consumer.acknowledge(await feed.take(10, 0))
+    assert consumer._acked[tp0] == [5, 6] and consumer._n_acked == 3
+
+
+async def test_a_batch_taken_in_parts_is_waited_for_until_its_last_part_is_acknowledged(
+    app: Any,
+) -> None:
+    consumer = started(app)
+    tp = TP(CLICKS, 0)
+    await consumer._deliver({tp: [record(CLICKS, 0, o) for o in (0, 1, 2)]}, {tp}, feeds_of(app))
+    feed = feeds_of(app)[CLICKS]
+    head = await feed.take(2, 0)
+    consumer.acknowledge(head)
+    assert consumer._unacked_messages  # offset 2 is still with the feed
+    assert consumer._new_offset(tp) == 2
+    consumer.acknowledge(await feed.take(2, 0))
+    assert not consumer._unacked_messages and consumer._new_offset(tp) == 3
+
+
+async def test_the_monitor_counts_a_batch_at_once(app: Any) -> None:
+    consumer = started(app)
+    monitor = app.monitor
+    assert isinstance(monitor, input_batches.BatchMonitor)
+    app.sensors.add(monitor)  # as the worker's start-up does
+    tp = TP(CLICKS, 1)
+    await consumer._deliver({tp: [record(CLICKS, 1, o) for o in (7, 8, 9)]}, {tp}, feeds_of(app))
+    await consumer._deliver({tp: [record(CLICKS, 1, 10)]}, {tp}, feeds_of(app))
+    assert monitor.messages_received_total == 4
+    assert monitor.messages_received_by_topic[CLICKS] == 4
+    assert monitor.tp_read_offsets[tp] == 10
 
 
 async def test_records_read_already_are_skipped_and_offset_gaps_noted(app: Any) -> None:
