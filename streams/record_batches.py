@@ -11,8 +11,9 @@ where aiokafka's default partitioner would put them (murmur2 of the key); record
 without a key go to one partition chosen at random per step (Kafka's "sticky"
 partitioning).
 
-Not for transactions: aiokafka's ``send_batch`` does not add the partition to the
-open transaction, so exactly-once keeps sending record by record.
+Under exactly-once a step's records go the same way into its transaction
+(``transactions.TransactionOutbox``): aiokafka adds a submitted batch's partition to
+the producer's open transaction as it does a single record's.
 """
 
 from __future__ import annotations
@@ -104,11 +105,16 @@ class Outbox(Protocol):
     async def send(self) -> list[Awaitable[Any]]: ...
 
 
-def faust_record_batches(app: AppT) -> RecordBatches:
-    """:class:`RecordBatches` on the aiokafka producer under ``app``'s Faust producer."""
-    producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+def partition_counts(producer: Any) -> Callable[[str], Awaitable[int]]:
+    """How many partitions a topic has, from an aiokafka ``producer``'s metadata."""
 
     async def partitions_of(topic: str) -> int:
         return len(await producer.partitions_for(topic))
 
-    return RecordBatches(producer, partitions_of)
+    return partitions_of
+
+
+def faust_record_batches(app: AppT) -> RecordBatches:
+    """:class:`RecordBatches` on the aiokafka producer under ``app``'s Faust producer."""
+    producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+    return RecordBatches(producer, partition_counts(producer))

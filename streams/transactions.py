@@ -39,6 +39,7 @@ from faust.types import TP
 
 from recstream.streams.input_batches import BatchDeliveringConsumer
 from recstream.streams.kafka_config import aiokafka_kwargs
+from recstream.streams.record_batches import RecordBatches, partition_counts
 from recstream.streams.settings import Settings
 
 #: (topic, partition)
@@ -157,19 +158,6 @@ class Transactions:
                 continue
         return ids
 
-    async def send(
-        self,
-        transactional_id: str,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None = None,
-    ) -> Awaitable[Any]:
-        """Hand one record to the producer of ``transactional_id``; returns its ack future."""
-        return await self.app.producer.send(
-            topic, key, value, partition, None, None, transactional_id=transactional_id
-        )
-
     def outbox(self, transactional_id: str) -> TransactionOutbox:
         """An :class:`~recstream.streams.record_batches.Outbox` for one transaction."""
         return TransactionOutbox(self, transactional_id)
@@ -220,24 +208,26 @@ class Transactions:
                 self._committed[(tp.topic, tp.partition)] = offset
 
 
-class TransactionOutbox:
-    """Records of one step, sent one by one into one transaction (see ``record_batches``:
-    aiokafka's batch API does not join transactions)."""
+class TransactionOutbox(RecordBatches):
+    """One step's records, in a batch per topic partition, into one transaction: on the
+    producer Faust keeps for the transactional id, under Faust's lock for it (as its
+    own send).  aiokafka adds a batch's partition to the open transaction as it does a
+    single record's."""
 
     def __init__(self, transactions: Transactions, transactional_id: str) -> None:
-        self._transactions = transactions
-        self._transactional_id = transactional_id
-        self._records: list[tuple[str, bytes | None, bytes | None, int | None]] = []
-
-    def add(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
-    ) -> None:
-        self._records.append((topic, key, value, partition))
+        driver = cast(faust_aiokafka.Producer, transactions.app.producer)
+        producer = driver._transaction_producers.get(transactional_id)
+        if producer is None:
+            raise RuntimeError(
+                f"no transactional producer {transactional_id!r}: its partition is not "
+                "assigned to this worker"
+            )
+        super().__init__(producer, partition_counts(producer))
+        self._lock = driver._trn_locks[transactional_id]
 
     async def send(self) -> list[Awaitable[Any]]:
-        records, self._records = self._records, []
-        send, route = self._transactions.send, self._transactional_id
-        return [await send(route, *record) for record in records]
+        async with self._lock:
+            return await super().send()
 
 
 class _Commits(TransactionManager):

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 import tracemalloc
+from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -89,19 +90,9 @@ class Producer:
         self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
         #: The transactional id of each record sent (None outside transactions).
         self.routes: list[str | None] = []
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        partition: int | None,
-        *_: Any,
-        transactional_id: str | None = None,
-    ) -> asyncio.Future[None]:
-        self.sent.append((topic, key, value, partition))
-        self.routes.append(transactional_id)
-        return self.acknowledgement()
+        #: Faust's transactional producers and their locks, one per transactional id.
+        self._transaction_producers = TransactionProducers(self)
+        self._trn_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def _ensure_producer(self) -> Producer:
         """Faust's producer stands in for the aiokafka producer under it too."""
@@ -127,6 +118,41 @@ class Producer:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
+
+
+class RoutedProducer:
+    """Faust's transactional producer of one id: sends through the test's producer and
+    notes the id of every record."""
+
+    def __init__(self, producer: Producer, route: str) -> None:
+        self.producer = producer
+        self.route = route
+
+    def create_batch(self) -> RecordBatch:
+        return self.producer.create_batch()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return await self.producer.partitions_for(topic)
+
+    async def send_batch(
+        self, batch: RecordBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        assert self.producer._trn_locks[self.route].locked()  # as Faust's own send
+        before = len(self.producer.routes)
+        ack = await self.producer.send_batch(batch, topic, partition=partition)
+        self.producer.routes[before:] = [self.route] * (len(self.producer.routes) - before)
+        return ack
+
+
+class TransactionProducers(dict[str, RoutedProducer]):
+    """One producer per transactional id, made when first asked for."""
+
+    def __init__(self, producer: Producer) -> None:
+        super().__init__()
+        self.producer = producer
+
+    def get(self, route: str, default: Any = None) -> RoutedProducer:
+        return self.setdefault(route, RoutedProducer(self.producer, route))
 
 
 class Assignor:
@@ -577,11 +603,6 @@ class FailingProducer(Producer):
     def __init__(self, accepted: int) -> None:
         super().__init__()
         self.accepted = accepted
-
-    async def send(self, *args: Any, transactional_id: str | None = None) -> asyncio.Future[None]:
-        if len(self.sent) >= self.accepted:
-            raise ConnectionError("broker gone")
-        return await super().send(*args, transactional_id=transactional_id)
 
     async def send_batch(
         self, batch: RecordBatch, topic: str, *, partition: int

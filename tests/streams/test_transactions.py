@@ -8,7 +8,9 @@ from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.producer.message_accumulator import BatchBuilder
 
+from recstream.streams.pipeline import partition_for_key
 from recstream.streams.settings import Settings
 from recstream.streams.transactions import BatchGate, Transactions, probe_transactions
 
@@ -61,9 +63,26 @@ class TxnState:
 class TxnProducer:
     """What Transactions uses of an aiokafka transactional producer."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock: asyncio.Lock | None = None) -> None:
         self._txn_manager = TxnState()
         self.calls: list[Any] = []
+        #: Faust's lock for this producer's transactional id
+        self.lock = lock
+        #: (topic, partition, records, lock held) of each submitted batch
+        self.submitted: list[tuple[str, int, int, bool]] = []
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(16_384, 0, is_transactional=True)
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+        held = self.lock is not None and self.lock.locked()
+        self.submitted.append((topic, partition, batch.record_count(), held))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
 
     async def send_offsets_to_transaction(
         self, offsets: Mapping[TopicPartition, int], group_id: str
@@ -83,12 +102,8 @@ class Driver:
     """Faust's aiokafka producer: one transactional producer and lock per id."""
 
     def __init__(self, ids: list[str]) -> None:
-        self._transaction_producers = {tid: TxnProducer() for tid in ids}
         self._trn_locks = {tid: asyncio.Lock() for tid in ids}
-        self.sent: list[tuple[Any, ...]] = []
-
-    async def send(self, *args: Any, transactional_id: str | None = None) -> None:
-        self.sent.append((*args, transactional_id))
+        self._transaction_producers = {tid: TxnProducer(self._trn_locks[tid]) for tid in ids}
 
 
 class Assignor:
@@ -141,11 +156,26 @@ def test_the_last_commit_ends_the_transactions_and_later_commits_skip_them() -> 
     assert producer.calls == [("offsets", {TopicPartition("clicks", 0): 3}, "shop"), "commit"]
 
 
-def test_records_go_to_the_producer_of_their_transaction() -> None:
-    driver = Driver(["shop-0-2"])
+def test_records_go_to_the_producer_of_their_transaction_a_batch_per_partition() -> None:
+    driver = Driver(["shop-0-1", "shop-0-2"])
     transactions = Transactions(cast(Any, App(driver)), dict)
-    asyncio.run(transactions.send("shop-0-2", "recommendations", b"k", b"v"))
-    assert driver.sent == [("recommendations", b"k", b"v", None, None, None, "shop-0-2")]
+    outbox = transactions.outbox("shop-0-2")
+    keys = [f"u{n}".encode() for n in range(12)]
+    for key in keys:
+        outbox.add("recommendations", key, b"{}")
+    outbox.add("changelog", b"u1", b"state", 2)
+    acks = asyncio.run(outbox.send())
+    producer = driver._transaction_producers["shop-0-2"]
+    per_partition: dict[int, int] = {}
+    for key in keys:
+        partition = partition_for_key(key, 4)
+        per_partition[partition] = per_partition.get(partition, 0) + 1
+    expected = [("recommendations", p, n, True) for p, n in per_partition.items()]
+    assert sorted(producer.submitted) == sorted([*expected, ("changelog", 2, 1, True)])
+    assert len(acks) == len(producer.submitted)  # sent under Faust's lock for the id
+    assert driver._transaction_producers["shop-0-1"].submitted == []
+    with pytest.raises(RuntimeError, match="not assigned"):
+        transactions.outbox("shop-0-3")
 
 
 def test_probe_names_why_a_broker_cannot_run_transactions() -> None:
