@@ -304,7 +304,7 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
         "--scenarios",
         ",".join(SCENARIOS),
         "--events",
-        "3000",  # the worker takes a few batches (300 went out in one: no rate)
+        "6000",  # a few batches each (3000 went out in one fetch for two workers: no rate)
         "--users",
         "30",
         "--scale-workers",
@@ -323,7 +323,7 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
 
     assert results["schema_version"] == ps.SCHEMA_VERSION
     meta = results["meta"]
-    assert meta["mode"] == "quick" and meta["events"] == 3000
+    assert meta["mode"] == "quick" and meta["events"] == 6000
     assert meta["backlog_source"].startswith("recstream.model.shoplog")
 
     broker = results["brokers"]["noida"]
