@@ -164,6 +164,10 @@ class BatchProcessor:
         changelog, acknowledgement) in a task, so the agent takes its next batches while
         this one is scored: at most ``max_in_flight`` batches of an agent are in flight,
         completed in order.  Raises when an earlier batch of the agent failed.
+        Exactly-once, the batch is split by input partition, each part into its
+        partition's transaction: the parts are begun one after the other and completed
+        side by side (their scoring, and the broker's acknowledgements of their
+        records, overlap).
         """
         transactions = self.transactions
         if transactions is None:
@@ -180,9 +184,14 @@ class BatchProcessor:
         for message in messages:
             by_partition.setdefault(message.partition, []).append(message)
         async with transactions.batch():  # no offset commit until the batch is done
-            for partition, part in by_partition.items():
-                route = transactions.transactional_id(part[0].topic, partition)
-                await self._complete(await self._begin(kind, part, route))
+            steps = [
+                await self._begin(kind, part, transactions.transactional_id(part[0].topic, p))
+                for p, part in by_partition.items()
+            ]
+            done = await asyncio.gather(*map(self._complete, steps), return_exceptions=True)
+            failed = next((result for result in done if isinstance(result, BaseException)), None)
+            if failed is not None:
+                raise failed
         self._acknowledge(messages)
 
     async def drain(self) -> None:

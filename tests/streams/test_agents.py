@@ -575,6 +575,34 @@ def test_exactly_once_sends_each_partitions_work_in_that_partitions_transaction(
     assert all(event.acked for event in events)  # acknowledged before the gate opens
 
 
+def test_exactly_once_sends_every_partitions_part_before_any_acknowledgement() -> None:
+    """The parts of a batch go to their transactions side by side: the second part's
+    records do not wait for the broker to acknowledge the first part's."""
+    processor, app, _ = make(exactly_once=True)
+    producer = SlowAckProducer()
+    app.producer = producer
+    users = {home_partition(f"u{i}", PARTITIONS): f"u{i}" for i in range(50)}
+    events = batch(click("a1", users[0], 0, 5), click("b1", users[1], 1, 8))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(whole(processor, "clicks", events))
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert {"app-0-0", "app-0-1"} <= set(producer.routes)
+        assert not any(ack.done() for ack in producer.acks) and not task.done()
+        assert not any(event.acked for event in events)
+        while not task.done():  # then the state changes' records, acknowledged as they come
+            for ack in producer.acks:
+                if not ack.done():
+                    ack.set_result(None)
+            await asyncio.sleep(0)
+        await task
+        assert all(event.acked for event in events)
+
+    asyncio.run(scenario())
+    processor.close()
+
+
 def test_exactly_once_sweep_sends_each_partitions_sessions_in_its_transaction() -> None:
     processor, app, _ = make(exactly_once=True)
     user = "u1"
