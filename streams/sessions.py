@@ -70,6 +70,7 @@ _CONTROL_TO_SPACE: Final = dict.fromkeys(range(0x20), " ")
 _NOT_CODES: Final = bytes(range(0x20, 0x100)) + b"\x00"
 _CODES_TO_SEP: Final = bytes.maketrans(bytes(range(1, 0x20)), b"\x1f" * 0x1F)
 _TS: Final = itemgetter(0)
+_HISTORY_TEXT: Final = itemgetter(1)
 _CODE_TEXT: Final = itemgetter(1, 2)
 
 
@@ -119,8 +120,8 @@ class UserState:
     token_list: list[Token] | None = field(default=None, init=False, compare=False, repr=False)
     #: The stored form's texts of ``history``, kept between writes: the history changes
     #: only when a session is finalized, the pending events at every event.  Made by the
-    #: first :meth:`to_bytes`, dropped when a session moves into the history (not
-    #: stored, not compared).
+    #: first :meth:`to_bytes`, then kept in step when sessions move into the history
+    #: (their texts appended, the trimmed steps' cut off; not stored, not compared).
     history_texts: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
@@ -385,15 +386,23 @@ def _finalize_split(
         retired += 1
         steps_retired += len(steps)
     if steps_retired:
-        st.history_texts = None
-        st.history.extend((code, text) for _, code, text in st.pending[:steps_retired])
+        moved = list(map(_CODE_TEXT, st.pending[:steps_retired]))
         del st.pending[:steps_retired]
-        if len(st.history) > rules.history_length:
-            dropped = len(st.history) - rules.history_length
+        st.history += moved
+        dropped = max(0, len(st.history) - rules.history_length)
+        if st.history_texts is not None:  # kept in step, not rebuilt from all the history
+            texts = st.history_texts + _texts(chain.from_iterable(moved), len(moved))
+            st.history_texts = texts[_stored_size(st.history[:dropped]) :]
+        if dropped:
             del st.history[:dropped]
             if st.token_list is not None:  # history + pending kept its order
                 del st.token_list[:dropped]
     return retired
+
+
+def _stored_size(history: list[tuple[int, str]]) -> int:
+    """The bytes the stored texts of ``history`` take (each step: its code, its UTF-8)."""
+    return len(history) + sum(map(len, map(str.encode, map(_HISTORY_TEXT, history))))
 
 
 def _summary(user_id: str, steps: list[Step]) -> SessionSummary:

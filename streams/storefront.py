@@ -220,7 +220,7 @@ class LatestRecommendations:
             held_rec = latest.get("recommendation")
             if held_rec is not None and held_rec["event_ts"] > rec.event_ts:
                 continue  # a late event's answer never replaces a newer one
-            latest["recommendation"] = rec  # orjson writes it as asdict(rec) would, faster
+            latest["recommendation"] = rec.json_object()  # see records.to_json
             self._write(user, latest, partition)
             writes += 1
         return writes

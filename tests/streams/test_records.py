@@ -10,6 +10,8 @@ from itertools import repeat
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from recstream.streams import records
 from recstream.streams.records import InvalidEvent, Reason, RecordBuilder, ScoredItem
@@ -150,6 +152,57 @@ def test_output_records_serialise() -> None:
     assert obj["fallback"] is False
     dead = records.DeadLetter.of("clicks", 3, 17, "bad_json: x", b"\xff")
     assert base64.b64decode(orjson.loads(records.to_json(dead))["payload"]) == b"\xff"
+
+
+_TEXT = st.text(max_size=12)
+_NUMBER = st.floats(allow_nan=False, allow_infinity=False)
+_OUTPUT_RECORDS = st.one_of(
+    st.builds(
+        records.Recommendation,
+        _TEXT,
+        _TEXT,
+        _TEXT,
+        st.lists(st.builds(ScoredItem, _TEXT, _NUMBER), max_size=4).map(tuple),
+        _TEXT,
+        _NUMBER,
+        _NUMBER,
+        st.booleans(),
+    ),
+    st.builds(
+        records.Sentiment,
+        _TEXT,
+        _TEXT,
+        _TEXT,
+        st.sampled_from(records.LABELS),
+        st.dictionaries(_TEXT, _NUMBER, max_size=3),
+        _TEXT,
+        st.lists(_TEXT, max_size=2).map(tuple),
+    ),
+    st.builds(
+        records.SessionSummary,
+        _TEXT,
+        _TEXT,
+        _NUMBER,
+        _NUMBER,
+        st.dictionaries(_TEXT, st.integers(0, 99), max_size=3),
+        st.lists(_TEXT, max_size=3).map(tuple),
+        st.lists(_TEXT, max_size=3).map(tuple),
+    ),
+    st.builds(
+        records.DeadLetter, _TEXT, st.integers(0, 99), st.integers(0, 2**40), _TEXT, _TEXT, _NUMBER
+    ),
+)
+
+
+@given(_OUTPUT_RECORDS)
+def test_output_records_serialise_as_orjson_writes_their_dataclass(
+    record: records.OutputRecord,
+) -> None:
+    """``to_json`` writes an output record through its ``json_object``: the very bytes
+    orjson writes for the dataclass itself, so a field added to one and not the other
+    fails here."""
+    assert type(record) in records.OUTPUT_TYPES
+    assert records.to_json(record) == orjson.dumps(record)
 
 
 def _one_by_one(objs: list[object], now: float) -> list[records.Click] | None:

@@ -168,8 +168,9 @@ def test_state_expires_after_ttl() -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_kept_tokens_and_texts_follow_every_change_of_the_state(seed: int) -> None:
     """Late merges, closed and cut sessions, history trims, sweeps, TTL restarts,
-    duplicates: the kept token list always equals the tokens of a fresh decode, and
-    the stored form (with its kept history texts) always decodes to the state."""
+    duplicates, texts of one to three UTF-8 bytes a character: the kept token list
+    always equals the tokens of a fresh decode, and the stored form (with its kept
+    history texts) always decodes to the state."""
     rng = random.Random(seed)
     state: UserState | None = None
     ts = 0.0
@@ -179,13 +180,15 @@ def test_kept_tokens_and_texts_follow_every_change_of_the_state(seed: int) -> No
         if rng.random() < 0.1:
             step = step_of("search", T0 + late, None, f"q{rng.randrange(5)}")
         else:
-            step = click(late, f"i{rng.randrange(30)}", rng.choice(["view", "purchase"]))
+            item = rng.choice(["i", "é", "商品"]) + str(rng.randrange(30))  # 1-3 UTF-8 bytes
+            step = click(late, item, rng.choice(["view", "purchase"]))
         event_id = f"e{rng.randrange(n + 1)}"  # some repeat: duplicates
         state = apply(state, "u", event_id, step, RULES).state
         if rng.random() < 0.1:
             state = sweep(state, "u", T0 + ts + rng.uniform(0, 300), RULES)[0] or UserState()
         fresh = UserState.from_bytes(state.to_bytes())
         assert fresh == state
+        assert fresh.to_bytes() == state.to_bytes()  # texts made afresh == texts kept
         for limit in (1, 3, RULES.history_length, 100):
             assert state.tokens(limit) == fresh.tokens(limit)
         assert state.token_list == fresh.tokens(10_000)
