@@ -13,6 +13,7 @@ import random
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 from recstream.streams.input_batches import pace_empty_fetches
 
@@ -514,6 +516,48 @@ async def paced_produce(
     finally:
         await producer.stop()
     return sent
+
+
+# ----------------------------------------------------------------------------
+# A worker's own figures
+# ----------------------------------------------------------------------------
+
+
+def scrape_metrics(port: int | str) -> str:
+    """The Prometheus text of the worker serving on 127.0.0.1:``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def gc_pauses(metrics_text: str) -> dict[str, Any]:
+    """The garbage collector's pauses in a worker's metrics (``recstream_gc_pause_seconds``):
+    collections and seconds in all, per generation, and the upper bound of the shortest
+    bucket that holds the longest pause (None when there was none)."""
+    by_generation: dict[str, dict[str, Any]] = {}
+    found: dict[str, Any] = {"collections": 0, "seconds": 0.0, "by_generation": by_generation}
+    longest: float | None = None
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "recstream_gc_pause_seconds":
+            continue
+        count_of: dict[str, float] = {}
+        for sample in family.samples:
+            generation = sample.labels["generation"]
+            entry = by_generation.setdefault(generation, {"collections": 0, "seconds": 0.0})
+            if sample.name.endswith("_count"):
+                entry["collections"] = int(sample.value)
+                found["collections"] += int(sample.value)
+            elif sample.name.endswith("_sum"):
+                entry["seconds"] = sample.value
+                found["seconds"] += sample.value
+            elif sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                # cumulative buckets: the first one holding all of a generation's pauses
+                if sample.value > count_of.get(generation, 0.0):
+                    count_of[generation] = sample.value
+                    if sample.value and (longest is None or bound > longest):
+                        longest = bound
+    found["longest_at_most_s"] = longest
+    return found
 
 
 # ----------------------------------------------------------------------------

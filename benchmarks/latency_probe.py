@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import sys
-import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,8 +52,7 @@ SCENARIOS = ("recstream-full", "recstream-passthrough")
 
 def scoring_batches(port: str) -> dict[str, float]:
     """The worker's recommendation scoring batches so far: count and events."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
+    text = bc.scrape_metrics(port)
     found = {"batches": 0.0, "events": 0.0}
     for family in text_string_to_metric_families(text):
         if family.name != "recstream_scoring_batch_size":

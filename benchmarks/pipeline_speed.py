@@ -480,6 +480,11 @@ async def app_throughput(
             "cpu_percent": cpu.result,
             "app_cpu_us_per_event": cpu.result["app"] / 100.0 * per_event(rate),
         }
+        port = target.env.get("RECSTREAM_WEB_PORT")
+        if port is not None and workers == 1:
+            # the worker's collector since its start-up, nearly all of it in the window
+            result["gc"] = bc.gc_pauses(bc.scrape_metrics(port))
+            result["gc_us_per_event"] = result["gc"]["seconds"] * 1e6 / len(backlog)
     except BaseException:
         group.stop()
         with contextlib.suppress(Exception):
@@ -804,10 +809,33 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if cpus:
         summary["cpu_percent"] = {role: bc.median([c[role] for c in cpus]) for role in cpus[0]}
         summary["app_cpu_us_per_event"] = bc.median([run["app_cpu_us_per_event"] for run in runs])
+    gcs = [run for run in runs if "gc" in run]
+    if gcs:
+        summary["gc_us_per_event"] = bc.median([run["gc_us_per_event"] for run in gcs])
+        summary["gc_collections"] = bc.median([run["gc"]["collections"] for run in gcs])
+        longest = [run["gc"]["longest_at_most_s"] for run in gcs]
+        summary["gc_longest_at_most_s"] = max(
+            (bound for bound in longest if bound is not None), default=None
+        )
     starts = [run["cold_start_s"] for run in runs if "cold_start_s" in run]
     if starts:
         summary["cold_start_s"] = bc.median(starts)
     return summary
+
+
+def gc_summary(throughput: dict[str, Any]) -> str:
+    """The collector's pauses per scenario that reported them, as one line of text."""
+    parts = []
+    for name, entry in throughput.items():
+        if "gc_us_per_event" not in entry:
+            continue
+        longest = entry.get("gc_longest_at_most_s")
+        bound = "none" if longest is None else f"<= {longest:g} s"
+        parts.append(
+            f"{name} {entry['gc_us_per_event']:.1f} µs/ev in {entry['gc_collections']:g} "
+            f"collections (longest pause {bound})"
+        )
+    return "; ".join(parts)
 
 
 def ratios(throughput: dict[str, Any], main: str, key: str = "rate") -> dict[str, float]:
@@ -1046,6 +1074,12 @@ def render(results: dict[str, Any]) -> str:
         if out.get("cpu_cost_ratios"):
             cost_text = ", ".join(f"{k} = {v:.2f}" for k, v in out["cpu_cost_ratios"].items())
             parts.append(f"CPU-cost ratios on {kind} (CPU µs/ev over CPU µs/ev): {cost_text}\n")
+        gc_text = gc_summary(out.get("throughput", {}))
+        if gc_text:
+            parts.append(
+                f"Garbage collector on {kind} (the worker's `recstream_gc_pause_seconds`, "
+                f"median of the runs): {gc_text}\n"
+            )
     parts += [
         "## Latency, state, scale-out\n",
         *deep_tables(results),

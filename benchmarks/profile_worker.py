@@ -128,12 +128,14 @@ def output_path(args: argparse.Namespace, suffix: str = "") -> Path:
 
 def record_options(args: argparse.Namespace, out_path: Path) -> tuple[str, ...]:
     """The ``py-spy record`` options both modes use."""
+    # Native frames need the process paused while its stack is read.
+    sampling = ("--native",) if args.native else ("--nonblocking",)
     return (
         "--format",
         "raw",
         "--rate",
         str(args.rate),
-        "--nonblocking",
+        *sampling,
         "--nolineno",
         "--output",
         str(out_path),
@@ -240,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="also sample C frames (py-spy --native; pauses the worker for each sample)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--output", type=Path, help="collapsed stacks file (default: temp dir)")
     parser.add_argument(

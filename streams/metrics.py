@@ -20,6 +20,7 @@ Exported series (every name is listed in :data:`METRIC_NAMES`)::
     recstream_consumer_lag{topic,partition}      highwater - next offset to read, per partition
     recstream_reread_records_total               input records the consumer skipped, read again
     recstream_repeated_records_total             input records handed over twice, dropped
+    recstream_gc_pause_seconds{generation}       histogram of the garbage collector's pauses
 
 The consumer lag here is this worker's own view of the partitions it holds.  The
 consumer-group lag that drives autoscaling comes from a Kafka exporter
@@ -28,8 +29,10 @@ consumer-group lag that drives autoscaling comes from a Kafka exporter
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter as CountOf
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -81,6 +84,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "recstream_consumer_lag",
     "recstream_reread_records_total",
     "recstream_repeated_records_total",
+    "recstream_gc_pause_seconds",
 )
 
 #: A source of (topic, partition, lag) triples, read at every scrape.
@@ -91,6 +95,7 @@ ModelSource = Callable[[], Iterable[tuple[ModelKind, str, str]]]
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_GC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
 class _LagCollector(Collector):
@@ -144,6 +149,52 @@ class _BatchHistogram(Collector):
             ],
             sum_value=total_sum,
         )
+
+
+class _GcPauses(Collector):
+    """``recstream_gc_pause_seconds``: how long each collection of the garbage collector
+    held the interpreter, by generation, timed by a ``gc.callbacks`` hook.
+
+    The hook runs inside the collection, in whichever thread triggered it: it takes no
+    lock (the interpreter's lock already keeps collections one at a time, and a lock
+    held by a scrape when a collection starts would never be released) and only adds to
+    numbers; a scrape copies them, at worst one collection out of date.
+    """
+
+    def __init__(self) -> None:
+        self.bounds = [*_GC_BUCKETS, math.inf]
+        #: Per generation: collections per bucket (not cumulative), and their sum.
+        self.counts = [[0] * len(self.bounds) for _ in range(3)]
+        self.sums = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def hook(self, phase: str, info: dict[str, int]) -> None:
+        """The ``gc.callbacks`` entry: note the start, count the pause at the stop."""
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._started
+        generation = info["generation"]
+        self.counts[generation][bisect_left(self.bounds, seconds)] += 1
+        self.sums[generation] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "recstream_gc_pause_seconds",
+            "How long each collection of Python's garbage collector paused the worker, "
+            "by generation (0 youngest, 2 full).",
+            labels=["generation"],
+        )
+        for generation, (counts, total) in enumerate(zip(self.counts, self.sums, strict=True)):
+            family.add_metric(
+                [str(generation)],
+                [
+                    (floatToGoString(bound), float(n))
+                    for bound, n in zip(self.bounds, accumulate(list(counts)), strict=True)
+                ],
+                total,
+            )
+        yield family
 
 
 class _ModelInfoCollector(Collector):
@@ -232,6 +283,8 @@ class Metrics:
         reg.register(self._models)
         self._lag = _LagCollector()
         reg.register(self._lag)
+        self._gc = _GcPauses()
+        reg.register(self._gc)
         # Every topic and model series exists from the start, so rate() sees the first event.
         for topic in TOPICS:
             self._events_in.labels(topic)
@@ -289,6 +342,12 @@ class Metrics:
         """Read ``recstream_model_info`` from ``source`` at every scrape (instead of
         :meth:`model_loaded`), so a model the scorer hot-reloaded shows its new version."""
         self._models.source = source
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time the garbage collector's pauses from now on; returns what stops it."""
+        hook = self._gc.hook
+        gc.callbacks.append(hook)
+        return lambda: gc.callbacks.remove(hook)
 
     def render(self) -> tuple[bytes, str]:
         """The registry in Prometheus text format 0.0.4 (read by every Prometheus), its type."""

@@ -194,10 +194,12 @@ def serve(settings: Settings, scorers: tuple[RecsScorer, SentimentScorer] | None
     # spins on every record: every debug call on the hot path would build a record.
     worker.spinner = None
     prepare_garbage_collector(settings.gc_young_threshold)
+    stop_watching_gc = metrics.watch_gc()  # after start-up: the pauses of serving
     try:
         worker.execute_from_commandline()
     except SystemExit as done:
         return int(done.code or 0)
     finally:
+        stop_watching_gc()
         app.recstream.close()  # type: ignore[attr-defined]
     return 0

@@ -26,6 +26,7 @@ import capacity_guide  # noqa: E402
 import pipeline_speed as ps  # noqa: E402
 
 from recstream.streams.broker import EmbeddedBroker  # noqa: E402
+from recstream.streams.metrics import Metrics  # noqa: E402
 from recstream.streams.records import parse_click  # noqa: E402
 
 # ----------------------------------------------------------------------------
@@ -215,6 +216,38 @@ def test_inputs_from_results_prefers_cpu_cost_per_event() -> None:
     assert "per dedicated core" in inputs["worker_rate_derivation"]
 
 
+def test_gc_pauses_are_read_from_the_workers_metrics() -> None:
+    metrics = Metrics()
+    hook = metrics._gc.hook
+    for generation, seconds in ((0, 0.002), (0, 0.004), (1, 0.03)):
+        hook("start", {"generation": generation})
+        metrics._gc._started -= seconds
+        hook("stop", {"generation": generation})
+    found = bc.gc_pauses(metrics.render()[0].decode())
+    assert found["collections"] == 3
+    assert found["seconds"] == pytest.approx(0.036, abs=1e-3)
+    assert found["by_generation"]["0"]["collections"] == 2
+    assert found["by_generation"]["1"]["seconds"] == pytest.approx(0.03, abs=1e-3)
+    assert found["by_generation"]["2"] == {"collections": 0, "seconds": 0.0}
+    assert found["longest_at_most_s"] == 0.05  # the 30 ms pause's bucket
+    assert bc.gc_pauses(Metrics().render()[0].decode())["longest_at_most_s"] is None
+
+
+def test_gc_summary_names_each_scenario_that_reported_pauses() -> None:
+    throughput = {
+        "quix-memory": {"rate": 10.0},
+        "recstream-passthrough": {
+            "gc_us_per_event": 1.25,
+            "gc_collections": 4,
+            "gc_longest_at_most_s": 0.25,
+        },
+    }
+    assert ps.gc_summary(throughput) == (
+        "recstream-passthrough 1.2 µs/ev in 4 collections (longest pause <= 0.25 s)"
+    )
+    assert ps.gc_summary({"quix-memory": {"rate": 10.0}}) == ""
+
+
 def test_ratios_of_the_main_scenario() -> None:
     throughput = {
         "recstream-full": {"rate": 100.0, "app_cpu_us_per_event": 2_000.0},
@@ -336,6 +369,9 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
         assert _cpu_figure(entry["cpu_percent"]["app"])
     assert _positive(broker["throughput"]["recstream-passthrough"]["rate"])
     assert _positive(broker["throughput"]["recstream-passthrough"]["cold_start_s"])
+    passthrough = broker["throughput"]["recstream-passthrough"]
+    assert _cpu_figure(passthrough["gc_us_per_event"]) and passthrough["gc_collections"] >= 0
+    assert "Garbage collector on noida" in report
     assert all(_cpu_figure(v) for v in broker["ratios"].values())
 
     assert broker["deep_scenario"] == "recstream-passthrough"

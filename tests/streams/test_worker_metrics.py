@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import cast
@@ -265,3 +266,43 @@ def test_rebalance_forgets_read_positions() -> None:
     app = faust.App("metrics-test", broker="kafka://127.0.0.1:1")
     sensor.on_rebalance_start(app)
     assert sensor.next_offsets == {}
+
+
+def test_gc_pauses_are_timed_by_generation_while_watched() -> None:
+    metrics = Metrics()
+    gc.disable()  # only the collections asked for here
+    stop = metrics.watch_gc()
+    try:
+        gc.collect(0)
+        gc.collect(2)
+        gc.collect(2)
+    finally:
+        stop()
+        gc.collect(1)  # not watched any more
+        gc.enable()
+    count = "recstream_gc_pause_seconds_count"
+    assert value(metrics, count, generation="0") == 1
+    assert value(metrics, count, generation="1") == 0
+    assert value(metrics, count, generation="2") == 2
+    full = value(metrics, "recstream_gc_pause_seconds_sum", generation="2")
+    assert full is not None and full > 0
+    # every pause is in a bucket at most as long as the +Inf one
+    inf = value(metrics, "recstream_gc_pause_seconds_bucket", generation="2", le="+Inf")
+    assert inf == 2
+
+
+def test_gc_pause_buckets_are_cumulative() -> None:
+    metrics = Metrics()
+    hook = metrics._gc.hook
+    for seconds in (0.0005, 0.003, 0.003, 2.0):
+        hook("start", {"generation": 0})
+        metrics._gc._started -= seconds  # as if the collection had started that long ago
+        hook("stop", {"generation": 0})
+    bucket = "recstream_gc_pause_seconds_bucket"
+    assert value(metrics, bucket, generation="0", le="0.001") == 1
+    assert value(metrics, bucket, generation="0", le="0.0025") == 1
+    assert value(metrics, bucket, generation="0", le="0.005") == 3
+    assert value(metrics, bucket, generation="0", le="1.0") == 3
+    assert value(metrics, bucket, generation="0", le="+Inf") == 4
+    total = value(metrics, "recstream_gc_pause_seconds_sum", generation="0")
+    assert total is not None and total == pytest.approx(2.0065, abs=1e-3)
