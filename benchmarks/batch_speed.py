@@ -20,8 +20,15 @@ clicks, 1.42x on 60,000).
 
 Prints a table and writes ``benchmarks/results/batch_speed.json``.
 
+``--instructions`` counts instructions instead of timing, which other load on the
+machine does not change: valgrind's callgrind runs this script twice with the worker's
+collector and ``PYTHONHASHSEED=0``, once making one pass over the backlog and once two,
+and one pass's instructions (the difference, start-up and backlog left out) are given
+per event.  Needs ``valgrind`` (a Debian package); ~2 minutes for 20,000 clicks.
+
     python benchmarks/batch_speed.py              # 60,000 clicks, 3 repeats per setting
     python benchmarks/batch_speed.py --quick      # 5,000 clicks, 1 repeat (batch_speed_quick.json)
+    python benchmarks/batch_speed.py --instructions --events 20000 --users 500
 """
 
 from __future__ import annotations
@@ -30,11 +37,15 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +64,7 @@ from recstream.streams.worker import prepare_garbage_collector
 
 RESULTS = bc.RESULTS_DIR / "batch_speed.json"
 QUICK_RESULTS = bc.RESULTS_DIR / "batch_speed_quick.json"
+INSTRUCTION_RESULTS = bc.RESULTS_DIR / "batch_instructions.json"
 STEPS = ("deliver", "decode", "prepare", "score", "finish", "sweep", "json")
 #: The two garbage-collector settings compared.
 PYTHON_GC, WORKER_GC = "python-default", "worker"
@@ -117,8 +129,18 @@ async def run_once(
     records: list[RawRecord], settings: Settings, partitions: int
 ) -> dict[str, float]:
     """CPU seconds of each step over the whole backlog, and the outputs made."""
+    fetches = fetched_batches(records, settings.topic("clicks"), settings.batch_size)
+    return await run_fetched(records, fetches, settings, partitions)
+
+
+async def run_fetched(
+    records: list[RawRecord],
+    fetches: list[dict[TP, list[ConsumerRecord[bytes, bytes]]]],
+    settings: Settings,
+    partitions: int,
+) -> dict[str, float]:
+    """:func:`run_once` on the backlog already made into ``fetches``."""
     delivery = Delivery(settings)
-    fetches = fetched_batches(records, delivery.topic, settings.batch_size)
     pipeline = Pipeline(settings, NullRecs(), NullSentiment(), partitions=partitions)
     store = DictStore()
     spent = dict.fromkeys(STEPS, 0.0)
@@ -201,6 +223,75 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def passes(args: argparse.Namespace) -> None:
+    """``args.passes`` passes over the backlog with the worker's collector, no output
+    (what :func:`count_instructions` runs).  The fetches of two passes are made in any
+    case, so that one pass and two differ by exactly one pass."""
+    settings = Settings(batch_size=args.batch_size)
+    records, _ = backlog_records(args.events, args.users, args.partitions)
+    topic = settings.topic("clicks")
+    fetches = [fetched_batches(records, topic, settings.batch_size) for _ in range(2)]
+    prepare_garbage_collector(settings.gc_young_threshold)
+    for fetched in fetches[: args.passes]:
+        asyncio.run(run_fetched(records, fetched, settings, args.partitions))
+
+
+def callgrind_total(text: str) -> int:
+    """The instructions counted in a callgrind output file (its ``summary`` line)."""
+    for line in text.splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise ValueError("no summary line in the callgrind output")
+
+
+def count_instructions(command: Sequence[str], env: Mapping[str, str]) -> int:
+    """The instructions ``command`` executes, counted by valgrind's callgrind."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("valgrind not found (Debian: apt install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="batch-speed-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        done = subprocess.run(
+            [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *command],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed under callgrind: {done.stderr[-2000:]}")
+        return callgrind_total(out.read_text())
+
+
+def instructions(args: argparse.Namespace) -> dict[str, Any]:
+    """Instructions per event of one pass (two passes less one, each under callgrind)."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    counted = {}
+    for n in (1, 2):
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *("--events", str(args.events), "--users", str(args.users)),
+            *("--partitions", str(args.partitions), "--batch-size", str(args.batch_size)),
+            *("--passes", str(n)),
+        ]
+        counted[n] = count_instructions(command, env)
+    settings = Settings(batch_size=args.batch_size)
+    return {
+        "meta": {
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "python": platform.python_version(),
+            "events": args.events,
+            "users_asked": args.users,
+            "partitions": args.partitions,
+            "batch_size": args.batch_size,
+            "gc_young_threshold": settings.gc_young_threshold,
+        },
+        "instructions": {"one_pass": counted[1], "two_passes": counted[2]},
+        "instructions_per_event": (counted[2] - counted[1]) / args.events,
+    }
+
+
 def table(result: dict[str, Any]) -> str:
     """The per-step CPU table of a result, as Markdown."""
     rows = []
@@ -218,7 +309,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting (median)")
     parser.add_argument("--quick", action="store_true", help="5,000 clicks, 1 repeat")
     parser.add_argument("--out", type=Path, help="default: results/batch_speed[_quick].json")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count one pass's instructions with valgrind (results/batch_instructions.json)",
+    )
+    parser.add_argument("--passes", type=int, help=argparse.SUPPRESS)  # run under callgrind
     args = parser.parse_args(argv)
+    if args.passes is not None:
+        passes(args)
+        return 0
+    if args.instructions:
+        counted = instructions(args)
+        print(
+            f"{args.events:,} clicks, batches of {args.batch_size}: "
+            f"{counted['instructions_per_event']:,.0f} instructions per event "
+            "(one pass, callgrind)"
+        )
+        out = args.out or INSTRUCTION_RESULTS
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(counted, indent=1))
+        print(f"wrote {out}")
+        return 0
     if args.quick:
         args.events, args.repeats = 5_000, 1
     args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)

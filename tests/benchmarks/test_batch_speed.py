@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
@@ -31,3 +34,55 @@ def test_a_tiny_run_writes_every_step_for_both_collectors(tmp_path: Path) -> Non
         assert steps["total"] > 0
     assert result["total_ratio_python_over_worker"] > 0
     assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
+
+
+def test_the_pass_mode_runs_the_asked_passes_without_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    thresholds = gc.get_threshold()
+    args = ["--events", "300", "--users", "20", "--batch-size", "128", "--passes", "2"]
+    try:
+        assert batch_speed.main([*args, "--out", str(tmp_path / "x.json")]) == 0
+    finally:  # the pass mode sets the worker's collector, as the child process it is
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    assert not (tmp_path / "x.json").exists()
+    assert capsys.readouterr().out == ""
+
+
+def test_the_summary_line_of_a_callgrind_file_is_its_count() -> None:
+    text = "version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 123456789\n\nfn=(1)\n"
+    assert batch_speed.callgrind_total(text) == 123_456_789
+    assert batch_speed.callgrind_total("events: Ir\ntotals: 42\n") == 42
+    with pytest.raises(ValueError, match="no summary"):
+        batch_speed.callgrind_total("events: Ir\nfn=(1)\n")
+
+
+def test_one_pass_is_two_passes_less_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counted: dict[str, int] = {"1": 1_000_000, "2": 1_600_000}
+    seen = []
+
+    def fake_count(command: list[str], env: dict[str, str]) -> int:
+        seen.append(env["PYTHONHASHSEED"])
+        return counted[command[command.index("--passes") + 1]]
+
+    monkeypatch.setattr(batch_speed, "count_instructions", fake_count)
+    out = tmp_path / "batch_instructions.json"
+    args = ["--instructions", "--events", "300", "--users", "20", "--out", str(out)]
+    assert batch_speed.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["instructions"] == {"one_pass": 1_000_000, "two_passes": 1_600_000}
+    assert result["instructions_per_event"] == 2_000  # 600,000 over 300 clicks
+    assert seen == ["0", "0"]  # hashes fixed: the same work in both processes
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_callgrind_counts_more_instructions_for_more_work() -> None:
+    def count(n: int) -> int:
+        code = f"sum(range({n}))"
+        return batch_speed.count_instructions([sys.executable, "-I", "-S", "-c", code], {})
+
+    small, large = count(10_000), count(1_000_000)
+    assert 0 < small < large
+    # ~990,000 more additions: tens of instructions each in the interpreter
+    assert 10 * 990_000 < large - small < 1_000 * 990_000
