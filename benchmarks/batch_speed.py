@@ -24,7 +24,9 @@ Prints a table and writes ``benchmarks/results/batch_speed.json``.
 machine does not change: valgrind's callgrind runs this script twice with the worker's
 collector and ``PYTHONHASHSEED=0``, once making one pass over the backlog and once two,
 and one pass's instructions (the difference, start-up and backlog left out) are given
-per event.  Needs ``valgrind`` (a Debian package); ~2 minutes for 20,000 clicks.
+per event.  The delivery step is left out: its Faust consumer did not execute the same
+instructions from run to run (134-141 thousand per event for the same code with it).
+Needs ``valgrind`` (a Debian package); ~4 minutes for 20,000 clicks.
 
     python benchmarks/batch_speed.py              # 60,000 clicks, 3 repeats per setting
     python benchmarks/batch_speed.py --quick      # 5,000 clicks, 1 repeat (batch_speed_quick.json)
@@ -135,21 +137,23 @@ async def run_once(
 
 async def run_fetched(
     records: list[RawRecord],
-    fetches: list[dict[TP, list[ConsumerRecord[bytes, bytes]]]],
+    fetches: list[dict[TP, list[ConsumerRecord[bytes, bytes]]]] | None,
     settings: Settings,
     partitions: int,
 ) -> dict[str, float]:
-    """:func:`run_once` on the backlog already made into ``fetches``."""
-    delivery = Delivery(settings)
+    """:func:`run_once` on the backlog already made into ``fetches``; None: without the
+    delivery step (its Faust consumer does not do the same work from run to run)."""
+    delivery = Delivery(settings) if fetches is not None else None
     pipeline = Pipeline(settings, NullRecs(), NullSentiment(), partitions=partitions)
     store = DictStore()
     spent = dict.fromkeys(STEPS, 0.0)
     outputs = delivered = 0
     clock = time.process_time
-    for start, fetch in zip(range(0, len(records), settings.batch_size), fetches, strict=True):
+    for index, start in enumerate(range(0, len(records), settings.batch_size)):
         batch = records[start : start + settings.batch_size]
         t0 = clock()
-        delivered += await delivery.pass_through(fetch)
+        if delivery is not None and fetches is not None:
+            delivered += await delivery.pass_through(fetches[index])
         t1 = clock()
         decoded, dead = pipeline.decode(batch)
         t2 = clock()
@@ -168,7 +172,7 @@ async def run_fetched(
         marks = (t0, t1, t2, t3, t4, t5, t6, t7)
         for step, begun, ended in zip(STEPS, marks[:-1], marks[1:], strict=True):
             spent[step] += ended - begun
-    if delivered != len(records):
+    if delivery is not None and delivered != len(records):
         raise RuntimeError(f"delivered {delivered} of {len(records)} records")
     spent["outputs"] = outputs
     return spent
@@ -224,16 +228,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def passes(args: argparse.Namespace) -> None:
-    """``args.passes`` passes over the backlog with the worker's collector, no output
-    (what :func:`count_instructions` runs).  The fetches of two passes are made in any
-    case, so that one pass and two differ by exactly one pass."""
+    """``args.passes`` passes over the backlog with the worker's collector, without the
+    delivery step, no output (what :func:`count_instructions` runs)."""
     settings = Settings(batch_size=args.batch_size)
     records, _ = backlog_records(args.events, args.users, args.partitions)
-    topic = settings.topic("clicks")
-    fetches = [fetched_batches(records, topic, settings.batch_size) for _ in range(2)]
     prepare_garbage_collector(settings.gc_young_threshold)
-    for fetched in fetches[: args.passes]:
-        asyncio.run(run_fetched(records, fetched, settings, args.partitions))
+    for _ in range(args.passes):
+        asyncio.run(run_fetched(records, None, settings, args.partitions))
 
 
 def callgrind_total(text: str) -> int:
@@ -249,10 +250,14 @@ def count_instructions(command: Sequence[str], env: Mapping[str, str]) -> int:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind not found (Debian: apt install valgrind)")
+    # Without address randomisation (util-linux's setarch): objects land at the same
+    # addresses in every run, so hashing by identity does the same work each time.
+    setarch = shutil.which("setarch")
+    fixed = (setarch, platform.machine(), "-R") if setarch is not None else ()
     with tempfile.TemporaryDirectory(prefix="batch-speed-") as tmp:
         out = Path(tmp) / "callgrind.out"
         done = subprocess.run(
-            [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *command],
+            [*fixed, valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *command],
             env=dict(env),
             capture_output=True,
             text=True,
