@@ -315,7 +315,7 @@ class Metrics:
     def end_to_end(self, seconds: Iterable[float]) -> None:
         """Record the delays from input events' times to the emission of their outputs
         (negative ones, from clocks that disagree, as 0)."""
-        self._end_to_end.observe(map(max, seconds, repeat(0.0)))
+        self._end_to_end.observe([s if s > 0.0 else 0.0 for s in seconds])
 
     def reread(self, n: int) -> None:
         """Count ``n`` input records read again because the consumer skipped them."""

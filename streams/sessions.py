@@ -271,7 +271,8 @@ def apply(
         st.token_list.insert(len(st.history) + at, _token(step[1], step[2]))
     if rules.dedup_window:
         st.seen = (st.seen + digest)[-rules.dedup_window * _HASH_BYTES :]
-    st.last_ts = max(st.last_ts, ts)
+    if ts > st.last_ts:  # not max(): a builtin call with keyword parsing, per event
+        st.last_ts = ts
     parts = _split(st.pending, rules)
     retired = _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, parts, closed)
     return Applied(Status.APPLIED, st, closed, _session_containing(user_id, step, parts[retired:]))
@@ -298,8 +299,10 @@ def next_deadline(state: UserState, rules: SessionRules) -> float:
     first = sessions[0]
     end = first[-1][0]
     if len(first) >= rules.max_events and len(sessions) > 1:
-        return min(expiry, end + rules.lateness)
-    return min(expiry, end + rules.gap + rules.lateness)
+        closes = end + rules.lateness
+    else:
+        closes = end + rules.gap + rules.lateness
+    return closes if closes < expiry else expiry
 
 
 def remembered(seen: bytes, digest: bytes) -> bool:
