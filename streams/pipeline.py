@@ -366,7 +366,7 @@ class Pipeline:
                 step = sessions.step_of("search", event.ts, None, event.query)
             applied = sessions.apply(state, user, event.event_id, step, rules)
             work.sessions += applied.closed
-            if applied.status is sessions.Status.LATE:
+            if applied.status is sessions.LATE:
                 work.dead_letters.append(
                     self._dead(
                         item.source,
@@ -376,7 +376,7 @@ class Pipeline:
                     )
                 )
                 continue
-            if applied.status is sessions.Status.DUPLICATE:
+            if applied.status is sessions.DUPLICATE:
                 continue
             states[user] = (applied.state, partition)
             if event.ts > self.watermarks.get(partition, 0.0):

@@ -207,6 +207,11 @@ class Status(StrEnum):
     LATE = "late"
 
 
+# The members as module names: in Python 3.11 reading a member off its enum class
+# takes ~80 ns, and every event reads two or three.
+APPLIED, DUPLICATE, LATE = Status.APPLIED, Status.DUPLICATE, Status.LATE
+
+
 @dataclass(slots=True)
 class OpenSession:
     """The session an applied event landed in, as the recommender needs it."""
@@ -256,7 +261,7 @@ def apply(
     st = state if state is not None else UserState()
     digest = event_hash(event_id)
     if rules.dedup_window and remembered(st.seen, digest):
-        return Applied(Status.DUPLICATE, st, [])
+        return Applied(DUPLICATE, st, [])
     ts = step[0]
     closed: list[SessionSummary] = []
     if st.last_ts and ts - st.last_ts > rules.ttl:
@@ -264,7 +269,7 @@ def apply(
         closed = _finalize(st, user_id, float("inf"), rules)
         st = UserState()
     elif st.last_ts and (ts < st.last_ts - rules.lateness or ts <= st.closed_until):
-        return Applied(Status.LATE, st, [])
+        return Applied(LATE, st, [])
     at = bisect_right(st.pending, step)
     st.pending.insert(at, step)
     if st.token_list is not None:
@@ -275,7 +280,7 @@ def apply(
         st.last_ts = ts
     parts = _split(st.pending, rules)
     retired = _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, parts, closed)
-    return Applied(Status.APPLIED, st, closed, _session_containing(user_id, step, parts[retired:]))
+    return Applied(APPLIED, st, closed, _session_containing(user_id, step, parts[retired:]))
 
 
 def sweep(
