@@ -116,6 +116,14 @@ class _LagCollector(Collector):
         yield family
 
 
+def _cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Prometheus histogram buckets (bound, count up to it) from counts per bucket."""
+    return [
+        (floatToGoString(bound), float(total))
+        for bound, total in zip(bounds, accumulate(counts), strict=True)
+    ]
+
+
 class _BatchHistogram(Collector):
     """A histogram observed a batch of values per call (prometheus-client's takes one
     value per call, with its lock, ~1 us each: one per recommendation added up)."""
@@ -139,14 +147,11 @@ class _BatchHistogram(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            totals, total_sum = list(accumulate(self.counts)), self.sum
+            counts, total_sum = list(self.counts), self.sum
         yield HistogramMetricFamily(
             self.name,
             self.documentation,
-            buckets=[
-                (floatToGoString(bound), total)
-                for bound, total in zip(self.bounds, totals, strict=True)
-            ],
+            buckets=_cumulative_buckets(self.bounds, counts),
             sum_value=total_sum,
         )
 
@@ -187,12 +192,7 @@ class _GcPauses(Collector):
         )
         for generation, (counts, total) in enumerate(zip(self.counts, self.sums, strict=True)):
             family.add_metric(
-                [str(generation)],
-                [
-                    (floatToGoString(bound), float(n))
-                    for bound, n in zip(self.bounds, accumulate(list(counts)), strict=True)
-                ],
-                total,
+                [str(generation)], _cumulative_buckets(self.bounds, list(counts)), total
             )
         yield family
 
