@@ -284,9 +284,9 @@ def to_json(record: OutputRecord | Event | Forget) -> bytes:
 
     orjson reads a slotted dataclass field by field through its class's field table,
     several times slower than the same fields in a dict (orjson 3.13; README, "Speed"),
-    and an output record is written per event.  So output records are handed over as the dict
-    of their ``json_object`` (the same JSON, tested against orjson's own for each
-    class); input events, written only by producers and replays, go as they are.
+    and an output record is written per event.  So output records are handed over as
+    the dict of their ``json_object`` (the same JSON, tested against orjson's own for
+    each class); input events, written only by producers and replays, go as they are.
     """
     if type(record) in OUTPUT_TYPES:
         return orjson.dumps(cast(OutputRecord, record).json_object())
