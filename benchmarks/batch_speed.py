@@ -4,7 +4,7 @@ Runs the click backlog of ``pipeline_speed`` (the built-in shop log, keyed by us
 4 partitions) through :class:`recstream.streams.pipeline.Pipeline` in batches of
 ``RECSTREAM_BATCH_SIZE`` events, as the worker's agents do, with scorers that return
 empty fallbacks at once: deliver (the worker's Faust consumer, no broker: aiokafka's
-fetched records to a feed's messages, taken and acknowledged), decode and validate,
+fetched records to a feed's records, taken and acknowledged), decode and validate,
 apply to the sessions (an in-memory store), score (the null scorers), build the outputs,
 sweep every partition, serialise every output to JSON.  Each step's CPU time is summed
 over the backlog and given per event.
@@ -85,7 +85,7 @@ def backlog_records(events: int, users: int, partitions: int) -> tuple[list[RawR
 
 
 class Delivery:
-    """The worker's Faust consumer with no broker: fetched records in, messages taken
+    """The worker's Faust consumer with no broker: fetched records in, records taken
     from the feed and acknowledged, as the agents do."""
 
     def __init__(self, settings: Settings) -> None:
@@ -104,11 +104,11 @@ class Delivery:
         self.feed: InputFeed = self.feeds[self.topic]
 
     async def pass_through(self, fetch: dict[TP, list[ConsumerRecord[bytes, bytes]]]) -> int:
-        """Deliver one fetch, take it and acknowledge it; the messages taken."""
+        """Deliver one fetch, take it and acknowledge it; the records taken."""
         await self.consumer._deliver(fetch, None, self.feeds)
-        messages = await self.feed.take(sum(map(len, fetch.values())), 0)
-        self.consumer.acknowledge(messages)
-        return len(messages)
+        taken = await self.feed.take(sum(map(len, fetch.values())), 0)
+        self.consumer.acknowledge(taken)
+        return len(taken.records)
 
 
 def fetched_batches(

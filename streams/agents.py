@@ -46,14 +46,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import repeat
 from operator import attrgetter
 from typing import Final, TypeVar, cast
 
 import faust
-from faust.types import Message
 
-from recstream.streams.input_batches import BatchDeliveringConsumer, InputFeed, feed_topic
+from recstream.streams.input_batches import BatchDeliveringConsumer, InputFeed, Taken, feed_topic
 from recstream.streams.metrics import PROCESSING_ERROR, Metrics
 from recstream.streams.pipeline import (
     Decoded,
@@ -70,7 +68,6 @@ from recstream.streams.records import (
     Forget,
     OutputRecord,
     Reason,
-    RecordBuilder,
     SessionSummary,
     to_json,
 )
@@ -87,9 +84,7 @@ SWEEP_INTERVAL: Final = 1.0
 #: Kind of the records read from the repartition topic.
 REPARTITIONED: Final = "repartitioned"
 _REASONS: Final = frozenset(reason.value for reason in Reason)
-_RAW_RECORDS: Final = RecordBuilder(RawRecord)
-_TOPIC, _PARTITION, _OFFSET = attrgetter("topic"), attrgetter("partition"), attrgetter("offset")
-_VALUE, _KEY, _EVENT_TS = attrgetter("value"), attrgetter("key"), attrgetter("event_ts")
+_EVENT_TS: Final = attrgetter("event_ts")
 T = TypeVar("T")
 
 
@@ -155,8 +150,9 @@ class BatchProcessor:
     def _scored(self, _: object) -> None:
         self._scoring -= 1
 
-    async def process(self, kind: str, messages: Sequence[Message]) -> None:
-        """Process one batch read from the ``kind`` input topic (or the repartition topic).
+    async def process(self, kind: str, taken: Taken) -> None:
+        """Process one batch taken from the ``kind`` input topic's feed (or the
+        repartition topic's).
 
         Its records are acknowledged (their offsets become committable) only when the
         whole batch went through.  At-least-once, the batch's first half (decode,
@@ -171,18 +167,18 @@ class BatchProcessor:
         """
         transactions = self.transactions
         if transactions is None:
-            step = await self._begin(kind, messages, None)
+            step = await self._begin(kind, taken.records, None)
             queue = self._in_flight.setdefault(kind, deque())
             previous = queue[-1] if queue else None
-            task = asyncio.create_task(self._complete_after(previous, step, messages))
+            task = asyncio.create_task(self._complete_after(previous, step, taken))
             task.add_done_callback(partial(self._check_completed, kind))
             queue.append((task, step))
             while queue and (len(queue) >= self.max_in_flight or queue[0][0].done()):
                 await queue.popleft()[0]
             return
-        by_partition: dict[int, list[Message]] = {}
-        for message in messages:
-            by_partition.setdefault(message.partition, []).append(message)
+        by_partition: dict[int, list[RawRecord]] = {}
+        for record in taken.records:
+            by_partition.setdefault(record.partition, []).append(record)
         async with transactions.batch():  # no offset commit until the batch is done
             steps = [
                 await self._begin(kind, part, transactions.transactional_id(part[0].topic, p))
@@ -192,7 +188,7 @@ class BatchProcessor:
             failed = next((result for result in done if isinstance(result, BaseException)), None)
             if failed is not None:
                 raise failed
-        self._acknowledge(messages)
+        self._acknowledge(taken)
 
     async def drain(self) -> None:
         """Wait until every batch in flight is completed (raises if one failed)."""
@@ -204,15 +200,15 @@ class BatchProcessor:
         self,
         previous: tuple[asyncio.Task[None], _Step] | None,
         step: _Step,
-        messages: Sequence[Message],
+        taken: Taken,
     ) -> None:
         await self._complete(step, None if previous is None else previous[1].handed_over)
         if previous is not None and not previous[0].done():
             await asyncio.wait([previous[0]])  # in order: the agent's batch before this one
-        self._acknowledge(messages)
+        self._acknowledge(taken)
 
-    def _acknowledge(self, messages: Sequence[Message]) -> None:
-        cast(BatchDeliveringConsumer, self.app.consumer).acknowledge(messages)
+    def _acknowledge(self, taken: Taken) -> None:
+        cast(BatchDeliveringConsumer, self.app.consumer).acknowledge(taken)
 
     def _check_completed(self, kind: str, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -221,10 +217,10 @@ class BatchProcessor:
         if exc is not None:  # also when the agent is idle and would not notice
             self._stopping = asyncio.ensure_future(stop_worker(self.app, kind, exc))
 
-    async def _begin(self, kind: str, messages: Sequence[Message], route: str | None) -> _Step:
+    async def _begin(self, kind: str, records: list[RawRecord], route: str | None) -> _Step:
         """Decode, forward, apply to the sessions, sweep, and submit the scoring."""
         if self.skipped is not None:  # records Faust skipped go first (see skipped_records)
-            positions = [(m.topic, m.partition, m.offset) for m in messages]
+            positions = [(r.topic, r.partition, r.offset) for r in records]
             recovered, repeated = await self.skipped.recover(kind, positions)
             if recovered and self.metrics is not None:
                 self.metrics.reread(len(recovered))
@@ -232,19 +228,8 @@ class BatchProcessor:
                 if self.metrics is not None:
                     self.metrics.repeated(len(repeated))
                 dropped = set(repeated)
-                messages = [m for i, m in enumerate(messages) if i not in dropped]
-        else:
-            recovered = []
-        # Built column by column (a frozen record's __init__ costs more than the rest).
-        records = recovered + _RAW_RECORDS.build(
-            len(messages),
-            repeat(kind),
-            map(_TOPIC, messages),
-            map(_PARTITION, messages),
-            map(_OFFSET, messages),
-            map(_VALUE, messages),
-            map(_KEY, messages),
-        )
+                records = [r for i, r in enumerate(records) if i not in dropped]
+            records = recovered + records
         pipeline = self.pipeline
         decoded, dead = pipeline.decode(records, repartitioned=kind == REPARTITIONED)
         outbox = self._outbox(route)
@@ -437,11 +422,11 @@ def register_agents(
     def make_agent(kind: str, feed: InputFeed) -> None:
         async def agent() -> None:
             while True:
-                messages = await feed.take(batch_size, within, busy)
-                if not messages:  # all fetched before a rebalance: re-read
+                taken = await feed.take(batch_size, within, busy)
+                if not taken.records:  # taken during a rebalance: read again after it
                     continue
                 try:
-                    await processor.process(kind, messages)
+                    await processor.process(kind, taken)
                 except Exception as exc:
                     await stop_worker(app, kind, exc)
                     raise
@@ -450,8 +435,8 @@ def register_agents(
         app.task(agent)
 
     for kind, topic in topics.inputs.items():
-        make_agent(kind, feed_topic(app, topic))
-    make_agent(REPARTITIONED, feed_topic(app, topics.repartition))
+        make_agent(kind, feed_topic(app, topic, kind))
+    make_agent(REPARTITIONED, feed_topic(app, topics.repartition, REPARTITIONED))
 
     @app.timer(SWEEP_INTERVAL, name="recstream-sweep")
     async def sweep_idle() -> None:

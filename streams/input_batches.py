@@ -5,10 +5,11 @@ call raced against the rebalance signal in new tasks, an ``Event``, a queue put 
 ``Stream`` step, several hundred microseconds of CPU per record on a small machine.
 For the topics the worker batches anyway (its inputs and the repartition topic),
 :class:`BatchDeliveringConsumer` hands each partition's share of a fetch to that
-topic's :class:`InputFeed` as one list of messages, with the bookkeeping Faust does per
-record (read offsets, offset gaps, unacknowledged messages for the rebalance wait, the
-sensors' counts: once per batch for a :class:`BatchSensor`), and the agents acknowledge
-what they processed a list at a time (:meth:`BatchDeliveringConsumer.acknowledge`).
+topic's :class:`InputFeed` as one :class:`FedBatch` of the pipeline's ``RawRecord``s,
+made column by column from aiokafka's records (no Faust message per record), with the
+bookkeeping Faust does per record (read offsets, offset gaps, unacknowledged messages
+for the rebalance wait, the sensors' counts) once per batch, and the agents acknowledge
+what they processed a take at a time (:meth:`BatchDeliveringConsumer.acknowledge`).
 Records of every other topic (table changelogs) keep Faust's path.
 
 Revoking partitions clears the feeds (Faust's flow control, like its agents' buffers),
@@ -28,18 +29,25 @@ import asyncio
 import contextlib
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
+from typing import Any, Final, Protocol, runtime_checkable
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.sensors.monitor import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, AppT, ConsumerMessage, Message, SensorT
+from faust.types import TP, AppT, SensorT
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 from mode.utils.queues import FlowControlQueue
+
+from recstream.streams.pipeline import RawRecord
+from recstream.streams.records import RecordBuilder
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +57,57 @@ FEED_BATCHES = 8
 TAIL_WINDOW = 256
 #: Seconds that search may take before recovery falls back to Faust's own wait.
 TAIL_TIMEOUT = 5.0
+_RAW_RECORDS: Final = RecordBuilder(RawRecord)
+_OFFSET, _VALUE, _KEY = attrgetter("offset"), attrgetter("value"), attrgetter("key")
+
+
+@dataclass(slots=True, weakref_slot=True, eq=False)
+class FedBatch:
+    """One partition's share of a fetch, as its feed holds it: the records and the
+    consumer generation they were fetched in.
+
+    It also stands for its records in Faust's set of unacknowledged messages (a weak
+    set: the batch is tracked while a feed or an agent holds it), which a rebalance
+    waits to see empty; :meth:`BatchDeliveringConsumer.acknowledge` marks it acked
+    once its last record is.
+    """
+
+    records: list[RawRecord]
+    tp: TP
+    generation_id: int
+    acked: bool = False
+    #: What Faust's rebalance wait logs of each message it waits for.
+    refcount = 1
+
+
+@dataclass(slots=True)
+class Taken:
+    """What one :meth:`InputFeed.take` returned: ``records`` in the order taken, and for
+    acknowledging them, each partition's span of them and the batches they complete."""
+
+    records: list[RawRecord] = field(default_factory=list)
+    #: ``(tp, start, end)``: ``records[start:end]`` came from ``tp``, in offset order.
+    spans: list[tuple[TP, int, int]] = field(default_factory=list)
+    #: The batches whose last record is in ``records``.
+    completes: list[FedBatch] = field(default_factory=list)
+    #: Set by the first acknowledgement (a second one does nothing).
+    acknowledged: bool = False
 
 
 class InputFeed:
-    """One input topic's fetched batches, waiting for the worker to take them."""
+    """One input topic's fetched batches, waiting for the worker to take them.
 
-    def __init__(self, app: faust.App, maxsize: int = FEED_BATCHES) -> None:
+    ``kind`` names what the topic carries (``clicks`` ...) in the records made of them.
+    """
+
+    def __init__(self, app: faust.App, kind: str, maxsize: int = FEED_BATCHES) -> None:
         self.app = app
-        self.queue: FlowControlQueue[list[Message]] = FlowControlQueue(
+        self.kind = kind
+        self.queue: FlowControlQueue[FedBatch] = FlowControlQueue(
             maxsize, flow_control=app.flow_control
         )
-        #: What the last :meth:`take` left of a batch.
-        self._left: list[Message] = []
+        #: What the last :meth:`take` left of a batch: the batch, and where the rest starts.
+        self._left: tuple[FedBatch, int] | None = None
         # a rebalance calls clear(), the only method mode uses on what it manages
         app.flow_control.manage_queue(self)  # type: ignore[arg-type]
 
@@ -73,28 +120,30 @@ class InputFeed:
         if self.app.flow_control.is_active():
             return
         self.queue.clear()
-        self._left = []
+        self._left = None
 
     async def take(
         self, max_records: int, within: float, busy: Callable[[], bool] | None = None
-    ) -> list[Message]:
-        """Up to ``max_records`` messages: what is buffered, else the next batch, waiting
-        at most ``within`` seconds after the first message for more to arrive; with
+    ) -> Taken:
+        """Up to ``max_records`` records: what is buffered, else the next batch, waiting
+        at most ``within`` seconds after the first record for more to arrive; with
         ``busy``, only while it says so (asked whenever nothing more is buffered: the
         worker waits while an earlier batch is being scored, when waiting costs nothing).
-        Messages fetched before the latest rebalance are dropped (re-read from the
-        commit), so the result may be empty."""
+        Batches fetched before the latest rebalance are dropped (re-read from the
+        commit); while a rebalance suspends the flow the result is empty."""
         queue = self.queue
-        taken: list[Message] = []
+        taken = Taken()
+        records = taken.records
         deadline: float | None = None
         loop = asyncio.get_running_loop()
-        while len(taken) < max_records:
-            if self._left:
-                more, self._left = self._left, []
+        while len(records) < max_records:
+            start = 0
+            if self._left is not None:
+                (batch, start), self._left = self._left, None
             elif not queue.empty():
-                more = queue.get_nowait()
-            elif not taken:
-                more = await queue.get()
+                batch = queue.get_nowait()
+            elif not records:
+                batch = await queue.get()
             elif busy is not None and not busy():
                 break
             else:
@@ -103,20 +152,21 @@ class InputFeed:
                 if remaining <= 0:
                     break
                 try:
-                    more = await asyncio.wait_for(queue.get(), remaining)
+                    batch = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
-            taken += more
-        if len(taken) > max_records:
-            self._left = taken[max_records:]
-            del taken[max_records:]
-        return self._current(taken)
-
-    def _current(self, messages: list[Message]) -> list[Message]:
+            if batch.generation_id != self.app.consumer_generation_id:
+                continue  # fetched before the latest rebalance: read again from the commit
+            end = min(len(batch.records), start + max_records - len(records))
+            taken.spans.append((batch.tp, len(records), len(records) + end - start))
+            records += batch.records[start:end]
+            if end < len(batch.records):
+                self._left = (batch, end)
+            else:
+                taken.completes.append(batch)
         if not self.app.flow_control.is_active():
-            return []
-        generation = self.app.consumer_generation_id
-        return [m for m in messages if m.generation_id == generation]
+            return Taken()
+        return taken
 
 
 def feeds_of(app: AppT) -> dict[str, InputFeed]:
@@ -128,10 +178,10 @@ def feeds_of(app: AppT) -> dict[str, InputFeed]:
     return feeds
 
 
-def feed_topic(app: faust.App, topic: faust.TopicT) -> InputFeed:
-    """Subscribe ``app`` to ``topic`` and deliver its records in batches to the returned
-    feed (``app``'s consumer must be a :class:`BatchDeliveringConsumer`)."""
-    feed = InputFeed(app)
+def feed_topic(app: faust.App, topic: faust.TopicT, kind: str) -> InputFeed:
+    """Subscribe ``app`` to ``topic`` and deliver its records, of ``kind``, in batches to
+    the returned feed (``app``'s consumer must be a :class:`BatchDeliveringConsumer`)."""
+    feed = InputFeed(app, kind)
     for name in topic.topics:
         feeds_of(app)[name] = feed
     app.topics.add(topic)
@@ -281,14 +331,14 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class BatchSensor(Protocol):
     """A Faust sensor told once per delivered batch instead of once per message."""
 
-    def on_messages_in(self, tp: TP, messages: Sequence[Message]) -> None:
+    def on_messages_in(self, tp: TP, messages: Sequence[RawRecord]) -> None:
         """``messages`` (of ``tp``, in offset order) were received."""
 
 
 class BatchMonitor(Monitor):
     """Faust's monitor (the counts its web pages show), told of a delivered batch once."""
 
-    def on_messages_in(self, tp: TP, messages: Sequence[Message]) -> None:
+    def on_messages_in(self, tp: TP, messages: Sequence[RawRecord]) -> None:
         """:meth:`on_message_in` for a batch (in offset order), counted as received but
         not as active and without arrival times: Faust settles both when its streams
         acknowledge a message, which the agents do through the consumer instead
@@ -409,96 +459,82 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
                 self._read_offset[tp] = record.offset
 
     async def _deliver_batch(self, tp: TP, batch: list[Any], feed: InputFeed) -> None:
-        # Faust's per-record steps (its read-offset rule, the message, the tracking for
-        # the rebalance wait, the sensors) in one loop; the last message of the batch is
-        # the one tracked: the agents acknowledge a feed's messages in order, so it is
-        # acknowledged last (see :meth:`acknowledge`).
-        acks = self.app.topics.acks_enabled_for(tp.topic)
-        generation = self.app.consumer_generation_id
+        # Faust's per-record steps (its read-offset rule, the tracking for the rebalance
+        # wait, the sensors) once per batch, and the records made column by column.
+        offsets = list(map(_OFFSET, batch))
         read = self._read_offset[tp]
-        gaps: list[tuple[int, int]] = []
-        messages: list[Message] = []
-        append = messages.append
-        for record in batch:
-            offset = record.offset
-            if read is not None:
-                if offset < read:  # read already
-                    continue
-                if acks and read and offset - read > 1:  # compacted, or transaction markers
-                    gaps.append((read + 1, offset))
-            read = offset
-            timestamp = record.timestamp
-            seconds: Any = None if timestamp is None else timestamp / 1000.0
-            append(
-                ConsumerMessage(
-                    record.topic,
-                    record.partition,
-                    offset,
-                    seconds,
-                    record.timestamp_type,
-                    record.headers,
-                    record.key,
-                    record.value,
-                    record.checksum,
-                    record.serialized_key_size,
-                    record.serialized_value_size,
-                    tp,
-                    generation_id=generation,
-                )
-            )
-        if not messages:
-            return
-        self._read_offset[tp] = read
-        for start, end in gaps:
-            await self._add_gap(tp, start, end)
+        if read is not None and offsets[0] < read:  # read already (Faust skips only < read)
+            start = bisect_left(offsets, read)
+            batch, offsets = batch[start:], offsets[start:]
+            if not offsets:
+                return
+        acks = self.app.topics.acks_enabled_for(tp.topic)
+        first, last = offsets[0], offsets[-1]
+        self._read_offset[tp] = last
+        if acks and (last - first >= len(offsets) or (read and first - read > 1)):
+            # compacted away, or transaction markers: committable past them.  Faust's
+            # rule, offset by offset (it looks for no gap after a read offset of 0).
+            for before, offset in zip([read, *offsets[:-1]], offsets, strict=True):
+                if before and offset - before > 1:
+                    await self._add_gap(tp, before + 1, offset)
+        records = _RAW_RECORDS.build(
+            len(offsets),
+            repeat(feed.kind),
+            repeat(tp.topic),
+            repeat(tp.partition),
+            offsets,
+            map(_VALUE, batch),
+            map(_KEY, batch),
+        )
+        fed = FedBatch(records, tp, self.app.consumer_generation_id)
         if acks:  # pending acknowledgement: a rebalance waits for it
-            self._unacked_messages.add(messages[-1])
+            self._unacked_messages.add(fed)  # type: ignore[arg-type]  # see FedBatch
             by_batch, each = self._split_sensors()
-            for sensor in each:
-                for message in messages:
-                    sensor.on_message_in(tp, message.offset, message)
+            if each:  # Faust's sensors are told of each message
+                for record in batch:
+                    message = self._to_message(tp, record)
+                    for sensor in each:
+                        sensor.on_message_in(tp, record.offset, message)
             for batch_sensor in by_batch:
-                batch_sensor.on_messages_in(tp, messages)
+                batch_sensor.on_messages_in(tp, records)
         if feed.queue.full() or not self.app.flow_control.is_active():
             # As Faust's own delivery: wait for room and for the app's flow (resuming
             # it clears the feeds), unless a rebalance starts (a seek re-reads them).
-            await self.wait_first(feed.queue.put(messages), self.suspend_flow.wait())
+            await self.wait_first(feed.queue.put(fed), self.suspend_flow.wait())
         else:
-            feed.queue.put_nowait(messages)
+            feed.queue.put_nowait(fed)
 
-    def acknowledge(self, messages: Sequence[Message]) -> None:
-        """Faust's :meth:`ack` for a feed's processed messages, in one step: their
-        offsets become committable, and the tracked last message of each delivered batch
-        is no longer waited for.  A feed's messages must be acknowledged in the order
-        they were taken.  (Faust's ack takes a lock, a weak-set removal and a wake-up
-        per message: ``batch_speed.py``'s "deliver" step, see the README.)"""
+    def acknowledge(self, taken: Taken) -> None:
+        """Faust's :meth:`ack` for the records of one take, once processed, in one step:
+        their offsets become committable, and the batches they complete are no longer
+        waited for.  A feed's takes must be acknowledged in the order they were taken;
+        a second acknowledgement of the same take does nothing.  (Faust's ack takes a
+        lock, a weak-set removal and a wake-up per message: ``batch_speed.py``'s
+        "deliver" step, see the README.)"""
+        if taken.acknowledged:
+            return
+        taken.acknowledged = True
         acks_enabled = self.app.topics.acks_enabled_for
-        committed_offsets, indexes, acked_lists = (
-            self._committed_offset,
-            self._acked_index,
-            self._acked,
-        )
+        records = taken.records
         acknowledged = 0
-        tp: TP | None = None
-        counted, committed = False, None
-        index: set[int] = set()
-        acked: list[int] = []
         with ack_lock:
-            for message in messages:
-                if message.acked:
+            for tp, start, end in taken.spans:
+                if not acks_enabled(tp.topic):
                     continue
-                message.acked = True
-                if message.tp is not tp:
-                    tp = message.tp
-                    counted = acks_enabled(tp.topic)
-                    committed = committed_offsets[tp]
-                    index, acked = indexes[tp], acked_lists[tp]
-                offset = message.offset
-                if counted and (committed is None or offset >= committed) and offset not in index:
-                    index.add(offset)
-                    acked.append(offset)
-                    acknowledged += 1
+                committed, index = self._committed_offset[tp], self._acked_index[tp]
+                offsets = map(_OFFSET, records[start:end])
+                if committed is None:
+                    new = [offset for offset in offsets if offset not in index]
+                else:
+                    new = [
+                        offset for offset in offsets if offset >= committed and offset not in index
+                    ]
+                index.update(new)  # before the next span: a partition's offsets count once
+                self._acked[tp] += new
+                acknowledged += len(new)
             self._n_acked += acknowledged
+            for batch in taken.completes:
+                batch.acked = True
             if self._unacked_messages:
                 self._clean_unacked_messages()
             notify(self._waiting_for_ack)

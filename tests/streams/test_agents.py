@@ -13,8 +13,8 @@ import threading
 import time
 import tracemalloc
 from collections import defaultdict
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
@@ -22,6 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from recstream.streams.agents import REPARTITIONED, BatchProcessor
+from recstream.streams.input_batches import Taken
 from recstream.streams.metrics import Metrics
 from recstream.streams.pipeline import (
     Pipeline,
@@ -59,12 +60,26 @@ class Message:
     acked: bool = False
 
 
+@dataclass(slots=True)
+class Batch(Taken):
+    """A take of stand-in messages, made into the records the consumer's feeds hand over."""
+
+    messages: list[Message] = field(default_factory=list)
+
+    def __getitem__(self, index: int) -> Message:
+        return self.messages[index]
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self.messages)
+
+
 class Consumer:
     def __init__(self) -> None:
         self.acked: list[Message] = []
 
-    def acknowledge(self, messages: Sequence[Message]) -> None:
-        for message in messages:
+    def acknowledge(self, taken: Taken) -> None:
+        assert isinstance(taken, Batch)
+        for message in taken.messages:
             assert not message.acked, "acknowledged twice"
             message.acked = True
             self.acked.append(message)
@@ -241,14 +256,26 @@ def make(
     return processor, app, table
 
 
-def batch(*messages: Message) -> Any:
-    """Stand-in messages as the processor's Faust message type."""
-    return list(messages)
+def batch(*messages: Message) -> Batch:
+    """Stand-in messages as one take of the topics' feeds (the repartition topic's
+    records are of kind ``repartitioned``, the others' of their topic's name)."""
+    records = [
+        RawRecord(
+            REPARTITIONED if m.topic.endswith("-repartition") else m.topic,
+            m.topic,
+            m.partition,
+            m.offset,
+            m.value,
+            m.key,
+        )
+        for m in messages
+    ]
+    return Batch(records, messages=list(messages))
 
 
-async def whole(processor: BatchProcessor, kind: str, messages: Any) -> None:
+async def whole(processor: BatchProcessor, kind: str, taken: Batch) -> None:
     """Process a batch and wait until it is completed (outputs sent, records acknowledged)."""
-    await processor.process(kind, messages)
+    await processor.process(kind, taken)
     await processor.drain()
 
 
@@ -559,9 +586,8 @@ def test_stored_state_is_held_at_its_own_size() -> None:
 def test_exactly_once_sends_each_partitions_work_in_that_partitions_transaction() -> None:
     processor, app, _ = make(exactly_once=True)
     users = {home_partition(f"u{i}", PARTITIONS): f"u{i}" for i in range(50)}
-    events = batch(click("a1", users[0], 0, 5), click("b1", users[1], 1, 8))
     wrong_home = click("a2", users[1], 0, 6)  # forwarded from partition 0 to partition 1
-    events.append(wrong_home)
+    events = batch(click("a1", users[0], 0, 5), click("b1", users[1], 1, 8), wrong_home)
     asyncio.run(whole(processor, "clicks", events))
     by_route: dict[str | None, list[str]] = {}
     for (topic, *_), route in zip(app.producer.sent, app.producer.routes, strict=True):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types import TP
 
 from recstream.streams import worker
 from recstream.streams.app import build_app
-from recstream.streams.input_batches import feeds_of
+from recstream.streams.input_batches import FedBatch, feeds_of
+from recstream.streams.pipeline import RawRecord
 from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
 from recstream.streams.settings import Settings
 
@@ -127,13 +128,15 @@ def test_a_failing_batch_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> No
     app = build_app(settings, FakeRecsScorer(["a"]), FakeSentimentScorer())
     failure = ConnectionError("broker gone")
 
-    async def process(kind: str, messages: object) -> None:
+    async def process(kind: str, taken: object) -> None:
         raise failure
 
     monkeypatch.setattr(app.recstream, "process", process)  # type: ignore[attr-defined]
     app.flow_control.resume()
-    message: Any = SimpleNamespace(generation_id=app.consumer_generation_id)
-    feeds_of(app)[settings.topic("clicks")].queue.put_nowait([message])
+    topic = settings.topic("clicks")
+    records = [RawRecord("clicks", topic, 0, 0, b"{}")]
+    fed = FedBatch(records, TP(topic, 0), app.consumer_generation_id)
+    feeds_of(app)[topic].queue.put_nowait(fed)
     clicks_agent = next(t for t in app._app_tasks if t.__name__ == "recstream_clicks")
 
     async def run_agent() -> None:
@@ -149,7 +152,6 @@ async def test_at_least_once_commits_flush_the_held_changelog_first(
 ) -> None:
     """The offsets Faust commits must never run ahead of the state changes behind them."""
     from faust.transport.drivers import aiokafka as faust_aiokafka
-    from faust.types import TP
 
     app = build_app(Settings(bootstrap_servers="127.0.0.1:1"), FakeRecsScorer(["a"]),
                     FakeSentimentScorer())  # fmt: skip

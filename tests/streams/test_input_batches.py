@@ -19,10 +19,13 @@ from recstream.streams.app import build_app
 from recstream.streams.broker import EmbeddedBroker
 from recstream.streams.input_batches import (
     BatchDeliveringConsumer,
+    FedBatch,
     InputFeed,
+    Taken,
     feeds_of,
     pace_empty_fetches,
 )
+from recstream.streams.pipeline import RawRecord
 from recstream.streams.scoring import FakeRecsScorer, FakeSentimentScorer
 from recstream.streams.settings import Settings
 
@@ -70,19 +73,16 @@ async def test_a_fed_topic_gets_each_partitions_records_as_one_tracked_batch(app
     await consumer._deliver(records, {tp0, tp1, log0}, feeds_of(app))
     queue = feeds_of(app)[CLICKS].queue
     batches = [queue.get_nowait() for _ in range(queue.qsize())]
-    assert [[(m.partition, m.offset, m.value) for m in b] for b in batches] == [
-        [(0, 3, b"clicks:3"), (0, 4, b"clicks:4"), (0, 5, b"clicks:5")],
-        [(1, 0, b"clicks:0")],
+    assert [b.records for b in batches] == [
+        [RawRecord(CLICKS, CLICKS, 0, o, f"clicks:{o}".encode(), b"k") for o in (3, 4, 5)],
+        [RawRecord(CLICKS, CLICKS, 1, 0, b"clicks:0", b"k")],
     ]
+    assert [b.tp for b in batches] == [tp0, tp1]
     # Faust's bookkeeping: read offsets, and pending acknowledgements a rebalance waits
-    # for (the last message of each batch stands for it)
+    # for (each batch stands for its records)
     assert consumer._read_offset[tp0] == 5 and consumer._read_offset[tp1] == 0
-    assert {(m.partition, m.offset) for m in consumer._unacked_messages if m.topic == CLICKS} == {
-        (0, 5),
-        (1, 0),
-    }
-    assert [m.generation_id for b in batches for m in b] == [app.consumer_generation_id] * 4
-    assert [m.timestamp for b in batches for m in b] == [0.0] * 4  # aiokafka's ms as seconds
+    assert set(consumer._unacked_messages) == set(batches)
+    assert [b.generation_id for b in batches] == [app.consumer_generation_id] * 2
     # other topics (table changelogs) keep Faust's path, a record at a time
     assert [(m.topic, m.offset) for m in delivered] == [(CHANGELOG, 7), (CHANGELOG, 8)]
 
@@ -113,7 +113,8 @@ async def test_a_commit_due_by_count_runs_beside_the_delivery(app: Any) -> None:
     consumer._n_acked = 2  # due again while it runs: no second one
     await consumer._deliver({tp: [record(CLICKS, 0, 2)]}, {tp}, feeds_of(app))
     queue = feeds_of(app)[CLICKS].queue
-    assert [m.offset for _ in range(queue.qsize()) for m in queue.get_nowait()] == [0, 1, 2]
+    delivered = [queue.get_nowait().records for _ in range(queue.qsize())]
+    assert [r.offset for records in delivered for r in records] == [0, 1, 2]
     release.set()
     await asyncio.sleep(0.01)
     assert commits == ["started", "done"]
@@ -163,15 +164,19 @@ async def test_acknowledged_batches_make_their_offsets_committable(app: Any) -> 
     consumer._committed_offset[tp] = 2
     await consumer._deliver({tp: [record(CLICKS, 0, o) for o in (3, 4)]}, {tp}, feeds_of(app))
     await consumer._deliver({tp: [record(CLICKS, 0, 5)]}, {tp}, feeds_of(app))
-    first, second = (feeds_of(app)[CLICKS].queue.get_nowait() for _ in range(2))
+    feed = feeds_of(app)[CLICKS]
+    first, second = await feed.take(2, 0), await feed.take(10, 0)
+    assert [r.offset for r in first.records + second.records] == [3, 4, 5]
     consumer.acknowledge(second)
     assert consumer._new_offset(tp) is None  # 3 and 4 are not done: nothing commits
     assert consumer._unacked_messages  # a rebalance still waits for the first batch
     consumer.acknowledge(first)
     assert consumer._new_offset(tp) == 6
     assert not consumer._unacked_messages
-    assert consumer._n_acked == 3 and all(m.acked for m in first + second)
+    assert consumer._n_acked == 3 and all(b.acked for b in first.completes + second.completes)
     consumer.acknowledge(first)  # again: nothing more to count
+    consumer._acked_index[tp].clear()  # (even when the offsets were forgotten since)
+    consumer.acknowledge(second)
     assert consumer._n_acked == 3
 
 
@@ -235,9 +240,19 @@ async def test_records_read_already_are_skipped_and_offset_gaps_noted(app: Any) 
     records = [record(CLICKS, 0, o) for o in (2, 3, 4, 9)]  # 5-8: e.g. transaction markers
     await consumer._deliver({tp: records}, {tp}, feeds_of(app))
     batch = feeds_of(app)[CLICKS].queue.get_nowait()
-    assert [m.offset for m in batch] == [4, 9]  # Faust's rule: below the read offset skip
+    assert [r.offset for r in batch.records] == [4, 9]  # Faust's rule: skip below the read one
     # committable without acknowledgements (Faust notes 5-9, the end is exclusive)
     assert [(i.begin, i.end) for i in consumer._gap[tp]] == [(5, 10)]
+    assert consumer._read_offset[tp] == 9
+    # every gap inside a batch too (and, as Faust, none looked for after offset 0)
+    tp1 = TP(CLICKS, 1)
+    records = [record(CLICKS, 1, o) for o in (0, 2, 3, 7, 8, 10)]
+    await consumer._deliver({tp1: records}, {tp1}, feeds_of(app))
+    assert sorted((i.begin, i.end) for i in consumer._gap[tp1]) == [(4, 8), (9, 11)]
+    # a batch without gaps notes none
+    tp2 = TP(CLICKS, 2)
+    await consumer._deliver({tp2: [record(CLICKS, 2, o) for o in (1, 2, 3)]}, {tp2}, feeds_of(app))
+    assert not consumer._gap[tp2]
 
 
 async def test_nothing_is_delivered_once_a_rebalance_stops_the_flow(app: Any) -> None:
@@ -253,7 +268,7 @@ async def test_a_partition_no_longer_assigned_is_not_delivered(app: Any) -> None
     tp0, tp1 = TP(CLICKS, 0), TP(CLICKS, 1)
     records = {tp0: [record(CLICKS, 0, 0)], tp1: [record(CLICKS, 1, 0)]}
     await consumer._deliver(records, {tp1}, feeds_of(app))
-    assert [m.partition for m in feeds_of(app)[CLICKS].queue.get_nowait()] == [1]
+    assert [r.partition for r in feeds_of(app)[CLICKS].queue.get_nowait().records] == [1]
     assert feeds_of(app)[CLICKS].queue.empty()
 
 
@@ -270,7 +285,7 @@ async def test_a_full_feed_holds_the_consumer_until_the_agent_takes(app: Any) ->
     assert not blocked.done()
     taken = await feed.take(1, 0.0)
     await asyncio.wait_for(blocked, 1.0)
-    assert [m.offset for m in taken] == [0]
+    assert [r.offset for r in taken.records] == [0]
 
 
 async def test_delivery_waits_for_the_apps_flow_and_lands_after_its_clear(app: Any) -> None:
@@ -286,47 +301,61 @@ async def test_delivery_waits_for_the_apps_flow_and_lands_after_its_clear(app: A
     assert not delivering.done() and feeds_of(app)[CLICKS].queue.empty()
     app.flow_control.resume()
     await asyncio.wait_for(delivering, 1.0)
-    assert [m.offset for m in feeds_of(app)[CLICKS].queue.get_nowait()] == [0]
+    assert [r.offset for r in feeds_of(app)[CLICKS].queue.get_nowait().records] == [0]
 
 
 # -- InputFeed.take ------------------------------------------------------------------
 
 
-class Message:
-    def __init__(self, offset: int, generation_id: int = 0) -> None:
-        self.offset = offset
-        self.generation_id = generation_id
+def fed(*offsets: int, generation_id: int = 0, partition: int = 0) -> FedBatch:
+    """A batch as the consumer delivers it (clicks of one partition)."""
+    records = [RawRecord(CLICKS, CLICKS, partition, o, b"{}") for o in offsets]
+    return FedBatch(records, TP(CLICKS, partition), generation_id)
 
 
 def feed_of(app: Any) -> InputFeed:
     app.flow_control.resume()
-    return InputFeed(app, maxsize=4)
+    return InputFeed(app, CLICKS, maxsize=4)
 
 
-def offsets(messages: list[Any]) -> list[int]:
-    return [m.offset for m in messages]
+def offsets(taken: Taken) -> list[int]:
+    return [r.offset for r in taken.records]
 
 
 async def test_take_returns_what_is_buffered_up_to_the_limit_in_order(app: Any) -> None:
     feed = feed_of(app)
-    feed.queue.put_nowait([Message(0), Message(1), Message(2)])
-    feed.queue.put_nowait([Message(3)])
+    feed.queue.put_nowait(fed(0, 1, 2))
+    feed.queue.put_nowait(fed(3))
     assert offsets(await feed.take(2, 0.0)) == [0, 1]
     assert offsets(await feed.take(10, 0.0)) == [2, 3]  # the rest first, then the queue
 
 
+async def test_take_tells_each_partitions_span_and_the_batches_it_completes(app: Any) -> None:
+    feed = feed_of(app)
+    first, second = fed(0, 1, 2), fed(5, 6, partition=1)
+    feed.queue.put_nowait(first)
+    feed.queue.put_nowait(second)
+    taken = await feed.take(4, 0.0)
+    assert offsets(taken) == [0, 1, 2, 5]
+    assert taken.spans == [(TP(CLICKS, 0), 0, 3), (TP(CLICKS, 1), 3, 4)]
+    assert taken.completes == [first]  # the second's last record is still with the feed
+    rest = await feed.take(10, 0.0)
+    assert offsets(rest) == [6]
+    assert rest.spans == [(TP(CLICKS, 1), 0, 1)] and rest.completes == [second]
+
+
 async def test_take_waits_within_seconds_after_the_first_record_for_more(app: Any) -> None:
     feed = feed_of(app)
-    feed.queue.put_nowait([Message(0)])
+    feed.queue.put_nowait(fed(0))
 
     async def later() -> None:
         await asyncio.sleep(0.02)
-        feed.queue.put_nowait([Message(1)])
+        feed.queue.put_nowait(fed(1))
 
     arriving = asyncio.create_task(later())
     assert offsets(await feed.take(10, 1.0)) == [0, 1]  # the second came within the wait
     await arriving
-    feed.queue.put_nowait([Message(2)])
+    feed.queue.put_nowait(fed(2))
     loop = asyncio.get_running_loop()
     started_at = loop.time()
     assert offsets(await feed.take(10, 0.05)) == [2]  # nothing more came: after `within`
@@ -338,7 +367,7 @@ async def test_take_waits_for_more_only_while_busy_says_so(app: Any) -> None:
     scored: an idle worker processes an event as soon as it arrives."""
     feed = feed_of(app)
     loop = asyncio.get_running_loop()
-    feed.queue.put_nowait([Message(0), Message(1)])
+    feed.queue.put_nowait(fed(0, 1))
     started_at = loop.time()
     assert offsets(await feed.take(10, 1.0, lambda: False)) == [0, 1]  # what is there
     assert loop.time() - started_at < 0.5  # not the 1 s wait
@@ -347,9 +376,9 @@ async def test_take_waits_for_more_only_while_busy_says_so(app: Any) -> None:
     async def later() -> None:
         await asyncio.sleep(0.02)
         busy[0] = False  # the earlier batch is scored ...
-        feed.queue.put_nowait([Message(3)])  # ... and one more record came meanwhile
+        feed.queue.put_nowait(fed(3))  # ... and one more record came meanwhile
 
-    feed.queue.put_nowait([Message(2)])
+    feed.queue.put_nowait(fed(2))
     arriving = asyncio.create_task(later())
     started_at = loop.time()
     assert offsets(await feed.take(10, 1.0, lambda: busy[0])) == [2, 3]
@@ -362,21 +391,21 @@ async def test_take_waits_for_the_first_record_without_a_limit(app: Any) -> None
     taking = asyncio.create_task(feed.take(10, 0.0))
     await asyncio.sleep(0.02)
     assert not taking.done()
-    feed.queue.put_nowait([Message(7)])
+    feed.queue.put_nowait(fed(7))
     assert offsets(await asyncio.wait_for(taking, 1.0)) == [7]
 
 
 async def test_records_fetched_before_a_rebalance_are_dropped(app: Any) -> None:
     feed = feed_of(app)
-    feed.queue.put_nowait([Message(0, generation_id=0), Message(1, generation_id=0)])
-    feed.queue.put_nowait([Message(2, generation_id=1)])
+    feed.queue.put_nowait(fed(0, 1, generation_id=0))
+    feed.queue.put_nowait(fed(2, generation_id=1))
     app.consumer_generation_id = 1
     assert offsets(await feed.take(10, 0.0)) == [2]
 
 
 async def test_a_rebalance_clears_the_feed(app: Any) -> None:
     feed = feed_of(app)
-    feed.queue.put_nowait([Message(0)])
+    feed.queue.put_nowait(fed(0))
     app.flow_control.suspend()
     app.flow_control.clear()  # what Faust does when partitions are revoked
     assert feed.queue.empty()
@@ -384,25 +413,25 @@ async def test_a_rebalance_clears_the_feed(app: Any) -> None:
 
 async def test_a_rebalance_also_drops_what_the_last_take_left(app: Any) -> None:
     feed = feed_of(app)
-    feed.queue.put_nowait([Message(0), Message(1)])
+    feed.queue.put_nowait(fed(0, 1))
     assert offsets(await feed.take(1, 0.0)) == [0]
     app.flow_control.suspend()
     app.flow_control.clear()
     app.flow_control.resume()
-    feed.queue.put_nowait([Message(5)])
+    feed.queue.put_nowait(fed(5))
     assert offsets(await feed.take(10, 0.0)) == [5]
 
 
 async def test_nothing_is_taken_while_the_flow_is_suspended(app: Any) -> None:
     feed = feed_of(app)
-    feed.queue.put_nowait([Message(0)])
+    feed.queue.put_nowait(fed(0))
     app.flow_control.suspend()
-    assert await feed.take(10, 0.0) == []
+    assert await feed.take(10, 0.0) == Taken()
 
 
 async def test_resuming_the_flow_keeps_what_was_fetched_for_the_new_assignment(app: Any) -> None:
     feed = feed_of(app)
-    feed.queue.put_nowait([Message(0)])
+    feed.queue.put_nowait(fed(0))
     app.flow_control.resume()  # Faust's resume() also calls clear()
     assert offsets(await feed.take(10, 0.0)) == [0]
 
