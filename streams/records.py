@@ -458,11 +458,15 @@ def parse_clicks(
     given_categories = [value for value in categories if value is not None]
     ids += given_sessions
     limit = (time.time() if now is None else now) + max_future_s
+    try:  # str.isprintable raises for anything but a string
+        lengths = set(map(len, ids))
+        ids_valid = all(map(str.isprintable, ids))
+    except TypeError:
+        return None
     if not (
-        set(map(type, ids)) == _STR
-        and min(map(len, ids)) > 0
-        and max(map(len, ids)) <= MAX_ID_CHARS
-        and all(map(str.isprintable, ids))
+        ids_valid
+        and min(lengths) > 0
+        and max(lengths) <= MAX_ID_CHARS
         and _ACTION_SET.issuperset(actions)
         and set(map(type, stamps)) == _FLOAT
         and min(stamps) >= MIN_TS

@@ -61,6 +61,8 @@ PURCHASE: Final = ACTION_IDS["purchase"]
 #: Queries are stored cut to this many characters (the model reads the first words).
 MAX_STORED_QUERY: Final = 100
 _HASH_BYTES: Final = 6
+#: Copied for every event id hashed (see :func:`event_hash`); never updated itself.
+_EVENT_HASHER: Final = hashlib.blake2b(digest_size=_HASH_BYTES)
 _FORMAT: Final = 2
 _FORMAT_TAG: Final = bytes([_FORMAT])
 _HEADER: Final = struct.Struct("<BddIII")
@@ -232,7 +234,10 @@ class Applied:
 
 def event_hash(event_id: str) -> bytes:
     """The 48-bit (6-byte) hash of an event id that the de-duplication memory stores."""
-    return hashlib.blake2b(event_id.encode("utf-8"), digest_size=_HASH_BYTES).digest()
+    # A copy of a ready hasher: blake2b's constructor parses its keywords on every call.
+    hasher = _EVENT_HASHER.copy()
+    hasher.update(event_id.encode("utf-8"))
+    return hasher.digest()
 
 
 def step_of(action: str, ts: float, item_id: str | None, query: str | None) -> Step:
@@ -424,14 +429,14 @@ def _summary(user_id: str, steps: list[Step]) -> SessionSummary:
         else:
             items[text] = None
     start = steps[0][0]
-    return SessionSummary(
-        user_id=user_id,
-        session_id=session_id_of(user_id, start),
-        start_ts=start,
-        end_ts=steps[-1][0],
-        counts=counts,
-        items=tuple(items),
-        searches=tuple(searches),
+    return SessionSummary(  # by position: a frozen dataclass matches keywords in Python
+        user_id,
+        session_id_of(user_id, start),
+        start,
+        steps[-1][0],
+        counts,
+        tuple(items),
+        tuple(searches),
     )
 
 

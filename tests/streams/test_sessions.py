@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 
 import orjson
@@ -369,6 +370,15 @@ def test_state_whose_counts_do_not_match_its_contents_is_a_value_error() -> None
 
 def test_action_codes_are_c0_characters_so_they_can_mark_texts() -> None:
     assert all(0 < code < 0x20 for code in ACTION_IDS.values())
+
+
+def test_event_hashes_are_blake2b_of_6_bytes_whatever_was_hashed_before() -> None:
+    """Stored states hold these hashes: they must not change between releases."""
+    for event_id in ["e1", "e2", "e1", "é-😀", ""]:
+        assert (
+            event_hash(event_id)
+            == hashlib.blake2b(event_id.encode("utf-8"), digest_size=6).digest()
+        )
 
 
 def test_dedup_match_must_be_aligned_on_a_hash() -> None:
