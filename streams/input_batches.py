@@ -51,7 +51,7 @@ from recstream.streams.records import RecordBuilder
 
 log = logging.getLogger(__name__)
 
-#: Fetched batches (lists of one partition's records) an :class:`InputFeed` buffers.
+#: Fetched batches (one partition's share of a fetch each) an :class:`InputFeed` buffers.
 FEED_BATCHES = 8
 #: Offsets before a transactional changelog's end searched for its last committed record.
 TAIL_WINDOW = 256
@@ -461,6 +461,8 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
     async def _deliver_batch(self, tp: TP, batch: list[Any], feed: InputFeed) -> None:
         # Faust's per-record steps (its read-offset rule, the tracking for the rebalance
         # wait, the sensors) once per batch, and the records made column by column.
+        if not batch:
+            return
         offsets = list(map(_OFFSET, batch))
         read = self._read_offset[tp]
         if read is not None and offsets[0] < read:  # read already (Faust skips only < read)

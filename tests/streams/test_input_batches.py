@@ -255,6 +255,13 @@ async def test_records_read_already_are_skipped_and_offset_gaps_noted(app: Any) 
     assert not consumer._gap[tp2]
 
 
+async def test_an_empty_share_of_a_fetch_delivers_nothing(app: Any) -> None:
+    consumer = started(app)
+    tp = TP(CLICKS, 0)
+    await consumer._deliver({tp: []}, {tp}, feeds_of(app))
+    assert feeds_of(app)[CLICKS].queue.empty() and not consumer._unacked_messages
+
+
 async def test_nothing_is_delivered_once_a_rebalance_stops_the_flow(app: Any) -> None:
     consumer = started(app)
     tp = TP(CLICKS, 0)
