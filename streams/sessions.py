@@ -429,7 +429,7 @@ def _summary(user_id: str, steps: list[Step]) -> SessionSummary:
         else:
             items[text] = None
     start = steps[0][0]
-    return SessionSummary(  # by position: a frozen dataclass matches keywords in Python
+    return SessionSummary(  # by position: the generated __init__ matches keywords in Python
         user_id,
         session_id_of(user_id, start),
         start,
