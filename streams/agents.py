@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from operator import attrgetter
-from typing import Final, TypeVar, cast
+from typing import Final, Protocol, TypeVar, cast
 
 import faust
 
@@ -66,8 +66,9 @@ from recstream.streams.record_batches import Outbox, faust_record_batches
 from recstream.streams.records import (
     DeadLetter,
     Forget,
-    OutputRecord,
     Reason,
+    Recommendation,
+    Sentiment,
     SessionSummary,
     to_json,
 )
@@ -281,7 +282,7 @@ class BatchProcessor:
                 self.latest.record_sentiments(out.sentiments)
             out.dead_letters = step.dead + out.dead_letters
             out.sessions += step.swept
-            self._add_outputs(step.outbox, out)
+            add_outputs(step.outbox, out, self.topics)
             sends = await step.outbox.send()
             step.handed_over.set()
             if sends:
@@ -327,7 +328,7 @@ class BatchProcessor:
         try:
             if out.sessions:
                 outbox = self._outbox(route)
-                self._add_outputs(outbox, out)
+                add_outputs(outbox, out, self.topics)
                 await asyncio.gather(*await outbox.send())
                 self._observe_outputs(out)
         except BaseException:
@@ -360,20 +361,6 @@ class BatchProcessor:
             return faust_record_batches(self.app)
         return self.transactions.outbox(route)
 
-    def _add_outputs(self, outbox: Outbox, out: Outputs) -> None:
-        topics = self.topics
-        batches: list[tuple[str, Sequence[OutputRecord]]] = [
-            (topics.recommendations, out.recommendations),
-            (topics.sentiment, out.sentiments),
-            (topics.sessions, out.sessions),
-        ]
-        for topic, records in batches:
-            for record in records:
-                key = record.user_id.encode("utf-8")  # type: ignore[union-attr]
-                outbox.add(topic, key, to_json(record))
-        for dead in out.dead_letters:
-            outbox.add(topics.deadletter, None, to_json(dead))
-
     def _observe_scoring(self, recs: int, reviews: int, seconds: float) -> None:
         if self.metrics is None:
             return
@@ -396,6 +383,38 @@ class BatchProcessor:
         now = time.time()
         metrics.end_to_end([now - ts for ts in map(_EVENT_TS, out.recommendations)])
         metrics.session_users(len(self.store))
+
+
+class OutputTopics(Protocol):
+    """The names of the topics outputs go to (as :class:`~recstream.streams.topics.Topics`
+    has them)."""
+
+    @property
+    def recommendations(self) -> str: ...
+
+    @property
+    def sentiment(self) -> str: ...
+
+    @property
+    def sessions(self) -> str: ...
+
+    @property
+    def deadletter(self) -> str: ...
+
+
+def add_outputs(outbox: Outbox, out: Outputs, topics: OutputTopics) -> None:
+    """Queue a batch's outputs as JSON: keyed by user id, dead letters without a key."""
+    keyed: list[tuple[str, Sequence[Recommendation | Sentiment | SessionSummary]]] = [
+        (topics.recommendations, out.recommendations),
+        (topics.sentiment, out.sentiments),
+        (topics.sessions, out.sessions),
+    ]
+    for topic, records in keyed:
+        if records:
+            keys = [record.user_id.encode("utf-8") for record in records]
+            outbox.add_keyed(topic, keys, list(map(to_json, records)))
+    for dead in out.dead_letters:
+        outbox.add(topics.deadletter, None, to_json(dead))
 
 
 async def stop_worker(app: faust.App, kind: str, exc: BaseException) -> None:

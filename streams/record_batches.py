@@ -19,7 +19,10 @@ the producer's open transaction as it does a single record's.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Protocol
 
 from faust.types import AppT
@@ -33,6 +36,31 @@ class BatchProducer(Protocol):
     def create_batch(self) -> Any: ...
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Awaitable[Any]: ...
+
+
+@dataclass(slots=True)
+class _Queued:
+    """One topic's queued records, column by column; a partition None: placed by key."""
+
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    partitions: list[int | None] = field(default_factory=list)
+    #: How many records came with a partition (none: all are placed by key, in C).
+    given: int = 0
+
+    def placed(self, count: int) -> list[int]:
+        """Each record's partition among ``count``: as given, else by key, else sticky."""
+        if not self.given and None not in self.keys:
+            return list(map(partition_for_key, self.keys, repeat(count)))
+        sticky = random.randrange(count)
+        return [
+            partition
+            if partition is not None
+            else sticky
+            if key is None
+            else partition_for_key(key, count)
+            for key, partition in zip(self.keys, self.partitions, strict=True)
+        ]
 
 
 class RecordBatches:
@@ -49,32 +77,53 @@ class RecordBatches:
     ) -> None:
         self._producer = producer
         self._partitions_of = partitions_of
-        self._records: dict[str, list[tuple[bytes | None, bytes | None, int | None]]] = {}
+        self._records: dict[str, _Queued] = {}
 
     def add(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
     ) -> None:
         """Queue one record; ``partition`` None: placed by its key."""
-        self._records.setdefault(topic, []).append((key, value, partition))
+        queued = self._queued(topic)
+        queued.keys.append(key)
+        queued.values.append(value)
+        queued.partitions.append(partition)
+        if partition is not None:
+            queued.given += 1
+
+    def add_keyed(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """Queue many records, each placed by its key (no Python code per record)."""
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys for {len(values)} values")
+        queued = self._queued(topic)
+        queued.keys += keys
+        queued.values += values
+        queued.partitions += repeat(None, len(keys))
 
     def __len__(self) -> int:
-        return sum(map(len, self._records.values()))
+        return sum(len(queued.keys) for queued in self._records.values())
 
     async def send(self) -> list[Awaitable[Any]]:
         """Submit every queued record; the futures the acknowledgements resolve."""
         records, self._records = self._records, {}
         acks: list[Awaitable[Any]] = []
         for topic, queued in records.items():
-            count = await self._partitions_of(topic)
-            sticky = random.randrange(count)
-            by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
-            for key, value, partition in queued:
-                if partition is None:
-                    partition = sticky if key is None else partition_for_key(key, count)
-                by_partition.setdefault(partition, []).append((key, value))
-            for partition, pairs in by_partition.items():
-                acks += await self._send_partition(topic, partition, pairs)
+            placed = queued.placed(await self._partitions_of(topic))
+            by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {
+                partition: []
+                for partition in dict.fromkeys(placed)  # in first-seen order
+            }
+            pairs = zip(queued.keys, queued.values, strict=True)
+            # each pair appended to its partition's list, in C
+            deque(map(list.append, map(by_partition.__getitem__, placed), pairs), maxlen=0)
+            for partition, chosen in by_partition.items():
+                acks += await self._send_partition(topic, partition, chosen)
         return acks
+
+    def _queued(self, topic: str) -> _Queued:
+        queued = self._records.get(topic)
+        if queued is None:
+            queued = self._records[topic] = _Queued()
+        return queued
 
     async def _send_partition(
         self, topic: str, partition: int, pairs: list[tuple[bytes | None, bytes | None]]
@@ -101,6 +150,8 @@ class Outbox(Protocol):
     def add(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
     ) -> None: ...
+
+    def add_keyed(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes]) -> None: ...
 
     async def send(self) -> list[Awaitable[Any]]: ...
 

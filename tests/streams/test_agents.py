@@ -21,17 +21,26 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from recstream.streams.agents import REPARTITIONED, BatchProcessor
+from recstream.streams.agents import REPARTITIONED, BatchProcessor, add_outputs
 from recstream.streams.input_batches import Taken
 from recstream.streams.metrics import Metrics
 from recstream.streams.pipeline import (
+    Outputs,
     Pipeline,
     RawRecord,
     UserIds,
     home_partition,
     repartition_payload,
 )
-from recstream.streams.records import Click
+from recstream.streams.records import (
+    Click,
+    DeadLetter,
+    Recommendation,
+    ScoredItem,
+    Sentiment,
+    SessionSummary,
+    to_json,
+)
 from recstream.streams.scoring import (
     FakeRecsScorer,
     FakeSentimentScorer,
@@ -879,3 +888,43 @@ def test_a_store_that_does_not_hold_sends_each_write_at_once() -> None:
     store = TableStateStore(cast(Any, table))
     store.put("u1", b"v", 0)
     assert table.changelog == [(0, b"u1", b"v")] and store.held == 0
+
+
+@dataclass
+class RecordingOutbox:
+    """An outbox that keeps what was queued, topic by topic, as (key, JSON object)."""
+
+    queued: dict[str, list[tuple[bytes | None, Any]]] = field(default_factory=dict)
+
+    def add(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+    ) -> None:
+        assert value is not None and partition is None
+        self.queued.setdefault(topic, []).append((key, orjson.loads(value)))
+
+    def add_keyed(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        for key, value in zip(keys, values, strict=True):
+            self.add(topic, key, value)
+
+    async def send(self) -> list[Any]:
+        return []
+
+
+def test_outputs_are_queued_as_json_keyed_by_user_and_dead_letters_without_a_key() -> None:
+    recs = [
+        Recommendation(f"u{n}", f"u{n}:1", f"e{n}", (ScoredItem("i1", 0.5),), "v", NOW, NOW)
+        for n in range(3)
+    ]
+    sentiment = Sentiment("r1", "u9", "i2", "pos", {"neg": 0.1, "pos": 0.9}, "v")
+    session = SessionSummary("u5", "u5:1", NOW - 60, NOW, {"view": 1}, ("i1",), ())
+    dead = DeadLetter.of("clicks", 2, 7, "bad_json: nope", b"{")
+    out = Outputs(recs, [sentiment], [session], [dead])
+    outbox = RecordingOutbox()
+    topics = Topics({}, cast(Any, None), "recs-out", "sentiment-out", "sessions-out", "dead")
+    add_outputs(outbox, out, topics)
+    assert outbox.queued["recs-out"] == [
+        (f"u{n}".encode(), orjson.loads(to_json(rec))) for n, rec in enumerate(recs)
+    ]
+    assert outbox.queued["sentiment-out"] == [(b"u9", orjson.loads(to_json(sentiment)))]
+    assert outbox.queued["sessions-out"] == [(b"u5", orjson.loads(to_json(session)))]
+    assert outbox.queued["dead"] == [(None, orjson.loads(to_json(dead)))]

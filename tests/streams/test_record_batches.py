@@ -5,11 +5,26 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from recstream.streams.pipeline import partition_for_key
 from recstream.streams.record_batches import RecordBatches
+
+
+class RecordingBatch(BatchBuilder):
+    """A real ``BatchBuilder`` that also keeps the (key, value) of each record it took."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__(batch_size, 0, key_serializer=None, value_serializer=None)
+        self.pairs: list[tuple[bytes | None, bytes | None]] = []
+
+    def append(self, *, timestamp: Any, key: Any, value: Any, headers: Any = ()) -> Any:
+        metadata = super().append(timestamp=timestamp, key=key, value=value)
+        if metadata is not None:
+            self.pairs.append((key, value))
+        return metadata
 
 
 class BatchProducer:
@@ -18,15 +33,17 @@ class BatchProducer:
     def __init__(self, batch_size: int = 16_384) -> None:
         self.batch_size = batch_size
         self.submitted: list[tuple[str, int, int]] = []  # topic, partition, records
+        self.records: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
 
-    def create_batch(self) -> BatchBuilder:
-        return BatchBuilder(self.batch_size, 0, key_serializer=None, value_serializer=None)
+    def create_batch(self) -> RecordingBatch:
+        return RecordingBatch(self.batch_size)
 
-    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+    async def send_batch(self, batch: RecordingBatch, topic: str, *, partition: int) -> Any:
         # complete when submitted: aiokafka sends a closed batch at once, an open one
         # waits out the producer's linger (5 ms) for records that never come
         assert batch.closed()
         self.submitted.append((topic, partition, batch.record_count()))
+        self.records.setdefault((topic, partition), []).extend(batch.pairs)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
@@ -87,3 +104,31 @@ def test_a_full_batch_is_submitted_and_another_started() -> None:
         out.add("recs", f"u{n}".encode(), b"x" * 100)
     acks = asyncio.run(out.send())
     assert producer.submitted == [("recs", 0, 1)] * 5 and len(acks) == 5
+
+
+def test_records_added_one_by_one_and_by_column_keep_their_order_in_their_partition() -> None:
+    producer = BatchProducer()
+    out = batches(producer, {"recs": 4})
+    out.add("recs", b"u7", b"one")
+    keys = [f"u{n % 9}".encode() for n in range(30)]
+    values = [f"col {n}".encode() for n in range(30)]
+    out.add_keyed("recs", keys, values)
+    out.add("recs", b"u7", b"to partition 3", 3)  # a given partition wins over the key
+    out.add("recs", None, b"no key")
+    assert len(out) == 33
+    asyncio.run(out.send())
+    expected: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    for key, value in [(b"u7", b"one"), *zip(keys, values, strict=True)]:
+        expected.setdefault(partition_for_key(key, 4), []).append((key, value))
+    expected.setdefault(3, []).append((b"u7", b"to partition 3"))
+    sticky = [p for (_, p), got in producer.records.items() if (None, b"no key") in got]
+    assert len(sticky) == 1  # the keyless record went to one partition, after the others
+    expected.setdefault(sticky[0], []).append((None, b"no key"))
+    assert {p: got for (_, p), got in producer.records.items()} == expected
+
+
+def test_only_as_many_keys_as_values_are_taken() -> None:
+    out = batches(BatchProducer(), {"recs": 4})
+    with pytest.raises(ValueError, match="2 keys for 1 values"):
+        out.add_keyed("recs", [b"a", b"b"], [b"x"])
+    assert len(out) == 0
