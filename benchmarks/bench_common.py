@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import math
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -243,6 +246,67 @@ class CpuWindow:
             role: round(100.0 * (now[role] - self._start.get(role, 0.0)) / wall, 1) for role in now
         }
         return self.result
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each live thread of a process, by native thread id
+    (empty if the process is gone)."""
+    try:
+        return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+    except psutil.Error:
+        return {}
+
+
+#: A thread's line in ``py-spy dump``: native id, state, Python name.
+_DUMPED_THREAD = re.compile(r'^Thread (\d+) \([^)]*\): "([^"]*)"', re.MULTILINE)
+
+
+def parse_thread_names(dump: str) -> dict[int, str]:
+    """Native thread id -> Python thread name, from the text of ``py-spy dump``."""
+    return {int(tid): name for tid, name in _DUMPED_THREAD.findall(dump)}
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """The Python names of a Python process's threads, by native id (``py-spy dump``,
+    which pauses the process for a moment); empty without py-spy or permission."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        return {}
+    done = subprocess.run(
+        [py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60, check=False
+    )
+    return parse_thread_names(done.stdout)
+
+
+@dataclass
+class ThreadCpuWindow:
+    """CPU of each thread of one process between :meth:`begin` and :meth:`end`."""
+
+    pid: int
+    _start: dict[int, float] = field(default_factory=dict)
+    _t0: float = 0.0
+
+    def begin(self) -> None:
+        self._t0 = time.perf_counter()
+        self._start = thread_cpu_seconds(self.pid)
+
+    def end(self) -> dict[int, float]:
+        """Per native thread id: percent of one core used over the window."""
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        return {
+            tid: round(100.0 * (seconds - self._start.get(tid, 0.0)) / wall, 1)
+            for tid, seconds in thread_cpu_seconds(self.pid).items()
+        }
+
+
+def by_thread_name(percents: dict[int, float], names: dict[int, str]) -> dict[str, float]:
+    """Thread CPU by name, largest first: threads of one name summed, unnamed ones (not
+    Python threads, or gone before they were named) together as ``other``."""
+    named: dict[str, float] = {}
+    for tid, percent in percents.items():
+        name = names.get(tid, "other")
+        named[name] = round(named.get(name, 0.0) + percent, 1)
+    return dict(sorted(named.items(), key=lambda item: -item[1]))
 
 
 # ----------------------------------------------------------------------------

@@ -14,7 +14,10 @@ One run starts a broker and the worker (the full pipeline with the SASRec-size m
 ``pipeline_speed``, or the pass-through), drains a small warm-up backlog, then for each
 rate sends fresh clicks paced at that rate for ``--seconds`` and reads every answer.
 Per rate: p50 / p90 / p99 of both parts and of the total, the CPU of the worker, the
-broker and this process (% of one core), and the scoring micro-batches the worker
+broker and this process (% of one core), the worker's CPU thread by thread (named after
+the last rate by ``py-spy dump``, which pauses the worker a moment: ``MainThread`` runs
+the event loop and the batch code, Faust's consumer thread runs aiokafka's fetches,
+``recstream-scoring_*`` run the models), and the scoring micro-batches the worker
 counted meanwhile (``/metrics``).  Timing is on this machine's clock for both ends.
 
     python benchmarks/latency_probe.py [--broker noida|tansu] [--rates 300,1200,2400]
@@ -107,9 +110,12 @@ async def one_rate(
     port = target.env["RECSTREAM_WEB_PORT"]
     before = scoring_batches(port)
     cpu = ps.cpu_window(group, broker)
+    threads = bc.ThreadCpuWindow(group.pids[0])
     cpu.begin()
+    threads.begin()
     sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, users, id_prefix=tag)
     cpu_percent = cpu.end()
+    thread_percent = threads.end()
     watch.target = sent
     await watching
     after = scoring_batches(port)
@@ -120,6 +126,7 @@ async def one_rate(
         "received": watch.count,
         **split_latency(watch),
         "cpu_percent": cpu_percent,
+        "worker_thread_percent": thread_percent,
         "scoring_batches": batches,
         "mean_scoring_batch": (after["events"] - before["events"]) / batches if batches else None,
     }
@@ -148,6 +155,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await one_rate(
                         bootstrap, target, group, broker, rate, args.seconds, args.users, f"r{n}-"
                     )
+                )
+            # Named after the last phase: py-spy pauses the worker while it reads it.
+            names = bc.thread_names(group.pids[0])
+            for phase in phases:
+                phase["worker_thread_percent"] = bc.by_thread_name(
+                    phase["worker_thread_percent"], names
                 )
         finally:
             group.stop()
@@ -194,6 +207,19 @@ def table(result: dict[str, Any]) -> str:
     return bc.markdown_table(headers, rows)
 
 
+def threads_table(result: dict[str, Any]) -> str:
+    """The worker's CPU per thread at each rate (% of one core)."""
+    rows = [
+        [
+            f"{phase['rate']:,.0f}",
+            ", ".join(f"{name} {percent:.0f}" for name, percent in threads.items()),
+        ]
+        for phase in result["phases"]
+        if (threads := phase["worker_thread_percent"])
+    ]
+    return bc.markdown_table(["clicks/s", "worker CPU % by thread"], rows)
+
+
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     """``KEY=VALUE`` pairs (``RECSTREAM_*`` settings for the worker)."""
     env = {}
@@ -227,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     result = asyncio.run(run(args))
     print(table(result))
+    print()
+    print(threads_table(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -6,7 +6,10 @@ Timed figures are never asserted (they depend on the machine).
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,59 @@ def test_worker_settings_are_taken_as_recstream_variables_only() -> None:
     for bad in ("BATCH_WITHIN=1", "RECSTREAM_BATCH_WITHIN"):
         with pytest.raises(SystemExit):
             latency_probe.parse_env([bad])
+
+
+def test_py_spy_dump_lines_name_threads_by_native_id() -> None:
+    dump = (
+        "Process 13993: python -m recstream worker\n"
+        "Python v3.11.7 (/usr/bin/python3.11)\n\n"
+        'Thread 13993 (idle): "MainThread"\n'
+        "    select (selectors.py:468)\n"
+        'Thread 14002 (active): "Thread-1"\n'
+        "    run (threading.py:975)\n"
+        'Thread 14009 (idle+gil): "recstream-scoring_0"\n'
+    )
+    assert bc.parse_thread_names(dump) == {
+        13993: "MainThread",
+        14002: "Thread-1",
+        14009: "recstream-scoring_0",
+    }
+
+
+def test_thread_cpu_is_summed_by_name_with_unnamed_threads_as_other() -> None:
+    names = {1: "MainThread", 2: "pool_0", 3: "pool_0"}
+    percents = {1: 20.0, 2: 5.5, 3: 4.5, 4: 1.2, 5: 0.3}
+    assert bc.by_thread_name(percents, names) == {
+        "MainThread": 20.0,
+        "pool_0": 10.0,
+        "other": 1.5,
+    }
+    assert list(bc.by_thread_name(percents, names)) == ["MainThread", "pool_0", "other"]
+
+
+def test_a_busy_thread_shows_its_cpu_in_the_window() -> None:
+    window = bc.ThreadCpuWindow(os.getpid())
+    spun, release = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        end = time.thread_time() + 0.3  # this thread's own CPU time
+        while time.thread_time() < end:
+            pass
+        spun.set()
+        release.wait()  # alive while the window ends: a gone thread is not listed
+
+    window.begin()
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        assert spun.wait(30)
+        shares = window.end()
+    finally:
+        release.set()
+        worker.join()
+    assert worker.native_id is not None
+    assert shares[worker.native_id] > 1.0  # 0.3 s of CPU in a window of at most 30 s
+    assert threading.main_thread().native_id in shares
 
 
 @pytest.mark.integration
