@@ -29,7 +29,7 @@ count inside), given per event.  Start-up is left out because it does not execut
 same instructions from run to run (onnxruntime's and OpenBLAS's threads at import: up
 to ~100 million apart).  The delivery step is left out: its Faust consumer did not
 either (134-141 thousand per event for the same code with it).  Needs ``valgrind`` (a
-Debian package); ~2 minutes for 20,000 clicks.
+Debian package); ~2.5 minutes for 20,000 clicks.
 
     python benchmarks/batch_speed.py              # 60,000 clicks, 3 repeats per setting
     python benchmarks/batch_speed.py --quick      # 5,000 clicks, 1 repeat (batch_speed_quick.json)
