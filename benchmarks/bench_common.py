@@ -266,10 +266,15 @@ def parse_thread_names(dump: str) -> dict[int, str]:
     return {int(tid): name for tid, name in _DUMPED_THREAD.findall(dump)}
 
 
+def py_spy_path() -> str | None:
+    """The py-spy executable beside this Python, else on the PATH; None without one."""
+    return shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+
+
 def thread_names(pid: int) -> dict[int, str]:
     """The Python names of a Python process's threads, by native id (``py-spy dump``,
     which pauses the process for a moment); empty without py-spy or permission."""
-    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    py_spy = py_spy_path()
     if py_spy is None:
         return {}
     done = subprocess.run(

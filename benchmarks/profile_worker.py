@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import shutil
 import signal
 import sys
 import tempfile
@@ -111,7 +110,7 @@ def thread_samples(path: Path) -> Counter[str]:
 
 def find_py_spy() -> str:
     """The py-spy executable beside this Python, else on the PATH."""
-    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    py_spy = bc.py_spy_path()
     if py_spy is None:
         raise SystemExit("py-spy not found: pip install py-spy")
     return py_spy
