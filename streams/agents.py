@@ -178,8 +178,8 @@ class BatchProcessor:
                 await queue.popleft()[0]
             return
         by_partition: dict[int, list[RawRecord]] = {}
-        for record in taken.records:
-            by_partition.setdefault(record.partition, []).append(record)
+        for tp, start, end in taken.spans:  # each partition's share of the take, in order
+            by_partition.setdefault(tp.partition, []).extend(taken.records[start:end])
         async with transactions.batch():  # no offset commit until the batch is done
             steps = [
                 await self._begin(kind, part, transactions.transactional_id(part[0].topic, p))

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import orjson
 import pytest
+from faust.types import TP
 from pydantic import SecretStr
 
 from recstream.streams.agents import REPARTITIONED, BatchProcessor, add_outputs
@@ -279,7 +280,14 @@ def batch(*messages: Message) -> Batch:
         )
         for m in messages
     ]
-    return Batch(records, messages=list(messages))
+    spans: list[tuple[TP, int, int]] = []  # runs of one topic partition, as a take has them
+    for index, m in enumerate(messages):
+        tp = TP(m.topic, m.partition)
+        if spans and spans[-1][0] == tp and spans[-1][2] == index:
+            spans[-1] = (tp, spans[-1][1], index + 1)
+        else:
+            spans.append((tp, index, index + 1))
+    return Batch(records, spans, messages=list(messages))
 
 
 async def whole(processor: BatchProcessor, kind: str, taken: Batch) -> None:
