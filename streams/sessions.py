@@ -125,6 +125,11 @@ class UserState:
     #: first :meth:`to_bytes`, then kept in step when sessions move into the history
     #: (their texts appended, the trimmed steps' cut off; not stored, not compared).
     history_texts: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    #: ``pending`` cut into sessions (:func:`_split`) under ``parts_rules``: made when
+    #: first needed, then kept in step by :func:`apply` for events that arrive in order
+    #: and by retirements (not stored, not compared; lists of the same step tuples).
+    parts: list[list[Step]] | None = field(default=None, init=False, compare=False, repr=False)
+    parts_rules: SessionRules | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """The stored form (format 2, in the module docstring)."""
@@ -275,17 +280,28 @@ def apply(
         st = UserState()
     elif st.last_ts and (ts < st.last_ts - rules.lateness or ts <= st.closed_until):
         return Applied(LATE, st, [])
-    at = bisect_right(st.pending, step)
-    st.pending.insert(at, step)
+    pending = st.pending
+    at = bisect_right(pending, step)
+    pending.insert(at, step)
     if st.token_list is not None:
         st.token_list.insert(len(st.history) + at, _token(step[1], step[2]))
     if rules.dedup_window:
         st.seen = (st.seen + digest)[-rules.dedup_window * _HASH_BYTES :]
     if ts > st.last_ts:  # not max(): a builtin call with keyword parsing, per event
         st.last_ts = ts
-    parts = _split(st.pending, rules)
+    parts = st.parts if st.parts_rules is rules else None
+    last_step = at == len(pending) - 1
+    if parts is None or not last_step:
+        parts = _split(pending, rules)
+    elif parts and ts - parts[-1][-1][0] <= rules.gap and len(parts[-1]) < rules.max_events:
+        parts[-1].append(step)  # in order: the split grows at its end, as _split would
+    else:
+        parts.append([step])
     retired = _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, parts, closed)
-    return Applied(APPLIED, st, closed, _session_containing(user_id, step, parts[retired:]))
+    parts = _keep_parts(st, rules, parts, retired)
+    if last_step:  # the newest step is in the last session, which is never retired
+        return Applied(APPLIED, st, closed, _open_session(user_id, parts[-1]))
+    return Applied(APPLIED, st, closed, _session_containing(user_id, step, parts))
 
 
 def sweep(
@@ -303,7 +319,7 @@ def sweep(
 def next_deadline(state: UserState, rules: SessionRules) -> float:
     """The partition watermark at which :func:`sweep` will next change this state."""
     expiry = state.last_ts + rules.ttl
-    sessions = _split(state.pending, rules)
+    sessions = _parts(state, rules)
     if not sessions:
         return expiry
     first = sessions[0]
@@ -372,8 +388,26 @@ def _finalize(
 ) -> list[SessionSummary]:
     """Emit and retire, oldest first, pending sessions no event at/after ``horizon`` can touch."""
     closed: list[SessionSummary] = []
-    _finalize_split(st, user_id, horizon, rules, _split(st.pending, rules), closed)
+    parts = _parts(st, rules)
+    _keep_parts(st, rules, parts, _finalize_split(st, user_id, horizon, rules, parts, closed))
     return closed
+
+
+def _parts(st: UserState, rules: SessionRules) -> list[list[Step]]:
+    """``st.pending`` cut into sessions: the kept split when it was made under ``rules``."""
+    if st.parts is not None and st.parts_rules is rules:
+        return st.parts
+    return _split(st.pending, rules)
+
+
+def _keep_parts(
+    st: UserState, rules: SessionRules, parts: list[list[Step]], retired: int
+) -> list[list[Step]]:
+    """Keep ``parts`` less the ``retired`` first sessions as ``st``'s split; returns it."""
+    if retired:
+        parts = parts[retired:]
+    st.parts, st.parts_rules = parts, rules
+    return parts
 
 
 def _finalize_split(
@@ -443,6 +477,10 @@ def _summary(user_id: str, steps: list[Step]) -> SessionSummary:
 def _session_containing(user_id: str, step: Step, parts: list[list[Step]]) -> OpenSession | None:
     for steps in parts:
         if steps[0] <= step <= steps[-1]:
-            purchased = frozenset([text for _, code, text in steps if code == PURCHASE])
-            return OpenSession(session_id_of(user_id, steps[0][0]), purchased)
+            return _open_session(user_id, steps)
     return None
+
+
+def _open_session(user_id: str, steps: list[Step]) -> OpenSession:
+    purchased = frozenset([text for _, code, text in steps if code == PURCHASE])
+    return OpenSession(session_id_of(user_id, steps[0][0]), purchased)

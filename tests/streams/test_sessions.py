@@ -21,6 +21,7 @@ from recstream.streams.sessions import (
     Status,
     Step,
     UserState,
+    _split,
     apply,
     event_hash,
     next_deadline,
@@ -193,6 +194,8 @@ def test_kept_tokens_and_texts_follow_every_change_of_the_state(seed: int) -> No
         for limit in (1, 3, RULES.history_length, 100):
             assert state.tokens(limit) == fresh.tokens(limit)
         assert state.token_list == fresh.tokens(10_000)
+        if state.parts is not None:  # the kept split is the split of the pending events
+            assert state.parts == _split(state.pending, RULES)
 
 
 def _long_run(gap_s: float, n: int) -> UserState:
@@ -570,3 +573,40 @@ def test_next_deadline_is_the_first_watermark_at_which_a_sweep_changes_the_state
     assert sweep(before, "u", deadline, rules) == (before, [])
     after, closed = sweep(fresh(), "u", deadline + 0.01, rules)
     assert after is None or closed
+
+
+@settings(max_examples=300, deadline=None)
+@given(shuffled_within_lateness(), st.data())
+def test_the_kept_split_gives_what_splitting_afresh_gives(
+    case: tuple[list[tuple[str, Step]], list[int]], data: st.DataObject
+) -> None:
+    """Every event applied twice: to a state that keeps its split between events, and
+    to a copy whose split is dropped before each event (made afresh); with duplicates,
+    late events and sweeps in between, both give the same results and states."""
+    events, order = case
+    kept: UserState | None = None
+    afresh: UserState | None = None
+    for index in order + data.draw(st.lists(st.sampled_from(order), max_size=5)):
+        event_id, step = events[index]
+        if afresh is not None:
+            afresh.parts = None
+        a = apply(kept, "u", event_id, step, PROP_RULES)
+        b = apply(afresh, "u", event_id, step, PROP_RULES)
+        assert (a.status, a.closed, a.session) == (b.status, b.closed, b.session)
+        kept, afresh = a.state, b.state
+        assert (kept.pending, kept.history, kept.closed_until) == (
+            afresh.pending,
+            afresh.history,
+            afresh.closed_until,
+        )
+        assert kept.parts == _split(kept.pending, PROP_RULES)
+        if data.draw(st.booleans()):
+            watermark = kept.last_ts + data.draw(st.sampled_from([0.0, 30.0, 100.0, 1e6]))
+            afresh.parts = None
+            kept_swept, afresh_swept = (
+                sweep(kept, "u", watermark, PROP_RULES),
+                sweep(afresh, "u", watermark, PROP_RULES),
+            )
+            assert kept_swept[1] == afresh_swept[1]
+            assert kept.parts == _split(kept.pending, PROP_RULES)
+            assert next_deadline(kept, PROP_RULES) == next_deadline(afresh, PROP_RULES)
