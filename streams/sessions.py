@@ -130,6 +130,10 @@ class UserState:
     #: and by retirements (not stored, not compared; lists of the same step tuples).
     parts: list[list[Step]] | None = field(default=None, init=False, compare=False, repr=False)
     parts_rules: SessionRules | None = field(default=None, init=False, compare=False, repr=False)
+    #: What :func:`apply` answered for the last session of ``parts`` (``open_steps``),
+    #: kept while events arriving in order extend it (not stored, not compared).
+    open_session: OpenSession | None = field(default=None, init=False, compare=False, repr=False)
+    open_steps: list[Step] | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """The stored form (format 2, in the module docstring)."""
@@ -300,7 +304,7 @@ def apply(
     retired = _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, parts, closed)
     parts = _keep_parts(st, rules, parts, retired)
     if last_step:  # the newest step is in the last session, which is never retired
-        return Applied(APPLIED, st, closed, _open_session(user_id, parts[-1]))
+        return Applied(APPLIED, st, closed, _last_session(st, user_id, parts[-1], step))
     return Applied(APPLIED, st, closed, _session_containing(user_id, step, parts))
 
 
@@ -479,6 +483,18 @@ def _session_containing(user_id: str, step: Step, parts: list[list[Step]]) -> Op
         if steps[0] <= step <= steps[-1]:
             return _open_session(user_id, steps)
     return None
+
+
+def _last_session(st: UserState, user_id: str, steps: list[Step], step: Step) -> OpenSession:
+    """The session of ``steps``, which ends with ``step``: the kept one, grown by ``step``,
+    when ``steps`` only grew since it was made (a list kept in ``parts``)."""
+    session = st.open_session
+    if session is None or st.open_steps is not steps:
+        session = _open_session(user_id, steps)
+    elif step[1] == PURCHASE and step[2] not in session.purchased:
+        session = OpenSession(session.session_id, session.purchased | {step[2]})
+    st.open_session, st.open_steps = session, steps
+    return session
 
 
 def _open_session(user_id: str, steps: list[Step]) -> OpenSession:
