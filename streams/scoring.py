@@ -135,8 +135,22 @@ class Token:
     encoded: Encoding = field(default=_NOT_ENCODED, init=False, compare=False, repr=False)
 
 
-#: Sets ``Token.encoded`` on the frozen token (the slot's own setter).
-_SET_ENCODED: Final = vars(Token)["encoded"].__set__
+#: Set ``Token``'s fields on a frozen token (the slots' own setters).
+_SET_ITEM_ID, _SET_ACTION, _SET_QUERY, _SET_ENCODED = (
+    vars(Token)[name].__set__ for name in ("item_id", "action", "query", "encoded")
+)
+
+
+def new_token(item_id: str | None, action: str, query: str | None) -> Token:
+    """``Token(item_id, action, query)`` without the frozen dataclass's ``__init__``, which
+    sets each field through ``object.__setattr__`` in Python: ~0.4 us less, and the
+    sessions make a token for most events when the catalogue is large (tested equal)."""
+    token = object.__new__(Token)
+    _SET_ITEM_ID(token, item_id)
+    _SET_ACTION(token, action)
+    _SET_QUERY(token, query)
+    _SET_ENCODED(token, _NOT_ENCODED)
+    return token
 
 
 @dataclass(frozen=True, slots=True)

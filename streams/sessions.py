@@ -51,7 +51,7 @@ import orjson
 
 from recstream.model.features import ACTION_IDS
 from recstream.streams.records import SessionSummary
-from recstream.streams.scoring import Token
+from recstream.streams.scoring import Token, new_token
 from recstream.streams.settings import Settings
 
 SEARCH: Final = ACTION_IDS["search"]
@@ -369,8 +369,8 @@ def _without_controls(text: str) -> str:
 def _token(code: int, text: str) -> Token:
     """The (shared, immutable) scoring token of a stored step."""
     if code == SEARCH:
-        return Token(None, "search", text)
-    return Token(text, ACTION_NAMES[code], None)
+        return new_token(None, "search", text)
+    return new_token(text, ACTION_NAMES[code], None)
 
 
 def _split(pending: list[Step], rules: SessionRules) -> list[list[Step]]:

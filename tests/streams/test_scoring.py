@@ -35,6 +35,7 @@ from recstream.streams.scoring import (
     SentimentScorer,
     Token,
     bucket_length,
+    new_token,
 )
 
 
@@ -45,6 +46,22 @@ def test_scoring_does_not_import_torch() -> None:
         "assert 'onnx' not in sys.modules, 'onnx imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("item_id", "action", "query"), [("p1", "view", None), (None, "search", "red shoes")]
+)
+def test_a_token_made_without_init_is_the_token_init_makes(
+    item_id: str | None, action: str, query: str | None
+) -> None:
+    made, expected = new_token(item_id, action, query), Token(item_id, action, query)
+    assert type(made) is Token
+    assert (made, hash(made), repr(made), made.encoded) == (
+        expected,
+        hash(expected),
+        repr(expected),
+        expected.encoded,
+    )
 
 
 @pytest.mark.parametrize(
