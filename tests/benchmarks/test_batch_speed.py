@@ -38,7 +38,7 @@ def test_a_tiny_run_writes_every_step_for_both_collectors(tmp_path: Path) -> Non
     assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
 
 
-def test_the_pass_mode_runs_the_asked_passes_the_last_through_reduce_without_writing(
+def test_the_pass_mode_runs_the_asked_passes_the_last_through_reduce_with_empty_caches(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     thresholds = gc.get_threshold()
@@ -53,6 +53,7 @@ def test_the_pass_mode_runs_the_asked_passes_the_last_through_reduce_without_wri
 
     def reduce(*args: Any) -> Any:
         nonlocal reducing
+        assert all(cache.cache_info().currsize == 0 for cache in batch_speed.FIRST_SIGHT_CACHES)
         reducing = True
         try:
             return real_reduce(*args)
