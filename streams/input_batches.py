@@ -32,9 +32,8 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from operator import attrgetter
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -46,8 +45,7 @@ from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 from mode.utils.queues import FlowControlQueue
 
-from recstream.streams.pipeline import RawRecord
-from recstream.streams.records import RecordBuilder
+from recstream.streams.pipeline import RawRecord, raw_records
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,6 @@ FEED_BATCHES = 8
 TAIL_WINDOW = 256
 #: Seconds that search may take before recovery falls back to Faust's own wait.
 TAIL_TIMEOUT = 5.0
-_RAW_RECORDS: Final = RecordBuilder(RawRecord)
 _OFFSET, _VALUE, _KEY = attrgetter("offset"), attrgetter("value"), attrgetter("key")
 
 
@@ -479,14 +476,8 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
             for before, offset in zip([read, *offsets[:-1]], offsets, strict=True):
                 if before and offset - before > 1:
                     await self._add_gap(tp, before + 1, offset)
-        records = _RAW_RECORDS.build(
-            len(offsets),
-            repeat(feed.kind),
-            repeat(tp.topic),
-            repeat(tp.partition),
-            offsets,
-            map(_VALUE, batch),
-            map(_KEY, batch),
+        records = raw_records(
+            feed.kind, tp.topic, tp.partition, offsets, map(_VALUE, batch), map(_KEY, batch)
         )
         fed = FedBatch(records, tp, self.app.consumer_generation_id)
         if acks:  # pending acknowledgement: a rebalance waits for it

@@ -19,6 +19,7 @@ from recstream.streams.pipeline import (
     RawRecord,
     UserIds,
     home_partition,
+    raw_records,
     repartition_payload,
 )
 from recstream.streams.records import ScoredItem, to_json
@@ -87,6 +88,16 @@ def rec(kind: str, obj: object, offset: int = 0, partition: int = 0) -> RawRecor
 def click(eid: str, ts: float, item: str, action: str = "view", user: str = "u1") -> RawRecord:
     obj = {"event_id": eid, "user_id": user, "item_id": item, "action": action, "ts": T0 + ts}
     return rec("clicks", obj)
+
+
+def test_records_made_from_columns_are_the_records_the_constructor_makes() -> None:
+    made = raw_records("clicks", "shop.clicks", 3, [7, 9], iter([b"{}", None]), iter([b"u1", None]))
+    assert made == [
+        RawRecord("clicks", "shop.clicks", 3, 7, b"{}", b"u1"),
+        RawRecord("clicks", "shop.clicks", 3, 9, None, None),
+    ]
+    assert all(type(record) is RawRecord for record in made)
+    assert made[1].offset == 9 and made[0].key == b"u1"
 
 
 def test_each_click_and_search_gets_one_recommendation_and_reviews_one_sentiment() -> None:
