@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from itertools import chain, starmap
+from itertools import starmap
 from operator import itemgetter
 from typing import Final
 
@@ -74,6 +74,8 @@ _CODES_TO_SEP: Final = bytes.maketrans(bytes(range(1, 0x20)), b"\x1f" * 0x1F)
 _TS: Final = itemgetter(0)
 _HISTORY_TEXT: Final = itemgetter(1)
 _CODE_TEXT: Final = itemgetter(1, 2)
+#: Action code (a C0 character's number) -> that character, as the stored texts hold it.
+_CODE_CHARS: Final = {code: chr(code) for code in range(1, 0x20)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +147,8 @@ class UserState:
         times = _times(n).pack(*map(_TS, pending))
         history_texts = self.history_texts
         if history_texts is None:
-            history_texts = self.history_texts = _texts(chain.from_iterable(history), len(history))
-        pending_texts = _texts(chain.from_iterable(map(_CODE_TEXT, pending)), n)
+            history_texts = self.history_texts = _texts(history)
+        pending_texts = _pending_texts(pending)
         return b"".join((head, times, seen, history_texts, pending_texts))
 
     @classmethod
@@ -349,9 +351,15 @@ def remembered(seen: bytes, digest: bytes) -> bool:
     return False
 
 
-def _texts(codes_and_texts: Iterable[int | str], steps: int) -> bytes:
-    """The stored texts of ``steps`` steps: chr(action code) + text each, UTF-8."""
-    return ("%c%s" * steps % tuple(codes_and_texts)).encode("utf-8")
+def _texts(history: Iterable[tuple[int, str]]) -> bytes:
+    """The stored texts of history steps: chr(action code) + text each, UTF-8."""
+    # Concatenation in a list comprehension: ~2/3 of the time of one "%c%s" * n format.
+    return "".join([_CODE_CHARS[code] + text for code, text in history]).encode("utf-8")
+
+
+def _pending_texts(pending: list[Step]) -> bytes:
+    """:func:`_texts` of pending steps (written for every user at every save)."""
+    return "".join([_CODE_CHARS[code] + text for _, code, text in pending]).encode("utf-8")
 
 
 @lru_cache(maxsize=256)
@@ -442,7 +450,7 @@ def _finalize_split(
         st.history += moved
         dropped = max(0, len(st.history) - rules.history_length)
         if st.history_texts is not None:  # kept in step, not rebuilt from all the history
-            texts = st.history_texts + _texts(chain.from_iterable(moved), len(moved))
+            texts = st.history_texts + _texts(moved)
             st.history_texts = texts[_stored_size(st.history[:dropped]) :]
         if dropped:
             del st.history[:dropped]
@@ -453,7 +461,8 @@ def _finalize_split(
 
 def _stored_size(history: list[tuple[int, str]]) -> int:
     """The bytes the stored texts of ``history`` take (each step: its code, its UTF-8)."""
-    return len(history) + sum(map(len, map(str.encode, map(_HISTORY_TEXT, history))))
+    texts = "".join(map(_HISTORY_TEXT, history))
+    return len(history) + (len(texts) if texts.isascii() else len(texts.encode("utf-8")))
 
 
 def _summary(user_id: str, steps: list[Step]) -> SessionSummary:

@@ -131,6 +131,22 @@ def test_searches_and_purchases() -> None:
     assert closed[0].counts["search"] == 1 and closed[0].counts["purchase"] == 1
 
 
+def test_summary_counts_actions_and_lists_items_and_searches_once_in_first_order() -> None:
+    events = [
+        ("e1", click(0, "b")),
+        ("e2", step_of("search", T0 + 1, None, "red shoes")),
+        ("e3", click(2, "a", "add_to_cart")),
+        ("e4", click(3, "b", "purchase")),
+        ("e5", step_of("search", T0 + 4, None, "red shoes")),
+    ]
+    state, _, _ = feed(events)
+    assert state is not None
+    _, (summary,) = sweep(state, "u", T0 + 1000, RULES)
+    assert summary.counts == {"view": 1, "add_to_cart": 1, "purchase": 1, "search": 2}
+    assert summary.items == ("b", "a") and summary.searches == ("red shoes",)
+    assert (summary.start_ts, summary.end_ts) == (T0, T0 + 4)
+
+
 def test_history_spans_sessions_and_is_bounded() -> None:
     events = [(f"e{i}", click(i * 200, f"i{i}")) for i in range(12)]
     state, closed, _ = feed(events)
