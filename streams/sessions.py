@@ -303,7 +303,12 @@ def apply(
         parts[-1].append(step)  # in order: the split grows at its end, as _split would
     else:
         parts.append([step])
-    retired = _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, parts, closed)
+    # A lone session holds this step, so it ends at or after the horizon: it stays open.
+    retired = (
+        _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, parts, closed)
+        if len(parts) > 1
+        else 0
+    )
     parts = _keep_parts(st, rules, parts, retired)
     if last_step:  # the newest step is in the last session, which is never retired
         return Applied(APPLIED, st, closed, _last_session(st, user_id, parts[-1], step))
