@@ -187,8 +187,9 @@ def test_state_expires_after_ttl() -> None:
 def test_kept_tokens_and_texts_follow_every_change_of_the_state(seed: int) -> None:
     """Late merges, closed and cut sessions, history trims, sweeps, TTL restarts,
     duplicates, texts of one to three UTF-8 bytes a character: the kept token list
-    always equals the tokens of a fresh decode, and the stored form (with its kept
-    history texts) always decodes to the state."""
+    always equals the tokens of a fresh copy, and the stored form (with its kept history
+    texts, written after one or several changes) always decodes to the state and equals
+    the fresh copy's."""
     rng = random.Random(seed)
     state: UserState | None = None
     ts = 0.0
@@ -204,9 +205,13 @@ def test_kept_tokens_and_texts_follow_every_change_of_the_state(seed: int) -> No
         state = apply(state, "u", event_id, step, RULES).state
         if rng.random() < 0.1:
             state = sweep(state, "u", T0 + ts + rng.uniform(0, 300), RULES)[0] or UserState()
-        fresh = UserState.from_bytes(state.to_bytes())
-        assert fresh == state
-        assert fresh.to_bytes() == state.to_bytes()  # texts made afresh == texts kept
+        # The same state without anything kept between changes.
+        fresh = UserState(
+            state.last_ts, state.closed_until, list(state.history), list(state.pending), state.seen
+        )
+        if rng.random() < 0.4:  # written now and then: some writes follow several changes
+            assert UserState.from_bytes(state.to_bytes()) == state
+            assert fresh.to_bytes() == state.to_bytes()  # made afresh == kept
         for limit in (1, 3, RULES.history_length, 100):
             assert state.tokens(limit) == fresh.tokens(limit)
         assert state.token_list == fresh.tokens(10_000)
