@@ -119,7 +119,7 @@ class Decoded(NamedTuple):
     home: int | None = None
 
 
-#: ``tuple.__new__(RawRecord, row)`` makes a named tuple from a row without its ``__new__``.
+#: ``tuple.__new__(cls, row)`` makes named tuple ``cls`` from a row without its ``__new__``.
 _NEW_TUPLE: Final = tuple.__new__
 
 
