@@ -59,15 +59,23 @@ from pathlib import Path
 from typing import Any
 
 import bench_common as bc
+from aiokafka import TopicPartition
+from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.structs import ConsumerRecord
+from aiokafka.record.memory_records import MemoryRecords
 from bench_workers import NullRecs, NullSentiment
 from faust.types import TP
+from fetch_unpack_speed import record_batches
 
 from recstream.streams import sessions
 from recstream.streams.agents import add_outputs
 from recstream.streams.app import build_app
-from recstream.streams.input_batches import BatchDeliveringConsumer, InputFeed, feeds_of
+from recstream.streams.input_batches import (
+    BatchDeliveringConsumer,
+    InputFeed,
+    ParsedRecords,
+    feeds_of,
+)
 from recstream.streams.pipeline import (
     DictStore,
     Pipeline,
@@ -91,6 +99,8 @@ OUTPUT_PARTITIONS = 4
 #: time too, as the worker does on the benchmark backlog.
 FIRST_SIGHT_CACHES = (sessions._token, home_partition, partition_for_key)
 STEPS = ("deliver", "decode", "prepare", "score", "finish", "sweep", "send")
+#: One fetch: each partition's records, as the worker's consumer gets them.
+Fetch = dict[TP, list[Any]]
 #: The two garbage-collector settings compared.
 PYTHON_GC, WORKER_GC = "python-default", "worker"
 
@@ -126,7 +136,7 @@ class Delivery:
         self.feeds = feeds_of(app)
         self.feed: InputFeed = self.feeds[self.topic]
 
-    async def pass_through(self, fetch: dict[TP, list[ConsumerRecord[bytes, bytes]]]) -> int:
+    async def pass_through(self, fetch: Fetch) -> int:
         """Deliver one fetch, take it and acknowledge it; the records taken."""
         await self.consumer._deliver(fetch, None, self.feeds)
         taken = await self.feed.take(sum(map(len, fetch.values())), 0)
@@ -164,18 +174,21 @@ async def partitions_of(topic: str) -> int:
     return OUTPUT_PARTITIONS
 
 
-def fetched_batches(
-    records: list[RawRecord], topic: str, batch_size: int
-) -> list[dict[TP, list[ConsumerRecord[bytes, bytes]]]]:
-    """The backlog as aiokafka would fetch it, ``batch_size`` records a fetch."""
+def fetched_batches(records: list[RawRecord], topic: str, batch_size: int) -> list[Fetch]:
+    """The backlog as the worker's consumer gets it from aiokafka, ``batch_size`` records
+    a fetch: each partition's records as aiokafka parsed them (``ParsedRecords``)."""
     fetches = []
     for start in range(0, len(records), batch_size):
-        fetch: dict[TP, list[ConsumerRecord[bytes, bytes]]] = {}
+        by_partition: dict[int, list[RawRecord]] = {}
         for r in records[start : start + batch_size]:
-            record = ConsumerRecord(
-                topic, r.partition, r.offset, 0, 0, r.key, r.value, None, 0, len(r.value or b""), ()
-            )
-            fetch.setdefault(TP(topic, r.partition), []).append(record)
+            by_partition.setdefault(r.partition, []).append(r)
+        fetch: Fetch = {}
+        for partition, mine in by_partition.items():
+            tp = TopicPartition(topic, partition)
+            pairs = [(r.key or b"", r.value or b"") for r in mine]
+            data = MemoryRecords(b"".join(record_batches(pairs, mine[0].offset)))
+            parsed = PartitionRecords(tp, data, [], mine[0].offset, None, None, True, 0)
+            fetch[TP(topic, partition)] = list(ParsedRecords.like(parsed))
         fetches.append(fetch)
     return fetches
 
@@ -190,7 +203,7 @@ async def run_once(
 
 async def run_fetched(
     records: list[RawRecord],
-    fetches: list[dict[TP, list[ConsumerRecord[bytes, bytes]]]] | None,
+    fetches: list[Fetch] | None,
     settings: Settings,
     partitions: int,
 ) -> dict[str, float]:

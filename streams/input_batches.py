@@ -6,7 +6,8 @@ call raced against the rebalance signal in new tasks, an ``Event``, a queue put 
 For the topics the worker batches anyway (its inputs and the repartition topic),
 :class:`BatchDeliveringConsumer` hands each partition's share of a fetch to that
 topic's :class:`InputFeed` as one :class:`FedBatch` of the pipeline's ``RawRecord``s,
-made column by column from aiokafka's records (no Faust message per record), with the
+made column by column from the records as aiokafka parsed them (no aiokafka
+``ConsumerRecord`` and no Faust message per record: :class:`ParsedRecords`), with the
 bookkeeping Faust does per record (read offsets, offset gaps, unacknowledged messages
 for the rebalance wait, the sensors' counts) once per batch, and the agents acknowledge
 what they processed a take at a time (:meth:`BatchDeliveringConsumer.acknowledge`).
@@ -30,13 +31,16 @@ import contextlib
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Protocol, runtime_checkable
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer.fetcher import PartitionRecords
+from aiokafka.structs import ConsumerRecord
 from faust.sensors.monitor import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -212,6 +216,84 @@ def pace_empty_fetches(consumer: AIOKafkaConsumer, pause: float) -> None:
     fetcher._proc_fetch_request = fetch_paced
 
 
+class ParsedRecords(PartitionRecords):
+    """One fetched partition's records, handed out as aiokafka parsed them.
+
+    aiokafka copies every record it parses into a ``ConsumerRecord`` (a dataclass of
+    eleven fields, with the key's and value's sizes and a tuple of the headers), and its
+    consumer loops over them through a Python ``__next__``: ~0.6-0.9 µs a record here
+    (``benchmarks/fetch_unpack_speed.py``).  The parsed record already has what the
+    feeds read (offset, key, value; also timestamp, headers, checksum), so it is handed
+    out as it is, and a loop over these records runs on aiokafka's generator itself.
+    Control batches, aborted transactions and the next fetch offset are aiokafka's own.
+    """
+
+    @classmethod
+    def like(cls, records: PartitionRecords) -> ParsedRecords:
+        """The same fetched ``records``, not yet read, handed out as parsed."""
+        return cls(
+            records._tp,
+            records._records,
+            records._aborted_transactions,
+            records.next_fetch_offset,
+            None,
+            None,
+            records._check_crcs,
+            records._isolation_level,
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._records_iterator or iter(())
+
+    @staticmethod
+    def _consumer_record(tp: TopicPartition, record: Any) -> Any:
+        return record
+
+
+class _ParsedForFeeds(OrderedDict[TopicPartition, Any]):
+    """A fetcher's buffered fetch results, in which each new result for a fed topic
+    hands out its records as parsed (:class:`ParsedRecords`)."""
+
+    def __init__(self, results: Mapping[TopicPartition, Any], fed: Container[str]) -> None:
+        super().__init__(results)
+        self.fed = fed
+
+    def __setitem__(self, tp: TopicPartition, result: Any) -> None:
+        records = getattr(result, "_partition_records", None)
+        if type(records) is PartitionRecords and tp.topic in self.fed:
+            result._partition_records = ParsedRecords.like(records)
+        super().__setitem__(tp, result)
+
+
+def hand_out_parsed_records(consumer: AIOKafkaConsumer, fed: Container[str]) -> None:
+    """Make a started ``consumer`` return the records of the ``fed`` topics as aiokafka
+    parsed them (:class:`ParsedRecords`), not as ``ConsumerRecord``s.  Not for a consumer
+    with deserializers (it would skip them): it is left as it is."""
+    if consumer._key_deserializer is not None or consumer._value_deserializer is not None:
+        return
+    fetcher = consumer._fetcher
+    fetcher._records = _ParsedForFeeds(fetcher._records, fed)
+
+
+def consumer_record(tp: TP, record: Any) -> ConsumerRecord[bytes, bytes]:
+    """The ``ConsumerRecord`` aiokafka would have made of a parsed ``record`` of ``tp``
+    (for Faust's per-message sensors)."""
+    key, value = record.key, record.value
+    return ConsumerRecord(
+        tp.topic,
+        tp.partition,
+        record.offset,
+        record.timestamp,
+        record.timestamp_type,
+        key,
+        value,
+        record.checksum,
+        -1 if key is None else len(key),
+        -1 if value is None else len(value),
+        tuple(record.headers),
+    )
+
+
 def pause_inactive(consumer: AIOKafkaConsumer, active: set[TP]) -> None:
     """Pause in ``consumer`` the assigned partitions Faust does not read now, resume the rest.
 
@@ -270,6 +352,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the fetch wait of the app's
     ``recstream_fetch_max_wait`` (seconds; Faust fixes it at 1.5 s), after an empty
     fetch the pause of its ``recstream_empty_fetch_pause`` (:func:`pace_empty_fetches`),
+    the fed topics' records as aiokafka parsed them (:func:`hand_out_parsed_records`),
     and the changelogs' end offsets asked of the broker (:meth:`_highwaters`)."""
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
@@ -319,8 +402,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def on_start(self) -> None:
         await super().on_start()
+        if self._consumer is None:
+            return
+        hand_out_parsed_records(self._consumer, feeds_of(self.app))
         pause: float = getattr(self.app, "recstream_empty_fetch_pause", 0.0)
-        if pause > 0 and self._consumer is not None:
+        if pause > 0:
             pace_empty_fetches(self._consumer, pause)
 
 
@@ -485,7 +571,7 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
             by_batch, each = self._split_sensors()
             if each:  # Faust's sensors are told of each message
                 for record in batch:
-                    message = self._to_message(tp, record)
+                    message = self._to_message(tp, consumer_record(tp, record))
                     for sensor in each:
                         sensor.on_message_in(tp, record.offset, message)
             for batch_sensor in by_batch:

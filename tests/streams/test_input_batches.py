@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -10,6 +12,10 @@ from typing import Any
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.consumer.fetcher import FetchError, FetchResult, PartitionRecords
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -21,8 +27,10 @@ from recstream.streams.input_batches import (
     BatchDeliveringConsumer,
     FedBatch,
     InputFeed,
+    ParsedRecords,
     Taken,
     feeds_of,
+    hand_out_parsed_records,
     pace_empty_fetches,
 )
 from recstream.streams.pipeline import RawRecord
@@ -36,6 +44,50 @@ CHANGELOG = "app-user-state-changelog"
 def record(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
     value = f"{topic}:{offset}".encode()
     return ConsumerRecord(topic, partition, offset, 0, 0, b"k", value, None, 1, len(value), ())
+
+
+def record_batch(
+    base: int,
+    values: Sequence[bytes],
+    *,
+    producer_id: int = -1,
+    control: int | None = None,
+) -> bytes:
+    """A record batch as a broker stores it, its first record at offset ``base``: of
+    ``producer_id``'s transaction when one is given; with ``control``, the transaction's
+    marker instead (0: abort, 1: commit)."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=int(producer_id >= 0),
+        producer_id=producer_id,
+        producer_epoch=0 if producer_id >= 0 else -1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    if control is not None:
+        values = [struct.pack(">hi", 0, 0)]  # version, coordinator epoch
+    for delta, value in enumerate(values):
+        key = struct.pack(">hh", 0, control) if control is not None else b"k%d" % (base + delta)
+        builder.append(delta, timestamp=1_700_000_000_000 + delta, key=key, value=value, headers=[])
+    data = bytearray(builder.build())
+    struct.pack_into(">q", data, 0, base)
+    if control is not None:  # the attributes' control bit, and the checksum over it
+        struct.pack_into(">h", data, 21, struct.unpack_from(">h", data, 21)[0] | 0x20)
+        struct.pack_into(">I", data, 17, calc_crc32c(bytes(data[21:])))
+    return bytes(data)
+
+
+def parsed(topic: str, partition: int, offsets: Sequence[int]) -> list[Any]:
+    """Records at ``offsets`` as aiokafka parses them from a fetch (``topic:offset`` values)."""
+    tp = TopicPartition(topic, partition)
+    data = b"".join(record_batch(o, [f"{topic}:{o}".encode()]) for o in offsets)
+    return list(ParsedRecords.like(PartitionRecords(tp, MemoryRecords(data), [], 0, *_PLAIN)))
+
+
+#: What aiokafka's fetcher gives a partition's records besides the data: no key or value
+#: deserializer, checksums checked, and the isolation level (0: read everything).
+_PLAIN = (None, None, True, 0)
 
 
 def started(app: Any) -> BatchDeliveringConsumer:
@@ -66,16 +118,16 @@ async def test_a_fed_topic_gets_each_partitions_records_as_one_tracked_batch(app
     consumer.callback = one_by_one
     tp0, tp1, log0 = TP(CLICKS, 0), TP(CLICKS, 1), TP(CHANGELOG, 0)
     records = {
-        tp0: [record(CLICKS, 0, o) for o in (3, 4, 5)],
-        tp1: [record(CLICKS, 1, 0)],
+        tp0: parsed(CLICKS, 0, [3, 4, 5]),
+        tp1: parsed(CLICKS, 1, [0]),
         log0: [record(CHANGELOG, 0, o) for o in (7, 8)],
     }
     await consumer._deliver(records, {tp0, tp1, log0}, feeds_of(app))
     queue = feeds_of(app)[CLICKS].queue
     batches = [queue.get_nowait() for _ in range(queue.qsize())]
     assert [b.records for b in batches] == [
-        [RawRecord(CLICKS, CLICKS, 0, o, f"clicks:{o}".encode(), b"k") for o in (3, 4, 5)],
-        [RawRecord(CLICKS, CLICKS, 1, 0, b"clicks:0", b"k")],
+        [RawRecord(CLICKS, CLICKS, 0, o, b"clicks:%d" % o, b"k%d" % o) for o in (3, 4, 5)],
+        [RawRecord(CLICKS, CLICKS, 1, 0, b"clicks:0", b"k0")],
     ]
     assert [b.tp for b in batches] == [tp0, tp1]
     # Faust's bookkeeping: read offsets, and pending acknowledgements a rebalance waits
@@ -130,9 +182,11 @@ class _EachSensor(faust.Sensor):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[TP, int]] = []
+        self.messages: list[Any] = []
 
     def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
         self.seen.append((tp, offset))
+        self.messages.append(message)
 
 
 class _BatchSensor(_EachSensor):
@@ -146,10 +200,19 @@ async def test_sensors_hear_of_a_batch_once_or_of_each_message(app: Any) -> None
     app.sensors.add(each)
     app.sensors.add(batched)
     tp = TP(CLICKS, 2)
-    await consumer._deliver({tp: [record(CLICKS, 2, o) for o in (5, 6, 7)]}, {tp}, feeds_of(app))
+    await consumer._deliver({tp: parsed(CLICKS, 2, [5, 6, 7])}, {tp}, feeds_of(app))
     assert isinstance(batched, input_batches.BatchSensor)
     assert not isinstance(each, input_batches.BatchSensor)
     assert each.seen == [(tp, 5), (tp, 6), (tp, 7)]
+    # Faust's messages, as Faust makes them of aiokafka's ConsumerRecords
+    first = each.messages[0]
+    assert (first.topic, first.partition, first.offset, first.key) == (CLICKS, 2, 5, b"k5")
+    assert (first.value, first.serialized_key_size, first.serialized_value_size) == (
+        b"clicks:5",
+        2,
+        8,
+    )
+    assert (first.timestamp, first.headers, first.tp) == (1_700_000_000.0, (), tp)
     assert batched.seen == [(tp, 3)]
     later = _BatchSensor()  # added between two deliveries: heard from the next one on
     app.sensors.add(later)
@@ -459,6 +522,7 @@ class _Fetcher:
     def __init__(self, results: list[bool]) -> None:
         self.results = results
         self.calls = 0
+        self._records: OrderedDict[TP, Any] = OrderedDict()
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
         self.calls += 1
@@ -507,11 +571,15 @@ async def test_the_worker_consumer_paces_empty_fetches_by_the_setting(
     original = fetcher._proc_fetch_request
 
     async def started(self: Any) -> None:
-        self._consumer = SimpleNamespace(_fetcher=fetcher)
+        self._consumer = SimpleNamespace(
+            _fetcher=fetcher, _key_deserializer=None, _value_deserializer=None
+        )
 
     monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_start", started)
     await thread.on_start()
     assert fetcher._proc_fetch_request != original  # wrapped
+    assert isinstance(fetcher._records, input_batches._ParsedForFeeds)
+    assert fetcher._records.fed is feeds_of(app)  # the fed topics' records as parsed
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -520,6 +588,110 @@ async def test_the_worker_consumer_paces_empty_fetches_by_the_setting(
     monkeypatch.setattr(input_batches.asyncio, "sleep", sleep)
     await fetcher._proc_fetch_request(None, 1, None)
     assert len(slept) == 1 and 0.0 < slept[0] <= 0.02
+
+
+#: A partition's log: plain records 0-4, producer 7's aborted transaction (5-7, its
+#: marker at 8), producer 9's committed one (9-10, marker at 11), plain 12-15.
+_LOG = {
+    0: record_batch(0, [b"a", b"b", b"c", b"d", b"e"]),
+    5: record_batch(5, [b"x", b"y", b"z"], producer_id=7),
+    8: record_batch(8, [], producer_id=7, control=0),
+    9: record_batch(9, [b"f", b"g"], producer_id=9),
+    11: record_batch(11, [], producer_id=9, control=1),
+    12: record_batch(12, [b"h", b"i"]),
+    14: record_batch(14, [b"j", b"k"]),
+}
+
+
+def log_from(offset: int) -> MemoryRecords:
+    """What a broker answers a fetch from ``offset``: :data:`_LOG` from the batch
+    holding it."""
+    first = max(base for base in _LOG if base <= offset)
+    return MemoryRecords(b"".join(data for base, data in _LOG.items() if base >= first))
+
+
+_ABORTED = [(7, 5)]  # (producer, first offset), as the fetch response lists them
+
+
+class _Position:
+    """A partition's fetch position, as aiokafka's ``FetchResult`` reads and moves it."""
+
+    paused = False
+
+    def __init__(self, offset: int) -> None:
+        self.position = offset
+
+    def consumed_to(self, offset: int) -> None:
+        self.position = offset
+
+
+def read_through(records: PartitionRecords, max_records: int | None) -> list[Any]:
+    """What aiokafka's consumer gets of ``records``, ``max_records`` at a time: each
+    take's (offset, key, value)s and the fetch position after it."""
+    position = _Position(records.next_fetch_offset)
+    assignment = SimpleNamespace(active=True, state_value=lambda tp: position)
+    result = FetchResult(records._tp, assignment=assignment, partition_records=records, backoff=0)
+    takes = []
+    while result.has_more():
+        got = [(r.offset, r.key, r.value) for r in result.getall(max_records)]
+        takes.append((got, position.position))
+    return takes
+
+
+@pytest.mark.parametrize("isolation", [0, 1])
+@pytest.mark.parametrize("start", [0, 2, 6, 9, 12])
+@pytest.mark.parametrize("max_records", [None, 1, 3])
+def test_parsed_records_are_read_as_aiokafkas_consumer_records_are(
+    isolation: int, start: int, max_records: int | None
+) -> None:
+    """Same records, keys, values and fetch positions, whatever the isolation level
+    (aborted transactions skipped under read_committed, control batches always), the
+    offset the fetch starts at (in the middle of a batch: the broker sends the whole batch) and the
+    most records a take may return."""
+    tp = TopicPartition(CLICKS, 0)
+
+    def fetched() -> PartitionRecords:
+        return PartitionRecords(tp, log_from(start), _ABORTED, start, None, None, True, isolation)
+
+    theirs = read_through(fetched(), max_records)
+    ours = read_through(ParsedRecords.like(fetched()), max_records)
+    assert ours == theirs
+    offsets = [offset for got, _ in ours for offset, _, _ in got]
+    visible = [*range(5), *(range(5, 8) if isolation == 0 else []), 9, 10, *range(12, 16)]
+    assert offsets == [offset for offset in visible if offset >= start]
+    assert ours[-1][1] == 16  # the next fetch starts after the log
+
+
+def test_parsed_records_are_handed_out_for_fed_topics_only() -> None:
+    """Once installed, each new fetch result of a fed topic hands out parsed records;
+    other topics' results, and errors, are aiokafka's."""
+    fetcher = _Fetcher([])
+    consumer = SimpleNamespace(_fetcher=fetcher, _key_deserializer=None, _value_deserializer=None)
+    hand_out_parsed_records(consumer, {CLICKS})
+    results = fetcher._records
+    clicks, log0, broken = (
+        TopicPartition(CLICKS, 0),
+        TopicPartition(CHANGELOG, 0),
+        TopicPartition(CLICKS, 1),
+    )
+    positions = {clicks: _Position(0), log0: _Position(0)}
+    assignment = SimpleNamespace(active=True, state_value=positions.__getitem__)
+    for tp in (clicks, log0):
+        fetched = PartitionRecords(tp, log_from(0), [], 0, *_PLAIN)
+        results[tp] = FetchResult(tp, assignment=assignment, partition_records=fetched, backoff=0)
+    results[broken] = FetchError(error=RuntimeError("broken"), backoff=0)
+    assert type(results[clicks]._partition_records) is ParsedRecords
+    assert type(results[log0]._partition_records) is PartitionRecords
+    assert isinstance(results[broken], FetchError)
+    assert type(results[clicks].getall()[0]) is not ConsumerRecord
+    assert type(results[log0].getall()[0]) is ConsumerRecord
+    # a consumer with deserializers gets ConsumerRecords (the deserialized values)
+    other = _Fetcher([])
+    consumer = SimpleNamespace(
+        _fetcher=other, _key_deserializer=bytes.decode, _value_deserializer=None
+    )
+    hand_out_parsed_records(consumer, {CLICKS})
+    assert type(other._records) is OrderedDict
 
 
 class _Consumer:
@@ -594,6 +766,46 @@ async def test_records_of_a_partition_faust_does_not_read_are_not_fetched(noida:
                 records.setdefault(tp, []).extend(more)
         assert consumer.paused() == set()
         assert [r.offset for r in records[log0]] == list(range(50))
+    finally:
+        await consumer.stop()
+
+
+async def test_a_consumer_reads_a_fed_topic_from_a_broker_as_parsed_records(noida: str) -> None:
+    """From a real broker: plain records, an aborted transaction's (not read under
+    read_committed), a committed one's; other topics as ConsumerRecords."""
+    tp, other = TopicPartition("fed", 0), TopicPartition("other", 0)
+    await _produce_plain(noida, tp.topic, 3)
+    for end in ("abort_transaction", "commit_transaction"):
+        producer = await _transaction(noida, tp.topic, 2)
+        await getattr(producer, end)()
+        await producer.stop()
+    await _produce_plain(noida, tp.topic, 1)
+    await _produce_plain(noida, other.topic, 2)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=noida, isolation_level="read_committed", auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        hand_out_parsed_records(consumer, {tp.topic})
+        consumer.assign([tp, other])
+        got: dict[TopicPartition, list[Any]] = {tp: [], other: []}
+        for _ in range(100):
+            for part, records in (await consumer.getmany(timeout_ms=100)).items():
+                got[part] += records
+            if len(got[tp]) == 6 and len(got[other]) == 2:
+                break
+        # 0-2 plain, 3-4 aborted (5 its marker), 6-7 committed (8 its marker), 9 plain
+        assert [(r.offset, r.value) for r in got[tp]] == [
+            (0, b"0"),
+            (1, b"1"),
+            (2, b"2"),
+            (6, b"txn 0"),
+            (7, b"txn 1"),
+            (9, b"0"),
+        ]
+        assert not any(isinstance(r, ConsumerRecord) for r in got[tp])
+        assert all(isinstance(r, ConsumerRecord) for r in got[other])
+        assert await consumer.position(tp) == 10
     finally:
         await consumer.stop()
 
