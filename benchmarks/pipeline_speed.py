@@ -744,6 +744,63 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def turns(scenarios: Sequence[str], repeats: int, main: str) -> list[tuple[int, str]]:
+    """The order of the throughput runs, (repeat, scenario): the scenarios take turns,
+    one run each per round, so that the machine's speed, which drifts over minutes
+    here, weighs on each of them alike (one scenario's runs back to back, then the
+    next's, put the drift into their ratio: 0.71 to 1.09 within an hour, 2026-12-04).
+    ``main`` runs last in each round: the workers of its last run stay up for the
+    deeper measurements."""
+    order = sorted(scenarios, key=lambda scenario: scenario == main)  # stable
+    return [(repeat, scenario) for repeat in range(repeats) for scenario in order]
+
+
+async def measure_throughput(
+    broker: EmbeddedBroker,
+    backlog: bc.Backlog,
+    cfg: Config,
+    model_dir: Path | None,
+    main: str,
+) -> tuple[dict[str, Any], Workers | None]:
+    """Each scenario's throughput entry on ``broker`` (in ``cfg.scenarios`` order), and
+    the workers kept running from the main scenario's last run when ``cfg.deep``."""
+    entries: dict[str, dict[str, Any]] = {}
+    runnable = []
+    for scenario in cfg.scenarios:
+        skipped = skip_reason(scenario, model_dir, broker.traits.transactions)
+        if skipped:
+            entries[scenario] = {"skipped": skipped}
+        else:
+            entries[scenario] = {"label": LABELS[scenario]}
+            runnable.append(scenario)
+    runs: dict[str, list[dict[str, Any]]] = {scenario: [] for scenario in runnable}
+    kept: Workers | None = None
+    kind = broker.kind
+    for repeat, scenario in turns(runnable, cfg.repeats, main):
+        entry = entries[scenario]
+        if "error" in entry:  # one broken scenario must not hide the others
+            continue
+        log(f"{kind}: {scenario} run {repeat + 1}/{cfg.repeats}")
+        try:
+            if scenario.startswith("raw-"):
+                runs[scenario].append(await raw_throughput(broker, scenario, backlog, cfg))
+                continue
+            keep = cfg.deep and scenario == main and repeat == cfg.repeats - 1
+            result, group = await app_throughput(
+                broker, scenario, backlog, cfg, keep=keep, model_dir=model_dir
+            )
+            runs[scenario].append(result)
+            if keep:
+                kept = group
+        except Exception as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:2_000]
+            log(f"{kind}: {scenario} failed: {entry['error'][:300]}")
+    for scenario, done in runs.items():
+        if done:
+            entries[scenario].update(summarise(done))
+    return entries, kept
+
+
 async def run_broker(
     kind: str, backlog: bc.Backlog, cfg: Config, model_dir: Path | None
 ) -> dict[str, Any]:
@@ -754,33 +811,7 @@ async def run_broker(
     try:
         main = "recstream-full" if model_dir and "recstream-full" in cfg.scenarios else None
         main = main or "recstream-passthrough"
-        kept: Workers | None = None
-        for scenario in cfg.scenarios:
-            skipped = skip_reason(scenario, model_dir, broker.traits.transactions)
-            if skipped:
-                out["throughput"][scenario] = {"skipped": skipped}
-                continue
-            runs: list[dict[str, Any]] = []
-            entry: dict[str, Any] = {"label": LABELS[scenario]}
-            try:
-                for repeat in range(cfg.repeats):
-                    log(f"{kind}: {scenario} run {repeat + 1}/{cfg.repeats}")
-                    if scenario.startswith("raw-"):
-                        runs.append(await raw_throughput(broker, scenario, backlog, cfg))
-                        continue
-                    keep = cfg.deep and scenario == main and repeat == cfg.repeats - 1
-                    result, group = await app_throughput(
-                        broker, scenario, backlog, cfg, keep=keep, model_dir=model_dir
-                    )
-                    runs.append(result)
-                    if keep:
-                        kept = group
-            except Exception as exc:  # one broken scenario must not hide the others
-                entry["error"] = f"{type(exc).__name__}: {exc}"[:2_000]
-                log(f"{kind}: {scenario} failed: {entry['error'][:300]}")
-            if runs:
-                entry.update(summarise(runs))
-            out["throughput"][scenario] = entry
+        out["throughput"], kept = await measure_throughput(broker, backlog, cfg, model_dir, main)
         if kept is not None:
             try:
                 out.update(
@@ -1055,7 +1086,9 @@ def render(results: dict[str, Any]) -> str:
         "# Pipeline speed (issue #8)\n",
         f"Run {meta['started_at']} on {meta['cpus']} CPUs ({meta['mode']}); backlog "
         f"{meta['events']:,} clicks, {meta['backlog_source']}; {meta['partitions']} partitions; "
-        f"medians of {meta['repeats']} run(s); load average at start {meta['load_average']}. "
+        f"medians of {meta['repeats']} run(s)"
+        + (", the scenarios taking turns" if meta.get("runs_in_turns") else "")
+        + f"; load average at start {meta['load_average']}. "
         "Absolute figures depend on what else ran; compare ratios within this run."
         + _env_note(meta.get("recstream_env"))
         + "\n",
@@ -1115,6 +1148,7 @@ async def run(cfg: Config, mode: str, with_models: bool) -> dict[str, Any]:
             **{k: v for k, v in asdict(cfg).items() if not isinstance(v, tuple)},
             "brokers": list(cfg.brokers),
             "scenarios": list(cfg.scenarios),
+            "runs_in_turns": True,  # (:func:`turns`; earlier results ran each back to back)
             # the workers inherit these (what a run changed from the defaults)
             "recstream_env": {k: v for k, v in os.environ.items() if k.startswith("RECSTREAM_")},
         },

@@ -248,6 +248,22 @@ def test_gc_summary_names_each_scenario_that_reported_pauses() -> None:
     assert ps.gc_summary({"quix-memory": {"rate": 10.0}}) == ""
 
 
+def test_scenarios_take_turns_and_the_main_one_runs_last_in_each_round() -> None:
+    order = ps.turns(
+        ["recstream-passthrough", "quix-memory", "raw-decode"], 3, "recstream-passthrough"
+    )
+    assert order == [
+        (repeat, scenario)
+        for repeat in range(3)
+        for scenario in ("quix-memory", "raw-decode", "recstream-passthrough")
+    ]
+    assert order[-1] == (2, "recstream-passthrough")  # its workers stay up for the deep part
+    assert ps.turns(["quix-memory"], 2, "recstream-passthrough") == [
+        (0, "quix-memory"),
+        (1, "quix-memory"),
+    ]
+
+
 def test_ratios_of_the_main_scenario() -> None:
     throughput = {
         "recstream-full": {"rate": 100.0, "app_cpu_us_per_event": 2_000.0},
@@ -357,6 +373,7 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert results["schema_version"] == ps.SCHEMA_VERSION
     meta = results["meta"]
     assert meta["mode"] == "quick" and meta["events"] == 6000
+    assert meta["runs_in_turns"] and "the scenarios taking turns" in report
     assert meta["backlog_source"].startswith("recstream.model.shoplog")
 
     broker = results["brokers"]["noida"]
