@@ -822,6 +822,7 @@ async def run_broker(
                 await bc.delete_run_topics(broker.bootstrap_servers, kept.target.app_id)
         out["ratios"] = ratios(out["throughput"], main)
         out["cpu_cost_ratios"] = ratios(out["throughput"], main, "app_cpu_us_per_event")
+        out["round_ratios"] = round_ratios(out["throughput"], main)
     finally:
         broker.stop()
     return out
@@ -879,6 +880,20 @@ def ratios(throughput: dict[str, Any], main: str, key: str = "rate") -> dict[str
         for name, entry in throughput.items()
         if name != main and entry.get(key)
     }
+
+
+def round_ratios(throughput: dict[str, Any], main: str) -> dict[str, dict[str, Any]]:
+    """The main scenario's rate over each other's, round by round (the runs take turns:
+    :func:`turns`), and their median; only for scenarios with as many runs as it."""
+    mine = throughput.get(main, {}).get("rates") or []
+    found = {}
+    for name, entry in throughput.items():
+        theirs = entry.get("rates") or []
+        if name == main or len(theirs) != len(mine) or not all(theirs):
+            continue
+        rounds = [a / b for a, b in zip(mine, theirs, strict=True)]
+        found[f"{main}/{name}"] = {"rounds": rounds, "median": bc.median(rounds)}
+    return found
 
 
 async def deep_measurements(
@@ -1104,6 +1119,12 @@ def render(results: dict[str, Any]) -> str:
         if out.get("ratios"):
             ratio_text = ", ".join(f"{k} = {v:.2f}" for k, v in out["ratios"].items())
             parts.append(f"Throughput ratios on {kind}: {ratio_text}\n")
+        if out.get("round_ratios"):
+            round_text = ", ".join(
+                f"{k} = {' / '.join(f'{r:.2f}' for r in v['rounds'])} (median {v['median']:.2f})"
+                for k, v in out["round_ratios"].items()
+            )
+            parts.append(f"Throughput ratios on {kind}, round by round: {round_text}\n")
         if out.get("cpu_cost_ratios"):
             cost_text = ", ".join(f"{k} = {v:.2f}" for k, v in out["cpu_cost_ratios"].items())
             parts.append(f"CPU-cost ratios on {kind} (CPU µs/ev over CPU µs/ev): {cost_text}\n")
@@ -1234,6 +1255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["cpu_cost_ratios"] = ratios(
                 out["throughput"], main_scenario, "app_cpu_us_per_event"
             )
+            if results["meta"].get("runs_in_turns"):  # else the runs of a round are not paired
+                out["round_ratios"] = round_ratios(out["throughput"], main_scenario)
         args.rerender.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
         args.rerender.with_suffix(".md").write_text(render(results))
         print(render(results))

@@ -248,6 +248,44 @@ def test_gc_summary_names_each_scenario_that_reported_pauses() -> None:
     assert ps.gc_summary({"quix-memory": {"rate": 10.0}}) == ""
 
 
+def test_round_ratios_pair_the_runs_of_each_round() -> None:
+    throughput = {
+        "recstream-passthrough": {"rates": [30.0, 40.0, 36.0]},
+        "quix-memory": {"rates": [40.0, 40.0, 30.0]},
+        "raw-decode": {"rates": [10.0]},  # not as many runs: no pairs
+        "recstream-full": {"skipped": "no model"},
+    }
+    found = ps.round_ratios(throughput, "recstream-passthrough")
+    assert found == {
+        "recstream-passthrough/quix-memory": {"rounds": [0.75, 1.0, 1.2], "median": 1.0}
+    }
+    assert ps.round_ratios({"quix-memory": {"rates": [1.0]}}, "recstream-passthrough") == {}
+
+
+def test_a_rerendered_result_gets_round_ratios_only_when_its_runs_took_turns(
+    tmp_path: Path,
+) -> None:
+    kept = json.loads(
+        (BENCH_DIR / "results" / "pipeline_speed_200k_2026-12-04-1703.json").read_text()
+    )
+    for in_turns in (True, False):
+        results = json.loads(json.dumps(kept))
+        results["meta"]["runs_in_turns"] = in_turns
+        for out in results["brokers"].values():
+            out.pop("round_ratios", None)
+        path = tmp_path / f"turns_{in_turns}.json"
+        path.write_text(json.dumps(results))
+        assert ps.main(["--rerender", str(path)]) == 0
+        again = json.loads(path.read_text())
+        report = path.with_suffix(".md").read_text()
+        tansu = again["brokers"]["tansu"]
+        if in_turns:
+            rounds = tansu["round_ratios"]["recstream-passthrough/quix-memory"]["rounds"]
+            assert len(rounds) == 3 and "round by round" in report
+        else:
+            assert "round_ratios" not in tansu and "round by round" not in report
+
+
 def test_scenarios_take_turns_and_the_main_one_runs_last_in_each_round() -> None:
     order = ps.turns(
         ["recstream-passthrough", "quix-memory", "raw-decode"], 3, "recstream-passthrough"
@@ -390,6 +428,8 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert _cpu_figure(passthrough["gc_us_per_event"]) and passthrough["gc_collections"] >= 0
     assert "Garbage collector on noida" in report
     assert all(_cpu_figure(v) for v in broker["ratios"].values())
+    for pair in broker["round_ratios"].values():
+        assert len(pair["rounds"]) == 1 and pair["median"] == pair["rounds"][0]
 
     assert broker["deep_scenario"] == "recstream-passthrough"
     assert [p["load"] for p in broker["latency"]] == [0.25, 0.5, 0.8]
