@@ -43,7 +43,6 @@ import argparse
 import asyncio
 import functools
 import gc
-import json
 import os
 import platform
 import shutil
@@ -417,10 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{counted['instructions_per_event']:,.0f} instructions per event "
             "(one pass, callgrind)"
         )
-        out = args.out or INSTRUCTION_RESULTS
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(counted, indent=1))
-        print(f"wrote {out}")
+        bc.write_json(args.out or INSTRUCTION_RESULTS, counted)
         return 0
     if args.quick:
         args.events, args.repeats = 5_000, 1
@@ -434,9 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(table(result))
     print(f"\nPython's collector / the worker's: {result['total_ratio_python_over_worker']:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    bc.write_json(args.out, result)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import struct
 import time
@@ -192,9 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(table(result))
     print(f"\nConsumerRecords / parsed: {result['consumer_records_over_parsed']:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    bc.write_json(args.out, result)
     return 0
 
 

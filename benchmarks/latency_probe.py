@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -255,9 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(result))
     print()
     print(threads_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    bc.write_json(args.out, result)
     lost = [p["rate"] for p in result["phases"] if p["received"] < p["sent"]]
     return 1 if lost else 0
 

@@ -473,7 +473,7 @@ async def app_throughput(
             why = group.dead() or f"only {watch.count}/{len(backlog)} outputs"
             raise RuntimeError(f"{scenario}: {why}; log: {tail(group.logs[0])}")
         rate = watch.rate()
-        result = {
+        result: dict[str, Any] = {
             "rate": rate,
             "seconds": watch.done_at - watch.first_at,
             "cold_start_s": watch.first_at - spawned,

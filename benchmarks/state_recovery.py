@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -157,9 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["probe user's session back", str(result["state_recovered"])],
     ]
     print(bc.markdown_table(["measure", "value"], rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    bc.write_json(args.out, result)
     return 0 if result["state_recovered"] else 1
 
 

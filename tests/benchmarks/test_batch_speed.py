@@ -13,12 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import batch_speed
 import pytest
-
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import batch_speed  # noqa: E402
 
 
 def test_a_tiny_run_writes_every_step_for_both_collectors(tmp_path: Path) -> None:

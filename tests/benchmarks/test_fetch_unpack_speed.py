@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import gc
 import json
-import sys
 from pathlib import Path
 
+import fetch_unpack_speed
 from aiokafka.record.memory_records import MemoryRecords
-
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import fetch_unpack_speed  # noqa: E402
 
 
 def test_a_tiny_run_writes_both_ways_and_their_ratio(tmp_path: Path) -> None:

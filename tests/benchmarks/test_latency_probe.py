@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
+import bench_common as bc
+import latency_probe
 import pytest
-
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import bench_common as bc  # noqa: E402
-import latency_probe  # noqa: E402
 
 
 def test_each_answer_is_split_at_the_workers_emission() -> None:

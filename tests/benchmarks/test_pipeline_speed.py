@@ -14,20 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import bench_common as bc
+import capacity_guide
 import orjson
+import pipeline_speed as ps
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from recstream.streams.broker import EmbeddedBroker
+from recstream.streams.metrics import Metrics
+from recstream.streams.records import parse_click
+
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import bench_common as bc  # noqa: E402
-import capacity_guide  # noqa: E402
-import pipeline_speed as ps  # noqa: E402
-
-from recstream.streams.broker import EmbeddedBroker  # noqa: E402
-from recstream.streams.metrics import Metrics  # noqa: E402
-from recstream.streams.records import parse_click  # noqa: E402
 
 # ----------------------------------------------------------------------------
 # Pure functions

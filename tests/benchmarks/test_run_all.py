@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import run_all  # noqa: E402
+import run_all
 
 
 def _script(folder: Path, name: str, body: str) -> None:

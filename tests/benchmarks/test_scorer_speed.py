@@ -7,15 +7,10 @@ run measures what it says and writes well-formed results.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import scorer_speed  # noqa: E402
+import scorer_speed
 
 
 def test_renewed_newest_tokens_are_equal_new_and_not_encoded() -> None:

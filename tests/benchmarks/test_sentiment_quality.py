@@ -7,7 +7,6 @@ is the arithmetic and the tables, not any model.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+import sentiment_quality as sq
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import sentiment_quality as sq  # noqa: E402
-
-from recstream.model.sentiment import LABELS  # noqa: E402
+from recstream.model.sentiment import LABELS
 
 WORDS = {
     "positive": ["great", "good", "love", "fine"],

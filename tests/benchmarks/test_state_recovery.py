@@ -6,17 +6,12 @@ Timed figures are never asserted (they depend on the machine).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+import state_recovery
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import state_recovery  # noqa: E402
-
-from recstream.streams.sessions import UserState  # noqa: E402
+from recstream.streams.sessions import UserState
 
 
 def test_a_written_state_is_a_full_history_and_an_open_session() -> None:
