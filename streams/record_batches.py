@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Protocol
 
+from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.types import AppT
 
 from recstream.streams.pipeline import partition_for_key
@@ -130,18 +131,43 @@ class RecordBatches:
     ) -> list[Awaitable[Any]]:
         producer = self._producer
         acks: list[Awaitable[Any]] = []
-        batch = producer.create_batch()
+        while pairs:
+            # full at the producer's max batch size (a batch takes any first record
+            # whatever its size): submitted, and the rest goes into the next one
+            batch = producer.create_batch()
+            taken = fill(batch, pairs)
+            batch.close()
+            acks.append(await producer.send_batch(batch, topic, partition=partition))
+            pairs = pairs[taken:]
+        return acks
+
+
+def fill(batch: Any, pairs: Sequence[tuple[bytes | None, bytes | None]]) -> int:
+    """Append ``pairs`` to an open batch (aiokafka's ``BatchBuilder`` or one like it) until
+    it is full; returns how many it took.  Straight into a ``BatchBuilder``'s record
+    builder when it has no serializers (the producers here): its ``append`` adds
+    ~0.15-0.25 µs a record of Python around that (a headers list, serializing, a
+    count), measured with timeit."""
+    if (
+        not isinstance(batch, BatchBuilder)
+        or batch._key_serializer is not None
+        or batch._value_serializer is not None
+    ):
+        taken = 0
         for key, value in pairs:
             if batch.append(key=key, value=value, timestamp=None) is None:
-                # full (the producer's max batch size): submit it and start another,
-                # which takes any first record whatever its size
-                batch.close()
-                acks.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        batch.close()
-        acks.append(await producer.send_batch(batch, topic, partition=partition))
-        return acks
+                break
+            taken += 1
+        return taken
+    append = batch._builder.append
+    taken = batch._relative_offset
+    for key, value in pairs:
+        if append(taken, None, key=key, value=value, headers=[]) is None:
+            break
+        taken += 1
+    added = taken - batch._relative_offset
+    batch._relative_offset = taken  # BatchBuilder's count of its records
+    return added
 
 
 class Outbox(Protocol):

@@ -8,23 +8,21 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 
 from recstream.streams.pipeline import partition_for_key
-from recstream.streams.record_batches import RecordBatches
+from recstream.streams.record_batches import RecordBatches, fill
 
 
-class RecordingBatch(BatchBuilder):
-    """A real ``BatchBuilder`` that also keeps the (key, value) of each record it took."""
-
-    def __init__(self, batch_size: int) -> None:
-        super().__init__(batch_size, 0, key_serializer=None, value_serializer=None)
-        self.pairs: list[tuple[bytes | None, bytes | None]] = []
-
-    def append(self, *, timestamp: Any, key: Any, value: Any, headers: Any = ()) -> Any:
-        metadata = super().append(timestamp=timestamp, key=key, value=value)
-        if metadata is not None:
-            self.pairs.append((key, value))
-        return metadata
+def built_pairs(batch: BatchBuilder) -> list[tuple[bytes | None, bytes | None]]:
+    """The (key, value) of each record in a closed batch, read back from its bytes, and
+    checked to count as many records as the batch says it holds."""
+    records = MemoryRecords(bytes(batch._build()))
+    pairs = []
+    while records.has_next():
+        pairs += [(record.key, record.value) for record in records.next_batch()]
+    assert len(pairs) == batch.record_count()
+    return pairs
 
 
 class BatchProducer:
@@ -35,15 +33,15 @@ class BatchProducer:
         self.submitted: list[tuple[str, int, int]] = []  # topic, partition, records
         self.records: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
 
-    def create_batch(self) -> RecordingBatch:
-        return RecordingBatch(self.batch_size)
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_size, 0, key_serializer=None, value_serializer=None)
 
-    async def send_batch(self, batch: RecordingBatch, topic: str, *, partition: int) -> Any:
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
         # complete when submitted: aiokafka sends a closed batch at once, an open one
         # waits out the producer's linger (5 ms) for records that never come
         assert batch.closed()
         self.submitted.append((topic, partition, batch.record_count()))
-        self.records.setdefault((topic, partition), []).extend(batch.pairs)
+        self.records.setdefault((topic, partition), []).extend(built_pairs(batch))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
@@ -132,3 +130,31 @@ def test_only_as_many_keys_as_values_are_taken() -> None:
     with pytest.raises(ValueError, match="2 keys for 1 values"):
         out.add_keyed("recs", [b"a", b"b"], [b"x"])
     assert len(out) == 0
+
+
+@pytest.mark.parametrize("serializer", [None, bytes])
+def test_fill_takes_what_append_takes_at_the_same_offsets(serializer: Any) -> None:
+    """Without serializers straight into the record builder, with them through
+    ``append``: the same records at the same offsets as ``append`` one by one, up to
+    the batch size, also into a batch that holds records already."""
+    pairs = [(b"user%d" % n, b"v" * (40 + n)) for n in range(60)]
+
+    def new_batch() -> BatchBuilder:
+        return BatchBuilder(2_000, 0, key_serializer=serializer, value_serializer=serializer)
+
+    ours, theirs = new_batch(), new_batch()
+    for batch in (ours, theirs):
+        batch.append(key=b"first", value=b"already there", timestamp=1_700_000_000_000)
+    taken = fill(ours, pairs)
+    appended = 0
+    for key, value in pairs:
+        if theirs.append(key=key, value=value, timestamp=None) is None:
+            break
+        appended += 1
+    assert 0 < taken == appended < len(pairs)  # full before the end
+    assert ours.record_count() == theirs.record_count() == taken + 1
+    assert (
+        built_pairs(ours) == built_pairs(theirs) == [(b"first", b"already there"), *pairs[:taken]]
+    )
+    offsets = [r.offset for r in MemoryRecords(bytes(ours._build())).next_batch()]
+    assert offsets == list(range(taken + 1))
