@@ -136,6 +136,8 @@ class RecordBatches:
             # whatever its size): submitted, and the rest goes into the next one
             batch = producer.create_batch()
             taken = fill(batch, pairs)
+            if not taken:  # (aiokafka's take any first record: this would loop forever)
+                raise ValueError(f"a new batch for {topic} took no record")
             batch.close()
             acks.append(await producer.send_batch(batch, topic, partition=partition))
             pairs = pairs[taken:]
@@ -148,9 +150,12 @@ def fill(batch: Any, pairs: Sequence[tuple[bytes | None, bytes | None]]) -> int:
     builder when it has no serializers (the producers here): its ``append`` adds
     ~0.15-0.25 µs a record of Python around that (a headers list, serializing, a
     count), measured with timeit."""
-    if not isinstance(batch, BatchBuilder) or (
-        # (aiokafka 0.10's BatchBuilder has none: it takes bytes)
-        getattr(batch, "_key_serializer", None) or getattr(batch, "_value_serializer", None)
+    if (
+        not isinstance(batch, BatchBuilder)
+        or batch.closed()  # (takes nothing)
+        # (aiokafka 0.10's BatchBuilder has no serializers: it takes bytes)
+        or getattr(batch, "_key_serializer", None)
+        or getattr(batch, "_value_serializer", None)
     ):
         taken = 0
         for key, value in pairs:

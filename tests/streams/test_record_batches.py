@@ -158,3 +158,16 @@ def test_fill_takes_what_append_takes_at_the_same_offsets(serializer: Any) -> No
     )
     offsets = [r.offset for r in MemoryRecords(bytes(ours._build())).next_batch()]
     assert offsets == list(range(taken + 1))
+
+
+def test_a_new_batch_that_takes_no_record_is_an_error_not_a_loop() -> None:
+    class Refusing(BatchProducer):
+        def create_batch(self) -> BatchBuilder:
+            batch = super().create_batch()
+            batch.close()  # a closed batch takes nothing
+            return batch
+
+    out = batches(Refusing(), {"recs": 1})
+    out.add("recs", b"u1", b"x")
+    with pytest.raises(ValueError, match="took no record"):
+        asyncio.run(out.send())
