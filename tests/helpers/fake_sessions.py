@@ -20,15 +20,27 @@ class FakeBinding:
         self.outputs[name] = value
 
 
+class CopyingBinding(FakeBinding):
+    """A binding on a CUDA session: onnxruntime copies each input to the device when it
+    is bound (``IOBinding::BindInput``), so later changes to the array are not seen."""
+
+    def bind_ortvalue_input(self, name: str, value: ort.OrtValue) -> None:
+        self.inputs[name] = ort.OrtValue.ortvalue_from_numpy(value.numpy().copy())
+
+
 class BindingSession:
     """Base of fake recommender sessions: subclasses compute ``run(None, feeds)`` ->
     ``[top_items, top_scores]``; runs through an I/O binding write them into the bound
-    outputs, as onnxruntime does.  ``bindings`` counts the bindings made."""
+    outputs, as onnxruntime does.  ``bindings`` counts the bindings made.  With
+    ``on_cuda`` the session says it runs on CUDA and its bindings copy their inputs."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_cuda: bool = False) -> None:
         self.bindings = 0
+        self.on_cuda = on_cuda
 
     def get_providers(self) -> list[str]:
+        if self.on_cuda:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
     def run(self, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -36,7 +48,7 @@ class BindingSession:
 
     def io_binding(self) -> FakeBinding:
         self.bindings += 1
-        return FakeBinding()
+        return CopyingBinding() if self.on_cuda else FakeBinding()
 
     def run_with_iobinding(self, binding: FakeBinding) -> None:
         feeds = {name: value.numpy() for name, value in binding.inputs.items()}

@@ -155,6 +155,21 @@ def test_a_changed_exclusion_array_is_bound_again() -> None:
         model.run(encoded, np.zeros((2, 1), np.int64))
 
 
+@pytest.mark.parametrize("on_cuda", [False, True])
+def test_each_run_sees_the_inputs_encoded_for_it(on_cuda: bool) -> None:
+    """The same buffers, batch after batch: each run scores what was encoded into them
+    (on CUDA onnxruntime copies an input when it is bound, not when it runs)."""
+    model = _table_model(on_cuda=on_cuda)
+    exclude = np.zeros((1, 1), np.int64)
+    for item in ("v1", "v3", "v0"):
+        encoded = model.encode([[Token("v2", "view"), Token(item, "view")]])
+        top = model.run(encoded, exclude)[0][0].tolist()
+        assert model.item_ids[top[0]] == item  # the graph puts the last item first
+    assert exclude[0, 0] == 0
+    exclude[0, 0] = model.index["v0"]  # the caller's array changed: seen by the next run
+    assert model.item_ids[model.run(encoded, exclude)[0][0][0]] != "v0"
+
+
 def test_fake_recs_is_deterministic_and_honours_exclusions() -> None:
     scorer: RecsScorer = FakeRecsScorer([f"i{n}" for n in range(10)], version="fake-1")
     history = [Token("i1", "view"), Token(None, "search", "shoes")]
@@ -223,8 +238,8 @@ class _TableSession(BindingSession):
     entries; ``exclude`` is masked like the real graph does.
     """
 
-    def __init__(self, vocab_size: int, top_k: int) -> None:
-        super().__init__()
+    def __init__(self, vocab_size: int, top_k: int, on_cuda: bool = False) -> None:
+        super().__init__(on_cuda)
         self.base = np.random.default_rng(3).normal(size=vocab_size).astype(np.float32)
         self.base[:FIRST_ITEM] = -np.inf
         self.top_k = top_k
@@ -242,7 +257,7 @@ class _TableSession(BindingSession):
 VOCAB = [f"v{n}" for n in range(6)]
 
 
-def _table_model(top_k: int = 8) -> RecsModel:
+def _table_model(top_k: int = 8, on_cuda: bool = False) -> RecsModel:
     meta = ModelMetadata(
         "recs",
         "recs-test",
@@ -250,7 +265,7 @@ def _table_model(top_k: int = 8) -> RecsModel:
         12,
         {"vocab": VOCAB, "popular": ["v5", "v4", "v3", "v2"], "top_k": top_k},
     )
-    session = _TableSession(len(VOCAB) + FIRST_ITEM, top_k)
+    session = _TableSession(len(VOCAB) + FIRST_ITEM, top_k, on_cuda)
     return RecsModel(cast(Any, session), meta)
 
 
