@@ -599,6 +599,20 @@ def scrape_metrics(port: int | str) -> str:
         return str(answer.read().decode())
 
 
+def events_in(metrics_text: str, topic: str) -> int:
+    """Messages a worker consumed from ``topic`` (its ``recstream_events_in`` counter)."""
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "recstream_events_in":
+            return int(
+                sum(
+                    sample.value
+                    for sample in family.samples
+                    if sample.name.endswith("_total") and sample.labels.get("topic") == topic
+                )
+            )
+    return 0
+
+
 def gc_pauses(metrics_text: str) -> dict[str, Any]:
     """The garbage collector's pauses in a worker's metrics (``recstream_gc_pause_seconds``):
     collections and seconds in all, per generation, and the upper bound of the shortest

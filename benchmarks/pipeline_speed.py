@@ -103,6 +103,8 @@ class Config:
     timeout_s: float
     deep: bool = True
     """Run latency, state/recovery and scale-out on the main recstream scenario."""
+    deep_scenario: str | None = None
+    """The scenario the deep part runs on instead of the main one (e.g. the GPU scorer)."""
 
 
 #: About two minutes: one broker (noida starts Faust workers fastest), the scenarios
@@ -302,15 +304,31 @@ class Workers:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     spawned_at: list[float] = field(default_factory=list)
+    web_ports: list[str] = field(default_factory=list)
+    """Each recstream worker's HTTP port (metrics), in spawn order."""
+
+    def own_env(self) -> dict[str, str]:
+        """The next worker's environment: the target's, where the first worker runs; a
+        port and a data folder of its own for each further recstream worker (workers of
+        one machine cannot share either)."""
+        env = dict(self.target.env)
+        if self.procs and "RECSTREAM_WEB_PORT" in env:
+            env["RECSTREAM_WEB_PORT"] = str(free_port())
+        if self.procs and "RECSTREAM_DATA_DIR" in env:
+            env["RECSTREAM_DATA_DIR"] = tempfile.mkdtemp(prefix="bench-recstream-data-")
+        return env
 
     def spawn(self) -> float:
         """Start one more worker; returns its start time (perf_counter)."""
         log = Path(tempfile.mkstemp(prefix=f"bench-{self.target.scenario}-", suffix=".log")[1])
+        env = self.own_env()
+        if "RECSTREAM_WEB_PORT" in env:
+            self.web_ports.append(env["RECSTREAM_WEB_PORT"])
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 self.target.command,
                 cwd=bc.REPO,
-                env={**os.environ, **self.target.env, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -462,7 +480,9 @@ async def app_throughput(
     await prepare_target(bootstrap, target, cfg.partitions, backlog)
     group = Workers(target)
     try:
-        spawned = next(group.spawn() for _ in range(workers))
+        spawned = group.spawn()  # the cold start counts from the first worker's
+        for _ in range(workers - 1):
+            group.spawn()
         cpu = cpu_window(group, broker)
         watch = bc.OutputWatch(target=len(backlog))
         # On noida a consuming observer spins a core (no long-poll); its end offsets are
@@ -480,11 +500,14 @@ async def app_throughput(
             "cpu_percent": cpu.result,
             "app_cpu_us_per_event": cpu.result["app"] / 100.0 * per_event(rate),
         }
-        port = target.env.get("RECSTREAM_WEB_PORT")
-        if port is not None and workers == 1:
+        if group.web_ports and workers == 1:
             # the worker's collector since its start-up, nearly all of it in the window
-            result["gc"] = bc.gc_pauses(bc.scrape_metrics(port))
+            result["gc"] = bc.gc_pauses(bc.scrape_metrics(group.web_ports[0]))
             result["gc_us_per_event"] = result["gc"]["seconds"] * 1e6 / len(backlog)
+        if len(group.web_ports) > 1:  # did each worker get partitions?
+            result["events_in_by_worker"] = [
+                bc.events_in(bc.scrape_metrics(port), "clicks") for port in group.web_ports
+            ]
     except BaseException:
         group.stop()
         with contextlib.suppress(Exception):
@@ -744,14 +767,14 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def turns(scenarios: Sequence[str], repeats: int, main: str) -> list[tuple[int, str]]:
+def turns(scenarios: Sequence[str], repeats: int, deep: str) -> list[tuple[int, str]]:
     """The order of the throughput runs, (repeat, scenario): the scenarios take turns,
     one run each per round, so that the machine's speed, which drifts over minutes
     here, weighs on each of them alike (one scenario's runs back to back, then the
     next's, put the drift into their ratio: 0.71 to 1.09 within an hour, 2026-12-04).
-    ``main`` runs last in each round: the workers of its last run stay up for the
+    ``deep`` runs last in each round: the workers of its last run stay up for the
     deeper measurements."""
-    order = sorted(scenarios, key=lambda scenario: scenario == main)  # stable
+    order = sorted(scenarios, key=lambda scenario: scenario == deep)  # stable
     return [(repeat, scenario) for repeat in range(repeats) for scenario in order]
 
 
@@ -760,10 +783,11 @@ async def measure_throughput(
     backlog: bc.Backlog,
     cfg: Config,
     model_dir: Path | None,
-    main: str,
+    deep: str,
 ) -> tuple[dict[str, Any], Workers | None]:
     """Each scenario's throughput entry on ``broker`` (in ``cfg.scenarios`` order), and
-    the workers kept running from the main scenario's last run when ``cfg.deep``."""
+    the workers kept running from the last run of ``deep`` (the deep part's scenario)
+    when ``cfg.deep``."""
     entries: dict[str, dict[str, Any]] = {}
     runnable = []
     for scenario in cfg.scenarios:
@@ -776,7 +800,7 @@ async def measure_throughput(
     runs: dict[str, list[dict[str, Any]]] = {scenario: [] for scenario in runnable}
     kept: Workers | None = None
     kind = broker.kind
-    for repeat, scenario in turns(runnable, cfg.repeats, main):
+    for repeat, scenario in turns(runnable, cfg.repeats, deep):
         entry = entries[scenario]
         if "error" in entry:  # one broken scenario must not hide the others
             continue
@@ -785,7 +809,7 @@ async def measure_throughput(
             if scenario.startswith("raw-"):
                 runs[scenario].append(await raw_throughput(broker, scenario, backlog, cfg))
                 continue
-            keep = cfg.deep and scenario == main and repeat == cfg.repeats - 1
+            keep = cfg.deep and scenario == deep and repeat == cfg.repeats - 1
             result, group = await app_throughput(
                 broker, scenario, backlog, cfg, keep=keep, model_dir=model_dir
             )
@@ -811,11 +835,13 @@ async def run_broker(
     try:
         main = "recstream-full" if model_dir and "recstream-full" in cfg.scenarios else None
         main = main or "recstream-passthrough"
-        out["throughput"], kept = await measure_throughput(broker, backlog, cfg, model_dir, main)
+        out["main_scenario"] = main
+        deep = cfg.deep_scenario or main
+        out["throughput"], kept = await measure_throughput(broker, backlog, cfg, model_dir, deep)
         if kept is not None:
             try:
                 out.update(
-                    await deep_measurements(broker, main, kept, out, backlog, cfg, model_dir)
+                    await deep_measurements(broker, deep, kept, out, backlog, cfg, model_dir)
                 )
             finally:
                 kept.stop()
@@ -1046,13 +1072,14 @@ def deep_tables(results: dict[str, Any]) -> list[str]:
                 s["workers"],
                 bc.fmt(s.get("rate")),
                 bc.fmt((s.get("cpu_percent") or {}).get("app")),
+                " / ".join(map(str, s.get("events_in_by_worker", []))) or "-",
                 s.get("error", "")[:80],
             ]
             for s in out.get("scale_out", [])
         ]
+        headers = ["workers", "ev/s", "app CPU % (all workers)", "clicks read by each", "error"]
         parts.append(
-            "Scale-out (one backlog, N worker processes):\n\n"
-            + bc.markdown_table(["workers", "ev/s", "app CPU % (all workers)", "error"], rows)
+            "Scale-out (one backlog, N worker processes):\n\n" + bc.markdown_table(headers, rows)
         )
         reb = out.get("rebalance", {})
         if "joins" in reb:
@@ -1207,6 +1234,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-models", action="store_true", help="skip onnxruntime and scoring")
     parser.add_argument("--scale-workers", help="comma-separated worker counts, e.g. 1,2,3")
     parser.add_argument(
+        "--deep-scenario",
+        help="run latency, state and scale-out on this scenario instead of the main one "
+        "(recstream-full with models, else recstream-passthrough); it must be in --scenarios",
+    )
+    parser.add_argument(
         "--rerender",
         type=Path,
         help="rewrite the .md (and capacity guide) of an existing JSON result, run nothing",
@@ -1238,6 +1270,10 @@ def config_from(args: argparse.Namespace) -> Config:
             updates[name] = getattr(args, name)
     if args.scale_workers:
         updates["scale_workers"] = tuple(int(n) for n in args.scale_workers.split(","))
+    if args.deep_scenario:
+        if args.deep_scenario not in updates.get("scenarios", cfg.scenarios):
+            raise SystemExit(f"--deep-scenario {args.deep_scenario} is not among the scenarios")
+        updates["deep_scenario"] = args.deep_scenario
     if args.latency_seconds:
         updates["latency_seconds"] = args.latency_seconds
     if args.no_deep:
@@ -1251,7 +1287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = orjson.loads(args.rerender.read_bytes())
         results["capacity_guide"] = capacity_guide.from_results(results)
         for out in results["brokers"].values():
-            main_scenario = out.get("deep_scenario", "recstream-passthrough")
+            # (results before main_scenario was written ran the deep part on the main one)
+            main_scenario = out.get("main_scenario") or out.get(
+                "deep_scenario", "recstream-passthrough"
+            )
             out["cpu_cost_ratios"] = ratios(
                 out["throughput"], main_scenario, "app_cpu_us_per_event"
             )

@@ -141,6 +141,85 @@ def test_config_overrides() -> None:
         ps.config_from(ps.parse_args(["--scenarios", "nope"]))
 
 
+def test_the_deep_scenario_must_be_one_that_runs() -> None:
+    assert ps.config_from(ps.parse_args(["--quick"])).deep_scenario is None
+    cfg = ps.config_from(
+        ps.parse_args(
+            [
+                "--scenarios",
+                "recstream-full,recstream-full-gpu",
+                "--deep-scenario",
+                "recstream-full-gpu",
+            ]
+        )
+    )
+    assert cfg.deep_scenario == "recstream-full-gpu"
+    with pytest.raises(SystemExit, match="not among the scenarios"):
+        ps.config_from(
+            ps.parse_args(["--scenarios", "recstream-full", "--deep-scenario", "faust-naive"])
+        )
+
+
+class _NoBroker:
+    """Stands in for an embedded broker where nothing is sent."""
+
+    kind = "noida"
+    bootstrap_servers = "127.0.0.1:9"
+
+    def __init__(self, kind: str) -> None:
+        self.traits = EmbeddedBroker(kind).traits  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("deep_scenario", [None, "recstream-full-gpu"])
+def test_ratios_stay_on_the_main_scenario_when_the_deep_part_runs_on_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, deep_scenario: str | None
+) -> None:
+    seen: dict[str, str] = {}
+
+    class Kept:
+        target = ps.Target("recstream-full-gpu", "in", "out", "app", None, {})
+
+        def stop(self) -> None:
+            pass
+
+    async def throughput(*args: Any) -> tuple[dict[str, Any], Kept]:
+        seen["kept"] = args[-1]
+        entries = {
+            "recstream-full": {"rate": 100.0, "rates": [100.0]},
+            "recstream-full-gpu": {"rate": 150.0, "rates": [150.0]},
+        }
+        return entries, Kept()
+
+    async def deep(broker: Any, scenario: str, *rest: Any) -> dict[str, Any]:
+        seen["deep"] = scenario
+        return {"deep_scenario": scenario}
+
+    async def no_topics(*args: Any) -> None:
+        pass
+
+    monkeypatch.setattr(ps, "EmbeddedBroker", _NoBroker)
+    monkeypatch.setattr(ps, "measure_throughput", throughput)
+    monkeypatch.setattr(ps, "deep_measurements", deep)
+    monkeypatch.setattr(bc, "delete_run_topics", no_topics)
+    args = ["--scenarios", "recstream-full,recstream-full-gpu"]
+    if deep_scenario:
+        args += ["--deep-scenario", deep_scenario]
+    cfg = ps.config_from(ps.parse_args(args))
+
+    out = asyncio.run(ps.run_broker("noida", bc.Backlog([], "test", 0), cfg, tmp_path))
+
+    expected = deep_scenario or "recstream-full"
+    assert seen == {"kept": expected, "deep": expected}
+    assert out["main_scenario"] == "recstream-full" and out["deep_scenario"] == expected
+    assert out["ratios"] == {"recstream-full/recstream-full-gpu": pytest.approx(100 / 150)}
+
+
 # ----------------------------------------------------------------------------
 # Capacity guide
 # ----------------------------------------------------------------------------
@@ -229,6 +308,41 @@ def test_gc_pauses_are_read_from_the_workers_metrics() -> None:
     assert found["by_generation"]["2"] == {"collections": 0, "seconds": 0.0}
     assert found["longest_at_most_s"] == 0.05  # the 30 ms pause's bucket
     assert bc.gc_pauses(Metrics().render()[0].decode())["longest_at_most_s"] is None
+
+
+def test_clicks_read_are_counted_from_the_workers_metrics() -> None:
+    metrics = Metrics()
+    metrics.events_in("clicks", 7)
+    metrics.events_in("reviews", 2)
+    assert bc.events_in(metrics.render()[0].decode(), "clicks") == 7
+    assert bc.events_in(Metrics().render()[0].decode(), "clicks") == 0
+
+
+def test_each_further_worker_gets_its_own_port_and_data_folder(tmp_path: Path) -> None:
+    env = {"RECSTREAM_WEB_PORT": "6066", "RECSTREAM_DATA_DIR": str(tmp_path), "X": "1"}
+    target = ps.Target(
+        "recstream-passthrough",
+        "in",
+        "out",
+        "app",
+        None,
+        env,
+        command=(sys.executable, "-c", "pass"),
+    )
+    group = ps.Workers(target)
+    try:
+        for _ in range(3):
+            group.spawn()
+        assert len(group.procs) == 3
+        assert group.web_ports[0] == "6066" and len(set(group.web_ports)) == 3
+        later = group.own_env()
+        assert later["X"] == "1" and later["RECSTREAM_DATA_DIR"] != str(tmp_path)
+    finally:
+        group.stop()
+    plain = ps.Workers(ps.Target("faust-naive", "in", "out", "app", None, {}, command=("true",)))
+    plain.spawn()
+    plain.stop()
+    assert plain.web_ports == []
 
 
 def test_gc_summary_names_each_scenario_that_reported_pauses() -> None:
@@ -449,6 +563,9 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
     for step in broker["scale_out"]:
         assert "error" not in step, step
         assert _positive(step["rate"])
+        # two workers ran, and between them read every click (which got what is the broker's)
+        assert len(step["events_in_by_worker"]) == 2
+        assert sum(step["events_in_by_worker"]) >= 6000
 
     rebalance = broker["rebalance"]
     assert "error" not in rebalance, rebalance
