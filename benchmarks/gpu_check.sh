@@ -7,11 +7,14 @@
 #      exported in fp32, int8 and fp16: PyTorch eager and onnxruntime fp32 / int8 on the CPU
 #      (every core), fp32 / fp16 on CUDA, batch 1, 32, 512 x length 10, 50, the runtime's
 #      overhead, and the speed-up over the CPU at batch 512;
-#   4. the full pipeline on one noida broker: recstream's worker scoring on the CPU and on
-#      CUDA (RECSTREAM_REQUIRE_GPU), same backlog, same model.
+#   4. the full pipeline on Tansu: recstream's worker without scoring, scoring on the CPU
+#      and on CUDA (RECSTREAM_REQUIRE_GPU), same 100,000-click backlog, same model; then
+#      latency, state and scale-out (1, 2, 3 workers sharing the GPU) with the CUDA scorer;
+#   5. the same three throughput figures on noida (no scale-out: noida cannot rebalance).
 # Each step runs even when an earlier one failed; the exit status says whether all passed.
 # Results go to GPU_CHECK_OUT (default benchmarks/results): scorer_speed_gpu.json,
-# pipeline_speed_gpu.json and .md, gpu_check_tests.log.
+# pipeline_speed_gpu.json and .md (Tansu), pipeline_speed_gpu_noida.json and .md,
+# gpu_check_tests.log.  About 6 minutes on 16 cores.
 #
 # Usage: benchmarks/gpu_check.sh
 set -uo pipefail
@@ -25,6 +28,24 @@ OUT_DIR="${GPU_CHECK_OUT:-benchmarks/results}"
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 failed=()
+
+# onnxruntime-gpu finds CUDA and cuDNN on the library path; the nvidia-* pip packages
+# (PyTorch's CUDA wheels bring them) keep theirs under site-packages/nvidia/.
+nvidia_libs=$("$PYTHON" - <<'EOF'
+import glob
+import os
+
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit(0)
+found = {os.path.dirname(p) for root in nvidia.__path__ for p in glob.glob(f"{root}/**/lib*.so*", recursive=True)}
+print(":".join(sorted(found)))
+EOF
+)
+if [[ -n "$nvidia_libs" ]]; then
+    export LD_LIBRARY_PATH="$nvidia_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 
 step() {
     local name=$1 limit=$2
@@ -44,6 +65,7 @@ import onnxruntime as ort
 print("onnxruntime", ort.__version__, "from", ort.__file__)
 print("available providers:", ort.get_available_providers())
 EOF
+echo "CUDA libraries from nvidia-* pip packages: ${nvidia_libs:-none}"
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 else
@@ -51,7 +73,7 @@ else
 fi
 
 echo "== tests"
-timeout 300 "$PYTHON" -m pytest -p no:cacheprovider -q -rs -s \
+timeout 120 "$PYTHON" -m pytest -p no:cacheprovider -q -rs -s \
     tests/export/test_export_cuda.py tests/export/test_export_runtime.py \
     tests/streams/test_scoring.py >"$OUT_DIR/gpu_check_tests.log" 2>&1
 status=$?
@@ -60,12 +82,18 @@ if ((status != 0)); then
     failed+=(tests)
 fi
 
-step "scorer speed" 240 "$PYTHON" benchmarks/scorer_speed.py --quick --threads "$(nproc)" \
+step "scorer speed" 150 "$PYTHON" benchmarks/scorer_speed.py --quick --threads "$(nproc)" \
     --out "$OUT_DIR/scorer_speed_gpu.json"
 
-step "pipeline, CPU vs CUDA scorer" 300 "$PYTHON" benchmarks/pipeline_speed.py --quick \
-    --brokers noida --scenarios recstream-passthrough,recstream-full,recstream-full-gpu \
-    --events 20000 --users 2000 --no-deep --output "$OUT_DIR/pipeline_speed_gpu.json"
+scenarios=recstream-passthrough,recstream-full,recstream-full-gpu
+step "pipeline on Tansu: CPU vs CUDA scorer, CUDA workers scaled out" 220 \
+    "$PYTHON" benchmarks/pipeline_speed.py --quick --brokers tansu --scenarios "$scenarios" \
+    --events 100000 --users 5000 --deep-scenario recstream-full-gpu --scale-workers 1,2,3 \
+    --latency-seconds 3 --output "$OUT_DIR/pipeline_speed_gpu.json"
+
+step "pipeline on noida: CPU vs CUDA scorer" 90 "$PYTHON" benchmarks/pipeline_speed.py \
+    --quick --brokers noida --scenarios "$scenarios" --events 100000 --users 5000 --no-deep \
+    --output "$OUT_DIR/pipeline_speed_gpu_noida.json"
 
 if ((${#failed[@]})); then
     echo "GPU check: FAILED steps: ${failed[*]}"
