@@ -14,7 +14,7 @@
 # Each step runs even when an earlier one failed; the exit status says whether all passed.
 # Results go to GPU_CHECK_OUT (default benchmarks/results): scorer_speed_gpu.json,
 # pipeline_speed_gpu.json and .md (Tansu), pipeline_speed_gpu_noida.json and .md,
-# gpu_check_tests.log.  About 6 minutes on 16 cores.
+# gpu_check_tests.log.  About 7 minutes on 16 cores (the Tansu step alone took 3.6).
 #
 # Usage: benchmarks/gpu_check.sh
 set -uo pipefail
@@ -86,7 +86,7 @@ step "scorer speed" 150 "$PYTHON" benchmarks/scorer_speed.py --quick --threads "
     --out "$OUT_DIR/scorer_speed_gpu.json"
 
 scenarios=recstream-passthrough,recstream-full,recstream-full-gpu
-step "pipeline on Tansu: CPU vs CUDA scorer, CUDA workers scaled out" 220 \
+step "pipeline on Tansu: CPU vs CUDA scorer, CUDA workers scaled out" 360 \
     "$PYTHON" benchmarks/pipeline_speed.py --quick --brokers tansu --scenarios "$scenarios" \
     --events 100000 --users 5000 --deep-scenario recstream-full-gpu --scale-workers 1,2,3 \
     --latency-seconds 3 --output "$OUT_DIR/pipeline_speed_gpu.json"
