@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,6 +307,8 @@ class Workers:
     spawned_at: list[float] = field(default_factory=list)
     web_ports: list[str] = field(default_factory=list)
     """Each recstream worker's HTTP port (metrics), in spawn order."""
+    data_dirs: list[str] = field(default_factory=list)
+    """The data folders made for the further workers (removed by :meth:`stop`)."""
 
     def own_env(self) -> dict[str, str]:
         """The next worker's environment: the target's, where the first worker runs; a
@@ -316,6 +319,7 @@ class Workers:
             env["RECSTREAM_WEB_PORT"] = str(free_port())
         if self.procs and "RECSTREAM_DATA_DIR" in env:
             env["RECSTREAM_DATA_DIR"] = tempfile.mkdtemp(prefix="bench-recstream-data-")
+            self.data_dirs.append(env["RECSTREAM_DATA_DIR"])
         return env
 
     def spawn(self) -> float:
@@ -367,8 +371,11 @@ class Workers:
                 proc.wait()
         for log in self.logs:
             log.unlink(missing_ok=True)
+        for folder in self.data_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
         self.procs.clear()
         self.logs.clear()
+        self.data_dirs.clear()
 
 
 def tail(path: Path, chars: int = 1_500) -> str:

@@ -337,8 +337,11 @@ def test_each_further_worker_gets_its_own_port_and_data_folder(tmp_path: Path) -
         assert group.web_ports[0] == "6066" and len(set(group.web_ports)) == 3
         later = group.own_env()
         assert later["X"] == "1" and later["RECSTREAM_DATA_DIR"] != str(tmp_path)
+        made = [Path(folder) for folder in group.data_dirs]
+        assert len(made) == 3 and all(folder.is_dir() for folder in made)
     finally:
         group.stop()
+    assert not any(folder.exists() for folder in made) and tmp_path.is_dir()
     plain = ps.Workers(ps.Target("faust-naive", "in", "out", "app", None, {}, command=("true",)))
     plain.spawn()
     plain.stop()
