@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks for a machine with an NVIDIA GPU, in one go (about 4 minutes):
+# GPU checks for a machine with an NVIDIA GPU, in one go:
 #   1. environment: onnxruntime, its providers, the GPU, and whether a model really runs on CUDA;
 #   2. the CUDA tests (tests/export/test_export_cuda.py: CUDA sessions, I/O binding, fp32 and
 #      fp16 agreement with PyTorch) beside the runtime and scoring tests;
@@ -8,15 +8,16 @@
 #      (every core), fp32 / fp16 on CUDA, batch 1, 32, 512 x length 10, 50, the runtime's
 #      overhead, and the speed-up over the CPU at batch 512;
 #   4. the full pipeline on Tansu: recstream's worker without scoring, scoring on the CPU
-#      and on CUDA (RECSTREAM_REQUIRE_GPU), same 100,000-click backlog, same model; then
-#      latency, state and scale-out (1, 2, 3 workers sharing the GPU) with the CUDA scorer;
-#   5. the same three throughput figures on noida (no scale-out: noida cannot rebalance).
+#      and on CUDA (RECSTREAM_REQUIRE_GPU), same 100,000-click backlog, same model; with
+#      GPU_CHECK_DEEP=1 also latency, state and scale-out (1, 2, 3 workers sharing the
+#      GPU) with the CUDA scorer (about 2.5 minutes more);
+#   5. the same three throughput figures on noida.
 # Each step runs even when an earlier one failed; the exit status says whether all passed.
 # Results go to GPU_CHECK_OUT (default benchmarks/results): scorer_speed_gpu.json,
 # pipeline_speed_gpu.json and .md (Tansu), pipeline_speed_gpu_noida.json and .md,
-# gpu_check_tests.log.  About 7 minutes on 16 cores (the Tansu step alone took 3.6).
+# gpu_check_tests.log.  About 4 minutes on 16 cores (from the step times of the 2026-12-04 run).
 #
-# Usage: benchmarks/gpu_check.sh
+# Usage: [GPU_CHECK_DEEP=1] benchmarks/gpu_check.sh
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -86,10 +87,15 @@ step "scorer speed" 150 "$PYTHON" benchmarks/scorer_speed.py --quick --threads "
     --out "$OUT_DIR/scorer_speed_gpu.json"
 
 scenarios=recstream-passthrough,recstream-full,recstream-full-gpu
-step "pipeline on Tansu: CPU vs CUDA scorer, CUDA workers scaled out" 360 \
-    "$PYTHON" benchmarks/pipeline_speed.py --quick --brokers tansu --scenarios "$scenarios" \
-    --events 100000 --users 5000 --deep-scenario recstream-full-gpu --scale-workers 1,2,3 \
-    --latency-seconds 3 --output "$OUT_DIR/pipeline_speed_gpu.json"
+deep=(--no-deep)
+limit=180
+if [[ "${GPU_CHECK_DEEP:-0}" == 1 ]]; then
+    deep=(--deep-scenario recstream-full-gpu --scale-workers 1,2,3 --latency-seconds 3)
+    limit=360
+fi
+step "pipeline on Tansu: CPU vs CUDA scorer" "$limit" "$PYTHON" benchmarks/pipeline_speed.py \
+    --quick --brokers tansu --scenarios "$scenarios" --events 100000 --users 5000 \
+    "${deep[@]}" --output "$OUT_DIR/pipeline_speed_gpu.json"
 
 step "pipeline on noida: CPU vs CUDA scorer" 90 "$PYTHON" benchmarks/pipeline_speed.py \
     --quick --brokers noida --scenarios "$scenarios" --events 100000 --users 5000 --no-deep \
