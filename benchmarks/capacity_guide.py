@@ -14,8 +14,10 @@ Inputs are measured figures (from ``pipeline_speed.json``), never guesses:
   ``benchmarks/scorer_speed.py`` (``scorer_speed_gpu.json``), at 32 histories per call
   (workers' batches at the planned load, not the batch-512 peak); without it the GPU
   count is not computed;
-* ``gpu_worker_rate``: events/s of one worker process scoring on CUDA, from the
-  ``recstream-full-gpu`` scenario when it was measured, else the pass-through rate.
+* ``gpu_worker_rate``: events/s of one worker process scoring on CUDA, per dedicated
+  core: from the ``recstream-full-gpu`` scenario of these results, else of a GPU run of
+  ``pipeline_speed.py`` (``gpu_check.sh``: ``pipeline_speed_gpu.json``, then
+  ``pipeline_speed_gpu_noida.json``), else the pass-through rate (an upper bound).
 
 Rules of thumb applied (each printed with the arithmetic):
 
@@ -43,6 +45,9 @@ DEFAULT_UTILISATION = 0.5
 GUIDE_RATES = (1_000, 10_000, 100_000)
 #: Histories per scoring call assumed for a GPU's rate (see gpu_rate_from_scorer_results).
 WORKER_BATCH = 32
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: GPU runs of pipeline_speed.py (benchmarks/gpu_check.sh), in the order they are read.
+GPU_PIPELINE_RESULTS = ("pipeline_speed_gpu.json", "pipeline_speed_gpu_noida.json")
 
 
 def plan(
@@ -98,8 +103,11 @@ def plan(
     return out
 
 
-def inputs_from(results: dict[str, Any], broker: str | None = None) -> dict[str, Any]:
-    """The measured inputs of :func:`plan` from a ``pipeline_speed.json`` object.
+def inputs_from(
+    results: dict[str, Any], broker: str | None = None, results_dir: Path = RESULTS_DIR
+) -> dict[str, Any]:
+    """The measured inputs of :func:`plan` from a ``pipeline_speed.json`` object (and
+    the GPU runs' files in ``results_dir``).
 
     Prefers Tansu (it long-polls; noida's idle spin distorts).  Returns an ``error``
     entry when the results lack a pass-through figure.
@@ -142,19 +150,41 @@ def inputs_from(results: dict[str, Any], broker: str | None = None) -> dict[str,
     else:
         worker_rate = passthrough
         derivation = f"pass-through only on {kind} (no scoring figure): {passthrough:,.0f} ev/s"
-    gpu_entry = throughput.get("recstream-full-gpu", {})
-    gpu_worker = None
-    if gpu_entry.get("app_cpu_us_per_event"):
-        gpu_worker = 1e6 / gpu_entry["app_cpu_us_per_event"]
+    gpu_worker = gpu_worker_rate({"brokers": {kind: {"throughput": throughput}}}, "these results")
+    for name in GPU_PIPELINE_RESULTS:
+        if gpu_worker is not None:
+            break
+        try:
+            gpu_results = json.loads((results_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        gpu_worker = gpu_worker_rate(gpu_results, f"benchmarks/results/{name}")
     return {
         "broker": kind,
         "worker_rate": worker_rate,
         "passthrough_rate": passthrough,
         "cpu_scoring_rate": cpu_scoring,
-        "gpu_scoring_rate": gpu_rate_from_scorer_results(),
-        "gpu_worker_rate": gpu_worker,
+        "gpu_scoring_rate": gpu_rate_from_scorer_results(results_dir / "scorer_speed_gpu.json"),
+        "gpu_worker_rate": gpu_worker[0] if gpu_worker else None,
+        "gpu_worker_derivation": gpu_worker[1] if gpu_worker else None,
         "worker_rate_derivation": derivation,
     }
+
+
+def gpu_worker_rate(results: Any, source: str) -> tuple[float, str] | None:
+    """Events/s per dedicated core of a worker scoring on CUDA, and how it was derived,
+    from the first broker of ``results`` that measured ``recstream-full-gpu``."""
+    brokers = results.get("brokers", {}) if isinstance(results, dict) else {}
+    for kind, out in brokers.items():
+        entry = out.get("throughput", {}).get("recstream-full-gpu", {})
+        cpu_us = entry.get("app_cpu_us_per_event")
+        if isinstance(cpu_us, int | float) and cpu_us > 0:
+            rate = 1e6 / cpu_us
+            return rate, (
+                f"1e6 / {cpu_us:,.0f} CPU µs per event of the worker scoring on CUDA on "
+                f"{kind} = {rate:,.0f} ev/s per dedicated core ({source})"
+            )
+    return None
 
 
 def gpu_rate_from_scorer_results(
@@ -167,7 +197,7 @@ def gpu_rate_from_scorer_results(
     the loads the guide plans for, and processes sharing a GPU take turns on it, so
     the rate at that size, not at batch 512, is what one GPU gives a worker group.
     """
-    path = path or Path(__file__).resolve().parent / "results" / "scorer_speed_gpu.json"
+    path = path or RESULTS_DIR / "scorer_speed_gpu.json"
     try:
         rows = json.loads(path.read_text()).get("rows", [])
     except (OSError, ValueError, AttributeError):
@@ -183,9 +213,10 @@ def gpu_rate_from_scorer_results(
     return max((float(row["sequences_per_s"]) for row in at_batch), default=None)
 
 
-def from_results(results: dict[str, Any]) -> dict[str, Any]:
-    """The guide for a few example rates, from one run's results."""
-    inputs = inputs_from(results)
+def from_results(results: dict[str, Any], results_dir: Path = RESULTS_DIR) -> dict[str, Any]:
+    """The guide for a few example rates, from one run's results (and the GPU runs'
+    files in ``results_dir``)."""
+    inputs = inputs_from(results, results_dir=results_dir)
     if "error" in inputs:
         return inputs
     examples = [
@@ -217,6 +248,11 @@ def render(guide: dict[str, Any]) -> str:
             if inputs["gpu_scoring_rate"]
             else "not measured"
         )
+        + (
+            f"; GPU worker = {inputs['gpu_worker_derivation']}"
+            if inputs.get("gpu_worker_derivation")
+            else ""
+        )
         + ".\n",
     ]
     for example in guide["examples"]:
@@ -236,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results",
         type=Path,
-        default=Path(__file__).resolve().parent / "results" / "pipeline_speed.json",
+        default=RESULTS_DIR / "pipeline_speed.json",
     )
     parser.add_argument("--broker", help="use this broker's figures (default: tansu)")
     parser.add_argument("--gpu-rate", type=float, help="measured GPU sequences/s")
@@ -256,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         utilisation=args.utilisation,
     )
     print(f"worker rate: {inputs['worker_rate_derivation']}")
+    if inputs["gpu_worker_derivation"]:
+        print(f"GPU worker rate: {inputs['gpu_worker_derivation']}")
     for step in result["steps"]:
         print(step)
     return 0

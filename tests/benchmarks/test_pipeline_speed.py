@@ -293,6 +293,43 @@ def test_inputs_from_results_prefers_cpu_cost_per_event() -> None:
     assert "per dedicated core" in inputs["worker_rate_derivation"]
 
 
+def _gpu_run(cpu_us: float | None) -> dict[str, Any]:
+    entry = {"rate": 1_000.0} if cpu_us is None else {"app_cpu_us_per_event": cpu_us}
+    return {"brokers": {"noida": {"throughput": {"recstream-full-gpu": entry}}}}
+
+
+def test_the_gpu_worker_rate_comes_from_these_results_then_from_a_gpu_run(
+    tmp_path: Path,
+) -> None:
+    passthrough = {"recstream-passthrough": {"rate": 300.0, "app_cpu_us_per_event": 20.0}}
+    results: dict[str, Any] = {"brokers": {"tansu": {"throughput": dict(passthrough)}}}
+
+    # no GPU figure anywhere: the guide falls back to the pass-through rate
+    inputs = capacity_guide.inputs_from(results, results_dir=tmp_path)
+    assert inputs["gpu_worker_rate"] is None and inputs["gpu_worker_derivation"] is None
+    assert inputs["gpu_scoring_rate"] is None
+
+    # a GPU run on disk: the first file with a measured CPU cost counts
+    (tmp_path / "pipeline_speed_gpu.json").write_text(json.dumps(_gpu_run(None)))
+    (tmp_path / "pipeline_speed_gpu_noida.json").write_text(json.dumps(_gpu_run(80.0)))
+    inputs = capacity_guide.inputs_from(results, results_dir=tmp_path)
+    assert inputs["gpu_worker_rate"] == pytest.approx(12_500.0)  # 1e6 / 80 µs
+    assert "pipeline_speed_gpu_noida.json" in inputs["gpu_worker_derivation"]
+
+    # measured in these results: that wins
+    results["brokers"]["tansu"]["throughput"]["recstream-full-gpu"] = {"app_cpu_us_per_event": 50.0}
+    inputs = capacity_guide.inputs_from(results, results_dir=tmp_path)
+    assert inputs["gpu_worker_rate"] == pytest.approx(20_000.0)
+    assert "these results" in inputs["gpu_worker_derivation"]
+    (tmp_path / "scorer_speed_gpu.json").write_text(
+        json.dumps({"rows": [{"engine": "ort-fp16-cuda", "batch": 32, "sequences_per_s": 9.0e4}]})
+    )
+    guide = capacity_guide.from_results(results, results_dir=tmp_path)
+    assert "GPU worker = 1e6 / 50 CPU µs" in capacity_guide.render(guide)
+    # 100,000 events/s: ceil(1e5 / (20,000 x 50%)) = 10 workers, ceil(1e5 / 45,000) = 3 GPUs
+    assert guide["examples"][-1]["with_gpu"] == {"workers": 10, "gpus": 3}
+
+
 def test_gc_pauses_are_read_from_the_workers_metrics() -> None:
     metrics = Metrics()
     hook = metrics._gc.hook
