@@ -661,6 +661,8 @@ async def rebalance_pauses(
             joins.append(time.time())
         watch.target = await producer
         await watcher
+        # did each joiner take part? (one that got no partition, or died, reads nothing)
+        clicks = [bc.events_in(bc.scrape_metrics(port), "clicks") for port in group.web_ports]
     finally:
         group.stop()
     times = watch.receipt_times
@@ -681,6 +683,7 @@ async def rebalance_pauses(
         ],
         "sent": watch.target,
         "received": watch.count,
+        "events_in_by_worker": clicks,
     }
 
 
@@ -1093,9 +1096,12 @@ def deep_tables(results: dict[str, Any]) -> list[str]:
             rows = [["1 (no join)", bc.fmt(reb["baseline_max_gap_s"], 2)]] + [
                 [f"{j['workers_after']} (join)", bc.fmt(j["max_gap_s"], 2)] for j in reb["joins"]
             ]
+            read = " / ".join(map(str, reb.get("events_in_by_worker", []))) or "-"
             parts.append(
                 f"Rebalance pause at {bc.fmt(reb['load_rate'])} ev/s (longest output gap):\n\n"
                 + bc.markdown_table(["workers", "max gap s"], rows)
+                + f"\nAnswered {reb['received']} of {reb['sent']} events; clicks read by each "
+                f"worker: {read}.\n"
             )
         elif "error" in reb:
             parts.append(f"Rebalance: {reb['error'][:200]}")

@@ -612,6 +612,8 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert _positive(rebalance["baseline_max_gap_s"])
     assert [j["workers_after"] for j in rebalance["joins"]] == [2]
     assert _positive(rebalance["joins"][0]["max_gap_s"])
+    # the joiner ran to the end (it had exited at once on the first one's port)
+    assert len(rebalance["events_in_by_worker"]) == 2 and "clicks read by each" in report
 
     guide = results["capacity_guide"]
     assert "error" not in guide
