@@ -322,6 +322,10 @@ class Workers:
             self.data_dirs.append(env["RECSTREAM_DATA_DIR"])
         return env
 
+    def clicks_read(self) -> list[int]:
+        """The clicks each recstream worker consumed so far, from its metrics."""
+        return [bc.events_in(bc.scrape_metrics(port), "clicks") for port in self.web_ports]
+
     def spawn(self) -> float:
         """Start one more worker; returns its start time (perf_counter)."""
         log = Path(tempfile.mkstemp(prefix=f"bench-{self.target.scenario}-", suffix=".log")[1])
@@ -512,9 +516,7 @@ async def app_throughput(
             result["gc"] = bc.gc_pauses(bc.scrape_metrics(group.web_ports[0]))
             result["gc_us_per_event"] = result["gc"]["seconds"] * 1e6 / len(backlog)
         if len(group.web_ports) > 1:  # did each worker get partitions?
-            result["events_in_by_worker"] = [
-                bc.events_in(bc.scrape_metrics(port), "clicks") for port in group.web_ports
-            ]
+            result["events_in_by_worker"] = group.clicks_read()
     except BaseException:
         group.stop()
         with contextlib.suppress(Exception):
@@ -662,7 +664,7 @@ async def rebalance_pauses(
         watch.target = await producer
         await watcher
         # did each joiner take part? (one that got no partition, or died, reads nothing)
-        clicks = [bc.events_in(bc.scrape_metrics(port), "clicks") for port in group.web_ports]
+        clicks = group.clicks_read()
     finally:
         group.stop()
     times = watch.receipt_times
