@@ -613,6 +613,25 @@ def events_in(metrics_text: str, topic: str) -> int:
     return 0
 
 
+def scoring_batches(metrics_text: str, model: str = "recs") -> dict[str, float] | None:
+    """How many micro-batches a worker scored for ``model`` and their mean size in events
+    (its ``recstream_scoring_batch_size`` histogram); None when it scored none."""
+    count = total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "recstream_scoring_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    if not count:
+        return None
+    return {"batches": count, "mean_events": total / count}
+
+
 def gc_pauses(metrics_text: str) -> dict[str, Any]:
     """The garbage collector's pauses in a worker's metrics (``recstream_gc_pause_seconds``):
     collections and seconds in all, per generation, and the upper bound of the shortest

@@ -513,8 +513,11 @@ async def app_throughput(
         }
         if group.web_ports and workers == 1:
             # the worker's collector since its start-up, nearly all of it in the window
-            result["gc"] = bc.gc_pauses(bc.scrape_metrics(group.web_ports[0]))
+            metrics_text = bc.scrape_metrics(group.web_ports[0])
+            result["gc"] = bc.gc_pauses(metrics_text)
             result["gc_us_per_event"] = result["gc"]["seconds"] * 1e6 / len(backlog)
+            # how the backlog was cut: a broker that answers fetches with less cuts finer
+            result["scoring_batches"] = bc.scoring_batches(metrics_text)
         if len(group.web_ports) > 1:  # did each worker get partitions?
             result["events_in_by_worker"] = group.clicks_read()
     except BaseException:
@@ -887,6 +890,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["gc_longest_at_most_s"] = max(
             (bound for bound in longest if bound is not None), default=None
         )
+    batches = [run["scoring_batches"] for run in runs if run.get("scoring_batches")]
+    if batches:
+        summary["events_per_batch"] = bc.median([b["mean_events"] for b in batches])
     starts = [run["cold_start_s"] for run in runs if "cold_start_s" in run]
     if starts:
         summary["cold_start_s"] = bc.median(starts)
@@ -906,6 +912,15 @@ def gc_summary(throughput: dict[str, Any]) -> str:
             f"collections (longest pause {bound})"
         )
     return "; ".join(parts)
+
+
+def batch_summary(throughput: dict[str, Any]) -> str:
+    """The mean micro-batch per scenario that reported it, as one line of text."""
+    return "; ".join(
+        f"{name} {entry['events_per_batch']:,.0f} events"
+        for name, entry in throughput.items()
+        if "events_per_batch" in entry
+    )
 
 
 def ratios(throughput: dict[str, Any], main: str, key: str = "rate") -> dict[str, float]:
@@ -1175,6 +1190,12 @@ def render(results: dict[str, Any]) -> str:
             parts.append(
                 f"Garbage collector on {kind} (the worker's `recstream_gc_pause_seconds`, "
                 f"median of the runs): {gc_text}\n"
+            )
+        batch_text = batch_summary(out.get("throughput", {}))
+        if batch_text:
+            parts.append(
+                f"Mean micro-batch on {kind} (the worker's `recstream_scoring_batch_size`, "
+                f"median of the runs): {batch_text}\n"
             )
     parts += [
         "## Latency, state, scale-out\n",

@@ -347,6 +347,20 @@ def test_gc_pauses_are_read_from_the_workers_metrics() -> None:
     assert bc.gc_pauses(Metrics().render()[0].decode())["longest_at_most_s"] is None
 
 
+def test_scoring_batches_are_read_from_the_workers_metrics() -> None:
+    metrics = Metrics()
+    for size in (1_000, 24, 2):
+        metrics.scoring_batch("recs", size, 0.01)
+    metrics.scoring_batch("sentiment", 5, 0.01)
+    found = bc.scoring_batches(metrics.render()[0].decode())
+    assert found == {"batches": 3, "mean_events": pytest.approx(342.0)}
+    assert bc.scoring_batches(metrics.render()[0].decode(), "sentiment") == {
+        "batches": 1,
+        "mean_events": 5.0,
+    }
+    assert bc.scoring_batches(Metrics().render()[0].decode()) is None
+
+
 def test_clicks_read_are_counted_from_the_workers_metrics() -> None:
     metrics = Metrics()
     metrics.events_in("clicks", 7)
@@ -398,6 +412,19 @@ def test_gc_summary_names_each_scenario_that_reported_pauses() -> None:
         "recstream-passthrough 1.2 µs/ev in 4 collections (longest pause <= 0.25 s)"
     )
     assert ps.gc_summary({"quix-memory": {"rate": 10.0}}) == ""
+
+
+def test_batch_summary_and_the_median_mean_batch_over_runs() -> None:
+    runs: list[dict[str, Any]] = [
+        {"rate": 10.0, "scoring_batches": {"batches": 2, "mean_events": 1_000.0}},
+        {"rate": 12.0, "scoring_batches": {"batches": 4, "mean_events": 500.0}},
+        {"rate": 11.0, "scoring_batches": None},
+    ]
+    summary = ps.summarise(runs)
+    assert summary["events_per_batch"] == 750.0
+    throughput = {"quix-memory": {"rate": 10.0}, "recstream-passthrough": summary}
+    assert ps.batch_summary(throughput) == "recstream-passthrough 750 events"
+    assert "events_per_batch" not in ps.summarise([{"rate": 1.0}])
 
 
 def test_round_ratios_pair_the_runs_of_each_round() -> None:
@@ -579,6 +606,7 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
     passthrough = broker["throughput"]["recstream-passthrough"]
     assert _cpu_figure(passthrough["gc_us_per_event"]) and passthrough["gc_collections"] >= 0
     assert "Garbage collector on noida" in report
+    assert passthrough["events_per_batch"] >= 1 and "Mean micro-batch on noida" in report
     assert all(_cpu_figure(v) for v in broker["ratios"].values())
     for pair in broker["round_ratios"].values():
         assert len(pair["rounds"]) == 1 and pair["median"] == pair["rounds"][0]
