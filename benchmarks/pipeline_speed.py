@@ -772,6 +772,131 @@ def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
     }
 
 
+class _LengthRecorder:
+    """A recommender that records the history lengths of each batch it is asked to score
+    and answers with empty fallbacks (scoring disabled)."""
+
+    model_version = "lengths-only"
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def recommend(self, histories: Any, exclude: Any, k: int) -> list[Any]:
+        from recstream.streams.scoring import RecsResult
+
+        self.batches.append([len(history) for history in histories])
+        return [RecsResult((), True)] * len(histories)
+
+
+def backlog_history_lengths(backlog: bc.Backlog, partitions: int) -> list[list[int]]:
+    """The history lengths the worker's recommender gets for ``backlog``, batch by batch.
+
+    The backlog replayed offline through recstream's ``Pipeline`` with the default
+    settings (batch size, sessions, lateness), in batches of ``batch_size`` records as a
+    worker takes them from a backlog; its scoring disabled.
+    """
+    from bench_workers import NullSentiment
+
+    from recstream.streams.pipeline import DictStore, Pipeline, RawRecord, partition_for_key
+
+    settings = Settings()
+    recorder = _LengthRecorder()
+    pipeline = Pipeline(settings, recorder, NullSentiment(), partitions=partitions)
+    store = DictStore()
+    records = [
+        RawRecord("clicks", "clicks", partition_for_key(key, partitions), offset, value, key)
+        for offset, (key, value) in enumerate(backlog.records)
+    ]
+    for start in range(0, len(records), settings.batch_size):
+        pipeline.run(records[start : start + settings.batch_size], store)
+    return recorder.batches
+
+
+def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> dict[str, Any]:
+    """Sequences/s of bare onnxruntime on the backlog's own histories, run as the worker
+    runs its scorer: ``RECSTREAM_SCORING_THREADS`` threads, each scoring whole batches on
+    one session with ``RECSTREAM_INTRA_OP_THREADS`` threads per run (the defaults: 2 and 1).
+
+    Each batch of :func:`backlog_history_lengths` is run in the parts the worker's
+    scorer runs it in (``RecsModel.runs``: one padded length per part), on random
+    items made before the clock starts: the model's cost for what the full pipeline
+    scores, without the scorer's encoding and decoding.  Batches in backlog order until
+    ``seconds`` have passed (at least one); the length-50 rows of :func:`onnx_bare` are
+    the model's worst case.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from recstream.streams.scoring import RuntimeOptions, bucket_length, load_recs_model
+
+    settings = Settings()
+    threads = settings.scoring_threads
+    options = RuntimeOptions(
+        ("CPUExecutionProvider",), False, settings.intra_op_threads, settings.inter_op_threads
+    )
+    model = load_recs_model(model_dir / "recs.onnx", options)
+    names = {i.name for i in model.session.get_inputs()}
+    rng = np.random.default_rng(3)
+
+    def feeds_of(batch: list[int]) -> list[dict[str, np.ndarray]]:
+        """The session inputs of ``batch``'s parts."""
+        parts = []
+        for part in model.runs([range(length) for length in batch]):
+            rows = len(part)
+            width = bucket_length(
+                min(max(batch[row] for row in part), model.max_len), model.max_len
+            )
+            feeds = {
+                "items": rng.integers(2, len(model.item_ids), size=(rows, width), dtype=np.int64),
+                "actions": np.ones((rows, width), dtype=np.int64),
+                "words": np.zeros((rows, width, 4), dtype=np.int64),
+                "lengths": np.array([min(batch[row], width) for row in part], dtype=np.int64),
+                "exclude": np.zeros((rows, 1), dtype=np.int64),
+            }
+            parts.append({name: value for name, value in feeds.items() if name in names})
+        return parts
+
+    def run_batch(parts: list[dict[str, np.ndarray]]) -> None:
+        for feeds in parts:
+            model.session.run(None, feeds)
+
+    prepared = [feeds_of(batch) for batch in lengths]
+    sequences = 0
+    elapsed = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run_batch, prepared[:threads]))  # warm-up
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        futures = [pool.submit(run_batch, parts) for parts in prepared]
+        for index, future in enumerate(futures):
+            future.result()
+            if time.perf_counter() - started >= seconds:
+                for later in futures[index + 1 :]:
+                    later.cancel()
+                break
+        for future, batch in zip(futures, lengths, strict=True):
+            if not future.cancelled():
+                future.result()
+                sequences += len(batch)
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+    counted = [length for batch in lengths for length in batch]
+    return {
+        "sequences": sequences,
+        "sequences_per_s": sequences / elapsed if elapsed else None,
+        # this process's CPU time (the scoring threads'; the waiting one uses next to none)
+        "cpu_us_per_sequence": cpu / sequences * 1e6 if sequences else None,
+        "threads": threads,
+        "intra_op_threads": settings.intra_op_threads,
+        "batches": len(lengths),
+        "mean_rows": len(counted) / len(lengths) if lengths else 0.0,
+        "mean_length": sum(min(n, model.max_len) for n in counted) / len(counted)
+        if counted
+        else 0.0,
+    }
+
+
 # ----------------------------------------------------------------------------
 # One broker, everything
 # ----------------------------------------------------------------------------
@@ -933,6 +1058,49 @@ def ratios(throughput: dict[str, Any], main: str, key: str = "rate") -> dict[str
         for name, entry in throughput.items()
         if name != main and entry.get(key)
     }
+
+
+def full_pipeline_share(throughput: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goal 2: the full pipeline's rate over min(pass-through, the model's
+    limit on the backlog's histories), ``model`` being :func:`onnx_backlog`'s result;
+    empty when a figure is missing.
+
+    With the CPU figures, also the pipeline's CPU efficiency: the CPU the pass-through
+    and the bare model take per event, together, over what the full pipeline takes (1:
+    scoring in the worker costs no more than its two parts apart).  On a machine whose
+    cores the broker and the load generator share with the worker, the rate ratio
+    falls short of what the worker alone could do; the CPU ratio does not.
+    """
+    full = throughput.get("recstream-full", {})
+    passthrough = throughput.get("recstream-passthrough", {})
+    model_limit = model.get("sequences_per_s")
+    if not full.get("rate") or not passthrough.get("rate") or not model_limit:
+        return {}
+    bound = min(passthrough["rate"], model_limit)
+    share: dict[str, Any] = {
+        "full": full["rate"],
+        "passthrough": passthrough["rate"],
+        "model_limit": model_limit,
+        "bound_by": "passthrough" if passthrough["rate"] <= model_limit else "model",
+        "share": full["rate"] / bound,
+    }
+    parts = (passthrough.get("app_cpu_us_per_event"), model.get("cpu_us_per_sequence"))
+    full_cpu = full.get("app_cpu_us_per_event")
+    if parts[0] and parts[1] and full_cpu:
+        share["cpu_efficiency"] = (parts[0] + parts[1]) / full_cpu
+        share["cpu_us_per_event"] = {
+            "passthrough": parts[0],
+            "model": parts[1],
+            "full": full_cpu,
+        }
+    return share
+
+
+def add_full_pipeline_shares(results: dict[str, Any]) -> None:
+    """:func:`full_pipeline_share` on every broker of ``results``."""
+    model = results.get("onnx", {}).get("backlog", {})
+    for out in results["brokers"].values():
+        out["full_pipeline_share"] = full_pipeline_share(out["throughput"], model)
 
 
 def round_ratios(throughput: dict[str, Any], main: str) -> dict[str, dict[str, Any]]:
@@ -1134,11 +1302,28 @@ def onnx_table(results: dict[str, Any]) -> str:
         for b in onnx["batches"]
     ]
     model = onnx["model"]
-    return (
+    text = (
         f"Bare onnxruntime, SASRec-size recs.onnx ({model['items']:,} items, length "
         f"{model['max_len']}), CPU, {onnx['threads']} threads:\n\n"
         + bc.markdown_table(["batch", "sequences/s", "ms/batch"], rows)
     )
+    backlog = onnx.get("backlog")
+    if backlog and backlog.get("sequences_per_s"):
+        text += (
+            f"\n\nOn the backlog's own histories (its {backlog['batches']:,} batches of "
+            f"{backlog['mean_rows']:,.0f} histories, {backlog['mean_length']:.1f} tokens long on "
+            "average, replayed offline through the pipeline; run in the parts the scorer runs "
+            f"them in, as the worker's scorer: {backlog['threads']} threads, "
+            f"{backlog['intra_op_threads']} onnxruntime thread per run): "
+            f"**{backlog['sequences_per_s']:,.0f} sequences/s** over {backlog['sequences']:,} "
+            "histories, the model's limit for the full pipeline"
+            + (
+                f", {backlog['cpu_us_per_sequence']:.1f} µs of CPU per history."
+                if backlog.get("cpu_us_per_sequence")
+                else "."
+            )
+        )
+    return text
 
 
 def _env_note(env: dict[str, str] | None) -> str:
@@ -1185,6 +1370,22 @@ def render(results: dict[str, Any]) -> str:
         if out.get("cpu_cost_ratios"):
             cost_text = ", ".join(f"{k} = {v:.2f}" for k, v in out["cpu_cost_ratios"].items())
             parts.append(f"CPU-cost ratios on {kind} (CPU µs/ev over CPU µs/ev): {cost_text}\n")
+        share = out.get("full_pipeline_share")
+        if share:
+            parts.append(
+                f"Full pipeline on {kind} over min(pass-through, bare model on the backlog's "
+                f"histories) (goal 2, aim >= 0.8): {share['full']:,.0f} / "
+                f"min({share['passthrough']:,.0f}, {share['model_limit']:,.0f}) = "
+                f"**{share['share']:.2f}** (bound by the {share['bound_by']})"
+                + (
+                    f"; CPU per event, pass-through {cpu['passthrough']:.1f} + bare model "
+                    f"{cpu['model']:.1f} µs against {cpu['full']:.1f} µs in the full pipeline: "
+                    f"CPU efficiency **{share['cpu_efficiency']:.2f}**"
+                    if (cpu := share.get("cpu_us_per_event"))
+                    else ""
+                )
+                + "\n"
+            )
         gc_text = gc_summary(out.get("throughput", {}))
         if gc_text:
             parts.append(
@@ -1244,6 +1445,9 @@ async def run(cfg: Config, mode: str, with_models: bool) -> dict[str, Any]:
             log(f"building a SASRec-size model ({cfg.onnx_items:,} items) if not cached")
             model_dir = sasrec_size_models(cfg.onnx_items)
             results["onnx"] = onnx_bare(model_dir, cfg)
+            log("bare onnxruntime on the backlog's own histories")
+            lengths = backlog_history_lengths(backlog, cfg.partitions)
+            results["onnx"]["backlog"] = onnx_backlog(model_dir, lengths, cfg.onnx_seconds)
         except Exception as exc:
             results["onnx"] = {"error": f"{type(exc).__name__}: {exc}"[:1_000]}
             model_dir = None
@@ -1253,6 +1457,7 @@ async def run(cfg: Config, mode: str, with_models: bool) -> dict[str, Any]:
     for kind in cfg.brokers:
         log(f"broker {kind}")
         results["brokers"][kind] = await run_broker(kind, backlog, cfg, full_model_dir)
+    add_full_pipeline_shares(results)
     results["capacity_guide"] = capacity_guide.from_results(results)
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     return results
@@ -1322,6 +1527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rerender:
         results = orjson.loads(args.rerender.read_bytes())
         results["capacity_guide"] = capacity_guide.from_results(results)
+        add_full_pipeline_shares(results)
         for out in results["brokers"].values():
             # (results before main_scenario was written ran the deep part on the main one)
             main_scenario = out.get("main_scenario") or out.get(

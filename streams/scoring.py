@@ -31,7 +31,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from itertools import chain, count, pairwise, repeat
 from pathlib import Path
@@ -658,8 +658,9 @@ class RecsModel:
         #: GPU pays more for extra runs than for padded positions).
         self.runs_by_length = session.get_providers()[0] != CUDA
 
-    def runs(self, histories: Sequence[Sequence[Token]]) -> list[list[int]]:
-        """The rows of a batch in the parts it is run in: one part per padded length.
+    def runs(self, histories: Sequence[Sized]) -> list[list[int]]:
+        """The rows of a batch in the parts it is run in: one part per padded length
+        (only the histories' lengths count).
 
         A batch is padded to its longest history, and the attention and feed-forward
         work grows with that length: a batch of mostly short histories with one long

@@ -494,6 +494,81 @@ def test_ratios_of_the_main_scenario() -> None:
     assert ps.ratios(throughput, "missing") == {}
 
 
+def test_the_backlog_s_histories_are_counted_batch_by_batch_as_the_worker_scores_them() -> None:
+    backlog = bc.synthetic_clicks(2_500, users=20, items=100, seed=2)
+    lengths = ps.backlog_history_lengths(backlog, partitions=4)
+    settings = ps.Settings()
+    assert [len(batch) for batch in lengths] == [1_024, 1_024, 452]  # RECSTREAM_BATCH_SIZE
+    seen: dict[bytes, int] = {}
+    expected = []
+    for key, _ in backlog.records:  # one user's clicks in order, no session gap
+        seen[key] = seen.get(key, 0) + 1
+        expected.append(min(seen[key], settings.history_length))
+    # each batch's histories in its order by partition, as the pipeline hands them over
+    assert sorted(n for batch in lengths for n in batch) == sorted(expected)
+    assert max(expected) == settings.history_length
+
+
+def test_the_bare_model_runs_the_backlog_s_histories_in_the_scorer_s_parts(
+    tmp_path: Path,
+) -> None:
+    from recstream.export.tiny import build_tiny_models
+
+    build_tiny_models(tmp_path)
+    lengths = [[1, 3, 5, 12, 40] * 4, [2] * 9]
+    result = ps.onnx_backlog(tmp_path, lengths, seconds=60.0)
+    assert result["sequences"] == 29 and result["batches"] == 2
+    assert result["sequences_per_s"] > 0
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(tmp_path / "recs.onnx")).get_modelmeta()
+    max_len = int(meta.custom_metadata_map["recstream.max_len"])
+    capped = [min(n, max_len) for batch in lengths for n in batch]
+    assert result["mean_length"] == pytest.approx(sum(capped) / len(capped))
+    assert result["threads"] == 2 and result["intra_op_threads"] == 1  # the worker's defaults
+    assert result["cpu_us_per_sequence"] > 0
+    many = [[4] * 10 for _ in range(12)]
+    stopped = ps.onnx_backlog(tmp_path, many, seconds=0.0)  # at least one batch, in order
+    assert stopped["sequences"] in range(10, 121, 10)
+
+
+def test_the_full_pipeline_share_is_over_the_smaller_of_pass_through_and_model() -> None:
+    throughput: dict[str, Any] = {
+        "recstream-full": {"rate": 800.0},
+        "recstream-passthrough": {"rate": 5_000.0},
+    }
+    share = ps.full_pipeline_share(throughput, {"sequences_per_s": 1_000.0})
+    assert share["share"] == pytest.approx(0.8) and share["bound_by"] == "model"
+    assert "cpu_efficiency" not in share  # no CPU figures
+    wider = ps.full_pipeline_share(throughput, {"sequences_per_s": 10_000.0})
+    assert wider["share"] == pytest.approx(0.16) and wider["bound_by"] == "passthrough"
+    assert ps.full_pipeline_share(throughput, {}) == {}
+    assert (
+        ps.full_pipeline_share({"recstream-full": {"rate": 800.0}}, {"sequences_per_s": 1.0}) == {}
+    )
+    throughput["recstream-full"].update(app_cpu_us_per_event=250.0, us_per_event=1_250.0)
+    throughput["recstream-passthrough"].update(app_cpu_us_per_event=25.0, us_per_event=200.0)
+    results: dict[str, Any] = {
+        "onnx": {"backlog": {"sequences_per_s": 1_000.0, "cpu_us_per_sequence": 200.0}},
+        "brokers": {"tansu": {"throughput": throughput}},
+    }
+    ps.add_full_pipeline_shares(results)
+    share = results["brokers"]["tansu"]["full_pipeline_share"]
+    assert share["share"] == pytest.approx(0.8)
+    assert share["cpu_efficiency"] == pytest.approx(0.9)  # (25 + 200) / 250
+    results["meta"] = {
+        "started_at": "now",
+        "cpus": 2,
+        "mode": "quick",
+        "events": 1,
+        "partitions": 1,
+        "backlog_source": "test",
+        "repeats": 1,
+        "load_average": [0.0],
+    }
+    assert "CPU efficiency **0.90**" in ps.render(results)
+
+
 def test_gpu_rate_read_from_scorer_speed_rows(tmp_path: Path) -> None:
     path = tmp_path / "scorer_speed_gpu.json"
     rows = [
