@@ -40,7 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bench_common as bc
 import capacity_guide
@@ -49,6 +49,9 @@ from bench_workers import NullRecs, NullSentiment
 
 from recstream.streams.broker import BROKER_CAVEATS, EmbeddedBroker, free_port
 from recstream.streams.settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SCHEMA_VERSION = 1
 #: Seconds a stopped worker gets to leave its group before it is killed.
@@ -727,6 +730,25 @@ def sasrec_size_models(items: int) -> Path:
     return folder
 
 
+def random_feeds(
+    rng: np.random.Generator, names: set[str], num_items: int, width: int, lengths: list[int]
+) -> dict[str, np.ndarray]:
+    """Inputs of one ``recs.onnx`` run (those among ``names``): one row of random items
+    per entry of ``lengths``, padded to ``width`` tokens, plain actions, no search words,
+    an empty exclusion list."""
+    import numpy as np
+
+    rows = len(lengths)
+    feeds = {
+        "items": rng.integers(2, num_items, size=(rows, width), dtype=np.int64),
+        "actions": np.ones((rows, width), dtype=np.int64),
+        "words": np.zeros((rows, width, 4), dtype=np.int64),
+        "lengths": np.array(lengths, dtype=np.int64),
+        "exclude": np.zeros((rows, 1), dtype=np.int64),
+    }
+    return {name: value for name, value in feeds.items() if name in names}
+
+
 def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
     """Sequences/s of bare onnxruntime on ``recs.onnx`` at each batch size (CPU, 2 threads)."""
     import numpy as np
@@ -741,17 +763,11 @@ def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
     meta = session.get_modelmeta().custom_metadata_map
     max_len = int(meta["recstream.max_len"])
     num_items = int(meta["recstream.num_items"])
+    names = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng(3)
     rows = []
     for batch in cfg.onnx_batches:
-        feeds = {
-            "items": rng.integers(2, num_items, size=(batch, max_len), dtype=np.int64),
-            "actions": np.ones((batch, max_len), dtype=np.int64),
-            "words": np.zeros((batch, max_len, 4), dtype=np.int64),
-            "lengths": np.full((batch,), max_len, dtype=np.int64),
-            "exclude": np.zeros((batch, 1), dtype=np.int64),
-        }
-        feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
+        feeds = random_feeds(rng, names, num_items, max_len, [max_len] * batch)
         session.run(None, feeds)  # warm-up
         calls = 0
         started = time.perf_counter()
@@ -837,18 +853,9 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
         """The session inputs of ``batch``'s parts."""
         parts = []
         for part in model.runs([range(length) for length in batch]):
-            rows = len(part)
-            width = bucket_length(
-                min(max(batch[row] for row in part), model.max_len), model.max_len
-            )
-            feeds = {
-                "items": rng.integers(2, len(model.item_ids), size=(rows, width), dtype=np.int64),
-                "actions": np.ones((rows, width), dtype=np.int64),
-                "words": np.zeros((rows, width, 4), dtype=np.int64),
-                "lengths": np.array([min(batch[row], width) for row in part], dtype=np.int64),
-                "exclude": np.zeros((rows, 1), dtype=np.int64),
-            }
-            parts.append({name: value for name, value in feeds.items() if name in names})
+            lengths = [min(batch[row], model.max_len) for row in part]
+            width = bucket_length(max(lengths), model.max_len)
+            parts.append(random_feeds(rng, names, len(model.item_ids), width, lengths))
         return parts
 
     def run_batch(parts: list[dict[str, np.ndarray]]) -> None:
@@ -1077,13 +1084,14 @@ def full_pipeline_share(throughput: dict[str, Any], model: dict[str, Any]) -> di
         "bound_by": "passthrough" if passthrough["rate"] <= model_limit else "model",
         "share": full["rate"] / bound,
     }
-    parts = (passthrough.get("app_cpu_us_per_event"), model.get("cpu_us_per_sequence"))
+    passthrough_cpu = passthrough.get("app_cpu_us_per_event")
+    model_cpu = model.get("cpu_us_per_sequence")
     full_cpu = full.get("app_cpu_us_per_event")
-    if parts[0] and parts[1] and full_cpu:
-        share["cpu_efficiency"] = (parts[0] + parts[1]) / full_cpu
+    if passthrough_cpu and model_cpu and full_cpu:
+        share["cpu_efficiency"] = (passthrough_cpu + model_cpu) / full_cpu
         share["cpu_us_per_event"] = {
-            "passthrough": parts[0],
-            "model": parts[1],
+            "passthrough": passthrough_cpu,
+            "model": model_cpu,
             "full": full_cpu,
         }
     return share
