@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -40,7 +41,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import bench_common as bc
 import capacity_guide
@@ -701,14 +702,35 @@ async def rebalance_pauses(
 # ----------------------------------------------------------------------------
 
 
+#: The code the benchmark models' graphs come from: a change to any builds them anew.
+MODEL_SOURCES: Final = (
+    "model/sasrec.py",
+    "model/sentiment.py",
+    "export/onnx_export.py",
+    "export/variants.py",
+    "export/tiny.py",
+    "benchmarks/bench_workers.py",
+)
+
+
+def model_sources_digest() -> str:
+    """A short digest of :data:`MODEL_SOURCES` (names the cached model folder)."""
+    digest = hashlib.sha256()
+    for name in MODEL_SOURCES:
+        digest.update((bc.REPO / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def sasrec_size_models(items: int) -> Path:
     """A folder with a random-init SASRec-size ``recs.onnx`` (and a tiny sentiment model).
 
-    Exported once through recstream's real export path and cached in the temp dir;
-    scores are meaningless (random weights), speed is what a trained model of the same
-    shape costs.  Built in a child process (torch) at low priority.
+    Exported once through recstream's real export path and cached in the temp dir, per
+    version of the code that builds them; scores are meaningless (random weights),
+    speed is what a trained model of the same shape costs.  Built in a child process
+    (torch) at low priority.
     """
-    folder = Path(tempfile.gettempdir()) / f"recstream-bench-models-p{items}"
+    name = f"recstream-bench-models-p{items}-{model_sources_digest()}"
+    folder = Path(tempfile.gettempdir()) / name
     if (folder / "recs.onnx").is_file() and (folder / "sentiment.onnx").is_file():
         return folder
     subprocess.run(

@@ -135,7 +135,11 @@ class SASRec(nn.Module):
         hidden = self.forward(items, actions, words, lengths)
         last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         h = hidden.gather(1, last).squeeze(1)
-        return h @ self.item_emb.weight.t() + self.item_bias + self.score_mask
+        # Bias and mask added to each other first: in the exported graph that sum is a
+        # constant, which onnxruntime folds into the output layer's bias at load time,
+        # where ``+ bias + mask`` would run one more pass over the [B, V] scores
+        # (~12 % of the serving run at 50k items; README, "Speed").
+        return h @ self.item_emb.weight.t() + (self.item_bias + self.score_mask)
 
     def loss(
         self,

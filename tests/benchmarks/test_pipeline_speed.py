@@ -494,6 +494,19 @@ def test_ratios_of_the_main_scenario() -> None:
     assert ps.ratios(throughput, "missing") == {}
 
 
+def test_the_cached_benchmark_models_are_rebuilt_when_their_code_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ps.MODEL_SOURCES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    monkeypatch.setattr(bc, "REPO", tmp_path)
+    before = ps.model_sources_digest()
+    assert ps.model_sources_digest() == before
+    (tmp_path / "model/sasrec.py").write_text("changed")
+    assert ps.model_sources_digest() != before
+
+
 def test_the_backlog_s_histories_are_counted_batch_by_batch_as_the_worker_scores_them() -> None:
     backlog = bc.synthetic_clicks(2_500, users=20, items=100, seed=2)
     lengths = ps.backlog_history_lengths(backlog, partitions=4)

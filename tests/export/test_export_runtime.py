@@ -125,6 +125,23 @@ def test_a_batch_run_in_parts_by_length_answers_like_each_history_alone(
         )
 
 
+def test_scores_come_from_one_gemm_with_the_mask_in_its_bias(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """No pass over the ``[B, items]`` scores between the output layer and the
+    exclusions: the PAD/OOV mask is folded into the output layer's bias at load."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(exported.folder / "recs.onnx", options, providers=CPU.providers)
+    graph = onnx.load(tmp_path / "optimized.onnx").graph
+    producers = {output: node for node in graph.node for output in node.output}
+    scatter = producers[next(n for n in graph.node if n.op_type == "TopK").input[0]]
+    assert scatter.op_type == "ScatterElements"
+    scores = producers[scatter.input[0]]
+    assert scores.op_type == "Gemm", f"scores made by {scores.op_type} {scores.name}"
+
+
 def test_exclusions_are_honoured(recs: OnnxRecsScorer) -> None:
     history = [Token("item-2", "view")]
     before = recs.recommend([history], [set()], 10)[0]
