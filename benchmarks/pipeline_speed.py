@@ -844,6 +844,12 @@ def backlog_history_lengths(backlog: bc.Backlog, partitions: int) -> list[list[i
     return recorder.batches
 
 
+def spread_order(count: int, stride: int = 8) -> list[int]:
+    """``range(count)`` reordered so that every prefix spreads over the whole range:
+    every ``stride``-th index from 0, then from 1, and so on."""
+    return [index for start in range(stride) for index in range(start, count, stride)]
+
+
 def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> dict[str, Any]:
     """Sequences/s of bare onnxruntime on the backlog's own histories, run as the worker
     runs its scorer: ``RECSTREAM_SCORING_THREADS`` threads, each scoring whole batches on
@@ -852,9 +858,11 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
     Each batch of :func:`backlog_history_lengths` is run in the parts the worker's
     scorer runs it in (``RecsModel.runs``: one padded length per part), on random
     items made before the clock starts: the model's cost for what the full pipeline
-    scores, without the scorer's encoding and decoding.  Batches in backlog order until
-    ``seconds`` have passed (at least one); the length-50 rows of :func:`onnx_bare` are
-    the model's worst case.
+    scores, without the scorer's encoding and decoding.  Batches in the order of
+    :func:`spread_order` until ``seconds`` have passed (at least one), so that a run
+    stopped early still samples the whole backlog, whose histories grow from its start
+    to its end; the lengths and rows reported are those of the batches run.  The
+    length-50 rows of :func:`onnx_bare` are the model's worst case.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -884,8 +892,8 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
         for feeds in parts:
             model.session.run(None, feeds)
 
+    lengths = [lengths[index] for index in spread_order(len(lengths))]
     prepared = [feeds_of(batch) for batch in lengths]
-    sequences = 0
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(run_batch, prepared[:threads]))  # warm-up
         started = time.perf_counter()
@@ -897,13 +905,15 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
                 for later in futures[index + 1 :]:
                     later.cancel()
                 break
+        run = []
         for future, batch in zip(futures, lengths, strict=True):
             if not future.cancelled():
                 future.result()
-                sequences += len(batch)
+                run.append(batch)
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
-    counted = [length for batch in lengths for length in batch]
+    counted = [length for batch in run for length in batch]
+    sequences = len(counted)
     return {
         "sequences": sequences,
         "sequences_per_s": sequences / elapsed if elapsed else None,
@@ -911,8 +921,9 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
         "cpu_us_per_sequence": cpu / sequences * 1e6 if sequences else None,
         "threads": threads,
         "intra_op_threads": settings.intra_op_threads,
-        "batches": len(lengths),
-        "mean_rows": len(counted) / len(lengths) if lengths else 0.0,
+        "batches": len(run),
+        "backlog_batches": len(lengths),
+        "mean_rows": len(counted) / len(run) if run else 0.0,
         "mean_length": sum(min(n, model.max_len) for n in counted) / len(counted)
         if counted
         else 0.0,
@@ -1332,8 +1343,10 @@ def onnx_table(results: dict[str, Any]) -> str:
     )
     backlog = onnx.get("backlog")
     if backlog and backlog.get("sequences_per_s"):
+        run, of_all = backlog["batches"], backlog.get("backlog_batches", backlog["batches"])
+        which = f"its {run:,} batches" if run == of_all else f"{run:,} of its {of_all:,} batches"
         text += (
-            f"\n\nOn the backlog's own histories (its {backlog['batches']:,} batches of "
+            f"\n\nOn the backlog's own histories ({which} of "
             f"{backlog['mean_rows']:,.0f} histories, {backlog['mean_length']:.1f} tokens long on "
             "average, replayed offline through the pipeline; run in the parts the scorer runs "
             f"them in, as the worker's scorer: {backlog['threads']} threads, "

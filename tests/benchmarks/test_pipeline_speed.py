@@ -540,9 +540,19 @@ def test_the_bare_model_runs_the_backlog_s_histories_in_the_scorer_s_parts(
     assert result["mean_length"] == pytest.approx(sum(capped) / len(capped))
     assert result["threads"] == 2 and result["intra_op_threads"] == 1  # the worker's defaults
     assert result["cpu_us_per_sequence"] > 0
-    many = [[4] * 10 for _ in range(12)]
-    stopped = ps.onnx_backlog(tmp_path, many, seconds=0.0)  # at least one batch, in order
-    assert stopped["sequences"] in range(10, 121, 10)
+    growing = [[1 + n] * 10 for n in range(24)]  # histories grow through a backlog
+    stopped = ps.onnx_backlog(tmp_path, growing, seconds=0.0)  # at least one batch
+    assert stopped["backlog_batches"] == 24 and stopped["batches"] in range(1, 25)
+    assert stopped["sequences"] == 10 * stopped["batches"]
+    first = [min(1 + n, max_len) for n in ps.spread_order(24)[: stopped["batches"]]]
+    assert stopped["mean_length"] == pytest.approx(sum(first) / len(first))
+
+
+def test_a_spread_order_s_prefixes_sample_the_whole_range() -> None:
+    order = ps.spread_order(20, stride=4)
+    assert sorted(order) == list(range(20))
+    assert order[:5] == [0, 4, 8, 12, 16] and order[5:7] == [1, 5]
+    assert ps.spread_order(3) == [0, 1, 2] and ps.spread_order(0) == []
 
 
 def test_the_full_pipeline_share_is_over_the_smaller_of_pass_through_and_model() -> None:
