@@ -17,8 +17,9 @@ Per rate: p50 / p90 / p99 of both parts and of the total, the CPU of the worker,
 broker and this process (% of one core), the worker's CPU thread by thread (named after
 the last rate by ``py-spy dump``, which pauses the worker a moment: ``MainThread`` runs
 the event loop and the batch code, Faust's consumer thread runs aiokafka's fetches,
-``recstream-scoring_*`` run the models), and the scoring micro-batches the worker
-counted meanwhile (``/metrics``).  Timing is on this machine's clock for both ends.
+``recstream-scoring_*`` run the models), and the scoring micro-batches and garbage
+collector pauses the worker counted meanwhile (``/metrics``).  Timing is on this
+machine's clock for both ends.
 
     python benchmarks/latency_probe.py [--broker noida|tansu] [--rates 300,1200,2400]
         [--seconds 8] [--scenario recstream-full|recstream-passthrough]
@@ -69,6 +70,15 @@ def scoring_batches(port: str) -> dict[str, float]:
     return found
 
 
+def gc_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """The garbage collector's pauses between two readings of :func:`bc.gc_pauses`:
+    collections and milliseconds paused."""
+    return {
+        "collections": after["collections"] - before["collections"],
+        "ms": round((after["seconds"] - before["seconds"]) * 1000.0, 1),
+    }
+
+
 def spread(values_ms: Sequence[float]) -> dict[str, float]:
     """p50 / p90 / p99 in milliseconds."""
     return {f"p{q}": round(bc.percentile(values_ms, q), 1) for q in (50, 90, 99)}
@@ -108,6 +118,7 @@ async def one_rate(
     await started.wait()
     port = target.env["RECSTREAM_WEB_PORT"]
     before = scoring_batches(port)
+    gc_before = bc.gc_pauses(bc.scrape_metrics(port))
     cpu = ps.cpu_window(group, broker)
     threads = bc.ThreadCpuWindow(group.pids[0])
     cpu.begin()
@@ -118,6 +129,7 @@ async def one_rate(
     watch.target = sent
     await watching
     after = scoring_batches(port)
+    gc = gc_between(gc_before, bc.gc_pauses(bc.scrape_metrics(port)))
     batches = after["batches"] - before["batches"]
     return {
         "rate": rate,
@@ -128,6 +140,7 @@ async def one_rate(
         "worker_thread_percent": thread_percent,
         "scoring_batches": batches,
         "mean_scoring_batch": (after["events"] - before["events"]) / batches if batches else None,
+        "gc": gc,
     }
 
 
@@ -192,6 +205,7 @@ def table(result: dict[str, Any]) -> str:
                 *(f"{p['p50']} / {p['p90']} / {p['p99']}" for p in [*parts, total]),
                 bc.fmt(phase["mean_scoring_batch"], 1),
                 f"{phase['cpu_percent'].get('app', 0):.0f}",
+                f"{phase['gc']['collections']} / {phase['gc']['ms']}" if "gc" in phase else "-",
             ]
         )
     headers = [
@@ -202,6 +216,7 @@ def table(result: dict[str, Any]) -> str:
         "total",
         "mean scoring batch",
         "worker CPU %",
+        "GC pauses / ms",
     ]
     return bc.markdown_table(headers, rows)
 

@@ -39,6 +39,12 @@ def test_worker_settings_are_taken_as_recstream_variables_only() -> None:
             latency_probe.parse_env([bad])
 
 
+def test_gc_pauses_between_two_readings() -> None:
+    before = {"collections": 3, "seconds": 0.120}
+    after = {"collections": 5, "seconds": 0.1852}
+    assert latency_probe.gc_between(before, after) == {"collections": 2, "ms": 65.2}
+
+
 def test_py_spy_dump_lines_name_threads_by_native_id() -> None:
     dump = (
         "Process 13993: python -m recstream worker\n"
@@ -107,3 +113,4 @@ def test_a_tiny_run_answers_every_click_and_writes_its_json(tmp_path: Path) -> N
             assert set(phase[part]) == {"p50", "p90", "p99"}
         assert phase["total_ms"]["p50"] >= phase["event_to_emitted_ms"]["p50"] > 0
         assert phase["scoring_batches"] >= 1 and phase["mean_scoring_batch"] >= 1
+        assert phase["gc"]["collections"] >= 0 and phase["gc"]["ms"] >= 0
