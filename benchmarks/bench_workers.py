@@ -199,9 +199,10 @@ def build_models(out: Path, items: int) -> None:
     building = out.with_name(out.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    export_recs(SASRec(**hparams).eval(), meta, building)
+    variants = ("fp32", "int8")  # RECSTREAM_MODEL_VARIANT picks the one served
+    export_recs(SASRec(**hparams).eval(), meta, building, variants)
     encoder, sentiment_meta = tiny_sentiment(0)
-    export_sentiment(encoder, sentiment_meta, building)
+    export_sentiment(encoder, sentiment_meta, building, variants)
     shutil.rmtree(out, ignore_errors=True)
     building.rename(out)
 

@@ -713,6 +713,10 @@ MODEL_SOURCES: Final = (
 )
 
 
+#: What :func:`sasrec_size_models` writes.
+MODEL_FILES: Final = ("recs.onnx", "recs.int8.onnx", "sentiment.onnx", "sentiment.int8.onnx")
+
+
 def model_sources_digest() -> str:
     """A short digest of :data:`MODEL_SOURCES` (names the cached model folder)."""
     digest = hashlib.sha256()
@@ -722,7 +726,8 @@ def model_sources_digest() -> str:
 
 
 def sasrec_size_models(items: int) -> Path:
-    """A folder with a random-init SASRec-size ``recs.onnx`` (and a tiny sentiment model).
+    """A folder with a random-init SASRec-size recommender and a tiny sentiment model,
+    each in fp32 and int8 (``recs.onnx``, ``recs.int8.onnx``, ...).
 
     Exported once through recstream's real export path and cached in the temp dir, per
     version of the code that builds them; scores are meaningless (random weights),
@@ -731,7 +736,7 @@ def sasrec_size_models(items: int) -> Path:
     """
     name = f"recstream-bench-models-p{items}-{model_sources_digest()}"
     folder = Path(tempfile.gettempdir()) / name
-    if (folder / "recs.onnx").is_file() and (folder / "sentiment.onnx").is_file():
+    if all((folder / name).is_file() for name in MODEL_FILES):
         return folder
     subprocess.run(
         [
@@ -771,8 +776,17 @@ def random_feeds(
     return {name: value for name, value in feeds.items() if name in names}
 
 
+def recs_file(model_dir: Path) -> Path:
+    """The recommender file the workers serve from ``model_dir``: the variant that
+    ``RECSTREAM_MODEL_VARIANT`` names in this environment, which they inherit."""
+    from recstream.streams.scoring import model_file
+
+    return model_file(model_dir, "recs", Settings().model_variant)
+
+
 def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
-    """Sequences/s of bare onnxruntime on ``recs.onnx`` at each batch size (CPU, 2 threads)."""
+    """Sequences/s of bare onnxruntime on the served ``recs`` file (:func:`recs_file`)
+    at each batch size (CPU, 2 threads)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -780,7 +794,7 @@ def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
     options.intra_op_num_threads = 2
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(
-        str(model_dir / "recs.onnx"), options, providers=["CPUExecutionProvider"]
+        str(recs_file(model_dir)), options, providers=["CPUExecutionProvider"]
     )
     meta = session.get_modelmeta().custom_metadata_map
     max_len = int(meta["recstream.max_len"])
@@ -804,7 +818,12 @@ def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
             }
         )
     return {
-        "model": {"items": num_items - 2, "max_len": max_len, "source": str(model_dir)},
+        "model": {
+            "items": num_items - 2,
+            "max_len": max_len,
+            "source": str(model_dir),
+            "file": recs_file(model_dir).name,
+        },
         "threads": 2,
         "provider": "CPUExecutionProvider",
         "batches": rows,
@@ -875,7 +894,7 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
     options = RuntimeOptions(
         ("CPUExecutionProvider",), False, settings.intra_op_threads, settings.inter_op_threads
     )
-    model = load_recs_model(model_dir / "recs.onnx", options)
+    model = load_recs_model(recs_file(model_dir), options)
     names = {i.name for i in model.session.get_inputs()}
     rng = np.random.default_rng(3)
 
@@ -1337,7 +1356,8 @@ def onnx_table(results: dict[str, Any]) -> str:
     ]
     model = onnx["model"]
     text = (
-        f"Bare onnxruntime, SASRec-size recs.onnx ({model['items']:,} items, length "
+        f"Bare onnxruntime, SASRec-size {model.get('file', 'recs.onnx')} "
+        f"({model['items']:,} items, length "
         f"{model['max_len']}), CPU, {onnx['threads']} threads:\n\n"
         + bc.markdown_table(["batch", "sequences/s", "ms/batch"], rows)
     )

@@ -7,6 +7,7 @@ code computes what it says and that a run writes well-formed results.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import subprocess
@@ -546,6 +547,24 @@ def test_the_bare_model_runs_the_backlog_s_histories_in_the_scorer_s_parts(
     assert stopped["sequences"] == 10 * stopped["batches"]
     first = [min(1 + n, max_len) for n in ps.spread_order(24)[: stopped["batches"]]]
     assert stopped["mean_length"] == pytest.approx(sum(first) / len(first))
+
+
+def test_the_bare_model_runs_the_variant_the_workers_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recstream.export.tiny import build_tiny_models
+
+    build_tiny_models(tmp_path)
+    # only a file named as the int8 variant: the fp32 one cannot be read by mistake
+    (tmp_path / "recs.onnx").rename(tmp_path / "recs.int8.onnx")
+    monkeypatch.setenv("RECSTREAM_MODEL_VARIANT", "int8")
+    assert ps.recs_file(tmp_path) == tmp_path / "recs.int8.onnx"
+    cfg = dataclasses.replace(ps.QUICK, onnx_batches=(1,), onnx_seconds=0.0)
+    assert ps.onnx_bare(tmp_path, cfg)["model"]["file"] == "recs.int8.onnx"
+    assert ps.onnx_backlog(tmp_path, [[3, 5]], seconds=0.0)["sequences"] == 2
+    monkeypatch.delenv("RECSTREAM_MODEL_VARIANT")
+    with pytest.raises(Exception, match=r"recs\.onnx"):
+        ps.onnx_backlog(tmp_path, [[3, 5]], seconds=0.0)
 
 
 def test_a_spread_order_s_prefixes_sample_the_whole_range() -> None:
