@@ -736,7 +736,7 @@ def sasrec_size_models(items: int) -> Path:
     """
     name = f"recstream-bench-models-p{items}-{model_sources_digest()}"
     folder = Path(tempfile.gettempdir()) / name
-    if all((folder / name).is_file() for name in MODEL_FILES):
+    if all((folder / file).is_file() for file in MODEL_FILES):
         return folder
     subprocess.run(
         [
@@ -793,9 +793,8 @@ def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        str(recs_file(model_dir)), options, providers=["CPUExecutionProvider"]
-    )
+    path = recs_file(model_dir)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     max_len = int(meta["recstream.max_len"])
     num_items = int(meta["recstream.num_items"])
@@ -822,7 +821,7 @@ def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
             "items": num_items - 2,
             "max_len": max_len,
             "source": str(model_dir),
-            "file": recs_file(model_dir).name,
+            "file": path.name,
         },
         "threads": 2,
         "provider": "CPUExecutionProvider",

@@ -553,6 +553,7 @@ def test_the_bare_model_runs_the_variant_the_workers_serve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from recstream.export.tiny import build_tiny_models
+    from recstream.streams.scoring import ModelLoadError
 
     build_tiny_models(tmp_path)
     # only a file named as the int8 variant: the fp32 one cannot be read by mistake
@@ -563,7 +564,7 @@ def test_the_bare_model_runs_the_variant_the_workers_serve(
     assert ps.onnx_bare(tmp_path, cfg)["model"]["file"] == "recs.int8.onnx"
     assert ps.onnx_backlog(tmp_path, [[3, 5]], seconds=0.0)["sequences"] == 2
     monkeypatch.delenv("RECSTREAM_MODEL_VARIANT")
-    with pytest.raises(Exception, match=r"recs\.onnx"):
+    with pytest.raises(ModelLoadError, match=r"recs\.onnx"):
         ps.onnx_backlog(tmp_path, [[3, 5]], seconds=0.0)
 
 
