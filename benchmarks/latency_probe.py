@@ -53,11 +53,10 @@ WARMUP_EVENTS = 3_000
 SCENARIOS = ("recstream-full", "recstream-passthrough")
 
 
-def scoring_batches(port: str) -> dict[str, float]:
-    """The worker's recommendation scoring batches so far: count and events."""
-    text = bc.scrape_metrics(port)
+def scoring_counts(metrics_text: str) -> dict[str, float]:
+    """The worker's recommendation scoring batches so far in its metrics: count and events."""
     found = {"batches": 0.0, "events": 0.0}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(metrics_text):
         if family.name != "recstream_scoring_batch_size":
             continue
         for sample in family.samples:
@@ -117,8 +116,7 @@ async def one_rate(
     )
     await started.wait()
     port = target.env["RECSTREAM_WEB_PORT"]
-    before = scoring_batches(port)
-    gc_before = bc.gc_pauses(bc.scrape_metrics(port))
+    metrics_before = bc.scrape_metrics(port)
     cpu = ps.cpu_window(group, broker)
     threads = bc.ThreadCpuWindow(group.pids[0])
     cpu.begin()
@@ -128,8 +126,9 @@ async def one_rate(
     thread_percent = threads.end()
     watch.target = sent
     await watching
-    after = scoring_batches(port)
-    gc = gc_between(gc_before, bc.gc_pauses(bc.scrape_metrics(port)))
+    metrics_after = bc.scrape_metrics(port)
+    before, after = scoring_counts(metrics_before), scoring_counts(metrics_after)
+    gc = gc_between(bc.gc_pauses(metrics_before), bc.gc_pauses(metrics_after))
     batches = after["batches"] - before["batches"]
     return {
         "rate": rate,
