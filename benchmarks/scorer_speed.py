@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.gpu_check and not gpu:
         print("no CUDA: onnxruntime cannot open a CUDA session here; measuring the CPU only")
     model, meta = build_recommender(args.items, args.dim, args.layers, args.max_len)
-    graph = RecsServingGraph(model, 20).eval()
+    graph = RecsServingGraph(model, 20, model.n_items).eval()
     rng = np.random.default_rng(1)
     if args.gpu_check:
         grid = [(512, args.max_len)]

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Ops kept in fp32 by the fp16 conversion: the exclusion mask and top-k work on
-#: scores that may be -inf, and fp16 would clip large finite scores.
+#: scores that may be -inf, and fp16 would clip large finite scores.  The grouped
+#: top-k's maxima and candidates (ReduceMax, GatherElements) run in fp16 and lose
+#: nothing: the scores come out of the fp16 output layer, so fp16 holds them exactly.
 FP16_KEEP_FP32 = ["TopK", "ScatterElements", "Softmax"]
 
 
@@ -95,7 +97,16 @@ def make_fp16(fp32_path: Path, out_path: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(fp32_path))
+    with tempfile.TemporaryDirectory(prefix="recstream-fp16-") as tmp:
+        # Constants folded first, in fp32: onnxruntime folds at load time only nodes it
+        # has a CPU kernel for, and it has none for an fp16 Pad (the padded output
+        # layer of a grouped top-k), which would then run on every call.
+        folded = Path(tmp) / "folded.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(folded)
+        ort.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(folded))
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
     onnx.save(half, str(out_path))
 

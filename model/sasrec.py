@@ -130,8 +130,22 @@ class SASRec(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
         return self.encoder(self.embed(items, actions, words, lengths), mask=causal, is_causal=True)
 
-    def score_last(self, items: Tensor, actions: Tensor, words: Tensor, lengths: Tensor) -> Tensor:
-        """Scores ``[B, V]`` of every vocab index as the next item; PAD and OOV are -inf."""
+    def score_last(
+        self,
+        items: Tensor,
+        actions: Tensor,
+        words: Tensor,
+        lengths: Tensor,
+        *,
+        columns: int | None = None,
+    ) -> Tensor:
+        """Scores ``[B, V]`` of every vocab index as the next item; PAD and OOV are -inf.
+
+        ``columns`` (>= V) pads the scores with -inf to that many columns, for the
+        serving graph's grouped top-k.  The padding is added to the output layer's
+        weights and bias, not to the scores: in an exported graph those are constants,
+        which onnxruntime folds at load time, so the padding costs nothing per run.
+        """
         hidden = self.forward(items, actions, words, lengths)
         last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         h = hidden.gather(1, last).squeeze(1)
@@ -139,7 +153,14 @@ class SASRec(nn.Module):
         # constant, which onnxruntime folds into the output layer's bias at load time,
         # where ``+ bias + mask`` would run one more pass over the [B, V] scores
         # (~12 % of the serving run at 50k items; README, "Speed").
-        return h @ self.item_emb.weight.t() + (self.item_bias + self.score_mask)
+        weight, bias = self.item_emb.weight, self.item_bias + self.score_mask
+        extra = (columns or self.n_items) - self.n_items
+        if extra < 0:
+            raise ValueError(f"columns={columns} is fewer than the {self.n_items} vocab indices")
+        if extra:
+            weight = F.pad(weight, (0, 0, 0, extra))
+            bias = F.pad(bias, (0, extra), value=float("-inf"))
+        return h @ weight.t() + bias
 
     def loss(
         self,
@@ -282,12 +303,21 @@ class SASRecEnsemble(nn.Module):
             raise ValueError("ensemble members must share one vocabulary size")
         self.members = nn.ModuleList(SASRec(**h) for h in members)
 
-    def score_last(self, items: Tensor, actions: Tensor, words: Tensor, lengths: Tensor) -> Tensor:
-        """``[B, V]`` mean of the members' scores of every vocab index as the next item."""
+    def score_last(
+        self,
+        items: Tensor,
+        actions: Tensor,
+        words: Tensor,
+        lengths: Tensor,
+        *,
+        columns: int | None = None,
+    ) -> Tensor:
+        """``[B, V]`` mean of the members' scores of every vocab index as the next item
+        (``columns`` as in :meth:`SASRec.score_last`)."""
         members = cast(Sequence[SASRec], self.members)
-        total = members[0].score_last(items, actions, words, lengths)
+        total = members[0].score_last(items, actions, words, lengths, columns=columns)
         for member in members[1:]:
-            total = total + member.score_last(items, actions, words, lengths)
+            total = total + member.score_last(items, actions, words, lengths, columns=columns)
         return total / len(members)
 
 

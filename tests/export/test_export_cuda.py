@@ -86,7 +86,7 @@ def _agreement_on_cuda(
 def test_cuda_recommender_agrees_with_pytorch(exported: Exported, variant: str) -> None:
     """The parity batches (batch 1-128, lengths 1-max, length-1 rows) on CUDA."""
     name = "recs.onnx" if variant == "fp32" else "recs.fp16.onnx"
-    graph = RecsServingGraph(exported.recs_model, 20).eval()
+    graph = RecsServingGraph(exported.recs_model, 20, exported.recs_model.n_items).eval()
     num_items = len(exported.recs_meta["vocab"]) + 2
     batches = list(parity.recs_batches(num_items, exported.recs_meta["max_len"]))
     agreement = _agreement_on_cuda("recs", exported.folder / name, variant, graph, batches)

@@ -20,7 +20,7 @@ SHAPES = [(1, 1), (1, 16), (2, 1), (8, 5), (128, 16), (64, 9)]
 
 def _recs_runs(exported: Exported, seed: int) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
     session = open_session(exported.folder / "recs.onnx", "fp32")
-    graph = RecsServingGraph(exported.recs_model, 20)
+    graph = RecsServingGraph(exported.recs_model, 20, exported.recs_model.n_items)
     rng = np.random.default_rng(seed)
     runs = []
     for batch, width in SHAPES:

@@ -76,6 +76,19 @@ def test_shapes_and_pad_oov_masked() -> None:
     assert torch.isfinite(scores[:, FIRST_ITEM:]).all()
 
 
+def test_padded_columns_are_minus_infinity_and_the_rest_unchanged() -> None:
+    model = make_model()
+    batch = inputs()
+    plain = model.score_last(*batch)
+    padded = model.score_last(*batch, columns=V + 5)
+    assert padded.shape == (3, V + 5)
+    assert torch.equal(padded[:, :V], plain)
+    assert torch.isneginf(padded[:, V:]).all()
+    assert torch.equal(model.score_last(*batch, columns=V), plain)
+    with pytest.raises(ValueError, match="fewer than"):
+        model.score_last(*batch, columns=V - 1)
+
+
 def test_changing_a_future_token_leaves_earlier_positions_unchanged() -> None:
     model = make_model()
     items, actions, words, lengths = inputs(batch=1)
