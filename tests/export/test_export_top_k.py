@@ -69,12 +69,13 @@ def large(tmp_path_factory: pytest.TempPathFactory) -> tuple[SASRec, Path]:
     exported in every variant."""
     torch.manual_seed(3)
     num_items = GROUPED_TOP_K_MIN_ITEMS + 5  # not a multiple of the group: padded
-    hparams = {"n_items": num_items, "max_len": 8, "dim": 8, "layers": 1, "dropout": 0.0}
+    hparams: dict[str, Any] = {"n_items": num_items, "max_len": 8, "dim": 8, "layers": 1}
+    hparams["dropout"] = 0.0
     vocab = [f"p{n}" for n in range(num_items - FIRST_ITEM)]
     meta: dict[str, Any] = {"kind": "recs", "hparams": hparams, "vocab": vocab}
     meta |= {"popular": vocab[:5], "max_len": 8, "trained_at": "t", "data_fingerprint": "d"}
     meta["metrics"] = {}
-    model = SASRec(num_items, max_len=8, dim=8, layers=1, dropout=0.0).eval()
+    model = SASRec(**hparams).eval()
     folder = tmp_path_factory.mktemp("large")
     written = export_recs(model, meta, folder, ("fp32", "int8", "fp16"))
     assert all(w.written for w in written), [w.describe() for w in written]
