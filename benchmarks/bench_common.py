@@ -613,10 +613,10 @@ def events_in(metrics_text: str, topic: str) -> int:
     return 0
 
 
-def scoring_batches(metrics_text: str, model: str = "recs") -> dict[str, float] | None:
-    """How many micro-batches a worker scored for ``model`` and their mean size in events
-    (its ``recstream_scoring_batch_size`` histogram); None when it scored none."""
-    count = total = 0.0
+def scoring_counts(metrics_text: str, model: str = "recs") -> dict[str, float]:
+    """How many micro-batches a worker has scored for ``model`` so far, and how many
+    events they held (its ``recstream_scoring_batch_size`` histogram); zeros when none."""
+    found = {"batches": 0.0, "events": 0.0}
     for family in text_string_to_metric_families(metrics_text):
         if family.name != "recstream_scoring_batch_size":
             continue
@@ -624,12 +624,19 @@ def scoring_batches(metrics_text: str, model: str = "recs") -> dict[str, float] 
             if sample.labels.get("model") != model:
                 continue
             if sample.name.endswith("_count"):
-                count = sample.value
+                found["batches"] = sample.value
             elif sample.name.endswith("_sum"):
-                total = sample.value
-    if not count:
+                found["events"] = sample.value
+    return found
+
+
+def scoring_batches(metrics_text: str, model: str = "recs") -> dict[str, float] | None:
+    """:func:`scoring_counts` as the number of batches and their mean size in events;
+    None when the worker scored none."""
+    counts = scoring_counts(metrics_text, model)
+    if not counts["batches"]:
         return None
-    return {"batches": count, "mean_events": total / count}
+    return {"batches": counts["batches"], "mean_events": counts["events"] / counts["batches"]}
 
 
 def gc_pauses(metrics_text: str) -> dict[str, Any]:

@@ -41,7 +41,6 @@ from typing import Any
 
 import bench_common as bc
 import pipeline_speed as ps
-from prometheus_client.parser import text_string_to_metric_families
 
 from recstream.streams.broker import EmbeddedBroker
 
@@ -51,22 +50,6 @@ PARTITIONS = 4
 #: Clicks drained before the first rate (start-up, first model runs).
 WARMUP_EVENTS = 3_000
 SCENARIOS = ("recstream-full", "recstream-passthrough")
-
-
-def scoring_counts(metrics_text: str) -> dict[str, float]:
-    """The worker's recommendation scoring batches so far in its metrics: count and events."""
-    found = {"batches": 0.0, "events": 0.0}
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != "recstream_scoring_batch_size":
-            continue
-        for sample in family.samples:
-            if sample.labels.get("model") != "recs":
-                continue
-            if sample.name.endswith("_count"):
-                found["batches"] = sample.value
-            elif sample.name.endswith("_sum"):
-                found["events"] = sample.value
-    return found
 
 
 def gc_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
@@ -127,7 +110,7 @@ async def one_rate(
     watch.target = sent
     await watching
     metrics_after = bc.scrape_metrics(port)
-    before, after = scoring_counts(metrics_before), scoring_counts(metrics_after)
+    before, after = bc.scoring_counts(metrics_before), bc.scoring_counts(metrics_after)
     gc = gc_between(bc.gc_pauses(metrics_before), bc.gc_pauses(metrics_after))
     batches = after["batches"] - before["batches"]
     return {

@@ -39,23 +39,6 @@ def test_worker_settings_are_taken_as_recstream_variables_only() -> None:
             latency_probe.parse_env([bad])
 
 
-def test_scoring_counts_are_the_batches_and_their_events_or_zeros() -> None:
-    from recstream.streams.metrics import Metrics
-
-    metrics = Metrics()
-    assert latency_probe.scoring_counts(metrics.render()[0].decode()) == {
-        "batches": 0.0,
-        "events": 0.0,
-    }
-    metrics.scoring_batch("recs", 4, 0.01)
-    metrics.scoring_batch("recs", 6, 0.01)
-    metrics.scoring_batch("sentiment", 9, 0.01)
-    assert latency_probe.scoring_counts(metrics.render()[0].decode()) == {
-        "batches": 2.0,
-        "events": 10.0,
-    }
-
-
 def test_gc_pauses_between_two_readings() -> None:
     before = {"collections": 3, "seconds": 0.120}
     after = {"collections": 5, "seconds": 0.1852}

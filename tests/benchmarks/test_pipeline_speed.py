@@ -362,6 +362,17 @@ def test_scoring_batches_are_read_from_the_workers_metrics() -> None:
     assert bc.scoring_batches(Metrics().render()[0].decode()) is None
 
 
+def test_scoring_counts_are_the_batches_and_their_events_or_zeros() -> None:
+    metrics = Metrics()
+    assert bc.scoring_counts(metrics.render()[0].decode()) == {"batches": 0.0, "events": 0.0}
+    metrics.scoring_batch("recs", 4, 0.01)
+    metrics.scoring_batch("recs", 6, 0.01)
+    metrics.scoring_batch("sentiment", 9, 0.01)
+    text = metrics.render()[0].decode()
+    assert bc.scoring_counts(text) == {"batches": 2.0, "events": 10.0}
+    assert bc.scoring_counts(text, "sentiment") == {"batches": 1.0, "events": 9.0}
+
+
 def test_clicks_read_are_counted_from_the_workers_metrics() -> None:
     metrics = Metrics()
     metrics.events_in("clicks", 7)
