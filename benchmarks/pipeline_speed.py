@@ -778,10 +778,15 @@ def random_feeds(
 
 def recs_file(model_dir: Path) -> Path:
     """The recommender file the workers serve from ``model_dir``: the variant that
-    ``RECSTREAM_MODEL_VARIANT`` names in this environment, which they inherit."""
-    from recstream.streams.scoring import model_file
+    ``RECSTREAM_MODEL_VARIANT`` names in this environment, which they inherit (``auto``
+    resolved as they resolve it)."""
+    from recstream.streams.scoring import RuntimeOptions, model_file, served_variant
 
-    return model_file(model_dir, "recs", Settings().model_variant)
+    settings = Settings()
+    options = RuntimeOptions.from_settings(settings)
+    return model_file(
+        model_dir, "recs", served_variant(model_dir, "recs", settings.model_variant, options)
+    )
 
 
 def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:

@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("models"), help="output folder")
     parser.add_argument(
         "--variants",
-        default="fp32",
-        help="comma-separated: fp32 (always written), int8 (CPU), fp16 (CUDA); e.g. fp32,int8",
+        default="fp32,int8",
+        help="comma-separated: fp32 (always written), int8 (CPU; served there by default), "
+        "fp16 (CUDA); e.g. fp32,int8,fp16",
     )
     parser.add_argument(
         "--top-k", type=int, default=20, help="items the recommender graph returns (top-k)"

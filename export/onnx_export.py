@@ -7,6 +7,7 @@ and only then write ``recs.onnx`` / ``sentiment.onnx`` (atomically, so a running
 worker never reads half a file).  Each requested variant (int8, fp16) is made from
 the fp32 graph, measured against PyTorch fp32 and written only if it meets its
 bar (``recstream.export.parity``); the measured agreement goes into its metadata.
+Variant files left in the folder from other weights are removed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 from recstream.export import metadata as md
 from recstream.export import parity, variants
 from recstream.model.features import FIRST_ITEM, WORD_BUCKETS, WORDS_PER_SEARCH
+from recstream.streams.scoring import weights_sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +309,24 @@ def _export_with_variants(
                 result.written = True
             log.debug("%s", result.describe())
             written.append(result)
+    _remove_stale_variants(kind, out_dir, values["weights_sha256"], written)
     return written
+
+
+def _remove_stale_variants(
+    kind: str, out_dir: Path, weights_sha256: str, written: Sequence[WrittenModel]
+) -> None:
+    """Remove ``kind``'s variant files in ``out_dir`` made from other weights than the
+    ones just exported and not replaced now (a variant that missed its bar this time):
+    a worker would otherwise serve an older model beside the new fp32 one."""
+    replaced = {result.path for result in written if result.written}
+    for variant in md.VARIANTS:
+        path = out_dir / f"{kind}.{variant}.onnx"
+        if variant == "fp32" or path in replaced or not path.is_file():
+            continue
+        if weights_sha256_of(path) != weights_sha256:
+            path.unlink()
+            log.warning("removed %s: exported from other weights than the new %s.onnx", path, kind)
 
 
 def export_recs(

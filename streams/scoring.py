@@ -4,8 +4,9 @@ The agents only see the two protocols below.  Implementations run synchronously
 and are called off the event loop (in an executor), one micro-batch at a time;
 they are thread-safe.
 
-``load_scorers(settings)`` opens ``recs.onnx`` and ``sentiment.onnx`` from
-``settings.model_dir`` (files written by ``recstream export``).  Loading checks the
+``load_scorers(settings)`` opens ``recs.onnx`` and ``sentiment.onnx`` (or their int8 /
+fp16 variants, ``settings.model_variant``) from ``settings.model_dir`` (files written by
+``recstream export``).  Loading checks the
 file's recstream metadata (kind, vocabulary, tokenizer, ...) and raises
 ``ModelLoadError`` with the reason when anything is missing or inconsistent.
 Execution providers come from ``settings.providers`` in order of preference; the
@@ -48,6 +49,7 @@ from recstream.export.metadata import (
     ModelMetadata,
     parse_metadata,
 )
+from recstream.export.metadata import PREFIX as METADATA_PREFIX
 from recstream.model.features import (
     ACTION_IDS,
     FIRST_ITEM,
@@ -63,6 +65,8 @@ from recstream.streams.settings import Settings
 log = logging.getLogger(__name__)
 
 CUDA: Final = "CUDAExecutionProvider"
+#: ``RECSTREAM_MODEL_VARIANT`` value that picks the variant from the hardware (served_variant).
+AUTO_VARIANT: Final = "auto"
 #: Padded sequence lengths a batch is rounded up to (plus the model's max length),
 #: so onnxruntime sees a few shapes only and buffers are reused.
 SEQUENCE_BUCKETS: Final = (8, 16, 32, 64, 128, 256)
@@ -1010,13 +1014,59 @@ def model_file(folder: Path, kind: str, variant: str) -> Path:
     return Path(folder) / (f"{kind}.onnx" if variant == "fp32" else f"{kind}.{variant}.onnx")
 
 
+def weights_sha256_of(path: Path) -> str | None:
+    """The digest of the trained weights the model at ``path`` was exported from (None:
+    no such file, or not one of recstream's)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    if not path.is_file():
+        return None
+    try:
+        peek = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises bare Exceptions for unreadable files
+        return None
+    return peek.get_modelmeta().custom_metadata_map.get(METADATA_PREFIX + "weights_sha256")
+
+
+def served_variant(folder: Path, kind: str, variant: str, options: RuntimeOptions) -> str:
+    """The variant of ``kind`` to serve from ``folder``: ``variant`` itself unless ``auto``.
+
+    ``auto`` serves int8 where the model runs on the CPU and the folder holds an int8
+    file exported from the same weights as its fp32 file (the exporter writes int8 only
+    when it agrees with PyTorch; on the CPU it is the faster), and fp32 otherwise: on
+    CUDA (int8 is a CPU format), without an int8 file, or with one of other weights.
+    Decided when the scorers load; the scorer then watches that file.
+    """
+    if variant != AUTO_VARIANT:
+        return variant
+    fp32, int8 = model_file(folder, kind, "fp32"), model_file(folder, kind, "int8")
+    if not int8.is_file() or not fp32.is_file():
+        reason = f"no {int8.name if fp32.is_file() else fp32.name}"
+    elif CUDA in options.providers and runs_on_cuda(fp32):
+        reason = f"{fp32.name} runs on {CUDA}"
+    elif (digest := weights_sha256_of(int8)) is None or digest != weights_sha256_of(fp32):
+        reason = f"{int8.name} was not exported from the weights of {fp32.name}"
+        log.warning("%s: %s; serving fp32", kind, reason)
+    else:
+        log.info("%s: RECSTREAM_MODEL_VARIANT=auto serves int8 (%s, on the CPU)", kind, int8.name)
+        return "int8"
+    log.info("%s: RECSTREAM_MODEL_VARIANT=auto serves fp32 (%s)", kind, reason)
+    return "fp32"
+
+
 def load_scorers(settings: Settings) -> tuple[OnnxRecsScorer, OnnxSentimentScorer]:
-    """The two scorers from ``settings.model_dir``, in ``settings.model_variant``."""
+    """The two scorers from ``settings.model_dir``, in ``settings.model_variant``
+    (``auto``: see :func:`served_variant`)."""
     options = RuntimeOptions.from_settings(settings)
     folder, variant = Path(settings.model_dir), settings.model_variant
     interval = settings.model_reload_interval
-    recs = OnnxRecsScorer(model_file(folder, "recs", variant), options, interval)
-    sentiment = OnnxSentimentScorer(model_file(folder, "sentiment", variant), options, interval)
+    recs_file = model_file(folder, "recs", served_variant(folder, "recs", variant, options))
+    sentiment_file = model_file(
+        folder, "sentiment", served_variant(folder, "sentiment", variant, options)
+    )
+    recs = OnnxRecsScorer(recs_file, options, interval)
+    sentiment = OnnxSentimentScorer(sentiment_file, options, interval)
     if settings.top_k > recs.max_k:
         log.warning(
             "RECSTREAM_TOP_K=%d but recs.onnx returns at most %d items; re-export with --top-k",
@@ -1109,4 +1159,5 @@ __all__ = [
     "SentimentScorer",
     "Token",
     "load_scorers",
+    "served_variant",
 ]

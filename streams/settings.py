@@ -83,8 +83,9 @@ class Settings(BaseSettings):
     """RECSTREAM_MODEL_DIR: folder with ``recs.onnx`` and ``sentiment.onnx``."""
     catalog_path: Path | None = None
     """RECSTREAM_CATALOG_PATH: a JSONL log whose clicks name the products the page shows."""
-    model_variant: Literal["fp32", "int8", "fp16"] = "fp32"
-    """RECSTREAM_MODEL_VARIANT: which exported file to serve (``recs.int8.onnx`` for int8...)."""
+    model_variant: Literal["auto", "fp32", "int8", "fp16"] = "auto"
+    """RECSTREAM_MODEL_VARIANT: which exported file to serve (``recs.int8.onnx`` for int8...);
+    ``auto``: int8 on the CPU where the folder holds one of the same weights, else fp32."""
     model_reload_interval: float = Field(10.0, gt=0)
     """RECSTREAM_MODEL_RELOAD_INTERVAL: seconds between checks for a new model file."""
     top_k: int = Field(10, ge=1, le=100)

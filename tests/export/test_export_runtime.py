@@ -31,6 +31,8 @@ from recstream.streams.scoring import (
     Token,
     load_scorers,
     runs_on_cuda,
+    served_variant,
+    weights_sha256_of,
 )
 from recstream.streams.settings import Settings
 
@@ -200,6 +202,62 @@ def test_cpu_provider_is_logged(exported: Exported, caplog: pytest.LogCaptureFix
     assert "loaded with providers ['CPUExecutionProvider']" in caplog.text
     if "CUDAExecutionProvider" in ort.get_available_providers():
         assert "CUDAExecutionProvider is listed but cannot run here" in caplog.text
+
+
+def _folder_with(exported: Exported, folder: Path, *names: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy2(exported.folder / name, folder / name)
+    return folder
+
+
+def _with_weights(path: Path, digest: str) -> None:
+    """Rewrite ``path``'s recorded weights digest, as if exported from other weights."""
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == PREFIX + "weights_sha256":
+            prop.value = digest
+    onnx.save(model, str(path))
+
+
+def test_auto_serves_int8_on_the_cpu_when_it_has_the_fp32_file_s_weights(
+    exported: Exported, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert exported.recs["int8"].written and exported.sentiment["int8"].written
+    folder = exported.folder
+    assert weights_sha256_of(folder / "recs.int8.onnx") == weights_sha256_of(folder / "recs.onnx")
+    with caplog.at_level(logging.INFO, logger="recstream.streams.scoring"):
+        assert served_variant(folder, "recs", "auto", RuntimeOptions()) == "int8"
+        recs, sentiment = load_scorers(Settings(model_dir=folder))  # auto is the default
+    assert "auto serves int8" in caplog.text
+    assert recs.model_version.endswith("-int8") and sentiment.model_version.endswith("-int8")
+    assert recs.recommend([CLICKS[:3]], [set()], 3)[0].items
+    only_fp32 = _folder_with(exported, tmp_path / "fp32", "recs.onnx", "sentiment.onnx")
+    assert served_variant(only_fp32, "recs", "auto", CPU) == "fp32"
+    recs, _ = load_scorers(Settings(model_dir=only_fp32))
+    assert not recs.model_version.endswith("-int8")  # an fp32 version has no suffix
+
+
+def test_auto_serves_fp32_beside_an_int8_of_other_weights(
+    exported: Exported, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _folder_with(exported, tmp_path, "recs.onnx", "recs.int8.onnx")
+    _with_weights(folder / "recs.int8.onnx", "0" * 64)
+    with caplog.at_level(logging.WARNING, logger="recstream.streams.scoring"):
+        assert served_variant(folder, "recs", "auto", CPU) == "fp32"
+    assert "recs.int8.onnx was not exported from the weights of recs.onnx" in caplog.text
+    assert weights_sha256_of(folder / "missing.onnx") is None
+
+
+def test_auto_serves_fp32_where_it_runs_on_cuda(
+    exported: Exported, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recstream.streams import scoring
+
+    monkeypatch.setattr(scoring, "runs_on_cuda", lambda model: True)
+    assert served_variant(exported.folder, "recs", "auto", RuntimeOptions()) == "fp32"
+    assert served_variant(exported.folder, "recs", "auto", CPU) == "int8"  # CUDA not asked
+    assert served_variant(exported.folder, "recs", "fp16", RuntimeOptions()) == "fp16"
 
 
 def test_runs_on_cuda_is_false_for_what_cannot_run(exported: Exported, tmp_path: Path) -> None:

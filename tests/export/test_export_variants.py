@@ -73,6 +73,29 @@ def test_variant_below_bar_is_not_written(
     assert "REFUSED" in int8.describe()
 
 
+@pytest.mark.usefixtures("reuse_exported_graph")
+def test_a_variant_of_other_weights_is_removed_when_not_replaced(
+    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int8 file left from earlier weights goes when the new int8 misses its bar; one
+    of the same weights stays when an export does not ask for int8."""
+    int8 = tmp_path / "recs.int8.onnx"
+    int8.write_bytes((exported.folder / "recs.int8.onnx").read_bytes())
+    onnx_export.export_recs(exported.recs_model, exported.recs_meta, tmp_path, ("fp32",))
+    assert int8.exists()  # same weights as the new recs.onnx: kept
+    model = onnx.load(str(int8))
+    for prop in model.metadata_props:
+        if prop.key == PREFIX + "weights_sha256":
+            prop.value = "0" * 64
+    onnx.save(model, str(int8))
+    monkeypatch.setitem(parity.BARS, "recs", {"top1_match": 1.0, "topk_overlap": 1.0})
+    results = onnx_export.export_recs(
+        exported.recs_model, exported.recs_meta, tmp_path, ("fp32", "int8")
+    )
+    assert not {r.variant: r for r in results}["int8"].written
+    assert not int8.exists() and (tmp_path / "recs.onnx").exists()
+
+
 def test_fp16_runs_in_the_runtime_on_cpu(exported: Exported) -> None:
     """fp16 is meant for CUDA but must load and agree on the CPU too (basic optimizations)."""
     if not exported.recs["fp16"].written:
