@@ -31,7 +31,7 @@ from torch import nn
 from recstream.export import metadata as md
 from recstream.export import parity, variants
 from recstream.model.features import FIRST_ITEM, WORD_BUCKETS, WORDS_PER_SEARCH
-from recstream.streams.scoring import weights_sha256_of
+from recstream.streams.scoring import model_file, weights_sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ def _remove_stale_variants(
     a worker would otherwise serve an older model beside the new fp32 one."""
     replaced = {result.path for result in written if result.written}
     for variant in md.VARIANTS:
-        path = out_dir / f"{kind}.{variant}.onnx"
+        path = model_file(out_dir, kind, variant)
         if variant == "fp32" or path in replaced or not path.is_file():
             continue
         if weights_sha256_of(path) != weights_sha256:

@@ -1017,11 +1017,11 @@ def model_file(folder: Path, kind: str, variant: str) -> Path:
 def weights_sha256_of(path: Path) -> str | None:
     """The digest of the trained weights the model at ``path`` was exported from (None:
     no such file, or not one of recstream's)."""
+    if not path.is_file():
+        return None
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
-    if not path.is_file():
-        return None
     try:
         peek = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime raises bare Exceptions for unreadable files
