@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 import torch
 
 from recstream.export import onnx_export
+from recstream.export.metadata import PREFIX
 from recstream.export.onnx_export import WrittenModel, export_recs, export_sentiment
 from recstream.export.tiny import tiny_recs, tiny_sentiment
 
@@ -66,3 +68,17 @@ def reuse_exported_graph(exported: Exported, monkeypatch: pytest.MonkeyPatch) ->
         path.write_bytes((exported.folder / f"{kind}.onnx").read_bytes())
 
     monkeypatch.setattr(onnx_export, "_dynamo_export", copy)
+
+
+def _as_of_other_weights(path: Path) -> None:
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == PREFIX + "weights_sha256":
+            prop.value = "0" * 64
+    onnx.save(model, str(path))
+
+
+@pytest.fixture
+def as_of_other_weights() -> Callable[[Path], None]:
+    """Rewrites a model file's recorded weights digest, as if exported from other weights."""
+    return _as_of_other_weights

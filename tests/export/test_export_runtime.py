@@ -37,6 +37,8 @@ from recstream.streams.scoring import (
 from recstream.streams.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Exported
 
 CPU = RuntimeOptions(providers=("CPUExecutionProvider",))
@@ -211,15 +213,6 @@ def _folder_with(exported: Exported, folder: Path, *names: str) -> Path:
     return folder
 
 
-def _with_weights(path: Path, digest: str) -> None:
-    """Rewrite ``path``'s recorded weights digest, as if exported from other weights."""
-    model = onnx.load(str(path))
-    for prop in model.metadata_props:
-        if prop.key == PREFIX + "weights_sha256":
-            prop.value = digest
-    onnx.save(model, str(path))
-
-
 def test_auto_serves_int8_on_the_cpu_when_it_has_the_fp32_file_s_weights(
     exported: Exported, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -239,10 +232,13 @@ def test_auto_serves_int8_on_the_cpu_when_it_has_the_fp32_file_s_weights(
 
 
 def test_auto_serves_fp32_beside_an_int8_of_other_weights(
-    exported: Exported, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    exported: Exported,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    as_of_other_weights: Callable[[Path], None],
 ) -> None:
     folder = _folder_with(exported, tmp_path, "recs.onnx", "recs.int8.onnx")
-    _with_weights(folder / "recs.int8.onnx", "0" * 64)
+    as_of_other_weights(folder / "recs.int8.onnx")
     with caplog.at_level(logging.WARNING, logger="recstream.streams.scoring"):
         assert served_variant(folder, "recs", "auto", CPU) == "fp32"
     assert "recs.int8.onnx was not exported from the weights of recs.onnx" in caplog.text

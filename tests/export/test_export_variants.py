@@ -16,6 +16,8 @@ from recstream.export.variants import make_int8, open_session
 from recstream.streams.scoring import OnnxRecsScorer, RuntimeOptions, Token
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Exported
 
 
@@ -75,7 +77,10 @@ def test_variant_below_bar_is_not_written(
 
 @pytest.mark.usefixtures("reuse_exported_graph")
 def test_a_variant_of_other_weights_is_removed_when_not_replaced(
-    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    exported: Exported,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    as_of_other_weights: Callable[[Path], None],
 ) -> None:
     """An int8 file left from earlier weights goes when the new int8 misses its bar; one
     of the same weights stays when an export does not ask for int8."""
@@ -83,11 +88,7 @@ def test_a_variant_of_other_weights_is_removed_when_not_replaced(
     int8.write_bytes((exported.folder / "recs.int8.onnx").read_bytes())
     onnx_export.export_recs(exported.recs_model, exported.recs_meta, tmp_path, ("fp32",))
     assert int8.exists()  # same weights as the new recs.onnx: kept
-    model = onnx.load(str(int8))
-    for prop in model.metadata_props:
-        if prop.key == PREFIX + "weights_sha256":
-            prop.value = "0" * 64
-    onnx.save(model, str(int8))
+    as_of_other_weights(int8)
     monkeypatch.setitem(parity.BARS, "recs", {"top1_match": 1.0, "topk_overlap": 1.0})
     results = onnx_export.export_recs(
         exported.recs_model, exported.recs_meta, tmp_path, ("fp32", "int8")
