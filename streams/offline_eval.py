@@ -386,13 +386,28 @@ def plot(reports: Sequence[ModelReport], path: Path) -> None:
 
 
 def load_model(spec: str, settings: Settings) -> tuple[RecsScorer, SentimentScorer | None]:
-    """A model folder (``recs.onnx`` + optional ``sentiment.onnx``) or a ``recs.onnx`` path."""
-    from recstream.streams.scoring import OnnxRecsScorer, OnnxSentimentScorer, RuntimeOptions
+    """A model folder (``recs.onnx`` + optional ``sentiment.onnx``) or one ``.onnx`` file.
+
+    From a folder the variant the worker would serve is read (``RECSTREAM_MODEL_VARIANT``,
+    ``auto`` by default: the int8 files on the CPU when they are there), so the figures
+    are those of what the worker answers with; a file is read as it is.
+    """
+    from recstream.streams.scoring import (
+        OnnxRecsScorer,
+        OnnxSentimentScorer,
+        RuntimeOptions,
+        model_file,
+        served_variant,
+    )
 
     options = RuntimeOptions.from_settings(settings)
     path = Path(spec)
-    recs_path = path / "recs.onnx" if path.is_dir() else path
-    sentiment_path = path / "sentiment.onnx" if path.is_dir() else None
+    recs_path, sentiment_path = path, None
+    if path.is_dir():
+        variant = settings.model_variant
+        recs_path = model_file(path, "recs", served_variant(path, "recs", variant, options))
+        sentiment_variant = served_variant(path, "sentiment", variant, options)
+        sentiment_path = model_file(path, "sentiment", sentiment_variant)
     recs = OnnxRecsScorer(recs_path, options, reload_interval=math.inf)
     recs.model_version  # noqa: B018 - loads now, so a bad file fails before the replay
     sentiment = None
@@ -415,7 +430,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="jsonl", choices=FORMATS, help="log format")
     parser.add_argument(
         "--model", action="append", required=True,
-        help="model folder (recs.onnx [+ sentiment.onnx]) or recs.onnx path; give twice to compare",
+        help="model folder (recs.onnx [+ sentiment.onnx]; the variant the worker serves) or "
+        "one recs .onnx file; give twice to compare",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--plot", type=Path, help="write metrics over time to this PNG")

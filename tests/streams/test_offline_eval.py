@@ -180,6 +180,32 @@ def test_command_compares_two_models(
     assert "HR@10 (clicks)" in text and "fallback" in text
 
 
+@pytest.mark.slow
+def test_a_folder_is_evaluated_in_the_variant_the_worker_serves(
+    tmp_path: Path, tiny_log: Path
+) -> None:
+    """``auto`` reads a folder's int8 files on the CPU, as the worker does; a variant
+    named in the settings, or a file given by path, is read as asked."""
+    pytest.importorskip("torch")
+    from recstream.export.tiny import build_tiny_models
+
+    build_tiny_models(tmp_path, variants=("fp32", "int8"))
+    recs, sentiment = load_model(str(tmp_path), SETTINGS)
+    assert sentiment is not None
+    assert recs.model_version.endswith("-int8") and sentiment.model_version.endswith("-int8")
+    fp32, fp32_sentiment = load_model(str(tmp_path), Settings(model_variant="fp32"))
+    assert fp32_sentiment is not None and not fp32_sentiment.model_version.endswith("-int8")
+    assert fp32.model_version == recs.model_version.removesuffix("-int8")
+    by_path, none = load_model(str(tmp_path / "recs.onnx"), SETTINGS)
+    assert by_path.model_version == fp32.model_version and none is None
+    events = offline_eval.read_sorted(
+        str(tiny_log), "jsonl", strict=True, stats=offline_eval.AdapterStats()
+    )
+    report = evaluate(events, recs, SETTINGS, batch_size=64)
+    assert report.clicks.scored > 50
+    assert {r.model_version for r in report.recommendations} == {recs.model_version}
+
+
 def test_bad_model_path_is_a_clear_error(
     tiny_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
