@@ -216,9 +216,21 @@ def cpu_seconds(pid: int, children: bool = True) -> float:
         return 0.0
 
 
+def idle_seconds() -> float:
+    """Seconds the machine's CPUs spent idle (or waiting for I/O) since boot, all CPUs."""
+    times = psutil.cpu_times()
+    return float(times.idle + getattr(times, "iowait", 0.0))
+
+
+#: The role under which :class:`CpuWindow` reports the machine's idle CPU.
+IDLE = "idle"
+
+
 @dataclass
 class CpuWindow:
-    """CPU seconds of named processes between :meth:`begin` and :meth:`end`.
+    """CPU seconds of named processes between :meth:`begin` and :meth:`end`, and the
+    machine's idle CPU (role ``idle``): what no process used, so that a process held
+    back by its own threads is told from one that other processes crowd out.
 
     Each role counts its processes' children too, except the ``observer`` (this
     process, whose children are the broker and the workers).
@@ -230,17 +242,20 @@ class CpuWindow:
     result: dict[str, float] = field(default_factory=dict)
 
     def _sample(self) -> dict[str, float]:
-        return {
+        sample = {
             role: sum(cpu_seconds(p, children=role != "observer") for p in pids)
             for role, pids in self.pids.items()
         }
+        sample[IDLE] = idle_seconds()
+        return sample
 
     def begin(self) -> None:
         self._t0 = time.perf_counter()
         self._start = self._sample()
 
     def end(self) -> dict[str, float]:
-        """Per role: percent of one core used over the window."""
+        """Per role: percent of one core used over the window (``idle``: left unused,
+        up to 100 x the CPUs)."""
         wall = max(time.perf_counter() - self._t0, 1e-9)
         now = self._sample()
         self.result = {

@@ -1104,6 +1104,16 @@ def batch_summary(throughput: dict[str, Any]) -> str:
     )
 
 
+def cpu_summary(throughput: dict[str, Any]) -> str:
+    """Each recstream scenario's CPU by role (app, broker, observer, machine idle), as
+    one line of text."""
+    return "; ".join(
+        f"{name} " + ", ".join(f"{role} {share:.0f}" for role, share in cpu.items())
+        for name, entry in throughput.items()
+        if name.startswith("recstream") and bc.IDLE in (cpu := entry.get("cpu_percent") or {})
+    )
+
+
 def ratios(throughput: dict[str, Any], main: str, key: str = "rate") -> dict[str, float]:
     """``key`` of the main recstream scenario over the others' (same run, same broker)."""
     mine = throughput.get(main, {}).get(key)
@@ -1270,7 +1280,7 @@ def throughput_table(results: dict[str, Any]) -> str:
 
 
 #: The roles whose CPU a latency phase records (see :func:`latency_phase`).
-LATENCY_CPU_ROLES = ("app", "broker", "observer")
+LATENCY_CPU_ROLES = ("app", "broker", "observer", bc.IDLE)
 
 
 def deep_tables(results: dict[str, Any]) -> list[str]:
@@ -1295,7 +1305,8 @@ def deep_tables(results: dict[str, Any]) -> list[str]:
         ]
         parts.append(
             "Latency, event ts → output receipt; CPU in % of one core while the load ran "
-            "(load generator: this benchmark's process, producing and watching):\n\n"
+            "(load generator: this benchmark's process, producing and watching; idle: what "
+            "no process used):\n\n"
             + bc.markdown_table(
                 [
                     "load",
@@ -1307,6 +1318,7 @@ def deep_tables(results: dict[str, Any]) -> list[str]:
                     "app CPU %",
                     "broker CPU %",
                     "load generator CPU %",
+                    "idle CPU %",
                 ],
                 rows,
             )
@@ -1457,6 +1469,13 @@ def render(results: dict[str, Any]) -> str:
             parts.append(
                 f"Mean micro-batch on {kind} (the worker's `recstream_scoring_batch_size`, "
                 f"median of the runs): {batch_text}\n"
+            )
+        cpu_text = cpu_summary(out.get("throughput", {}))
+        if cpu_text:
+            parts.append(
+                f"CPU on {kind} from the first output to the last, in % of one core of "
+                f"{results['meta']['cpus']} (median of the runs; idle: what no process used): "
+                f"{cpu_text}\n"
             )
     parts += [
         "## Latency, state, scale-out\n",

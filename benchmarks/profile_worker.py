@@ -1,7 +1,7 @@
 """Profile recstream's worker with py-spy while it drains a click backlog; print where time goes.
 
     .venv/bin/python benchmarks/profile_worker.py [--scenario recstream-passthrough|recstream-full]
-        [--broker tansu|noida] [--events 20000] [--paced CLICKS_PER_S --seconds 10]
+        [--broker tansu|noida] [--events 20000] [--paced CLICKS_PER_S --seconds 10] [--gil]
 
 Starts a broker, loads the backlog, runs the worker under ``py-spy record`` (raw
 collapsed stacks, written to ``$TMPDIR/recstream-profile-<scenario>-<broker>.txt``) until
@@ -12,7 +12,9 @@ inclusive, as a share of all samples and as microseconds per event.  Needs ``py-
 ``--paced`` profiles live traffic instead: the worker drains a small backlog first (so
 start-up is over), then py-spy attaches for ``--seconds`` while fresh clicks arrive at
 the given rate, and the CPU is also given per thread (event loop, Faust's consumer
-thread, scoring threads).
+thread, scoring threads).  With ``--gil`` only the thread holding the GIL is sampled:
+the threads' shares then add up to the share of the time the GIL was held, which tells
+a worker held back by its Python work (near 100 %) from one waiting on something else.
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ def output_path(args: argparse.Namespace, suffix: str = "") -> Path:
 def record_options(args: argparse.Namespace, out_path: Path) -> tuple[str, ...]:
     """The ``py-spy record`` options both modes use."""
     # Native frames need the process paused while its stack is read.
-    sampling = ("--native",) if args.native else ("--nonblocking",)
+    sampling: tuple[str, ...] = ("--native",) if args.native else ("--nonblocking",)
+    if args.gil:
+        sampling += ("--gil",)
     return (
         "--format",
         "raw",
@@ -246,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also sample C frames (py-spy --native; pauses the worker for each sample)",
     )
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="count only samples of the thread holding the GIL (py-spy --gil); paced, the "
+        "threads' shares then add up to the share of the time the GIL was held",
+    )
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--output", type=Path, help="collapsed stacks file (default: temp dir)")
     parser.add_argument(
@@ -258,23 +268,37 @@ def main(argv: list[str] | None = None) -> int:
     # One non-idle sample stands for 1/rate s of one thread's CPU; spread over the events.
     us_per_sample = 1e6 / args.rate / result["events"]
     print(f"{args.scenario} on {args.broker}: {result['rate']:,.0f} ev/s under py-spy")
+    kind, cost = ("GIL-holding", "µs holding the GIL") if args.gil else ("non-idle", "µs of CPU")
     print(
-        f"{result['total']} non-idle samples in {result['path']} = "
-        f"{result['total'] * us_per_sample:,.0f} µs of CPU per event (imports left out)\n"
+        f"{result['total']} {kind} samples in {result['path']} = "
+        f"{result['total'] * us_per_sample:,.0f} {cost} per event (imports left out)\n"
     )
-    print("Top frames by self samples (share of samples, CPU µs per event):")
+    print(f"Top frames by self samples (share of samples, {cost} per event):")
     for frame, count in result["leaf"].most_common(25):
         print(f"  {count / total:6.1%} {count * us_per_sample:8.1f} µs  {frame}")
     print("\nInclusive (anywhere in the stack):")
     for name, count in result["groups"].most_common():
         print(f"  {count / total:6.1%} {count * us_per_sample:8.1f} µs  {name}")
     if "threads" in result:
-        seconds = args.seconds
-        print(f"\nPer thread (% of one core over the {seconds:g} s profiled, CPU µs per event):")
-        for name, count in result["threads"].most_common():
-            busy = count / args.rate / seconds
-            print(f"  {busy:6.1%} {count * us_per_sample:8.1f} µs  {name}")
+        lines = thread_lines(result["threads"], args.rate, args.seconds, us_per_sample, args.gil)
+        print("", *lines, sep="\n")
     return 0
+
+
+def thread_lines(
+    threads: Counter[str], rate: float, seconds: float, us_per_sample: float, gil: bool
+) -> list[str]:
+    """The per-thread table of a paced profile: each thread's share of the ``seconds``
+    profiled (busy, or holding the GIL with ``gil``) and those µs per event."""
+    what, cost = ("holding the GIL", "µs holding it") if gil else ("% of one core", "CPU µs")
+    lines = [f"Per thread ({what} over the {seconds:g} s profiled, {cost} per event):"]
+    for name, count in threads.most_common():
+        share = count / rate / seconds
+        lines.append(f"  {share:6.1%} {count * us_per_sample:8.1f} µs  {name}")
+    if gil:  # one thread holds the GIL at a time: the shares add up
+        held = sum(threads.values()) / rate / seconds
+        lines.append(f"  {held:6.1%} of the time some thread held the GIL")
+    return lines
 
 
 if __name__ == "__main__":

@@ -439,6 +439,20 @@ def test_batch_summary_and_the_median_mean_batch_over_runs() -> None:
     assert "events_per_batch" not in ps.summarise([{"rate": 1.0}])
 
 
+def test_cpu_summary_gives_each_recstream_scenario_s_roles_and_the_idle_cpu() -> None:
+    roles = ("app", "broker", "observer", "idle")
+    runs: list[dict[str, Any]] = [
+        {"rate": rate, "cpu_percent": dict(zip(roles, cpu, strict=True)), "app_cpu_us_per_event": 1}
+        for rate, cpu in ((10.0, (150.0, 10.0, 8.0, 30.0)), (12.0, (160.0, 12.0, 8.0, 20.0)))
+    ]
+    throughput = {
+        "quix-memory": {"rate": 10.0, "cpu_percent": {"app": 99.0, "idle": 1.0}},
+        "recstream-full": ps.summarise(runs),
+        "recstream-passthrough": {"rate": 1.0, "cpu_percent": {"app": 80.0}},  # no idle: left out
+    }
+    assert ps.cpu_summary(throughput) == ("recstream-full app 155, broker 11, observer 8, idle 25")
+
+
 def test_round_ratios_pair_the_runs_of_each_round() -> None:
     throughput = {
         "recstream-passthrough": {"rates": [30.0, 40.0, 36.0]},
@@ -736,6 +750,8 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert _cpu_figure(passthrough["gc_us_per_event"]) and passthrough["gc_collections"] >= 0
     assert "Garbage collector on noida" in report
     assert passthrough["events_per_batch"] >= 1 and "Mean micro-batch on noida" in report
+    assert "CPU on noida from the first output to the last" in report
+    assert _cpu_figure(passthrough["cpu_percent"]["idle"])
     assert all(_cpu_figure(v) for v in broker["ratios"].values())
     for pair in broker["round_ratios"].values():
         assert len(pair["rounds"]) == 1 and pair["median"] == pair["rounds"][0]
@@ -748,7 +764,7 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
         assert 0 < phase["p50_ms"] <= phase["p99_ms"] <= phase["p999_ms"] <= phase["max_ms"]
         assert set(phase["cpu_percent"]) == set(ps.LATENCY_CPU_ROLES)
         assert all(_cpu_figure(v) for v in phase["cpu_percent"].values())
-    assert "load generator CPU %" in report
+    assert "load generator CPU %" in report and "idle CPU %" in report
 
     state = broker["state"]
     assert "error" not in state, state
