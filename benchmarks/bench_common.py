@@ -654,6 +654,23 @@ def scoring_batches(metrics_text: str, model: str = "recs") -> dict[str, float] 
     return {"batches": counts["batches"], "mean_events": counts["events"] / counts["batches"]}
 
 
+def scoring_thread_shares(metrics_text: str) -> dict[str, float] | None:
+    """How the worker's scoring threads spent their scoring time so far, as shares by
+    state (``recstream_scoring_thread_seconds_total``: cpu, runqueue, blocked); None
+    when they scored nothing."""
+    seconds: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "recstream_scoring_thread_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                seconds[sample.labels["state"]] = sample.value
+    total = sum(seconds.values())
+    if not total:
+        return None
+    return {state: value / total for state, value in seconds.items()}
+
+
 def gc_pauses(metrics_text: str) -> dict[str, Any]:
     """The garbage collector's pauses in a worker's metrics (``recstream_gc_pause_seconds``):
     collections and seconds in all, per generation, and the upper bound of the shortest

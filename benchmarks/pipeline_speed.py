@@ -523,6 +523,7 @@ async def app_throughput(
             result["gc_us_per_event"] = result["gc"]["seconds"] * 1e6 / len(backlog)
             # how the backlog was cut: a broker that answers fetches with less cuts finer
             result["scoring_batches"] = bc.scoring_batches(metrics_text)
+            result["scoring_threads"] = bc.scoring_thread_shares(metrics_text)
         if len(group.web_ports) > 1:  # did each worker get partitions?
             result["events_in_by_worker"] = group.clicks_read()
     except BaseException:
@@ -1074,6 +1075,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     batches = [run["scoring_batches"] for run in runs if run.get("scoring_batches")]
     if batches:
         summary["events_per_batch"] = bc.median([b["mean_events"] for b in batches])
+    threads = [run["scoring_threads"] for run in runs if run.get("scoring_threads")]
+    if threads:
+        summary["scoring_threads"] = {
+            state: bc.median([t.get(state, 0.0) for t in threads]) for state in threads[0]
+        }
     starts = [run["cold_start_s"] for run in runs if "cold_start_s" in run]
     if starts:
         summary["cold_start_s"] = bc.median(starts)
@@ -1101,6 +1107,15 @@ def batch_summary(throughput: dict[str, Any]) -> str:
         f"{name} {entry['events_per_batch']:,.0f} events"
         for name, entry in throughput.items()
         if "events_per_batch" in entry
+    )
+
+
+def scoring_threads_summary(throughput: dict[str, Any]) -> str:
+    """How each scenario's scoring threads spent their scoring time, as one line of text."""
+    return "; ".join(
+        f"{name} " + ", ".join(f"{state} {share:.0%}" for state, share in shares.items())
+        for name, entry in throughput.items()
+        if (shares := entry.get("scoring_threads"))
     )
 
 
@@ -1469,6 +1484,13 @@ def render(results: dict[str, Any]) -> str:
             parts.append(
                 f"Mean micro-batch on {kind} (the worker's `recstream_scoring_batch_size`, "
                 f"median of the runs): {batch_text}\n"
+            )
+        threads_text = scoring_threads_summary(out.get("throughput", {}))
+        if threads_text:
+            parts.append(
+                f"Scoring threads on {kind}, share of their scoring time (the worker's "
+                "`recstream_scoring_thread_seconds_total`, median of the runs; runqueue: "
+                f"waiting for a core, blocked: mostly for the GIL): {threads_text}\n"
             )
         cpu_text = cpu_summary(out.get("throughput", {}))
         if cpu_text:

@@ -75,6 +75,7 @@ from recstream.streams.records import (
 from recstream.streams.skipped_records import SkippedRecords
 from recstream.streams.state_store import ChangelogBatch, TableStateStore
 from recstream.streams.storefront import LatestRecommendations
+from recstream.streams.thread_clock import ThreadTimes, thread_times
 from recstream.streams.topics import Topics
 from recstream.streams.transactions import Transactions
 
@@ -99,14 +100,15 @@ class _Step:
     swept: list[SessionSummary]
     changes: ChangelogBatch
     #: ``(scores, seconds the scoring took)``; None: nothing to score.
-    scoring: asyncio.Future[tuple[Scores, float]] | None
+    scoring: asyncio.Future[tuple[Scores, ThreadTimes]] | None
     #: Set once the batch's outputs are with the producer (or it failed before that).
     handed_over: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _timed(call: Callable[[T], Scores], arg: T) -> tuple[Scores, float]:
-    started = time.perf_counter()
-    return call(arg), time.perf_counter() - started
+def _timed(call: Callable[[T], Scores], arg: T) -> tuple[Scores, ThreadTimes]:
+    started = thread_times()
+    scores = call(arg)
+    return scores, thread_times() - started
 
 
 class BatchProcessor:
@@ -272,8 +274,8 @@ class BatchProcessor:
         try:
             scores = Scores()
             if step.scoring is not None:
-                scores, seconds = await step.scoring
-                self._observe_scoring(len(step.work.recs), len(step.work.reviews), seconds)
+                scores, times = await step.scoring
+                self._observe_scoring(len(step.work.recs), len(step.work.reviews), times)
             if after is not None:
                 await after.wait()
             out = self.pipeline.finish(step.work, scores)
@@ -361,13 +363,14 @@ class BatchProcessor:
             return faust_record_batches(self.app)
         return self.transactions.outbox(route)
 
-    def _observe_scoring(self, recs: int, reviews: int, seconds: float) -> None:
+    def _observe_scoring(self, recs: int, reviews: int, times: ThreadTimes) -> None:
         if self.metrics is None:
             return
         if recs:
-            self.metrics.scoring_batch("recs", recs, seconds)
+            self.metrics.scoring_batch("recs", recs, times.wall)
         if reviews:
-            self.metrics.scoring_batch("sentiment", reviews, seconds)
+            self.metrics.scoring_batch("sentiment", reviews, times.wall)
+        self.metrics.scoring_thread_time(times)
 
     def _observe_outputs(self, out: Outputs) -> None:
         metrics = self.metrics

@@ -14,6 +14,8 @@ Exported series (every name is listed in :data:`METRIC_NAMES`)::
     recstream_deadletters_total{reason}          records dead-lettered, by Reason
     recstream_scoring_batch_size{model}          histogram of micro-batch sizes
     recstream_scoring_latency_seconds{model}     histogram of one micro-batch's scoring time
+    recstream_scoring_thread_seconds_total{state}  the scoring threads' time while scoring,
+                                                 by state: cpu, runqueue, blocked (the GIL)
     recstream_end_to_end_latency_seconds         histogram: input event time -> output emitted
     recstream_session_table_users                users held in this worker's session table
     recstream_model_info{kind,version,provider}  1 for each loaded model
@@ -50,6 +52,7 @@ from prometheus_client.utils import floatToGoString
 
 from recstream.streams.records import Reason
 from recstream.streams.settings import Settings
+from recstream.streams.thread_clock import ThreadTimes
 
 #: The topics recstream reads or writes (logical names, without the topic prefix).
 Topic = Literal[
@@ -78,6 +81,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "recstream_deadletters_total",
     "recstream_scoring_batch_size",
     "recstream_scoring_latency_seconds",
+    "recstream_scoring_thread_seconds_total",
     "recstream_end_to_end_latency_seconds",
     "recstream_session_table_users",
     "recstream_model_info",
@@ -257,6 +261,14 @@ class Metrics:
             buckets=_SCORING_BUCKETS,
             registry=reg,
         )
+        self._scoring_threads = Counter(
+            "recstream_scoring_thread_seconds",
+            "The scoring threads' wall time while scoring micro-batches, by state: cpu (on "
+            "a core), runqueue (runnable, waiting for a core; Linux only), blocked (waiting, "
+            "almost always for the GIL; includes the run-queue wait where it is not known).",
+            ["state"],
+            registry=reg,
+        )
         self._end_to_end = _BatchHistogram(
             "recstream_end_to_end_latency_seconds",
             "Seconds from an input event's timestamp to the emission of its output.",
@@ -289,6 +301,8 @@ class Metrics:
         for topic in TOPICS:
             self._events_in.labels(topic)
             self._events_out.labels(topic)
+        for state in ("cpu", "runqueue", "blocked"):
+            self._scoring_threads.labels(state)
         for reason in Reason:
             self._deadletters.labels(reason.value)
         self._deadletters.labels(PROCESSING_ERROR)
@@ -311,6 +325,13 @@ class Metrics:
         """Record one scored micro-batch: how many events, and how long scoring took."""
         self._batch_size.labels(model).observe(size)
         self._scoring_latency.labels(model).observe(seconds)
+
+    def scoring_thread_time(self, times: ThreadTimes) -> None:
+        """Add how a scoring thread spent one micro-batch's scoring (see :mod:`thread_clock`)."""
+        self._scoring_threads.labels("cpu").inc(max(0.0, times.cpu))
+        if times.runqueue is not None:
+            self._scoring_threads.labels("runqueue").inc(max(0.0, times.runqueue))
+        self._scoring_threads.labels("blocked").inc(times.blocked)
 
     def end_to_end(self, seconds: Iterable[float]) -> None:
         """Record the delays from input events' times to the emission of their outputs

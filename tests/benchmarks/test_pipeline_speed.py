@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from recstream.streams.broker import EmbeddedBroker
 from recstream.streams.metrics import Metrics
 from recstream.streams.records import parse_click
+from recstream.streams.thread_clock import ThreadTimes
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -360,6 +361,28 @@ def test_scoring_batches_are_read_from_the_workers_metrics() -> None:
         "mean_events": 5.0,
     }
     assert bc.scoring_batches(Metrics().render()[0].decode()) is None
+
+
+def test_scoring_threads_shares_are_read_from_the_workers_metrics_and_summarised() -> None:
+    metrics = Metrics()
+    assert bc.scoring_thread_shares(metrics.render()[0].decode()) is None
+    metrics.scoring_thread_time(ThreadTimes(wall=2.0, cpu=1.3, runqueue=0.3))
+    metrics.scoring_thread_time(ThreadTimes(wall=2.0, cpu=1.3, runqueue=0.2))
+    shares = bc.scoring_thread_shares(metrics.render()[0].decode())
+    assert shares == pytest.approx({"cpu": 0.65, "runqueue": 0.125, "blocked": 0.225})
+    runs: list[dict[str, Any]] = [
+        {"rate": 1.0, "scoring_threads": shares},
+        {"rate": 2.0, "scoring_threads": {"cpu": 0.75, "runqueue": 0.125, "blocked": 0.125}},
+        {"rate": 3.0, "scoring_threads": None},  # a pass-through scores nothing
+    ]
+    summary = ps.summarise(runs)
+    assert summary["scoring_threads"] == pytest.approx(
+        {"cpu": 0.7, "runqueue": 0.125, "blocked": 0.175}
+    )
+    throughput = {"recstream-full": summary, "recstream-passthrough": {"rate": 3.0}}
+    assert ps.scoring_threads_summary(throughput) == (
+        "recstream-full cpu 70%, runqueue 12%, blocked 18%"
+    )
 
 
 def test_scoring_counts_are_the_batches_and_their_events_or_zeros() -> None:

@@ -134,6 +134,7 @@ def test_every_query_uses_existing_metrics_and_labels(dashboard: dict[str, Any])
         "recstream_consumer_lag",
         "recstream_reread_records_total",
         "recstream_repeated_records_total",
+        "recstream_scoring_thread_seconds_total",
     ):
         assert metric in used, f"no panel shows {metric}"
 

@@ -400,6 +400,27 @@ def test_records_the_consumer_skipped_are_processed_first() -> None:
     processor.close()
 
 
+def test_each_scored_batch_records_its_size_time_and_the_scoring_thread_s_time() -> None:
+    processor, _, _ = make()
+    metrics = processor.metrics = Metrics()
+    home = home_partition("dave", PARTITIONS)
+    asyncio.run(whole(processor, "clicks", batch(click("d0", "dave", home, 0))))
+    later = batch(click("d1", "dave", home, 1), click("d2", "dave", home, 2))
+    asyncio.run(whole(processor, "clicks", later))
+    sample = metrics.registry.get_sample_value
+    assert sample("recstream_scoring_batch_size_count", {"model": "recs"}) == 2
+    assert sample("recstream_scoring_batch_size_sum", {"model": "recs"}) == 3
+    wall = sample("recstream_scoring_latency_seconds_sum", {"model": "recs"})
+    states = {
+        state: sample("recstream_scoring_thread_seconds_total", {"state": state})
+        for state in ("cpu", "runqueue", "blocked")
+    }
+    assert wall is not None and wall > 0 and states["cpu"] and states["cpu"] > 0
+    # the states split the scoring wall time (the clocks tick apart by a little)
+    assert sum(v or 0.0 for v in states.values()) == pytest.approx(wall, rel=0.2, abs=1e-3)
+    processor.close()
+
+
 class SlowAckProducer(Producer):
     """Acknowledges nothing until the test says so."""
 

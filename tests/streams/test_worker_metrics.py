@@ -24,6 +24,7 @@ from recstream.streams.metrics import (
 )
 from recstream.streams.records import Reason
 from recstream.streams.settings import Settings
+from recstream.streams.thread_clock import ThreadTimes
 from recstream.streams.topic_admin import ALL_TOPICS
 
 
@@ -100,6 +101,22 @@ def test_scoring_batches_feed_both_histograms() -> None:
         pytest.approx(0.024)
     )
     assert value(metrics, "recstream_scoring_latency_seconds_count", model="sentiment") == 1
+
+
+def test_scoring_thread_time_is_added_by_state() -> None:
+    metrics = Metrics()
+    metrics.scoring_thread_time(ThreadTimes(wall=1.0, cpu=0.6, runqueue=0.1))
+    metrics.scoring_thread_time(ThreadTimes(wall=0.5, cpu=0.2, runqueue=None))  # not Linux
+    assert value(metrics, "recstream_scoring_thread_seconds_total", state="cpu") == (
+        pytest.approx(0.8)
+    )
+    assert value(metrics, "recstream_scoring_thread_seconds_total", state="runqueue") == (
+        pytest.approx(0.1)
+    )
+    # 0.3 of the first batch, and all 0.3 of the second that was not on a core
+    assert value(metrics, "recstream_scoring_thread_seconds_total", state="blocked") == (
+        pytest.approx(0.6)
+    )
 
 
 def test_end_to_end_latency_clamps_clock_skew_to_zero() -> None:
