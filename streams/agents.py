@@ -99,7 +99,7 @@ class _Step:
     dead: list[DeadLetter]
     swept: list[SessionSummary]
     changes: ChangelogBatch
-    #: ``(scores, seconds the scoring took)``; None: nothing to score.
+    #: ``(scores, how the scoring thread spent the scoring)``; None: nothing to score.
     scoring: asyncio.Future[tuple[Scores, ThreadTimes]] | None
     #: Set once the batch's outputs are with the producer (or it failed before that).
     handed_over: asyncio.Event = field(default_factory=asyncio.Event)
