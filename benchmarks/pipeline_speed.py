@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -1473,32 +1473,33 @@ def render(results: dict[str, Any]) -> str:
                 )
                 + "\n"
             )
-        gc_text = gc_summary(out.get("throughput", {}))
-        if gc_text:
-            parts.append(
+        throughput = out.get("throughput", {})
+        summaries: tuple[tuple[Callable[[dict[str, Any]], str], str], ...] = (
+            (
+                gc_summary,
                 f"Garbage collector on {kind} (the worker's `recstream_gc_pause_seconds`, "
-                f"median of the runs): {gc_text}\n"
-            )
-        batch_text = batch_summary(out.get("throughput", {}))
-        if batch_text:
-            parts.append(
+                "median of the runs)",
+            ),
+            (
+                batch_summary,
                 f"Mean micro-batch on {kind} (the worker's `recstream_scoring_batch_size`, "
-                f"median of the runs): {batch_text}\n"
-            )
-        threads_text = scoring_threads_summary(out.get("throughput", {}))
-        if threads_text:
-            parts.append(
+                "median of the runs)",
+            ),
+            (
+                scoring_threads_summary,
                 f"Scoring threads on {kind}, share of their scoring time (the worker's "
                 "`recstream_scoring_thread_seconds_total`, median of the runs; runqueue: "
-                f"waiting for a core, blocked: mostly for the GIL): {threads_text}\n"
-            )
-        cpu_text = cpu_summary(out.get("throughput", {}))
-        if cpu_text:
-            parts.append(
+                "waiting for a core, blocked: mostly for the GIL)",
+            ),
+            (
+                cpu_summary,
                 f"CPU on {kind} from the first output to the last, in % of one core of "
-                f"{results['meta']['cpus']} (median of the runs; idle: what no process used): "
-                f"{cpu_text}\n"
-            )
+                f"{results['meta']['cpus']} (median of the runs; idle: what no process used)",
+            ),
+        )
+        for summary, about in summaries:
+            if text := summary(throughput):
+                parts.append(f"{about}: {text}\n")
     parts += [
         "## Latency, state, scale-out\n",
         *deep_tables(results),
