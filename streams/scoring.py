@@ -255,14 +255,21 @@ def _providers(options: RuntimeOptions) -> list[str]:
     return usable
 
 
+#: Set once a probe session opened without CUDA: onnxruntime could not create the CUDA
+#: provider at all (libraries or device missing), so no later probe in this process can.
+_CUDA_FAILED = threading.Event()
+
+
 def runs_on_cuda(model: Path | bytes) -> bool:
     """Whether onnxruntime really runs ``model`` (a file, or its bytes) on CUDA here.
 
     onnxruntime-gpu lists the CUDA provider wherever it is installed and quietly
     falls back to the CPU when the CUDA libraries or the device are missing.  The
-    probe session is not optimised, so it is safe for every variant.
+    probe session is not optimised, so it is safe for every variant.  Once a probe
+    has fallen back, later ones answer False at once (the start-up of a worker with
+    two models in two variants would otherwise try, and log the failure, four times).
     """
-    if CUDA not in ort.get_available_providers():
+    if CUDA not in ort.get_available_providers() or _CUDA_FAILED.is_set():
         return False
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -271,9 +278,12 @@ def runs_on_cuda(model: Path | bytes) -> bool:
         probe = ort.InferenceSession(
             model if isinstance(model, bytes) else str(model), options, providers=[CUDA]
         )
-    except Exception:
+    except Exception:  # an unreadable model: says nothing about CUDA
         return False
-    return CUDA in probe.get_providers()
+    if CUDA in probe.get_providers():
+        return True
+    _CUDA_FAILED.set()
+    return False
 
 
 def optimization_level(variant: str, providers: Sequence[str]) -> ort.GraphOptimizationLevel:

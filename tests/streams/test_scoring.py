@@ -472,3 +472,38 @@ def test_both_scorers_report_their_providers(
     monkeypatch.setattr(scoring, "load_sentiment_model", lambda path, options: model)
     sentiment = OnnxSentimentScorer(tmp_path / "sentiment.onnx")
     assert sentiment.providers == ["CPUExecutionProvider"]
+
+
+class _ProbeSession:
+    """Stands in for ``ort.InferenceSession`` in the CUDA probe: counts the sessions and
+    falls back to the CPU, runs on CUDA, or fails to load, as told."""
+
+    made = 0
+    outcome = "fallback"
+
+    def __init__(self, model: object, options: object, providers: list[str]) -> None:
+        type(self).made += 1
+        if self.outcome == "unreadable":
+            raise RuntimeError("INVALID_PROTOBUF")
+        self.providers = providers if self.outcome == "cuda" else ["CPUExecutionProvider"]
+
+    def get_providers(self) -> list[str]:
+        return self.providers
+
+
+def test_the_cuda_probe_stops_trying_once_the_provider_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scoring, "_CUDA_FAILED", threading.Event())
+    monkeypatch.setattr(scoring.ort, "get_available_providers", lambda: [scoring.CUDA, "CPU"])
+    monkeypatch.setattr(scoring.ort, "InferenceSession", _ProbeSession)
+    monkeypatch.setattr(_ProbeSession, "made", 0)
+    monkeypatch.setattr(_ProbeSession, "outcome", "unreadable")
+    assert scoring.runs_on_cuda(b"broken") is False  # a bad model says nothing about CUDA
+    monkeypatch.setattr(_ProbeSession, "outcome", "cuda")
+    assert scoring.runs_on_cuda(b"model") is True
+    monkeypatch.setattr(_ProbeSession, "outcome", "fallback")
+    assert scoring.runs_on_cuda(b"model") is False  # onnxruntime fell back to the CPU
+    assert _ProbeSession.made == 3
+    assert scoring.runs_on_cuda(b"other") is False
+    assert _ProbeSession.made == 3  # no further probe in this process
