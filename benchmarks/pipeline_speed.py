@@ -1120,12 +1120,12 @@ def scoring_threads_summary(throughput: dict[str, Any]) -> str:
 
 
 def cpu_summary(throughput: dict[str, Any]) -> str:
-    """Each recstream scenario's CPU by role (app, broker, observer, machine idle), as
-    one line of text."""
+    """Each scenario's CPU by role (app, broker, observer, machine idle), as one line of
+    text; those measured without the machine's idle CPU are left out."""
     return "; ".join(
         f"{name} " + ", ".join(f"{role} {share:.0f}" for role, share in cpu.items())
         for name, entry in throughput.items()
-        if name.startswith("recstream") and bc.IDLE in (cpu := entry.get("cpu_percent") or {})
+        if bc.IDLE in (cpu := entry.get("cpu_percent") or {})
     )
 
 

@@ -462,7 +462,7 @@ def test_batch_summary_and_the_median_mean_batch_over_runs() -> None:
     assert "events_per_batch" not in ps.summarise([{"rate": 1.0}])
 
 
-def test_cpu_summary_gives_each_recstream_scenario_s_roles_and_the_idle_cpu() -> None:
+def test_cpu_summary_gives_each_scenario_s_roles_and_the_idle_cpu() -> None:
     roles = ("app", "broker", "observer", "idle")
     runs: list[dict[str, Any]] = [
         {"rate": rate, "cpu_percent": dict(zip(roles, cpu, strict=True)), "app_cpu_us_per_event": 1}
@@ -471,9 +471,11 @@ def test_cpu_summary_gives_each_recstream_scenario_s_roles_and_the_idle_cpu() ->
     throughput = {
         "quix-memory": {"rate": 10.0, "cpu_percent": {"app": 99.0, "idle": 1.0}},
         "recstream-full": ps.summarise(runs),
-        "recstream-passthrough": {"rate": 1.0, "cpu_percent": {"app": 80.0}},  # no idle: left out
+        "raw-produce": {"rate": 1.0, "cpu_percent": {"app": 80.0}},  # no idle: left out
     }
-    assert ps.cpu_summary(throughput) == ("recstream-full app 155, broker 11, observer 8, idle 25")
+    assert ps.cpu_summary(throughput) == (
+        "quix-memory app 99, idle 1; recstream-full app 155, broker 11, observer 8, idle 25"
+    )
 
 
 def test_round_ratios_pair_the_runs_of_each_round() -> None:

@@ -3,6 +3,7 @@ one, and blocked."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -49,10 +50,7 @@ def test_a_busy_thread_is_on_a_core_or_waiting_for_one() -> None:
     assert times.blocked < 0.3 * times.wall
 
 
-@pytest.mark.skipif(not hasattr(time, "thread_time"), reason="no per-thread CPU clock")
 def test_the_run_queue_wait_is_read_on_linux() -> None:
-    import sys
-
     reading = thread_times()
     if sys.platform == "linux":
         assert reading.runqueue is not None and reading.runqueue >= 0.0
