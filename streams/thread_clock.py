@@ -15,13 +15,13 @@ Where the kernel does not report run delays (not Linux), ``runqueue`` is None an
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 #: The calling thread's scheduler statistics: ns on a CPU, ns waiting on a run queue, slices.
-SCHEDSTAT: Final = Path("/proc/thread-self/schedstat")
+SCHEDSTAT: Final = "/proc/thread-self/schedstat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +47,12 @@ class ThreadTimes:
 
 
 def _runqueue_seconds() -> float | None:
-    try:
-        return int(SCHEDSTAT.read_bytes().split()[1]) / 1e9
+    try:  # os calls: a third of the cost of Path.read_bytes (~2 against ~6 us)
+        fd = os.open(SCHEDSTAT, os.O_RDONLY)
+        try:
+            return int(os.read(fd, 128).split()[1]) / 1e9
+        finally:
+            os.close(fd)
     except (OSError, IndexError, ValueError):
         return None
 
