@@ -781,13 +781,11 @@ def recs_file(model_dir: Path) -> Path:
     """The recommender file the workers serve from ``model_dir``: the variant that
     ``RECSTREAM_MODEL_VARIANT`` names in this environment, which they inherit (``auto``
     resolved as they resolve it)."""
-    from recstream.streams.scoring import RuntimeOptions, model_file, served_variant
+    from recstream.streams.scoring import RuntimeOptions, served_file
 
     settings = Settings()
     options = RuntimeOptions.from_settings(settings)
-    return model_file(
-        model_dir, "recs", served_variant(model_dir, "recs", settings.model_variant, options)
-    )
+    return served_file(model_dir, "recs", settings.model_variant, options)
 
 
 def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:

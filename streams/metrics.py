@@ -52,7 +52,7 @@ from prometheus_client.utils import floatToGoString
 
 from recstream.streams.records import Reason
 from recstream.streams.settings import Settings
-from recstream.streams.thread_clock import ThreadTimes
+from recstream.streams.thread_clock import STATES, ThreadTimes
 
 #: The topics recstream reads or writes (logical names, without the topic prefix).
 Topic = Literal[
@@ -301,7 +301,7 @@ class Metrics:
         for topic in TOPICS:
             self._events_in.labels(topic)
             self._events_out.labels(topic)
-        for state in ("cpu", "runqueue", "blocked"):
+        for state in STATES:
             self._scoring_threads.labels(state)
         for reason in Reason:
             self._deadletters.labels(reason.value)

@@ -396,18 +396,15 @@ def load_model(spec: str, settings: Settings) -> tuple[RecsScorer, SentimentScor
         OnnxRecsScorer,
         OnnxSentimentScorer,
         RuntimeOptions,
-        model_file,
-        served_variant,
+        served_file,
     )
 
     options = RuntimeOptions.from_settings(settings)
     path = Path(spec)
     recs_path, sentiment_path = path, None
     if path.is_dir():
-        variant = settings.model_variant
-        recs_path = model_file(path, "recs", served_variant(path, "recs", variant, options))
-        sentiment_variant = served_variant(path, "sentiment", variant, options)
-        sentiment_path = model_file(path, "sentiment", sentiment_variant)
+        recs_path = served_file(path, "recs", settings.model_variant, options)
+        sentiment_path = served_file(path, "sentiment", settings.model_variant, options)
     recs = OnnxRecsScorer(recs_path, options, reload_interval=math.inf)
     recs.model_version  # noqa: B018 - loads now, so a bad file fails before the replay
     sentiment = None

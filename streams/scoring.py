@@ -1065,18 +1065,21 @@ def served_variant(folder: Path, kind: str, variant: str, options: RuntimeOption
     return "fp32"
 
 
+def served_file(folder: Path, kind: str, variant: str, options: RuntimeOptions) -> Path:
+    """The file of ``kind`` served from ``folder`` (see :func:`served_variant`)."""
+    return model_file(folder, kind, served_variant(folder, kind, variant, options))
+
+
 def load_scorers(settings: Settings) -> tuple[OnnxRecsScorer, OnnxSentimentScorer]:
     """The two scorers from ``settings.model_dir``, in ``settings.model_variant``
     (``auto``: see :func:`served_variant`)."""
     options = RuntimeOptions.from_settings(settings)
     folder, variant = Path(settings.model_dir), settings.model_variant
     interval = settings.model_reload_interval
-    recs_file = model_file(folder, "recs", served_variant(folder, "recs", variant, options))
-    sentiment_file = model_file(
-        folder, "sentiment", served_variant(folder, "sentiment", variant, options)
+    recs = OnnxRecsScorer(served_file(folder, "recs", variant, options), options, interval)
+    sentiment = OnnxSentimentScorer(
+        served_file(folder, "sentiment", variant, options), options, interval
     )
-    recs = OnnxRecsScorer(recs_file, options, interval)
-    sentiment = OnnxSentimentScorer(sentiment_file, options, interval)
     if settings.top_k > recs.max_k:
         log.warning(
             "RECSTREAM_TOP_K=%d but recs.onnx returns at most %d items; re-export with --top-k",

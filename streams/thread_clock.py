@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+#: The states a stretch of wall time is split into (see the module's docstring).
+STATES: Final = ("cpu", "runqueue", "blocked")
 #: The calling thread's scheduler statistics: ns on a CPU, ns waiting on a run queue, slices.
 SCHEDSTAT: Final = "/proc/thread-self/schedstat"
 
