@@ -654,10 +654,10 @@ def scoring_batches(metrics_text: str, model: str = "recs") -> dict[str, float] 
     return {"batches": counts["batches"], "mean_events": counts["events"] / counts["batches"]}
 
 
-def scoring_thread_shares(metrics_text: str) -> dict[str, float] | None:
-    """How the worker's scoring threads spent their scoring time so far, as shares by
-    state (``recstream_scoring_thread_seconds_total``: cpu, runqueue, blocked); None
-    when they scored nothing."""
+def scoring_thread_seconds(metrics_text: str) -> dict[str, float]:
+    """Seconds the worker's scoring threads have spent scoring so far, by state
+    (``recstream_scoring_thread_seconds_total``: cpu, runqueue, blocked); empty when
+    they scored nothing."""
     seconds: dict[str, float] = {}
     for family in text_string_to_metric_families(metrics_text):
         if family.name != "recstream_scoring_thread_seconds":
@@ -665,6 +665,13 @@ def scoring_thread_shares(metrics_text: str) -> dict[str, float] | None:
         for sample in family.samples:
             if sample.name.endswith("_total"):
                 seconds[sample.labels["state"]] = sample.value
+    return seconds
+
+
+def scoring_thread_shares(metrics_text: str) -> dict[str, float] | None:
+    """How the worker's scoring threads spent their scoring time so far, as shares by
+    state (:func:`scoring_thread_seconds`); None when they scored nothing."""
+    seconds = scoring_thread_seconds(metrics_text)
     total = sum(seconds.values())
     if not total:
         return None

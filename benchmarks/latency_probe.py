@@ -17,9 +17,10 @@ Per rate: p50 / p90 / p99 of both parts and of the total, the CPU of the worker,
 broker and this process (% of one core), the worker's CPU thread by thread (named after
 the last rate by ``py-spy dump``, which pauses the worker a moment: ``MainThread`` runs
 the event loop and the batch code, Faust's consumer thread runs aiokafka's fetches,
-``recstream-scoring_*`` run the models), and the scoring micro-batches and garbage
-collector pauses the worker counted meanwhile (``/metrics``).  Timing is on this
-machine's clock for both ends.
+``recstream-scoring_*`` run the models), how many scoring threads were busy scoring on
+average (on a core / waiting for one / blocked), and the scoring micro-batches and
+garbage collector pauses the worker counted meanwhile (``/metrics``).  Timing is on
+this machine's clock for both ends.
 
     python benchmarks/latency_probe.py [--broker noida|tansu] [--rates 300,1200,2400]
         [--seconds 8] [--scenario recstream-full|recstream-passthrough]
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +61,18 @@ def gc_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float
         "collections": after["collections"] - before["collections"],
         "ms": round((after["seconds"] - before["seconds"]) * 1000.0, 1),
     }
+
+
+def busy_between(before: str, after: str, seconds: float) -> dict[str, float] | None:
+    """How many of the worker's scoring threads were busy scoring, on average, between
+    two scrapes of its metrics ``seconds`` apart, by state (cpu, runqueue: waiting for a
+    core, blocked: mostly for the GIL); their sum near ``RECSTREAM_SCORING_THREADS``
+    means the scoring threads are the bottleneck.  None when nothing was scored."""
+    start, end = bc.scoring_thread_seconds(before), bc.scoring_thread_seconds(after)
+    spent = {state: end[state] - start.get(state, 0.0) for state in end}
+    if not any(spent.values()) or seconds <= 0:
+        return None
+    return {state: round(value / seconds, 3) for state, value in spent.items()}
 
 
 def spread(values_ms: Sequence[float]) -> dict[str, float]:
@@ -100,6 +114,7 @@ async def one_rate(
     await started.wait()
     port = target.env["RECSTREAM_WEB_PORT"]
     metrics_before = bc.scrape_metrics(port)
+    scraped = time.monotonic()
     cpu = ps.cpu_window(group, broker)
     threads = bc.ThreadCpuWindow(group.pids[0])
     cpu.begin()
@@ -110,6 +125,7 @@ async def one_rate(
     watch.target = sent
     await watching
     metrics_after = bc.scrape_metrics(port)
+    scraped = time.monotonic() - scraped
     before, after = bc.scoring_counts(metrics_before), bc.scoring_counts(metrics_after)
     gc = gc_between(bc.gc_pauses(metrics_before), bc.gc_pauses(metrics_after))
     batches = after["batches"] - before["batches"]
@@ -120,6 +136,7 @@ async def one_rate(
         **split_latency(watch),
         "cpu_percent": cpu_percent,
         "worker_thread_percent": thread_percent,
+        "scoring_threads_busy": busy_between(metrics_before, metrics_after, scraped),
         "scoring_batches": batches,
         "mean_scoring_batch": (after["events"] - before["events"]) / batches if batches else None,
         "gc": gc,
@@ -204,16 +221,24 @@ def table(result: dict[str, Any]) -> str:
 
 
 def threads_table(result: dict[str, Any]) -> str:
-    """The worker's CPU per thread at each rate (% of one core)."""
-    rows = [
-        [
-            f"{phase['rate']:,.0f}",
-            ", ".join(f"{name} {percent:.0f}" for name, percent in threads.items()),
-        ]
-        for phase in result["phases"]
-        if (threads := phase["worker_thread_percent"])
-    ]
-    return bc.markdown_table(["clicks/s", "worker CPU % by thread"], rows)
+    """The worker's CPU per thread at each rate (% of one core), and how many scoring
+    threads were busy scoring, on average, by state."""
+    rows = []
+    for phase in result["phases"]:
+        threads = phase["worker_thread_percent"]
+        busy = phase.get("scoring_threads_busy")
+        if not threads and not busy:
+            continue
+        rows.append(
+            [
+                f"{phase['rate']:,.0f}",
+                ", ".join(f"{name} {percent:.0f}" for name, percent in threads.items()),
+                " + ".join(f"{busy[state]:.2f} {state}" for state in busy) if busy else "-",
+            ]
+        )
+    return bc.markdown_table(
+        ["clicks/s", "worker CPU % by thread", "scoring threads busy (threads)"], rows
+    )
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
