@@ -678,6 +678,18 @@ def scoring_thread_shares(metrics_text: str) -> dict[str, float] | None:
     return {state: value / total for state, value in seconds.items()}
 
 
+def scoring_threads_busy(before: str, after: str, seconds: float) -> dict[str, float] | None:
+    """How many of a worker's scoring threads were busy scoring, on average, between two
+    scrapes of its metrics ``seconds`` apart, by state (cpu; runqueue: waiting for a
+    core; blocked: mostly for the GIL).  A sum near ``RECSTREAM_SCORING_THREADS`` means
+    the scoring threads are the bottleneck.  None when nothing was scored."""
+    start, end = scoring_thread_seconds(before), scoring_thread_seconds(after)
+    spent = {state: end[state] - start.get(state, 0.0) for state in end}
+    if not any(spent.values()) or seconds <= 0:
+        return None
+    return {state: round(value / seconds, 3) for state, value in spent.items()}
+
+
 def gc_pauses(metrics_text: str) -> dict[str, Any]:
     """The garbage collector's pauses in a worker's metrics (``recstream_gc_pause_seconds``):
     collections and seconds in all, per generation, and the upper bound of the shortest

@@ -63,18 +63,6 @@ def gc_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float
     }
 
 
-def busy_between(before: str, after: str, seconds: float) -> dict[str, float] | None:
-    """How many of the worker's scoring threads were busy scoring, on average, between
-    two scrapes of its metrics ``seconds`` apart, by state (cpu, runqueue: waiting for a
-    core, blocked: mostly for the GIL); their sum near ``RECSTREAM_SCORING_THREADS``
-    means the scoring threads are the bottleneck.  None when nothing was scored."""
-    start, end = bc.scoring_thread_seconds(before), bc.scoring_thread_seconds(after)
-    spent = {state: end[state] - start.get(state, 0.0) for state in end}
-    if not any(spent.values()) or seconds <= 0:
-        return None
-    return {state: round(value / seconds, 3) for state, value in spent.items()}
-
-
 def spread(values_ms: Sequence[float]) -> dict[str, float]:
     """p50 / p90 / p99 in milliseconds."""
     return {f"p{q}": round(bc.percentile(values_ms, q), 1) for q in (50, 90, 99)}
@@ -136,7 +124,7 @@ async def one_rate(
         **split_latency(watch),
         "cpu_percent": cpu_percent,
         "worker_thread_percent": thread_percent,
-        "scoring_threads_busy": busy_between(metrics_before, metrics_after, scraped),
+        "scoring_threads_busy": bc.scoring_threads_busy(metrics_before, metrics_after, scraped),
         "scoring_batches": batches,
         "mean_scoring_batch": (after["events"] - before["events"]) / batches if batches else None,
         "gc": gc,

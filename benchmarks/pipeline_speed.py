@@ -545,11 +545,14 @@ async def latency_phase(
     users: int,
     tag: str,
     cpu: bc.CpuWindow | None = None,
+    metrics_port: str | None = None,
 ) -> dict[str, Any]:
     """Paced load at ``rate``: event time to output receipt, in milliseconds.
 
     ``cpu``: measured over the paced load (in % of one core; the ``observer`` role is
-    this process, which generates the load and watches the outputs).
+    this process, which generates the load and watches the outputs).  ``metrics_port``:
+    the worker's, read before and after for how many scoring threads were busy
+    (:func:`bc.scoring_threads_busy`).
     """
     watch = bc.OutputWatch(target=10**12, tag=tag, latency=True)
     started = asyncio.Event()
@@ -557,12 +560,18 @@ async def latency_phase(
         bc.watch_output(bootstrap, target.sink, watch, seconds + 30.0, started=started)
     )
     await started.wait()
+    metrics_before = "" if metrics_port is None else bc.scrape_metrics(metrics_port)
+    scraped = time.monotonic()
     if cpu is not None:
         cpu.begin()
     sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, users, id_prefix=tag)
     cpu_percent = cpu.end() if cpu is not None else None
     watch.target = sent
     await watcher
+    busy = None
+    if metrics_port is not None:
+        metrics_after = bc.scrape_metrics(metrics_port)
+        busy = bc.scoring_threads_busy(metrics_before, metrics_after, time.monotonic() - scraped)
     lat = [value * 1000.0 for value in watch.latencies]
     return {
         "rate": round(rate, 1),
@@ -573,6 +582,7 @@ async def latency_phase(
         "p999_ms": bc.percentile(lat, 99.9),
         "max_ms": max(lat, default=0.0),
         "cpu_percent": cpu_percent,
+        "scoring_threads_busy": busy,
     }
 
 
@@ -1223,6 +1233,7 @@ async def deep_measurements(
                 cfg.users,
                 tag,
                 cpu_window(group, broker),
+                group.web_ports[0] if group.web_ports else None,
             )
             phases.append({"load": load, **phase})
         except Exception as exc:
@@ -1296,6 +1307,14 @@ def throughput_table(results: dict[str, Any]) -> str:
 LATENCY_CPU_ROLES = ("app", "broker", "observer", bc.IDLE)
 
 
+def busy_cell(busy: dict[str, float] | None) -> str:
+    """Scoring threads busy on average (:func:`bc.scoring_threads_busy`), and how many of
+    them waited for a core: "1.37 (0.54 in the run queue)"; "-" without scoring."""
+    if not busy:
+        return "-"
+    return f"{sum(busy.values()):.2f} ({busy.get('runqueue', 0.0):.2f} in the run queue)"
+
+
 def deep_tables(results: dict[str, Any]) -> list[str]:
     """Latency, state, scale-out and rebalance sections per broker."""
     parts = []
@@ -1313,13 +1332,15 @@ def deep_tables(results: dict[str, Any]) -> list[str]:
                 bc.fmt(p.get("p99_ms"), 1),
                 bc.fmt(p.get("p999_ms"), 1),
                 *(bc.fmt((p.get("cpu_percent") or {}).get(role)) for role in LATENCY_CPU_ROLES),
+                busy_cell(p.get("scoring_threads_busy")),
             ]
             for p in out["latency"]
         ]
         parts.append(
             "Latency, event ts → output receipt; CPU in % of one core while the load ran "
             "(load generator: this benchmark's process, producing and watching; idle: what "
-            "no process used):\n\n"
+            "no process used); scoring threads busy on average, of them waiting for a "
+            "core:\n\n"
             + bc.markdown_table(
                 [
                     "load",
@@ -1332,6 +1353,7 @@ def deep_tables(results: dict[str, Any]) -> list[str]:
                     "broker CPU %",
                     "load generator CPU %",
                     "idle CPU %",
+                    "scoring threads busy",
                 ],
                 rows,
             )

@@ -6,6 +6,10 @@ import os
 import time
 
 import bench_common as bc
+import pytest
+
+from recstream.streams.metrics import Metrics
+from recstream.streams.thread_clock import ThreadTimes
 
 
 def test_cpu_window_reports_the_machine_s_idle_cpu_beside_the_processes() -> None:
@@ -21,3 +25,20 @@ def test_cpu_window_reports_the_machine_s_idle_cpu_beside_the_processes() -> Non
     assert set(result) == {"observer", bc.IDLE}
     assert 20.0 <= result["observer"] <= 110.0  # one thread; CPU clocks tick every 10 ms
     assert 0.0 <= result[bc.IDLE] <= capacity - result["observer"] + 10.0
+
+
+def test_scoring_threads_busy_between_two_scrapes_by_state() -> None:
+    metrics = Metrics()
+    before = metrics.render()[0].decode()
+    assert bc.scoring_threads_busy(before, before, 2.0) is None  # nothing scored
+    metrics.scoring_thread_time(ThreadTimes(wall=1.0, cpu=0.6, runqueue=0.3))
+    middle = metrics.render()[0].decode()
+    metrics.scoring_thread_time(ThreadTimes(wall=3.0, cpu=1.4, runqueue=0.5))
+    after = metrics.render()[0].decode()
+    assert bc.scoring_threads_busy(before, middle, 2.0) == pytest.approx(
+        {"cpu": 0.3, "runqueue": 0.15, "blocked": 0.05}
+    )
+    # 2 s of wall time in 0.5 s: four threads busy on average, counted from ``middle``
+    assert bc.scoring_threads_busy(middle, after, 0.5) == pytest.approx(
+        {"cpu": 2.8, "runqueue": 1.0, "blocked": 2.2}
+    )

@@ -15,9 +15,6 @@ import bench_common as bc
 import latency_probe
 import pytest
 
-from recstream.streams.metrics import Metrics
-from recstream.streams.thread_clock import ThreadTimes
-
 
 def test_each_answer_is_split_at_the_workers_emission() -> None:
     watch = bc.OutputWatch(target=3, keep_values=True, keep_times=True)
@@ -46,23 +43,6 @@ def test_gc_pauses_between_two_readings() -> None:
     before = {"collections": 3, "seconds": 0.120}
     after = {"collections": 5, "seconds": 0.1852}
     assert latency_probe.gc_between(before, after) == {"collections": 2, "ms": 65.2}
-
-
-def test_scoring_threads_busy_between_two_scrapes_by_state() -> None:
-    metrics = Metrics()
-    before = metrics.render()[0].decode()
-    assert latency_probe.busy_between(before, before, 2.0) is None  # nothing scored
-    metrics.scoring_thread_time(ThreadTimes(wall=1.0, cpu=0.6, runqueue=0.3))
-    middle = metrics.render()[0].decode()
-    metrics.scoring_thread_time(ThreadTimes(wall=3.0, cpu=1.4, runqueue=0.5))
-    after = metrics.render()[0].decode()
-    assert latency_probe.busy_between(before, middle, 2.0) == pytest.approx(
-        {"cpu": 0.3, "runqueue": 0.15, "blocked": 0.05}
-    )
-    # 2 s of wall time in 0.5 s: four threads busy on average, counted from ``middle``
-    assert latency_probe.busy_between(middle, after, 0.5) == pytest.approx(
-        {"cpu": 2.8, "runqueue": 1.0, "blocked": 2.2}
-    )
 
 
 def test_py_spy_dump_lines_name_threads_by_native_id() -> None:

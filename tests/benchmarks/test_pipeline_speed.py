@@ -385,6 +385,13 @@ def test_scoring_threads_shares_are_read_from_the_workers_metrics_and_summarised
     )
 
 
+def test_the_latency_table_shows_scoring_threads_busy_and_those_waiting_for_a_core() -> None:
+    assert ps.busy_cell({"cpu": 0.7, "runqueue": 0.54, "blocked": 0.13}) == (
+        "1.37 (0.54 in the run queue)"
+    )
+    assert ps.busy_cell(None) == "-"
+
+
 def test_scoring_counts_are_the_batches_and_their_events_or_zeros() -> None:
     metrics = Metrics()
     assert bc.scoring_counts(metrics.render()[0].decode()) == {"batches": 0.0, "events": 0.0}
@@ -789,7 +796,10 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
         assert 0 < phase["p50_ms"] <= phase["p99_ms"] <= phase["p999_ms"] <= phase["max_ms"]
         assert set(phase["cpu_percent"]) == set(ps.LATENCY_CPU_ROLES)
         assert all(_cpu_figure(v) for v in phase["cpu_percent"].values())
+        busy = phase["scoring_threads_busy"]  # read from the worker's metrics
+        assert busy is None or (set(busy) == {"cpu", "runqueue", "blocked"} and busy["cpu"] > 0)
     assert "load generator CPU %" in report and "idle CPU %" in report
+    assert "scoring threads busy" in report
 
     state = broker["state"]
     assert "error" not in state, state
