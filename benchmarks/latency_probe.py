@@ -102,7 +102,7 @@ async def one_rate(
     await started.wait()
     port = target.env["RECSTREAM_WEB_PORT"]
     metrics_before = bc.scrape_metrics(port)
-    scraped = time.monotonic()
+    scraped_at = time.monotonic()
     cpu = ps.cpu_window(group, broker)
     threads = bc.ThreadCpuWindow(group.pids[0])
     cpu.begin()
@@ -113,7 +113,7 @@ async def one_rate(
     watch.target = sent
     await watching
     metrics_after = bc.scrape_metrics(port)
-    scraped = time.monotonic() - scraped
+    between = time.monotonic() - scraped_at
     before, after = bc.scoring_counts(metrics_before), bc.scoring_counts(metrics_after)
     gc = gc_between(bc.gc_pauses(metrics_before), bc.gc_pauses(metrics_after))
     batches = after["batches"] - before["batches"]
@@ -124,7 +124,7 @@ async def one_rate(
         **split_latency(watch),
         "cpu_percent": cpu_percent,
         "worker_thread_percent": thread_percent,
-        "scoring_threads_busy": bc.scoring_threads_busy(metrics_before, metrics_after, scraped),
+        "scoring_threads_busy": bc.scoring_threads_busy(metrics_before, metrics_after, between),
         "scoring_batches": batches,
         "mean_scoring_batch": (after["events"] - before["events"]) / batches if batches else None,
         "gc": gc,

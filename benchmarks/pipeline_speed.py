@@ -561,7 +561,7 @@ async def latency_phase(
     )
     await started.wait()
     metrics_before = "" if metrics_port is None else bc.scrape_metrics(metrics_port)
-    scraped = time.monotonic()
+    scraped_at = time.monotonic()
     if cpu is not None:
         cpu.begin()
     sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, users, id_prefix=tag)
@@ -571,7 +571,7 @@ async def latency_phase(
     busy = None
     if metrics_port is not None:
         metrics_after = bc.scrape_metrics(metrics_port)
-        busy = bc.scoring_threads_busy(metrics_before, metrics_after, time.monotonic() - scraped)
+        busy = bc.scoring_threads_busy(metrics_before, metrics_after, time.monotonic() - scraped_at)
     lat = [value * 1000.0 for value in watch.latencies]
     return {
         "rate": round(rate, 1),
