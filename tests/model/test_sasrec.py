@@ -82,7 +82,9 @@ def test_padded_columns_are_minus_infinity_and_the_rest_unchanged() -> None:
     plain = model.score_last(*batch)
     padded = model.score_last(*batch, columns=V + 5)
     assert padded.shape == (3, V + 5)
-    assert torch.equal(padded[:, :V], plain)
+    # A wider matmul may block its sums differently: equal to rounding, not bit for bit
+    # (CI's CPU differed in the last bits).
+    torch.testing.assert_close(padded[:, :V], plain, rtol=1e-6, atol=1e-6)
     assert torch.isneginf(padded[:, V:]).all()
     assert torch.equal(model.score_last(*batch, columns=V), plain)
     with pytest.raises(ValueError, match="fewer than"):
