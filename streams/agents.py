@@ -279,12 +279,13 @@ class BatchProcessor:
             if after is not None:
                 await after.wait()
             out = self.pipeline.finish(step.work, scores)
+            recs_json = list(map(to_json, out.recommendations))  # topic and storefront row
             if self.latest is not None:
-                self.latest.record(out.recommendations)
+                self.latest.record(out.recommendations, recs_json)
                 self.latest.record_sentiments(out.sentiments)
             out.dead_letters = step.dead + out.dead_letters
             out.sessions += step.swept
-            add_outputs(step.outbox, out, self.topics)
+            add_outputs(step.outbox, out, self.topics, recs_json)
             sends = await step.outbox.send()
             step.handed_over.set()
             if sends:
@@ -405,17 +406,26 @@ class OutputTopics(Protocol):
     def deadletter(self) -> str: ...
 
 
-def add_outputs(outbox: Outbox, out: Outputs, topics: OutputTopics) -> None:
-    """Queue a batch's outputs as JSON: keyed by user id, dead letters without a key."""
-    keyed: list[tuple[str, Sequence[Recommendation | Sentiment | SessionSummary]]] = [
-        (topics.recommendations, out.recommendations),
-        (topics.sentiment, out.sentiments),
-        (topics.sessions, out.sessions),
+def add_outputs(
+    outbox: Outbox, out: Outputs, topics: OutputTopics, recs_json: Sequence[bytes] | None = None
+) -> None:
+    """Queue a batch's outputs as JSON: keyed by user id, dead letters without a key.
+
+    ``recs_json``: the recommendations' JSON when the caller already wrote it.
+    """
+    if recs_json is None:
+        recs_json = list(map(to_json, out.recommendations))
+    keyed: list[
+        tuple[str, Sequence[Recommendation | Sentiment | SessionSummary], Sequence[bytes]]
+    ] = [
+        (topics.recommendations, out.recommendations, recs_json),
+        (topics.sentiment, out.sentiments, list(map(to_json, out.sentiments))),
+        (topics.sessions, out.sessions, list(map(to_json, out.sessions))),
     ]
-    for topic, records in keyed:
+    for topic, records, values in keyed:
         if records:
             keys = [record.user_id.encode("utf-8") for record in records]
-            outbox.add_keyed(topic, keys, list(map(to_json, records)))
+            outbox.add_keyed(topic, keys, values)
     for dead in out.dead_letters:
         outbox.add(topics.deadletter, None, to_json(dead))
 

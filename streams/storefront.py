@@ -59,6 +59,7 @@ from recstream.streams.records import (
     loads,
     parse_click,
     parse_search,
+    to_json,
 )
 from recstream.streams.scoring import RecsResult, RecsScorer
 from recstream.streams.settings import Settings
@@ -203,16 +204,22 @@ class LatestRecommendations:
         #: Writes skipped because the partition was unknown or owned by another worker.
         self.skipped = 0
 
-    def record(self, recs: Sequence[Recommendation]) -> int:
-        """Keep each user's newest recommendation of the batch; returns the writes."""
-        newest: dict[str, Recommendation] = {}
-        for rec in recs:
+    def record(self, recs: Sequence[Recommendation], as_json: Sequence[bytes] | None = None) -> int:
+        """Keep each user's newest recommendation of the batch; returns the writes.
+
+        ``as_json``: each record's :func:`~recstream.streams.records.to_json`, when the
+        caller already has it for the output topic; the row embeds those bytes as they are.
+        """
+        if as_json is None:
+            as_json = list(map(to_json, recs))
+        newest: dict[str, tuple[Recommendation, bytes]] = {}
+        for rec, encoded in zip(recs, as_json, strict=True):
             held = newest.get(rec.user_id)
-            if held is None or rec.event_ts >= held.event_ts:
-                newest[rec.user_id] = rec
+            if held is None or rec.event_ts >= held[0].event_ts:
+                newest[rec.user_id] = (rec, encoded)
         writes = 0
         owned: dict[int, bool] = {}  # asking the assignor per user costs more than the rest
-        for user, rec in newest.items():
+        for user, (rec, encoded) in newest.items():
             partition = self._partition(user, owned)
             if partition is None:
                 continue
@@ -220,7 +227,7 @@ class LatestRecommendations:
             held_rec = latest.get("recommendation")
             if held_rec is not None and held_rec["event_ts"] > rec.event_ts:
                 continue  # a late event's answer never replaces a newer one
-            latest["recommendation"] = rec.json_object()  # see records.to_json
+            latest["recommendation"] = orjson.Fragment(encoded)  # written as it is
             self._write(user, latest, partition)
             writes += 1
         return writes

@@ -957,3 +957,7 @@ def test_outputs_are_queued_as_json_keyed_by_user_and_dead_letters_without_a_key
     assert outbox.queued["sentiment-out"] == [(b"u9", orjson.loads(to_json(sentiment)))]
     assert outbox.queued["sessions-out"] == [(b"u5", orjson.loads(to_json(session)))]
     assert outbox.queued["dead"] == [(None, orjson.loads(to_json(dead)))]
+    # JSON the caller already wrote for the recommendations is queued as it is.
+    outbox = RecordingOutbox()
+    add_outputs(outbox, out, topics, [orjson.dumps({"n": n}) for n in range(3)])
+    assert outbox.queued["recs-out"] == [(f"u{n}".encode(), {"n": n}) for n in range(3)]

@@ -246,6 +246,17 @@ async def test_record_writes_each_users_newest_once_per_batch(worker: Worker) ->
     assert worker.latest.read("u1")["recommendation"]["trigger_event_id"] == "b"
 
 
+async def test_record_embeds_the_output_json_it_is_given(worker: Worker) -> None:
+    """The row holds the bytes written for the output topic, not a second encoding."""
+    batch = [rec("u1", 100.0, ["p1"], "a"), rec("u2", 50.0, ["p2"], "b")]
+    written = [orjson.dumps({"marker": n}) for n in range(2)]  # told apart from to_json
+    assert worker.latest.record(batch, written) == 2
+    assert worker.latest.read("u1")["recommendation"] == {"marker": 0}
+    assert worker.latest.read("u2")["recommendation"] == {"marker": 1}
+    with pytest.raises(ValueError):
+        worker.latest.record(batch, written[:1])
+
+
 async def test_record_skips_users_of_partitions_owned_elsewhere(worker: Worker) -> None:
     asked: list[int] = []
 
