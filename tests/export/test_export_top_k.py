@@ -97,7 +97,11 @@ def test_a_large_catalogues_graph_answers_like_the_plain_top_k(
             plain = model.score_last(*inputs)
             plain = plain.scatter(1, torch.from_numpy(batch["exclude"]), float("-inf"))
             expected = torch.topk(plain, 20, dim=1)
-        np.testing.assert_array_equal(items, expected.indices.numpy())
+        # Each picked item has, in PyTorch, the score of its rank, no item twice: the
+        # plain top-k up to near-ties, whose order rounding may swap on another CPU.
+        picked = plain.gather(1, torch.from_numpy(items))
+        np.testing.assert_allclose(picked.numpy(), expected.values.numpy(), rtol=1e-5)
+        assert all(len(set(row)) == 20 for row in items.tolist())
         np.testing.assert_allclose(scores, expected.values.numpy(), rtol=1e-5)
 
 
