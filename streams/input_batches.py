@@ -230,8 +230,14 @@ class ParsedRecords(PartitionRecords):
 
     @classmethod
     def like(cls, records: PartitionRecords) -> ParsedRecords:
-        """The same fetched ``records``, not yet read, handed out as parsed."""
-        return cls(
+        """The same fetched ``records``, not yet read, handed out as parsed.
+
+        ``records`` is then dropped unread: its generator, never started, is cleared
+        first.  Its frame holds ``records`` itself, a reference cycle that only the
+        garbage collector would free (one per partition per fetch, with the fetched
+        bytes: under live traffic thousands of them in each young collection).
+        """
+        parsed = cls(
             records._tp,
             records._records,
             records._aborted_transactions,
@@ -241,6 +247,8 @@ class ParsedRecords(PartitionRecords):
             records._check_crcs,
             records._isolation_level,
         )
+        records._records_iterator = None
+        return parsed
 
     def __iter__(self) -> Iterator[Any]:
         return self._records_iterator or iter(())

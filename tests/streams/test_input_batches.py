@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import struct
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
@@ -660,6 +662,27 @@ def test_parsed_records_are_read_as_aiokafkas_consumer_records_are(
     visible = [*range(5), *(range(5, 8) if isolation == 0 else []), 9, 10, *range(12, 16)]
     assert offsets == [offset for offset in visible if offset >= start]
     assert ours[-1][1] == 16  # the next fetch starts after the log
+
+
+def test_fetched_records_and_their_parsed_copy_are_freed_without_the_collector() -> None:
+    """Neither the replaced fetch result nor its parsed copy, once read, is left in a
+    reference cycle: both go when the last reference does, the collector switched off.
+    (The replaced one's unstarted generator held it: one cycle per partition per fetch,
+    each holding the fetched bytes until the next collection.)"""
+    tp = TopicPartition(CLICKS, 0)
+    fetched = PartitionRecords(tp, log_from(0), [], 0, *_PLAIN)
+    parsed = ParsedRecords.like(fetched)
+    gone = [weakref.ref(fetched), weakref.ref(parsed)]
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del fetched
+        assert [r.offset for r in parsed]
+        del parsed
+        assert [ref() for ref in gone] == [None, None]
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def test_parsed_records_are_handed_out_for_fed_topics_only() -> None:
