@@ -3,9 +3,12 @@ one, and blocked."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -56,3 +59,52 @@ def test_the_run_queue_wait_is_read_on_linux() -> None:
         assert reading.runqueue is not None and reading.runqueue >= 0.0
     else:
         assert reading.runqueue is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="schedstat is read on Linux only")
+def test_readings_keep_the_gil_the_file_open_once_per_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a thread's first reading no Python file call is made (each would release the
+    GIL, and getting it back beside a busy thread takes up to the switch interval): the
+    run delay comes from the thread's open file through libc's ``pread``, and grows."""
+    calls: list[str] = []
+    for name in ("open", "read", "pread", "close"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, _counted(calls, name, real))
+    readings: list[ThreadTimes] = []
+
+    def read() -> None:
+        readings.append(thread_times())  # opens the file
+        calls.clear()
+        for _ in range(5):
+            deadline = time.perf_counter() + 0.01
+            while time.perf_counter() < deadline:
+                pass
+            readings.append(thread_times())
+        calls.append("done")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join()
+    assert calls[0] == "done"  # nothing before it (the thread's close may follow)
+    delays = [reading.runqueue for reading in readings]
+    assert None not in delays and delays == sorted(delays)  # type: ignore[type-var]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="schedstat is read on Linux only")
+def test_a_threads_schedstat_file_is_closed_when_the_thread_ends() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        reader = threading.Thread(target=thread_times)
+        reader.start()
+        reader.join()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _counted(calls: list[str], name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    return call
