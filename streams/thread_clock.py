@@ -91,6 +91,8 @@ class _Schedstat:
 
 #: Each thread's open ``_Schedstat`` (None once it could not be opened there).
 _THREAD: Final = threading.local()
+# A forked child's one thread would read its parent thread's file: it opens its own.
+os.register_at_fork(after_in_child=lambda: _THREAD.__dict__.clear())
 
 
 def _runqueue_seconds() -> float | None:

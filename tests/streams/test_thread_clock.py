@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from recstream.streams import thread_clock
 from recstream.streams.thread_clock import ThreadTimes, thread_times
 
 
@@ -108,3 +109,25 @@ def _counted(calls: list[str], name: str, real: Callable[..., Any]) -> Callable[
         return real(*args, **kwargs)
 
     return call
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="schedstat is read on Linux only")
+def test_a_forked_child_reads_its_own_threads_file() -> None:
+    """The file a reading uses is the reading thread's own, in a forked child too (the
+    child inherits its parent thread's open file, which is not its own)."""
+
+    def read_file() -> str:
+        thread_times()
+        return os.readlink(f"/proc/self/fd/{thread_clock._THREAD.schedstat.fd}")
+
+    assert read_file() == f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat"
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        os.write(writer, f"{read_file()} {threading.get_native_id()}".encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    path, tid = os.read(reader, 200).decode().split()
+    os.close(reader)
+    os.close(writer)
+    assert path == f"/proc/{child}/task/{tid}/schedstat"
