@@ -342,7 +342,9 @@ class OutputWatch:
     With a ``tag``, only outputs whose ``trigger_event_id`` starts with it count (and
     the counter starts at the topic's end); ``latency`` records ``now - event_ts``
     seconds per counted output; ``keep_times``/``keep_values`` keep receipt times
-    (epoch seconds) and decoded outputs.
+    (epoch seconds) and decoded outputs.  ``stall_s``: once outputs have begun, the
+    watchers stop (``stalled`` set) when none came for that long, instead of waiting out
+    their timeout (a consumer group that stopped consuming).
     """
 
     target: int
@@ -350,13 +352,27 @@ class OutputWatch:
     latency: bool = False
     keep_times: bool = False
     keep_values: bool = False
+    stall_s: float | None = None
     count: int = 0
     first_at: float | None = None
     first_count: int = 0
     done_at: float | None = None
+    #: ``time.monotonic()`` of the last count that grew.
+    progress_at: float | None = None
+    stalled: bool = False
     receipt_times: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     values: list[dict[str, Any]] = field(default_factory=list)
+
+    def progressed(self, now: float) -> None:
+        """Note that the count grew at ``now`` (``time.monotonic()``)."""
+        self.progress_at = now
+
+    def check_stall(self, now: float) -> bool:
+        """Whether outputs began and none came for ``stall_s`` up to ``now``; sets ``stalled``."""
+        if self.stall_s is not None and self.progress_at is not None:
+            self.stalled = now - self.progress_at > self.stall_s
+        return self.stalled
 
     def rate(self) -> float:
         """Outputs per second between the first received batch and the target count.
@@ -389,6 +405,8 @@ class OutputWatch:
         if counted and self.first_at is None:
             self.first_at = time.perf_counter()
             self.first_count = counted
+        if counted:
+            self.progressed(time.monotonic())
         self.count += counted
         if self.keep_times:
             self.receipt_times.extend([now] * counted)
@@ -446,6 +464,8 @@ async def watch_output(
             if cpu is not None and not cpu_begun and watch.first_at is not None:
                 cpu.begin()
                 cpu_begun = True
+            if watch.check_stall(time.monotonic()):
+                break
             if alive is not None and time.monotonic() - last_check > 1.0:
                 last_check = time.monotonic()
                 if alive() is not None:
@@ -497,7 +517,8 @@ async def watch_end_offsets(
                     if cpu is not None:
                         cpu.begin()
                 watch.count = total
-            if watch.count >= watch.target:
+                watch.progressed(time.monotonic())
+            if watch.count >= watch.target or watch.check_stall(time.monotonic()):
                 break
             if alive is not None and time.monotonic() - last_check > 1.0:
                 last_check = time.monotonic()

@@ -107,6 +107,8 @@ class Config:
     onnx_seconds: float
     onnx_items: int
     timeout_s: float
+    #: A throughput run whose outputs began and then stopped for this long ends as failed.
+    stall_s: float = 120.0
     deep: bool = True
     """Run latency, state/recovery and scale-out on the main recstream scenario."""
     deep_scenario: str | None = None
@@ -500,13 +502,17 @@ async def app_throughput(
         for _ in range(workers - 1):
             group.spawn()
         cpu = cpu_window(group, broker)
-        watch = bc.OutputWatch(target=len(backlog))
+        watch = bc.OutputWatch(target=len(backlog), stall_s=cfg.stall_s)
         # On noida a consuming observer spins a core (no long-poll); its end offsets are
         # exact, so count by polling them there.
         count = bc.watch_end_offsets if broker.traits.exact_end_offsets else bc.watch_output
         await count(bootstrap, target.sink, watch, cfg.timeout_s, cpu=cpu, alive=group.dead)
         if watch.done_at is None or watch.first_at is None:
-            why = group.dead() or f"only {watch.count}/{len(backlog)} outputs"
+            why = group.dead() or (
+                f"no output for {cfg.stall_s:.0f} s after {watch.count}/{len(backlog)}"
+                if watch.stalled
+                else f"only {watch.count}/{len(backlog)} outputs"
+            )
             raise RuntimeError(f"{scenario}: {why}; log: {tail(group.logs[0])}")
         rate = watch.rate()
         result: dict[str, Any] = {

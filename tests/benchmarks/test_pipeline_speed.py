@@ -20,6 +20,7 @@ import capacity_guide
 import orjson
 import pipeline_speed as ps
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from recstream.streams.broker import EmbeddedBroker
@@ -112,6 +113,16 @@ def test_output_watch_counts_only_tagged_outputs_and_latency() -> None:
     assert watch.count == 2
     assert watch.latencies == [pytest.approx(1.0), pytest.approx(0.5)]
     assert [v["trigger_event_id"] for v in watch.values] == ["lat-1", "lat-2"]
+
+
+def test_output_watch_stalls_only_after_outputs_began() -> None:
+    watch = bc.OutputWatch(target=10, stall_s=5.0)
+    assert not watch.check_stall(1e9)  # nothing yet: a cold start is not a stall
+    watch.add([b"{}"] * 3, now=0.0)
+    assert watch.progress_at is not None
+    assert not watch.check_stall(watch.progress_at + 4.9) and not watch.stalled
+    assert watch.check_stall(watch.progress_at + 5.1) and watch.stalled
+    assert not bc.OutputWatch(target=10).check_stall(1e9)  # no stall_s: never
 
 
 def test_output_watch_rate_excludes_the_first_batch() -> None:
@@ -729,6 +740,39 @@ def test_a_finished_runs_topics_are_deleted_and_no_others() -> None:
         assert asyncio.run(scenario(broker.bootstrap_servers)) == {"bench-other-in"}
     finally:
         broker.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_both_watchers_stop_when_outputs_stall() -> None:
+    """Three outputs of ten, then none: each watcher stops after its ``stall_s`` with
+    ``stalled`` set instead of waiting out its timeout (a stalled consumer group)."""
+
+    async def scenario(bootstrap: str) -> list[tuple[int, bool]]:
+        topic = bc.unique_name("bench", "stall")
+        await bc.create_topics(bootstrap, [topic], 1)
+        await bc.wait_for_topics(bootstrap, [topic])
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            for n in range(3):
+                await producer.send_and_wait(topic, b'{"n": %d}' % n)
+        finally:
+            await producer.stop()
+        seen = []
+        for watch_with in (bc.watch_end_offsets, bc.watch_output):
+            watch = bc.OutputWatch(target=10, stall_s=1.0)
+            await watch_with(bootstrap, topic, watch, 20.0)
+            seen.append((watch.count, watch.stalled))
+        return seen
+
+    broker = EmbeddedBroker("noida")
+    broker.start()
+    try:
+        seen = asyncio.run(scenario(broker.bootstrap_servers))
+    finally:
+        broker.stop()
+    assert seen == [(3, True), (3, True)]
 
 
 @pytest.mark.integration
