@@ -121,8 +121,9 @@ class TableStateStore:
         value: bytes | None = self.table.data.get(key.encode("utf-8"))
         return value
 
-    def put(self, key: str, value: bytes, partition: int) -> None:
-        """Store ``value`` locally and append it to changelog ``partition``.
+    def put(self, key: str, value: bytes, partition: int) -> bytes:
+        """Store ``value`` locally and append it to changelog ``partition``; returns the
+        bytes object the table now holds.
 
         The table keeps an exact-size copy: ``orjson.dumps`` returns bytes whose
         buffer is over-allocated (4 KiB for a 10-byte document, 8 KiB for a 1 KB one, with
@@ -133,6 +134,7 @@ class TableStateStore:
         self.table.data[raw_key] = value
         self._remember_partition(raw_key, partition)
         self._changelog(partition, raw_key, value)
+        return value
 
     def delete(self, key: str, partition: int) -> None:
         """Remove ``key`` locally and write a tombstone to changelog ``partition``."""

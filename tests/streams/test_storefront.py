@@ -272,6 +272,51 @@ async def test_record_skips_users_of_partitions_owned_elsewhere(worker: Worker) 
     assert sorted(asked) == sorted({home_partition(user, 2) for user in users})  # once each
 
 
+async def test_rows_the_writer_wrote_are_not_parsed_again(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the table holds the bytes :meth:`record` wrote, the next write takes the row
+    and its answer's event time from the writer's cache; the late-answer rule holds."""
+    parsed: list[bytes | None] = []
+    parse = LatestRecommendations._parse
+
+    def counted(raw: bytes | None) -> dict[str, Any]:
+        parsed.append(raw)
+        return parse(raw)
+
+    monkeypatch.setattr(LatestRecommendations, "_parse", staticmethod(counted))
+    assert worker.latest.record([rec("u1", 100.0, ["p1"], "a"), rec("u2", 50.0, ["p2"])]) == 2
+    assert parsed == [None, None]  # no rows yet
+    assert worker.latest.record([rec("u1", 101.0, ["p3"], "b"), rec("u2", 49.0, ["p9"])]) == 1
+    assert worker.latest.record([rec("u1", 100.5, ["p9"], "late")]) == 0
+    assert parsed == [None, None]
+    assert worker.latest.read("u1")["recommendation"]["trigger_event_id"] == "b"
+    assert worker.latest.read("u2")["recommendation"]["event_ts"] == 50.0
+
+
+async def test_rows_changed_behind_the_writer_are_read_from_the_table(worker: Worker) -> None:
+    """A review label written meanwhile is kept, and a newer answer the table got by
+    another way (a changelog recovery) is not replaced by an older one."""
+    worker.latest.record([rec("u1", 100.0, ["p1"], "a")])
+    worker.latest.record_sentiments([Sentiment("r1", "u1", "p1", "positive", {}, "s-v1")])
+    assert worker.latest.record([rec("u1", 101.0, ["p2"], "b")]) == 1
+    row = worker.latest.read("u1")
+    assert row["recommendation"]["trigger_event_id"] == "b"
+    assert [review["event_id"] for review in row["reviews"]] == ["r1"]
+    recovered = orjson.dumps({"recommendation": {"event_ts": 500.0}, "reviews": []})
+    worker.latest.table.data[b"u1"] = recovered
+    assert worker.latest.record([rec("u1", 102.0, ["p3"], "c")]) == 0
+    assert worker.latest.table.data[b"u1"] is recovered
+
+
+async def test_the_writers_cache_is_bounded_and_forgets_users(worker: Worker) -> None:
+    worker.latest._cache_users = 2
+    worker.latest.record([rec(f"u{n}", 100.0, ["p1"]) for n in range(5)])
+    assert list(worker.latest._written) == ["u3", "u4"]  # the last written
+    worker.latest.forget(["u4"])
+    assert list(worker.latest._written) == ["u3"]  # no copy of a forgotten user's row
+
+
 async def test_sentiment_labels_keep_the_last_ten(worker: Worker) -> None:
     labels = [
         Sentiment(f"r{i}", "u1", f"p{i}", "positive" if i % 2 else "negative", {}, "s-v1")
