@@ -74,8 +74,6 @@ TABLE_NAME: Final = "storefront-latest"
 MAX_K: Final = 100
 #: Sentiment labels of a user's reviews kept for the session view, newest last.
 MAX_REVIEWS: Final = 10
-#: Rows of the users written last kept parsed by the writer (``RECSTREAM_STATE_CACHE_USERS``).
-CACHE_USERS: Final = 8192
 #: Events of the open session listed by the session view, newest last.
 RECENT_EVENTS: Final = 20
 #: Seconds a client should wait before retrying a 503.
@@ -199,7 +197,7 @@ class LatestRecommendations:
         owns: Callable[[int], bool] | None = None,
         *,
         hold_changelog: bool = False,
-        cache_users: int = CACHE_USERS,
+        cache_users: int,
     ) -> None:
         self.table = table
         self.store = TableStateStore(table, hold_changelog=hold_changelog)
