@@ -450,6 +450,44 @@ def test_recommend_in_parts_answers_each_history_as_alone(
     assert together == alone
 
 
+def test_parts_are_encoded_then_run_then_decoded_each_in_buffers_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Parts of one shape are all encoded before the first run: each needs its own
+    buffers, or a later part's inputs would overwrite an earlier one's."""
+    scorer = _table_scorer(monkeypatch, tmp_path)
+    model = scorer._model.current()
+    session = cast(_TableSession, model.session)
+    steps: list[str] = []
+    encode, run, decode = model.encode, session.run, model.decode
+
+    def recording_encode(*args: Any) -> scoring.EncodedBatch:
+        steps.append("encode")
+        return encode(*args)
+
+    def recording_run(outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        steps.append("run")
+        return run(outputs, feeds)
+
+    def recording_decode(*args: Any) -> list[tuple[ScoredItem, ...]]:
+        steps.append("decode")
+        return decode(*args)
+
+    monkeypatch.setattr(model, "encode", recording_encode)
+    monkeypatch.setattr(session, "run", recording_run)
+    monkeypatch.setattr(model, "decode", recording_decode)
+    # Three parts of 32 x 8: the same shape, each row's last item differing.
+    histories = [
+        [Token(VOCAB[row % 6], "view"), Token(VOCAB[row // 6 % 6], "view")] for row in range(96)
+    ]
+    exclude: list[set[str]] = [set() for _ in histories]
+    together = scorer.recommend(histories, exclude, 3)
+    assert steps == ["encode"] * 3 + ["run"] * 3 + ["decode"] * 3
+    alone = [scorer.recommend([h], [e], 3)[0] for h, e in zip(histories, exclude, strict=True)]
+    assert together == alone
+    assert len({result.items[0].item_id for result in together}) == 6
+
+
 def test_popular_is_the_fallback_of_an_empty_history(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
