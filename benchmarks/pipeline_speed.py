@@ -1155,7 +1155,9 @@ def ratios(throughput: dict[str, Any], main: str, key: str = "rate") -> dict[str
     }
 
 
-def full_pipeline_share(throughput: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+def full_pipeline_share(
+    throughput: dict[str, Any], model: dict[str, Any], cores: int | None = None
+) -> dict[str, Any]:
     """The issue's goal 2: the full pipeline's rate over min(pass-through, the model's
     limit on the backlog's histories), ``model`` being :func:`onnx_backlog`'s result;
     empty when a figure is missing.
@@ -1165,6 +1167,12 @@ def full_pipeline_share(throughput: dict[str, Any], model: dict[str, Any]) -> di
     scoring in the worker costs no more than its two parts apart).  On a machine whose
     cores the broker and the load generator share with the worker, the rate ratio
     falls short of what the worker alone could do; the CPU ratio does not.
+
+    With the machine's ``cores``, also the highest share it could show (``ceiling``): a
+    worker that lost no CPU (the pass-through's and the bare model's CPU per event,
+    nothing more) on all the cores, and on what the broker and the load generator left
+    of them in the full pipeline's runs.  The bare model's threads take every core of a
+    small machine, so there the goal may lie above what any worker could reach.
     """
     full = throughput.get("recstream-full", {})
     passthrough = throughput.get("recstream-passthrough", {})
@@ -1189,14 +1197,25 @@ def full_pipeline_share(throughput: dict[str, Any], model: dict[str, Any]) -> di
             "model": model_cpu,
             "full": full_cpu,
         }
+        if cores:
+            others = full.get("cpu_percent", {})
+            left = cores - (others.get("broker", 0.0) + others.get("observer", 0.0)) / 100.0
+            lossless = 1e6 / (passthrough_cpu + model_cpu)  # events/s per core
+            share["ceiling"] = {
+                "cores": cores,
+                "all_cores": cores * lossless / bound,
+                "cores_left": left,
+                "beside_others": max(left, 0.0) * lossless / bound,
+            }
     return share
 
 
 def add_full_pipeline_shares(results: dict[str, Any]) -> None:
     """:func:`full_pipeline_share` on every broker of ``results``."""
     model = results.get("onnx", {}).get("backlog", {})
+    cores = results.get("meta", {}).get("cpus")
     for out in results["brokers"].values():
-        out["full_pipeline_share"] = full_pipeline_share(out["throughput"], model)
+        out["full_pipeline_share"] = full_pipeline_share(out["throughput"], model, cores)
 
 
 def round_ratios(throughput: dict[str, Any], main: str) -> dict[str, dict[str, Any]]:
@@ -1495,6 +1514,15 @@ def render(results: dict[str, Any]) -> str:
                     f"{cpu['model']:.1f} µs against {cpu['full']:.1f} µs in the full pipeline: "
                     f"CPU efficiency **{share['cpu_efficiency']:.2f}**"
                     if (cpu := share.get("cpu_us_per_event"))
+                    else ""
+                )
+                + (
+                    f"; the most this machine could show (a worker losing no CPU: "
+                    f"{cpu['passthrough'] + cpu['model']:.1f} µs per event): "
+                    f"{ceiling['all_cores']:.2f} on all {ceiling['cores']} cores, "
+                    f"{ceiling['beside_others']:.2f} on the {ceiling['cores_left']:.2f} "
+                    "the broker and the load generator left"
+                    if cpu and (ceiling := share.get("ceiling"))
                     else ""
                 )
                 + "\n"

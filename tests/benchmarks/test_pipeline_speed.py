@@ -680,6 +680,50 @@ def test_the_full_pipeline_share_is_over_the_smaller_of_pass_through_and_model()
     assert "CPU efficiency **0.90**" in ps.render(results)
 
 
+def test_the_full_pipeline_share_states_the_most_the_machine_could_show() -> None:
+    """A lossless worker costs the pass-through's plus the bare model's CPU per event:
+    on 2 cores at 25 + 225 µs that is 8,000 events/s, 0.8 of a 10,000/s bound; with
+    0.5 of a core taken by the broker and the load generator, 6,000 (0.6)."""
+    throughput: dict[str, Any] = {
+        "recstream-full": {
+            "rate": 4_000.0,
+            "us_per_event": 250.0,
+            "app_cpu_us_per_event": 400.0,
+            "cpu_percent": {"app": 160.0, "broker": 30.0, "observer": 20.0, "idle": -10.0},
+        },
+        "recstream-passthrough": {
+            "rate": 40_000.0,
+            "us_per_event": 25.0,
+            "app_cpu_us_per_event": 25.0,
+        },
+    }
+    model = {"sequences_per_s": 10_000.0, "cpu_us_per_sequence": 225.0}
+    share = ps.full_pipeline_share(throughput, model, cores=2)
+    assert share["share"] == pytest.approx(0.4) and share["bound_by"] == "model"
+    ceiling = share["ceiling"]
+    assert ceiling["all_cores"] == pytest.approx(0.8)
+    assert ceiling["cores_left"] == pytest.approx(1.5)
+    assert ceiling["beside_others"] == pytest.approx(0.6)
+    assert "ceiling" not in ps.full_pipeline_share(throughput, model)  # cores unknown
+    results: dict[str, Any] = {
+        "meta": {
+            "started_at": "now",
+            "cpus": 2,
+            "mode": "quick",
+            "events": 1,
+            "partitions": 1,
+            "backlog_source": "test",
+            "repeats": 1,
+            "load_average": [0.0],
+        },
+        "onnx": {"backlog": model},
+        "brokers": {"tansu": {"throughput": throughput}},
+    }
+    ps.add_full_pipeline_shares(results)
+    assert results["brokers"]["tansu"]["full_pipeline_share"]["ceiling"]["cores"] == 2
+    assert "0.80 on all 2 cores, 0.60 on the 1.50 the broker" in ps.render(results)
+
+
 def test_gpu_rate_read_from_scorer_speed_rows(tmp_path: Path) -> None:
     path = tmp_path / "scorer_speed_gpu.json"
     rows = [
