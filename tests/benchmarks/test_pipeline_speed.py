@@ -643,6 +643,20 @@ def test_a_spread_order_s_prefixes_sample_the_whole_range() -> None:
     assert ps.spread_order(3) == [0, 1, 2] and ps.spread_order(0) == []
 
 
+def _render_meta(cpus: int) -> dict[str, Any]:
+    """The run facts :func:`ps.render` needs, for results made up in a test."""
+    return {
+        "started_at": "now",
+        "cpus": cpus,
+        "mode": "quick",
+        "events": 1,
+        "partitions": 1,
+        "backlog_source": "test",
+        "repeats": 1,
+        "load_average": [0.0],
+    }
+
+
 def test_the_full_pipeline_share_is_over_the_smaller_of_pass_through_and_model() -> None:
     throughput: dict[str, Any] = {
         "recstream-full": {"rate": 800.0},
@@ -667,16 +681,7 @@ def test_the_full_pipeline_share_is_over_the_smaller_of_pass_through_and_model()
     share = results["brokers"]["tansu"]["full_pipeline_share"]
     assert share["share"] == pytest.approx(0.8)
     assert share["cpu_efficiency"] == pytest.approx(0.9)  # (25 + 200) / 250
-    results["meta"] = {
-        "started_at": "now",
-        "cpus": 2,
-        "mode": "quick",
-        "events": 1,
-        "partitions": 1,
-        "backlog_source": "test",
-        "repeats": 1,
-        "load_average": [0.0],
-    }
+    results["meta"] = _render_meta(cpus=2)
     assert "CPU efficiency **0.90**" in ps.render(results)
 
 
@@ -706,16 +711,7 @@ def test_the_full_pipeline_share_states_the_most_the_machine_could_show() -> Non
     assert ceiling["beside_others"] == pytest.approx(0.6)
     assert "ceiling" not in ps.full_pipeline_share(throughput, model)  # cores unknown
     results: dict[str, Any] = {
-        "meta": {
-            "started_at": "now",
-            "cpus": 2,
-            "mode": "quick",
-            "events": 1,
-            "partitions": 1,
-            "backlog_source": "test",
-            "repeats": 1,
-            "load_average": [0.0],
-        },
+        "meta": _render_meta(cpus=2),
         "onnx": {"backlog": model},
         "brokers": {"tansu": {"throughput": throughput}},
     }
