@@ -1170,9 +1170,10 @@ def full_pipeline_share(
 
     With the machine's ``cores``, also the highest share it could show (``ceiling``): a
     worker that lost no CPU (the pass-through's and the bare model's CPU per event,
-    nothing more) on all the cores, and on what the broker and the load generator left
-    of them in the full pipeline's runs.  The bare model's threads take every core of a
-    small machine, so there the goal may lie above what any worker could reach.
+    nothing more) on the cores it can use (the machine's, at most one per scoring
+    thread and one for the event loop), and on what the broker and the load generator
+    left of them in the full pipeline's runs.  The bare model's threads take every core
+    of a small machine, so there the goal may lie above what any worker could reach.
     """
     full = throughput.get("recstream-full", {})
     passthrough = throughput.get("recstream-passthrough", {})
@@ -1198,14 +1199,17 @@ def full_pipeline_share(
             "full": full_cpu,
         }
         if cores:
+            threads = model.get("threads")
+            usable = min(cores, threads + 1) if threads else cores
             others = full.get("cpu_percent", {})
-            left = cores - (others.get("broker", 0.0) + others.get("observer", 0.0)) / 100.0
+            taken = (others.get("broker", 0.0) + others.get("observer", 0.0)) / 100.0
+            left = min(usable, max(cores - taken, 0.0))
             lossless = 1e6 / (passthrough_cpu + model_cpu)  # events/s per core
             share["ceiling"] = {
-                "cores": cores,
-                "all_cores": cores * lossless / bound,
+                "cores": usable,
+                "all_cores": usable * lossless / bound,
                 "cores_left": left,
-                "beside_others": max(left, 0.0) * lossless / bound,
+                "beside_others": left * lossless / bound,
             }
     return share
 
@@ -1519,7 +1523,7 @@ def render(results: dict[str, Any]) -> str:
                 + (
                     f"; the most this machine could show (a worker losing no CPU: "
                     f"{cpu['passthrough'] + cpu['model']:.1f} µs per event): "
-                    f"{ceiling['all_cores']:.2f} on all {ceiling['cores']} cores, "
+                    f"{ceiling['all_cores']:.2f} on {ceiling['cores']} cores, "
                     f"{ceiling['beside_others']:.2f} on the {ceiling['cores_left']:.2f} "
                     "the broker and the load generator left"
                     if cpu and (ceiling := share.get("ceiling"))

@@ -710,6 +710,10 @@ def test_the_full_pipeline_share_states_the_most_the_machine_could_show() -> Non
     assert ceiling["cores_left"] == pytest.approx(1.5)
     assert ceiling["beside_others"] == pytest.approx(0.6)
     assert "ceiling" not in ps.full_pipeline_share(throughput, model)  # cores unknown
+    # A worker with 2 scoring threads runs on 3 cores at most, however many there are.
+    big = ps.full_pipeline_share(throughput, {**model, "threads": 2}, cores=16)["ceiling"]
+    assert big["cores"] == 3 and big["all_cores"] == pytest.approx(1.2)
+    assert big["cores_left"] == 3 and big["beside_others"] == pytest.approx(1.2)
     results: dict[str, Any] = {
         "meta": _render_meta(cpus=2),
         "onnx": {"backlog": model},
@@ -717,7 +721,7 @@ def test_the_full_pipeline_share_states_the_most_the_machine_could_show() -> Non
     }
     ps.add_full_pipeline_shares(results)
     assert results["brokers"]["tansu"]["full_pipeline_share"]["ceiling"]["cores"] == 2
-    assert "0.80 on all 2 cores, 0.60 on the 1.50 the broker" in ps.render(results)
+    assert "0.80 on 2 cores, 0.60 on the 1.50 the broker" in ps.render(results)
 
 
 def test_gpu_rate_read_from_scorer_speed_rows(tmp_path: Path) -> None:
