@@ -1207,7 +1207,7 @@ def full_pipeline_share(
             lossless = 1e6 / (passthrough_cpu + model_cpu)  # events/s per core
             share["ceiling"] = {
                 "cores": usable,
-                "all_cores": usable * lossless / bound,
+                "on_cores": usable * lossless / bound,
                 "cores_left": left,
                 "beside_others": left * lossless / bound,
             }
@@ -1523,7 +1523,7 @@ def render(results: dict[str, Any]) -> str:
                 + (
                     f"; the most this machine could show (a worker losing no CPU: "
                     f"{cpu['passthrough'] + cpu['model']:.1f} µs per event): "
-                    f"{ceiling['all_cores']:.2f} on {ceiling['cores']} cores, "
+                    f"{ceiling['on_cores']:.2f} on {ceiling['cores']} cores, "
                     f"{ceiling['beside_others']:.2f} on the {ceiling['cores_left']:.2f} "
                     "the broker and the load generator left"
                     if cpu and (ceiling := share.get("ceiling"))

@@ -982,7 +982,8 @@ def _results(
     k: int,
 ) -> list[RecsResult]:
     """The results of one encoded ``batch`` from its run's ``outputs`` (None when it
-    had no usable row); rows the model could not read get the popular fallback."""
+    had no usable row), one per history (``exclude`` holds one collection each); rows
+    the model could not read get the popular fallback."""
     decoded = model.decode(*outputs, k) if outputs is not None else []
     if len(batch.rows) == len(exclude):  # the common case: every history usable
         if len(decoded) <= SMALL_BATCH:

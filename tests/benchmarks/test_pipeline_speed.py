@@ -706,13 +706,13 @@ def test_the_full_pipeline_share_states_the_most_the_machine_could_show() -> Non
     share = ps.full_pipeline_share(throughput, model, cores=2)
     assert share["share"] == pytest.approx(0.4) and share["bound_by"] == "model"
     ceiling = share["ceiling"]
-    assert ceiling["all_cores"] == pytest.approx(0.8)
+    assert ceiling["on_cores"] == pytest.approx(0.8)
     assert ceiling["cores_left"] == pytest.approx(1.5)
     assert ceiling["beside_others"] == pytest.approx(0.6)
     assert "ceiling" not in ps.full_pipeline_share(throughput, model)  # cores unknown
     # A worker with 2 scoring threads runs on 3 cores at most, however many there are.
     big = ps.full_pipeline_share(throughput, {**model, "threads": 2}, cores=16)["ceiling"]
-    assert big["cores"] == 3 and big["all_cores"] == pytest.approx(1.2)
+    assert big["cores"] == 3 and big["on_cores"] == pytest.approx(1.2)
     assert big["cores_left"] == 3 and big["beside_others"] == pytest.approx(1.2)
     results: dict[str, Any] = {
         "meta": _render_meta(cpus=2),
