@@ -583,39 +583,57 @@ async def read_changelog(
     return records, live
 
 
+def live_clicks(
+    n: int, clicks_per_user: float, tag: str, items: int = 50_000, seed: int = 11
+) -> list[tuple[bytes, dict[str, Any]]]:
+    """``n`` clicks of the shop log (else the synthetic generator) for users the worker
+    has not seen, ``clicks_per_user`` per user as in a backlog of that density.
+
+    Live traffic then has the shape of the backlog the capacity was measured on: a
+    user's history at each click is as long as there (a recommendation's cost grows
+    with it).  User, session and event ids start with ``tag``; ``ts`` is left to the
+    sender.  Returned as (key, event) pairs in the log's order.
+    """
+    backlog = make_backlog(n, max(1, round(n / clicks_per_user)), items, seed)
+    clicks = []
+    for i, (_, raw) in enumerate(backlog.records):
+        event = orjson.loads(raw)
+        user = f"{tag}{event['user_id']}"
+        event["user_id"], event["event_id"] = user, f"{tag}{i}"
+        if "session_id" in event:
+            event["session_id"] = f"{tag}{event['session_id']}"
+        clicks.append((user.encode(), event))
+    return clicks
+
+
 async def paced_produce(
     bootstrap: str,
     topic: str,
     rate: float,
     seconds: float,
-    users: int,
+    clicks_per_user: float,
     *,
-    seed: int = 11,
     id_prefix: str = "p",
 ) -> int:
-    """Produce fresh clicks at ``rate`` events/s for ``seconds``, each stamped ``ts = now``.
+    """Produce :func:`live_clicks` at ``rate`` events/s for ``seconds``, each stamped
+    ``ts = now`` when sent.
 
-    Sends in 5 ms ticks so the rate is smooth; returns how many were sent.
+    The clicks are made before the pacing starts; sends go in 5 ms ticks so the rate is
+    smooth.  Returns how many were sent.
     """
-    rng = random.Random(seed)
+    clicks = live_clicks(int(rate * seconds) + 1, clicks_per_user, id_prefix)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=1)
     await producer.start()
     sent = 0
     tick = 0.005
     try:
         started = time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds:
-            due = int(elapsed * rate) + 1
+        while (elapsed := time.perf_counter() - started) < seconds and sent < len(clicks):
+            due = min(int(elapsed * rate) + 1, len(clicks))
             while sent < due:
-                user = f"u{rng.randrange(users)}"
-                event = {
-                    "event_id": f"{id_prefix}{sent}",
-                    "user_id": user,
-                    "item_id": f"p{rng.randrange(2_000)}",
-                    "action": "view",
-                    "ts": time.time(),
-                }
-                await producer.send(topic, value=orjson.dumps(event), key=user.encode())
+                key, event = clicks[sent]
+                event["ts"] = time.time()
+                await producer.send(topic, value=orjson.dumps(event), key=key)
                 sent += 1
             await asyncio.sleep(tick)
         await producer.flush()

@@ -12,7 +12,9 @@ at the same load, and it splits each recommendation's latency in two:
 
 One run starts a broker and the worker (the full pipeline with the SASRec-size model of
 ``pipeline_speed``, or the pass-through), drains a small warm-up backlog, then for each
-rate sends fresh clicks paced at that rate for ``--seconds`` and reads every answer.
+rate sends the shop log's clicks of users new to the worker (``--clicks-per-user``, 10
+as in ``pipeline_speed``'s backlog, so histories are as long as there) paced at that
+rate for ``--seconds``, and reads every answer.
 Per rate: p50 / p90 / p99 of both parts and of the total, the CPU of the worker, the
 broker and this process (% of one core), the worker's CPU thread by thread (named after
 the last rate by ``py-spy dump``, which pauses the worker a moment: ``MainThread`` runs
@@ -90,10 +92,11 @@ async def one_rate(
     broker: EmbeddedBroker,
     rate: float,
     seconds: float,
-    users: int,
+    clicks_per_user: float,
     tag: str,
 ) -> dict[str, Any]:
-    """Paced clicks at ``rate`` for ``seconds``; every answer read back and split."""
+    """Paced clicks at ``rate`` for ``seconds`` (:func:`bc.live_clicks`, users new to the
+    worker); every answer read back and split."""
     watch = bc.OutputWatch(target=10**12, tag=tag, keep_values=True, keep_times=True)
     started = asyncio.Event()
     watching = asyncio.create_task(
@@ -107,7 +110,9 @@ async def one_rate(
     threads = bc.ThreadCpuWindow(group.pids[0])
     cpu.begin()
     threads.begin()
-    sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, users, id_prefix=tag)
+    sent = await bc.paced_produce(
+        bootstrap, target.source, rate, seconds, clicks_per_user, id_prefix=tag
+    )
     cpu_percent = cpu.end()
     thread_percent = threads.end()
     watch.target = sent
@@ -152,7 +157,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ps.log(f"{args.broker}: {rate:,.0f} clicks/s for {args.seconds:g} s")
                 phases.append(
                     await one_rate(
-                        bootstrap, target, group, broker, rate, args.seconds, args.users, f"r{n}-"
+                        bootstrap,
+                        target,
+                        group,
+                        broker,
+                        rate,
+                        args.seconds,
+                        args.clicks_per_user,
+                        f"r{n}-",
                     )
                 )
             # Named after the last phase: py-spy pauses the worker while it reads it.
@@ -173,6 +185,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "partitions": PARTITIONS,
             "seconds_per_rate": args.seconds,
             "users": args.users,
+            "clicks_per_user": args.clicks_per_user,
             "env": args.env,
         },
         "phases": phases,
@@ -248,7 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rates", default="300,1200,2400", help="clicks per second, comma-separated"
     )
     parser.add_argument("--seconds", type=float, default=8.0, help="paced seconds per rate")
-    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--users", type=int, default=3_000, help="users of the warm-up")
+    parser.add_argument(
+        "--clicks-per-user",
+        type=float,
+        default=10.0,
+        help="density of the paced clicks' shop log (pipeline_speed's backlog: 10)",
+    )
     parser.add_argument("--warmup", type=int, default=WARMUP_EVENTS, help="clicks drained first")
     parser.add_argument("--env", action="append", default=[], help="RECSTREAM_NAME=value")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the warm-up")

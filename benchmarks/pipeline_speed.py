@@ -548,12 +548,16 @@ async def latency_phase(
     target: Target,
     rate: float,
     seconds: float,
-    users: int,
+    clicks_per_user: float,
     tag: str,
     cpu: bc.CpuWindow | None = None,
     metrics_port: str | None = None,
 ) -> dict[str, Any]:
     """Paced load at ``rate``: event time to output receipt, in milliseconds.
+
+    The clicks are the shop log's for users new to the worker, ``clicks_per_user`` each
+    as in the backlog (:func:`bc.live_clicks`): histories as long as those the capacity
+    was measured on.
 
     ``cpu``: measured over the paced load (in % of one core; the ``observer`` role is
     this process, which generates the load and watches the outputs).  ``metrics_port``:
@@ -570,7 +574,9 @@ async def latency_phase(
     scraped_at = time.monotonic()
     if cpu is not None:
         cpu.begin()
-    sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, users, id_prefix=tag)
+    sent = await bc.paced_produce(
+        bootstrap, target.source, rate, seconds, clicks_per_user, id_prefix=tag
+    )
     cpu_percent = cpu.end() if cpu is not None else None
     watch.target = sent
     await watcher
@@ -677,7 +683,12 @@ async def rebalance_pauses(
         await started.wait()
         producer = asyncio.create_task(
             bc.paced_produce(
-                bootstrap, target.source, capacity * 0.5, seconds, cfg.users, id_prefix="reb-"
+                bootstrap,
+                target.source,
+                capacity * 0.5,
+                seconds,
+                cfg.events / cfg.users,
+                id_prefix="reb-",
             )
         )
         t0 = time.time()
@@ -1259,7 +1270,7 @@ async def deep_measurements(
                 group.target,
                 load * capacity,
                 cfg.latency_seconds,
-                cfg.users,
+                cfg.events / cfg.users,
                 tag,
                 cpu_window(group, broker),
                 group.web_ports[0] if group.web_ports else None,

@@ -10,11 +10,12 @@ inclusive, as a share of all samples and as microseconds per event.  Needs ``py-
 (``pip install py-spy``) and permission to trace child processes.
 
 ``--paced`` profiles live traffic instead: the worker drains a small backlog first (so
-start-up is over), then py-spy attaches for ``--seconds`` while fresh clicks arrive at
-the given rate, and the CPU is also given per thread (event loop, Faust's consumer
-thread, scoring threads).  With ``--gil`` only the thread holding the GIL is sampled:
-the threads' shares then add up to the share of the time the GIL was held, which tells
-a worker held back by its Python work (near 100 %) from one waiting on something else.
+start-up is over), then py-spy attaches for ``--seconds`` while clicks of new users, as
+many per user as in that backlog, arrive at the given rate, and the CPU is also given
+per thread (event loop, Faust's consumer thread, scoring threads).  With ``--gil`` only
+the thread holding the GIL is sampled: the threads' shares then add up to the share of
+the time the GIL was held, which tells a worker held back by its Python work (near
+100 %) from one waiting on something else.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ async def profile_paced(args: argparse.Namespace) -> dict[str, Any]:
                 stderr=asyncio.subprocess.DEVNULL,
             )
             sent = await bc.paced_produce(
-                bootstrap, target.source, args.paced, args.seconds, args.users
+                bootstrap, target.source, args.paced, args.seconds, args.events / args.users
             )
             await spy.wait()
         finally:

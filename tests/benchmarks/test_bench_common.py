@@ -42,3 +42,36 @@ def test_scoring_threads_busy_between_two_scrapes_by_state() -> None:
     assert bc.scoring_threads_busy(middle, after, 0.5) == pytest.approx(
         {"cpu": 2.8, "runqueue": 1.0, "blocked": 2.2}
     )
+
+
+def _mean_history(keys: list[bytes]) -> float:
+    """Each click's history length (its user's clicks so far), averaged over the clicks."""
+    seen: dict[bytes, int] = {}
+    total = 0
+    for key in keys:
+        seen[key] = seen.get(key, 0) + 1
+        total += seen[key]
+    return total / len(keys)
+
+
+def test_live_clicks_come_from_new_users_with_the_backlog_s_history_lengths() -> None:
+    """Paced load is scored on histories as long as the backlog's: a phase's users are
+    its own (tagged) and have as many clicks each as a backlog of that density, whatever
+    the phase's size (the same users in every phase made each phase's histories longer)."""
+    backlog = bc.make_backlog(6_000, 600)
+    small = bc.live_clicks(3_000, 10.0, "a-")
+    large = bc.live_clicks(12_000, 10.0, "b-")
+    assert len(small) == 3_000 and len(large) == 12_000
+    reference = _mean_history([key for key, _ in backlog.records])
+    for clicks in (small, large):
+        assert 0.8 * reference <= _mean_history([key for key, _ in clicks]) <= 1.2 * reference
+    assert {key for key, _ in small}.isdisjoint({key for key, _ in large})
+    for key, event in small:
+        assert key == event["user_id"].encode() and key.startswith(b"a-")
+        assert event["action"] in {"view", "add_to_cart", "purchase"} and event["item_id"]
+    assert len({event["event_id"] for _, event in small}) == len(small)
+    assert all(event["event_id"].startswith("a-") for _, event in small)
+    denser = bc.live_clicks(3_000, 30.0, "c-")
+    assert _mean_history([key for key, _ in denser]) > 1.5 * _mean_history(
+        [key for key, _ in small]
+    )
