@@ -606,22 +606,23 @@ def live_clicks(
     return clicks
 
 
+def paced_count(rate: float, seconds: float) -> int:
+    """How many clicks :func:`paced_produce` sends at most at ``rate`` for ``seconds``."""
+    return int(rate * seconds) + 1
+
+
 async def paced_produce(
     bootstrap: str,
     topic: str,
     rate: float,
     seconds: float,
-    clicks_per_user: float,
-    *,
-    id_prefix: str = "p",
+    clicks: Sequence[tuple[bytes, dict[str, Any]]],
 ) -> int:
-    """Produce :func:`live_clicks` at ``rate`` events/s for ``seconds``, each stamped
-    ``ts = now`` when sent.
+    """Produce ``clicks`` (:func:`live_clicks`, made beforehand: that takes seconds) at
+    ``rate`` events/s for ``seconds``, each stamped ``ts = now`` when sent.
 
-    The clicks are made before the pacing starts; sends go in 5 ms ticks so the rate is
-    smooth.  Returns how many were sent.
+    Sends go in 5 ms ticks so the rate is smooth; returns how many were sent.
     """
-    clicks = live_clicks(int(rate * seconds) + 1, clicks_per_user, id_prefix)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=1)
     await producer.start()
     sent = 0
@@ -629,7 +630,7 @@ async def paced_produce(
     try:
         started = time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds and sent < len(clicks):
-            due = min(int(elapsed * rate) + 1, len(clicks))
+            due = min(paced_count(rate, elapsed), len(clicks))
             while sent < due:
                 key, event = clicks[sent]
                 event["ts"] = time.time()

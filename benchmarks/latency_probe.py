@@ -97,6 +97,7 @@ async def one_rate(
 ) -> dict[str, Any]:
     """Paced clicks at ``rate`` for ``seconds`` (:func:`bc.live_clicks`, users new to the
     worker); every answer read back and split."""
+    clicks = bc.live_clicks(bc.paced_count(rate, seconds), clicks_per_user, tag)
     watch = bc.OutputWatch(target=10**12, tag=tag, keep_values=True, keep_times=True)
     started = asyncio.Event()
     watching = asyncio.create_task(
@@ -110,9 +111,7 @@ async def one_rate(
     threads = bc.ThreadCpuWindow(group.pids[0])
     cpu.begin()
     threads.begin()
-    sent = await bc.paced_produce(
-        bootstrap, target.source, rate, seconds, clicks_per_user, id_prefix=tag
-    )
+    sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, clicks)
     cpu_percent = cpu.end()
     thread_percent = threads.end()
     watch.target = sent

@@ -564,6 +564,7 @@ async def latency_phase(
     the worker's, read before and after for how many scoring threads were busy
     (:func:`bc.scoring_threads_busy`).
     """
+    clicks = bc.live_clicks(bc.paced_count(rate, seconds), clicks_per_user, tag)
     watch = bc.OutputWatch(target=10**12, tag=tag, latency=True)
     started = asyncio.Event()
     watcher = asyncio.create_task(
@@ -574,9 +575,7 @@ async def latency_phase(
     scraped_at = time.monotonic()
     if cpu is not None:
         cpu.begin()
-    sent = await bc.paced_produce(
-        bootstrap, target.source, rate, seconds, clicks_per_user, id_prefix=tag
-    )
+    sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, clicks)
     cpu_percent = cpu.end() if cpu is not None else None
     watch.target = sent
     await watcher
@@ -675,6 +674,8 @@ async def rebalance_pauses(
         await probe(bootstrap, target, "u0", "warm-", cfg.timeout_s)
         phases = max(cfg.scale_workers)
         seconds = cfg.rebalance_phase_s * phases
+        rate = capacity * 0.5
+        load = bc.live_clicks(bc.paced_count(rate, seconds), cfg.events / cfg.users, "reb-")
         watch = bc.OutputWatch(target=10**12, tag="reb-", keep_times=True)
         started = asyncio.Event()
         watcher = asyncio.create_task(
@@ -682,14 +683,7 @@ async def rebalance_pauses(
         )
         await started.wait()
         producer = asyncio.create_task(
-            bc.paced_produce(
-                bootstrap,
-                target.source,
-                capacity * 0.5,
-                seconds,
-                cfg.events / cfg.users,
-                id_prefix="reb-",
-            )
+            bc.paced_produce(bootstrap, target.source, rate, seconds, load)
         )
         t0 = time.time()
         joins = []
@@ -713,7 +707,7 @@ async def rebalance_pauses(
         return max((b - a for a, b in itertools.pairwise(inside)), default=end - start)
 
     return {
-        "load_rate": round(capacity * 0.5, 1),
+        "load_rate": round(rate, 1),
         "baseline_max_gap_s": max_gap(t0 + 0.5, t0 + cfg.rebalance_phase_s),
         "joins": [
             {"workers_after": n + 2, "max_gap_s": max_gap(j, j + cfg.rebalance_phase_s)}

@@ -173,6 +173,9 @@ async def profile_paced(args: argparse.Namespace) -> dict[str, Any]:
         try:
             watch = bc.OutputWatch(target=len(warmup))
             await bc.watch_output(bootstrap, target.sink, watch, args.timeout, alive=group.dead)
+            clicks = bc.live_clicks(
+                bc.paced_count(args.paced, args.seconds), args.events / args.users, "p"
+            )
             spy = await asyncio.create_subprocess_exec(
                 py_spy,
                 "record",
@@ -186,7 +189,7 @@ async def profile_paced(args: argparse.Namespace) -> dict[str, Any]:
                 stderr=asyncio.subprocess.DEVNULL,
             )
             sent = await bc.paced_produce(
-                bootstrap, target.source, args.paced, args.seconds, args.events / args.users
+                bootstrap, target.source, args.paced, args.seconds, clicks
             )
             await spy.wait()
         finally:
