@@ -141,7 +141,9 @@ class StateStore(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
 
-    def put(self, key: str, value: bytes, partition: int) -> object: ...  # result unused
+    def put(self, key: str, value: bytes, partition: int) -> bytes:
+        """Store ``value``; returns the bytes object the store now holds (it may be a copy)."""
+        ...
 
     def delete(self, key: str, partition: int) -> None: ...
 
@@ -156,9 +158,10 @@ class DictStore:
         """The stored bytes of ``key``, if any."""
         return self.data.get(key)
 
-    def put(self, key: str, value: bytes, partition: int) -> None:
-        """Store ``value`` under ``key``."""
+    def put(self, key: str, value: bytes, partition: int) -> bytes:
+        """Store ``value`` under ``key``; returns it."""
         self.data[key] = value
+        return value
 
     def delete(self, key: str, partition: int) -> None:
         """Forget ``key``."""
@@ -566,7 +569,7 @@ class Pipeline:
         cached = self._decoded.pop(user, None)
         if raw is None:
             return None
-        if cached is not None and cached[0] == raw:  # the store holds what was written
+        if cached is not None and cached[0] == raw:  # what was written: the same object
             return cached[1]
         return sessions.UserState.from_bytes(raw)
 
@@ -579,10 +582,14 @@ class Pipeline:
         *,
         changed: bool = True,
     ) -> None:
-        """Store the state (when ``changed``) and keep it decoded for the user's next batch."""
+        """Store the state (when ``changed``) and keep it decoded for the user's next batch.
+
+        The cache keeps the very bytes object the store holds (the table keeps a copy), so
+        :meth:`_load` finds it current without comparing the bytes, and a user's state
+        bytes are in memory once.
+        """
         if changed:
-            raw = state.to_bytes()
-            store.put(user, raw, partition)
+            raw = store.put(user, state.to_bytes(), partition)
         else:
             stored = store.get(user)
             if stored is None:

@@ -277,12 +277,29 @@ def test_cached_and_uncached_pipelines_give_the_same_outputs_and_state() -> None
     assert results[0] == results[1] == results[2]
 
 
+def test_the_cache_keeps_the_bytes_object_the_store_holds() -> None:
+    """A store that keeps a copy (as the Faust table does): the decoded-state cache
+    holds that copy, not a second one, so the next batch finds it current by identity."""
+
+    class CopyingStore(DictStore):
+        def put(self, key: str, value: bytes, partition: int) -> bytes:
+            return super().put(key, bytes(memoryview(value)), partition)
+
+    pipeline, _, _, _ = make()
+    store = CopyingStore()
+    pipeline.run([click("c1", 0, "a")], store)
+    assert pipeline._decoded["u1"][0] is store.data["u1"]
+    out = pipeline.run([click("c2", 1, "b")], store)
+    assert [[i.item_id for i in r.items] for r in out.recommendations] == [["a"]]
+    assert pipeline._decoded["u1"][0] is store.data["u1"]
+
+
 def test_a_failed_batch_leaves_no_changed_state_in_the_cache() -> None:
     pipeline, _, _, store = make()
     pipeline.run([click("c1", 0, "a")], store)
 
     class FailingStore(DictStore):
-        def put(self, key: str, value: bytes, partition: int) -> None:
+        def put(self, key: str, value: bytes, partition: int) -> bytes:
             raise RuntimeError("disk full")
 
     failing = FailingStore()
