@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     state_cache_users: int = Field(8192, ge=0)
     """RECSTREAM_STATE_CACHE_USERS: users whose decoded state and scoring tokens the worker
     keeps between batches (the most recently written; ~8 KB each with 50 events of history,
-    ~64 MB at the default), and whose storefront row it keeps parsed (a few hundred bytes
-    each besides the row); 0 turns the caches off."""
+    ~64 MB at the default), and whose storefront row it keeps parsed (~1 KB each with 10
+    items, besides the row); 0 turns the caches off."""
     max_event_bytes: int = Field(65_536, ge=256)
     """RECSTREAM_MAX_EVENT_BYTES: larger records are dead-lettered unread."""
     max_future_skew: float = Field(86_400.0, ge=0)

@@ -235,7 +235,9 @@ class LatestRecommendations:
             latest, held_ts = self._held(user)
             if held_ts is not None and held_ts > rec.event_ts:
                 continue  # a late event's answer never replaces a newer one
-            latest["recommendation"] = orjson.Fragment(encoded)  # written as it is
+            # Written as it is; an exact-size copy, as the row is kept (orjson's output
+            # holds a buffer of ~4 KiB whatever its length).
+            latest["recommendation"] = orjson.Fragment(bytes(memoryview(encoded)))
             written[user] = (self._write(user, latest, partition), latest, rec.event_ts)
             writes += 1
         while len(written) > self._cache_users:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,6 +293,22 @@ async def test_rows_the_writer_wrote_are_not_parsed_again(
     assert parsed == [None, None]
     assert worker.latest.read("u1")["recommendation"]["trigger_event_id"] == "b"
     assert worker.latest.read("u2")["recommendation"]["event_ts"] == 50.0
+
+
+async def test_a_kept_row_holds_no_oversized_json_buffer(worker: Worker) -> None:
+    """The writer keeps each user's row for the next write.  orjson's output holds a
+    buffer of ~4 KiB whatever its length, so the kept row takes an exact-size copy of
+    the answer's JSON: the memory left behind per row stays well under that."""
+    users = 2 * worker.settings.partitions * 100
+    recs = [rec(f"u{n}", 100.0, ["p1", "p2"], f"e{n}") for n in range(users)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert worker.latest.record(recs) == users
+        per_row = (tracemalloc.get_traced_memory()[0] - before) / users
+    finally:
+        tracemalloc.stop()
+    assert per_row < 2_500
 
 
 async def test_rows_changed_behind_the_writer_are_read_from_the_table(worker: Worker) -> None:
