@@ -64,7 +64,7 @@ from recstream.streams.records import (
 )
 from recstream.streams.scoring import RecsResult, RecsScorer
 from recstream.streams.settings import Settings
-from recstream.streams.state_store import TableStateStore
+from recstream.streams.state_store import TableStateStore, exact_size
 from recstream.streams.web import Readiness, ReadinessCheck
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,8 @@ class LatestRecommendations:
             latest, held_ts = self._held(user)
             if held_ts is not None and held_ts > rec.event_ts:
                 continue  # a late event's answer never replaces a newer one
-            # Written as it is; an exact-size copy, as the row is kept (orjson's output
-            # holds a buffer of ~4 KiB whatever its length).
-            latest["recommendation"] = orjson.Fragment(bytes(memoryview(encoded)))
+            # Written as it is; a copy of its own size, as the row is kept.
+            latest["recommendation"] = orjson.Fragment(exact_size(encoded))
             written[user] = (self._write(user, latest, partition), latest, rec.event_ts)
             writes += 1
         while len(written) > self._cache_users:
