@@ -24,6 +24,13 @@ tensor values, a boolean causal mask with ``is_causal=True``, and the last valid
 position gathered through ``lengths``.  Right padding needs no key-padding mask:
 a valid position only attends to earlier positions, which are valid too.
 
+Scoring needs the hidden state of the last valid position only
+(:meth:`SASRec.last_hidden`): every layer but the last runs over all positions, as
+in training, and the last layer runs its attention query, feed-forward and norms for
+that one position (its keys and values still come from every position).  The result
+equals :meth:`SASRec.forward` at that position (to float rounding) at a fraction of
+the last layer's work.
+
 Training uses cross-entropy over the full catalogue at every position, or a
 sampled softmax with many uniform negatives (:meth:`SASRec.loss`), optionally
 plus a binary cross-entropy against uniform negatives; both softmax forms beat
@@ -130,6 +137,52 @@ class SASRec(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
         return self.encoder(self.embed(items, actions, words, lengths), mask=causal, is_causal=True)
 
+    def last_hidden(self, items: Tensor, actions: Tensor, words: Tensor, lengths: Tensor) -> Tensor:
+        """Hidden state ``[B, D]`` of each row's last valid position (``lengths - 1``).
+
+        Equals :meth:`forward` gathered at that position, but the last layer works on
+        that position alone: attention of its one query over the keys and values of
+        positions ``0..lengths - 1``, then the feed-forward block.  In onnxruntime
+        (int8, 50k items) a history of 16 tokens then costs about a sixth less, one of
+        50 tokens over a quarter less (README, "Speed").
+        """
+        x = self.embed(items, actions, words, lengths)
+        rows, length, dim = x.shape
+        steps = torch.arange(length, device=items.device)
+        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
+        layers = cast(Sequence[nn.TransformerEncoderLayer], self.encoder.layers)
+        for layer in layers[:-1]:
+            x = layer(x, src_mask=causal, is_causal=True)
+        last = layers[-1]
+        at = (lengths - 1).clamp(min=0)
+        gather_at = at.view(-1, 1, 1).expand(-1, 1, dim)
+        # Pre-LN (norm_first): x + attention(norm1(x)), then + feed_forward(norm2(.)).
+        normed = last.norm1(x)
+        attn = last.self_attn
+        heads = attn.num_heads
+        weight, bias = attn.in_proj_weight, attn.in_proj_bias
+        q_bias, k_bias, v_bias = bias.chunk(3) if bias is not None else (None, None, None)
+        q_weight, k_weight, v_weight = weight.chunk(3)
+        split = (rows, -1, heads, dim // heads)  # -> [B, heads, positions, head dim]
+        query = F.linear(normed.gather(1, gather_at), q_weight, q_bias)
+        key = F.linear(normed, k_weight, k_bias)
+        value = F.linear(normed, v_weight, v_bias)
+        visible = (steps.unsqueeze(0) <= at.unsqueeze(1)).view(rows, 1, 1, length)
+        mixed = F.scaled_dot_product_attention(
+            query.view(split).transpose(1, 2),
+            key.view(split).transpose(1, 2),
+            value.view(split).transpose(1, 2),
+            attn_mask=visible,
+            dropout_p=attn.dropout if self.training else 0.0,
+        )
+        attended = attn.out_proj(mixed.transpose(1, 2).reshape(rows, 1, dim))
+        h = x.gather(1, gather_at) + last.dropout1(attended)
+        feed = last.linear2(last.dropout(last.activation(last.linear1(last.norm2(h)))))
+        h = h + last.dropout2(feed)
+        if self.encoder.norm is not None:
+            h = self.encoder.norm(h)
+        return h.squeeze(1)
+
     def score_last(
         self,
         items: Tensor,
@@ -146,9 +199,7 @@ class SASRec(nn.Module):
         weights and bias, not to the scores: in an exported graph those are constants,
         which onnxruntime folds at load time, so the padding costs nothing per run.
         """
-        hidden = self.forward(items, actions, words, lengths)
-        last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-        h = hidden.gather(1, last).squeeze(1)
+        h = self.last_hidden(items, actions, words, lengths)
         # Bias and mask added to each other first: in the exported graph that sum is a
         # constant, which onnxruntime folds into the output layer's bias at load time,
         # where ``+ bias + mask`` would run one more pass over the [B, V] scores

@@ -76,6 +76,28 @@ def test_shapes_and_pad_oov_masked() -> None:
     assert torch.isfinite(scores[:, FIRST_ITEM:]).all()
 
 
+@pytest.mark.parametrize(("layers", "heads"), [(2, 2), (1, 1), (3, 4)])
+def test_last_hidden_is_the_full_encoder_at_each_row_s_last_position(
+    layers: int, heads: int
+) -> None:
+    torch.manual_seed(3)
+    model = SASRec(n_items=V, max_len=MAX_LEN, dim=16, layers=layers, heads=heads, dropout=0.0)
+    model.eval()
+    items, actions, words, _ = inputs(batch=4, length=MAX_LEN)
+    items[:, MAX_LEN // 2 :] += 1  # padding positions hold garbage: they must not count
+    lengths = torch.tensor([MAX_LEN, 1, 3, MAX_LEN - 1])
+    hidden = model(items, actions, words, lengths)
+    expected = hidden[torch.arange(4), lengths - 1]
+    torch.testing.assert_close(model.last_hidden(items, actions, words, lengths), expected)
+
+
+def test_last_hidden_follows_the_encoder_in_training_mode_without_dropout() -> None:
+    model = make_model().train()
+    items, actions, words, lengths = inputs()
+    expected = model(items, actions, words, lengths)[torch.arange(3), lengths - 1]
+    torch.testing.assert_close(model.last_hidden(items, actions, words, lengths), expected)
+
+
 def test_padded_columns_are_minus_infinity_and_the_rest_unchanged() -> None:
     model = make_model()
     batch = inputs()
