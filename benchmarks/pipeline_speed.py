@@ -780,11 +780,16 @@ def sasrec_size_models(items: int) -> Path:
 
 
 def random_feeds(
-    rng: np.random.Generator, names: set[str], num_items: int, width: int, lengths: list[int]
+    rng: np.random.Generator,
+    names: set[str],
+    num_items: int,
+    width: int,
+    lengths: list[int],
+    k: int,
 ) -> dict[str, np.ndarray]:
     """Inputs of one ``recs.onnx`` run (those among ``names``): one row of random items
     per entry of ``lengths``, padded to ``width`` tokens, plain actions, no search words,
-    an empty exclusion list."""
+    an empty exclusion list, ``k`` items asked per row (a graph with ``slots``)."""
     import numpy as np
 
     rows = len(lengths)
@@ -794,6 +799,7 @@ def random_feeds(
         "words": np.zeros((rows, width, 4), dtype=np.int64),
         "lengths": np.array(lengths, dtype=np.int64),
         "exclude": np.zeros((rows, 1), dtype=np.int64),
+        "slots": np.zeros(k, dtype=np.bool_),
     }
     return {name: value for name, value in feeds.items() if name in names}
 
@@ -823,11 +829,12 @@ def onnx_bare(model_dir: Path, cfg: Config) -> dict[str, Any]:
     meta = session.get_modelmeta().custom_metadata_map
     max_len = int(meta["recstream.max_len"])
     num_items = int(meta["recstream.num_items"])
+    k = min(Settings().top_k, int(meta["recstream.top_k"]))  # what the workers ask for
     names = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng(3)
     rows = []
     for batch in cfg.onnx_batches:
-        feeds = random_feeds(rng, names, num_items, max_len, [max_len] * batch)
+        feeds = random_feeds(rng, names, num_items, max_len, [max_len] * batch, k)
         session.run(None, feeds)  # warm-up
         calls = 0
         started = time.perf_counter()
@@ -928,7 +935,8 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
         for part in model.runs([range(length) for length in batch]):
             lengths = [min(batch[row], model.max_len) for row in part]
             width = bucket_length(max(lengths), model.max_len)
-            parts.append(random_feeds(rng, names, len(model.item_ids), width, lengths))
+            k = model.items_per_row(settings.top_k)  # what the worker asks for
+            parts.append(random_feeds(rng, names, len(model.item_ids), width, lengths, k))
         return parts
 
     def run_batch(parts: list[dict[str, np.ndarray]]) -> None:

@@ -327,13 +327,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             histories, exclude = make_histories(rng, batch, length, meta["vocab"])
             # The runtime's own encoding, copied out of its reusable buffers.
             reference = engines["ort-fp32-cpu"]._model.current()
-            encoded = reference.encode(histories)
+            encoded = reference.encode(histories, k=RUNTIME_K)
             feeds = {
                 "items": encoded.items.copy(),
                 "actions": encoded.actions.copy(),
                 "words": encoded.words.copy(),
                 "lengths": encoded.lengths.copy(),
                 "exclude": reference.exclusions(encoded, exclude).copy(),
+                "slots": np.zeros(reference.items_per_row(RUNTIME_K), np.bool_),
             }
             cells, overhead, steps = measure_cell(
                 None if args.overhead_only else graph,

@@ -57,9 +57,12 @@ KIND_KEYS: Final = {
 
 #: The graph's input and output names, per kind (checked at load).
 GRAPH_INPUTS: Final = {
-    "recs": ("items", "actions", "words", "lengths", "exclude"),
+    "recs": ("items", "actions", "words", "lengths", "exclude", "slots"),
     "sentiment": ("tokens", "lengths", "lexicon"),
 }
+#: Recommender graphs exported before 2026-12-07 have no ``slots`` input: they always
+#: return ``top_k`` items, and are still served.
+FIXED_K_RECS_INPUTS: Final = ("items", "actions", "words", "lengths", "exclude")
 GRAPH_OUTPUTS: Final = {"recs": ("top_items", "top_scores"), "sentiment": ("probs",)}
 
 

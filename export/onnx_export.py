@@ -69,17 +69,23 @@ def grouped_top_k(scores: torch.Tensor, k: int, group: int) -> tuple[torch.Tenso
     groups = scores.reshape(rows, group, -1)  # [B, group, C]
     best = groups.amax(dim=1).topk(k, dim=1).indices  # [B, k] groups
     candidates = groups.gather(2, best.unsqueeze(1).expand(-1, group, -1))  # [B, group, k]
-    top_scores, at = candidates.reshape(rows, -1).topk(k, dim=1)  # at = member * k + rank
-    columns = best.gather(1, at % k) + at // k * groups.shape[2]
-    return top_scores, columns
+    # The candidates' columns, gathered like their scores (no arithmetic on ``k``, which
+    # is a run-time size in the exported graph).
+    members = torch.arange(group, device=scores.device).view(1, group, 1) * groups.shape[2]
+    columns = (best.unsqueeze(1) + members).reshape(rows, -1)  # [B, group * k]
+    top_scores, at = candidates.reshape(rows, -1).topk(k, dim=1)
+    return top_scores, columns.gather(1, at)
 
 
 class RecsServingGraph(nn.Module):
     """``score_last`` + exclusion + top-k: what the recommender ONNX graph computes.
 
-    Outputs ``top_items [B,K]`` (vocab indices, best first) and ``top_scores [B,K]``.
-    ``exclude [B,E]`` holds vocab indices set to -inf before top-k (0 pads it).  A
-    -inf entry (masked) may name any masked index, PAD included.
+    Outputs ``top_items [B,K]`` (vocab indices, best first) and ``top_scores [B,K]``,
+    where K is the length of the ``slots`` input (its values are not read): each run
+    asks for the items it serves, at most ``top_k``, and a smaller K costs less (the
+    top-k's work grows with it).  ``exclude [B,E]`` holds vocab indices set to -inf
+    before top-k (0 pads it).  A -inf entry (masked) may name any masked index, PAD
+    included.
 
     From ``GROUPED_TOP_K_MIN_ITEMS`` vocab indices on, the top-k is
     :func:`grouped_top_k` over the scores padded to a multiple of ``TOP_K_GROUP``
@@ -107,16 +113,18 @@ class RecsServingGraph(nn.Module):
         words: torch.Tensor,
         lengths: torch.Tensor,
         exclude: torch.Tensor,
+        slots: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         model = cast(Any, self.model)
         scores: torch.Tensor = model.score_last(
             items, actions, words, lengths, columns=self.columns
         )
         scores = scores.scatter(1, exclude, float("-inf"))
+        k = slots.shape[0]
         if not self.group:
-            top_scores, top_items = torch.topk(scores, self.top_k, dim=1)
+            top_scores, top_items = torch.topk(scores, k, dim=1)
             return top_items, top_scores
-        top_scores, columns = grouped_top_k(scores, self.top_k, self.group)
+        top_scores, columns = grouped_top_k(scores, k, self.group)
         return torch.where(columns < self.num_items, columns, 0), top_scores
 
 
@@ -367,10 +375,12 @@ def export_recs(
         "words": {0: batch, 1: seq},
         "lengths": {0: batch},
         "exclude": {0: batch, 1: excl},
+        # K from 1 to top_k (a graph of top_k 1 has one size; an example of 1 would fix it)
+        "slots": {0: torch.export.Dim("slots", min=1, max=k)} if k > 1 else {},
     }
     rng = np.random.default_rng(7)
-    example = parity.recs_batch(rng, 2, min(max_len, 5), num_items, exclude_width=2)
-    batches = list(parity.recs_batches(num_items, max_len))
+    example = parity.recs_batch(rng, 2, min(max_len, 5), num_items, exclude_width=2, k=min(k, 2))
+    batches = list(parity.recs_batches(num_items, max_len, top_k=k))
     graph = RecsServingGraph(model.eval(), k, num_items).eval()
     return _export_with_variants(
         "recs", graph, example, dynamic, batches, values, out_dir, variant_names

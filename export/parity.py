@@ -84,9 +84,15 @@ def _lengths(rng: np.random.Generator, batch: int, width: int) -> np.ndarray:
 
 
 def recs_batch(
-    rng: np.random.Generator, batch: int, width: int, num_items: int, exclude_width: int = 4
+    rng: np.random.Generator,
+    batch: int,
+    width: int,
+    num_items: int,
+    exclude_width: int = 4,
+    k: int = 20,
 ) -> Batch:
-    """Right-padded recommender inputs: clicks with ~20 % searches, random exclusions."""
+    """Right-padded recommender inputs: clicks with ~20 % searches, random exclusions,
+    ``k`` items asked per row (the ``slots`` input's length)."""
     lengths = _lengths(rng, batch, width)
     valid = np.arange(width)[None, :] < lengths[:, None]
     search = (rng.random((batch, width)) < 0.2) & valid
@@ -104,6 +110,7 @@ def recs_batch(
         "words": words.astype(np.int64),
         "lengths": lengths,
         "exclude": exclude.astype(np.int64),
+        "slots": np.zeros(k, dtype=np.bool_),
     }
 
 
@@ -123,10 +130,15 @@ def sentiment_batch(rng: np.random.Generator, batch: int, width: int, vocab_size
     }
 
 
-def recs_batches(num_items: int, max_len: int, seed: int = 20261129) -> Iterator[Batch]:
+def recs_batches(
+    num_items: int, max_len: int, seed: int = 20261129, top_k: int = 20
+) -> Iterator[Batch]:
+    """The parity check's recommender batches; every other one asks for fewer items
+    than ``top_k`` (the graph's K is a run-time size)."""
     rng = np.random.default_rng(seed)
-    for batch, width in check_shapes(max_len):
-        yield recs_batch(rng, batch, width, num_items, exclude_width=int(rng.integers(1, 6)))
+    for n, (batch, width) in enumerate(check_shapes(max_len)):
+        k = top_k if n % 2 == 0 else max(1, top_k // 2)
+        yield recs_batch(rng, batch, width, num_items, int(rng.integers(1, 6)), k)
 
 
 def sentiment_batches(vocab_size: int, max_len: int, seed: int = 20261129) -> Iterator[Batch]:

@@ -231,6 +231,8 @@ class OnnxScorer:
         self.vocab = self.meta.vocab
         self.size = len(self.vocab) + FIRST_ITEM
         self.top_k = self.meta.top_k
+        #: Graphs exported since 2026-12-07 return as many items as a run asks for.
+        self.takes_k = "slots" in {i.name for i in self.session.get_inputs()}
 
     def __call__(
         self, seqs: Sequence[Encoded], candidates: IntArray | None = None
@@ -257,6 +259,8 @@ class OnnxScorer:
             "lengths": batch.lengths,
             "exclude": exclude,
         }
+        if self.takes_k:  # every item the graph can return: the widest ranking
+            feeds["slots"] = np.zeros(self.meta.top_k, dtype=np.bool_)
         top_items, top_scores = self.session.run(["top_items", "top_scores"], feeds)
         dense = np.full((rows, self.size), -np.inf, dtype=np.float64)
         np.put_along_axis(dense, np.asarray(top_items, dtype=np.int64), top_scores, axis=1)

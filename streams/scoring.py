@@ -44,6 +44,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from recstream.export.metadata import (
+    FIXED_K_RECS_INPUTS,
     GRAPH_INPUTS,
     GRAPH_OUTPUTS,
     MetadataError,
@@ -321,7 +322,10 @@ def open_model(
         raise ModelLoadError(str(exc)) from exc
     inputs = tuple(i.name for i in peek.get_inputs())
     outputs = tuple(o.name for o in peek.get_outputs())
-    if (inputs, outputs) != (GRAPH_INPUTS[kind], GRAPH_OUTPUTS[kind]):
+    legacy = kind == "recs" and inputs == FIXED_K_RECS_INPUTS
+    if (inputs, outputs) != (GRAPH_INPUTS[kind], GRAPH_OUTPUTS[kind]) and not (
+        legacy and outputs == GRAPH_OUTPUTS[kind]
+    ):
         raise ModelLoadError(
             f"{path}: graph has inputs {inputs} and outputs {outputs}, a {kind} model has "
             f"{GRAPH_INPUTS[kind]} and {GRAPH_OUTPUTS[kind]}"
@@ -518,7 +522,11 @@ class BoundBatch:
     run on the device needs anyway); only the top-k comes back.
     """
 
-    def __init__(self, session: ort.InferenceSession, rows: int, width: int, top_k: int) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, rows: int, width: int, top_k: int, slots: bool
+    ) -> None:
+        """``top_k`` items per row; ``slots``: the graph takes them as its ``slots``
+        input's length (else it returns ``top_k``, its own fixed K)."""
         self.session = session
         self.items = np.zeros((rows, width), np.int64)
         self.actions = np.zeros((rows, width), np.int64)
@@ -532,12 +540,14 @@ class BoundBatch:
         self.lengths_view = self.lengths.data.cast("B").cast("q")
         self.binding = session.io_binding()
         self._values: dict[str, ort.OrtValue] = {}  # kept alive while bound
-        self._inputs = (
+        self._inputs: tuple[tuple[str, np.ndarray], ...] = (
             ("items", self.items),
             ("actions", self.actions),
             ("words", self.words),
             ("lengths", self.lengths),
         )
+        if slots:
+            self._inputs += (("slots", np.zeros(top_k, np.bool_)),)
         #: Whether binding copies the inputs (to the GPU): then each run binds them anew.
         self.binds_each_run = session.get_providers()[0] == CUDA
         for name, values in self._inputs:
@@ -601,23 +611,27 @@ class BatchBuffers:
     while their inputs and outputs hold more than ``capacity_bytes``."""
 
     def __init__(
-        self, session: ort.InferenceSession, top_k: int, capacity_bytes: int = BOUND_BYTES
+        self, session: ort.InferenceSession, slots: bool, capacity_bytes: int = BOUND_BYTES
     ) -> None:
+        """``slots``: the graph takes the items per row as an input (``BoundBatch``)."""
         self._session = session
-        self._top_k = top_k
+        self._slots = slots
         self._capacity = capacity_bytes
         self._local = threading.local()
 
-    def get(self, rows: int, width: int, copy: int = 0) -> BoundBatch:
-        """The calling thread's buffers for ``rows`` x ``width`` (contents left over);
-        ``copy`` numbers the buffers of one shape that hold different parts at once."""
-        shapes: dict[tuple[int, int, int], BoundBatch] | None = getattr(self._local, "shapes", None)
+    def get(self, rows: int, width: int, top_k: int, copy: int = 0) -> BoundBatch:
+        """The calling thread's buffers for ``rows`` x ``width`` and ``top_k`` items per
+        row (contents left over); ``copy`` numbers the buffers of one shape that hold
+        different parts at once."""
+        shapes: dict[tuple[int, int, int, int], BoundBatch] | None = getattr(
+            self._local, "shapes", None
+        )
         if shapes is None:
             shapes = self._local.shapes = {}
-        key = (rows, width, copy)
+        key = (rows, width, top_k, copy)
         bound = shapes.pop(key, None)
         if bound is None:
-            bound = BoundBatch(self._session, rows, width, self._top_k)
+            bound = BoundBatch(self._session, rows, width, top_k, self._slots)
             held = sum(b.nbytes for b in shapes.values())
             while shapes and held + bound.nbytes > self._capacity:
                 held -= shapes.pop(next(iter(shapes))).nbytes
@@ -671,7 +685,10 @@ class RecsModel:
         self._padding = [_PADDING] * self.max_len
         self.query_words = QueryWords()
         self.popular = list(meta.popular)
-        self.buffers = BatchBuffers(session, meta.top_k)
+        #: Whether the graph returns as many items as a run asks (its ``slots`` input),
+        #: not always ``top_k`` (graphs exported before 2026-12-07).
+        self.takes_k = "slots" in {i.name for i in session.get_inputs()}
+        self.buffers = BatchBuffers(session, self.takes_k)
         #: Whether batches run in parts by history length (the CPU pays for padding; a
         #: GPU pays more for extra runs than for padded positions).
         self.runs_by_length = session.get_providers()[0] != CUDA
@@ -704,8 +721,15 @@ class RecsModel:
         parts.append(part)
         return parts
 
+    def items_per_row(self, k: int | None) -> int:
+        """How many items a run returns per row when ``k`` are asked (None: the most)."""
+        return self.top_k if k is None or not self.takes_k else max(1, min(k, self.top_k))
+
     def encode(
-        self, histories: Sequence[Sequence[Token]], taken: Counter[tuple[int, int]] | None = None
+        self,
+        histories: Sequence[Sequence[Token]],
+        taken: Counter[tuple[int, int]] | None = None,
+        k: int | None = None,
     ) -> EncodedBatch:
         """Inputs for the usable histories of a batch.
 
@@ -722,6 +746,7 @@ class RecsModel:
 
         ``taken`` counts the shapes whose buffers hold batches encoded earlier and not
         run yet: this batch then gets buffers of its own (``BatchBuffers`` copies).
+        ``k``: the items each row asks for (:meth:`items_per_row`).
         """
         fresh, telling = self._fresh_tags, self._tags[_TELLING]
         rows: list[int] = []
@@ -748,7 +773,7 @@ class RecsModel:
         if taken is not None:
             copy = taken[len(rows), width]
             taken[len(rows), width] = copy + 1
-        bound = self.buffers.get(len(rows), width, copy)
+        bound = self.buffers.get(len(rows), width, self.items_per_row(k), copy)
         bound.items_bytes[:] = b"".join(map(_ITEM_BYTES_OF, padded))
         bound.actions_bytes[:] = b"".join(map(_ACTION_BYTES_OF, padded))
         bound.words_bytes[:] = b"".join(map(_WORDS_OF, padded))
@@ -933,7 +958,7 @@ def _recommend(
     k: int,
 ) -> list[RecsResult]:
     """``recommend`` for the histories of one run of ``model``."""
-    batch = model.encode(histories)
+    batch = model.encode(histories, k=k)
     outputs = model.run(batch, model.exclusions(batch, exclude)) if batch.rows else None
     return _results(model, batch, outputs, exclude, k)
 
@@ -955,7 +980,7 @@ def _recommend_parts(
     """
     taken: Counter[tuple[int, int]] = Counter()
     part_excludes = [[exclude[row] for row in rows] for rows in parts]
-    batches = [model.encode([histories[row] for row in rows], taken) for rows in parts]
+    batches = [model.encode([histories[row] for row in rows], taken, k) for rows in parts]
     masks = [
         model.exclusions(batch, part_exclude) if batch.rows else None
         for batch, part_exclude in zip(batches, part_excludes, strict=True)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from conftest import Exported
+    from torch import Tensor
 
 CPU = RuntimeOptions(providers=("CPUExecutionProvider",))
 CLICKS = [Token(f"item-{i}", "view") for i in range(40)]
@@ -179,6 +180,73 @@ def test_k_is_capped_at_the_graph_top_k(
         [result] = recs.recommend([CLICKS[:3]], [set()], 50)
     assert len(result.items) == recs.max_k == 20
     assert len(recs.recommend([CLICKS[:3]], [set()], 3)[0].items) == 3
+
+
+def test_a_run_asks_the_graph_for_the_k_items_it_serves(recs: OnnxRecsScorer) -> None:
+    """The graph returns k items when k are asked (its top-k's work grows with k), the
+    first k of what a run asking for all of them returns."""
+    model = recs._model.current()
+    assert model.takes_k and model.top_k == 20
+    histories = [CLICKS[:5], CLICKS[7:9], CLICKS[:30]]
+    exclude = [{CLICKS[4].item_id or ""}, set(), set()]
+    for k in (1, 3, 20):
+        batch = model.encode(histories, k=k)
+        top_items, top_scores = model.run(batch, model.exclusions(batch, exclude))
+        assert top_items.shape == top_scores.shape == (3, k)
+    full = recs.recommend(histories, exclude, 20)
+    for k in (1, 3, 19):
+        assert [r.items for r in recs.recommend(histories, exclude, k)] == [
+            r.items[:k] for r in full
+        ]
+
+
+def test_a_fixed_k_graph_from_before_slots_still_serves(exported: Exported, tmp_path: Path) -> None:
+    """A recommender exported before the ``slots`` input (its K fixed at ``top_k``) loads
+    and answers as the current graph does, every run returning ``top_k`` items."""
+    from recstream.export import onnx_export, parity
+    from recstream.export.onnx_export import RecsServingGraph
+
+    class FixedK(RecsServingGraph):
+        def forward(  # type: ignore[override]
+            self, items: Tensor, actions: Tensor, words: Tensor, lengths: Tensor, exclude: Tensor
+        ) -> tuple[Tensor, Tensor]:
+            return super().forward(items, actions, words, lengths, exclude, self.slots)
+
+        slots = torch.zeros(20, dtype=torch.bool)
+
+    graph = FixedK(exported.recs_model, 20, exported.recs_model.n_items).eval()
+    example = parity.recs_batch(np.random.default_rng(0), 2, 5, exported.recs_model.n_items)
+    del example["slots"]
+    batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=1, max=16)
+    dynamic = {
+        "items": {0: batch, 1: seq},
+        "actions": {0: batch, 1: seq},
+        "words": {0: batch, 1: seq},
+        "lengths": {0: batch},
+        "exclude": {0: batch, 1: torch.export.Dim("exclude", min=1, max=64)},
+    }
+    plain = tmp_path / "plain.onnx"
+    onnx_export._dynamo_export(graph, example, dynamic, ("top_items", "top_scores"), plain)
+    current = exported.folder / "recs.onnx"
+    props = {
+        p.key: p.value for p in onnx.load(str(current)).metadata_props if p.key.startswith(PREFIX)
+    }
+    model = onnx.load(str(plain))
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(tmp_path / "recs.onnx"))
+    old = OnnxRecsScorer(tmp_path / "recs.onnx", CPU)
+    assert not old._model.current().takes_k
+    new = OnnxRecsScorer(current, CPU)
+    histories = [CLICKS[:5], CLICKS[7:9]]
+    for k in (3, 20):
+        assert old.recommend(histories, [set(), set()], k) == new.recommend(
+            histories, [set(), set()], k
+        )
+    fixed = old._model.current()
+    encoded = fixed.encode(histories, k=3)
+    top_items, _ = fixed.run(encoded, fixed.exclusions(encoded, [(), ()]))
+    assert top_items.shape == (2, 20)  # its K is fixed: k is cut after the run
 
 
 def test_bad_calls_are_clear_errors(recs: OnnxRecsScorer) -> None:
@@ -328,6 +396,7 @@ def test_bound_runs_equal_plain_session_runs(recs: OnnxRecsScorer) -> None:
             "words": batch.words.copy(),
             "lengths": batch.lengths.copy(),
             "exclude": exclude.copy(),
+            "slots": np.zeros(model.top_k, np.bool_),
         }
         top_items, top_scores = model.run(batch, exclude)
         plain_items, plain_scores = model.session.run(None, feeds)

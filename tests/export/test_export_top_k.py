@@ -145,7 +145,9 @@ def test_a_pick_past_the_vocabulary_is_reported_as_pad() -> None:
     num_items = GROUPED_TOP_K_MIN_ITEMS + 5
     graph = RecsServingGraph(_PaddedAbove(num_items), 20, num_items)
     inputs = [torch.zeros(2, 3, dtype=torch.long)] * 3 + [torch.ones(2, dtype=torch.long)]
-    items, scores = graph(*inputs, torch.zeros(2, 1, dtype=torch.long))
+    items, scores = graph(
+        *inputs, torch.zeros(2, 1, dtype=torch.long), torch.zeros(20, dtype=torch.bool)
+    )
     assert graph.columns - num_items > 20  # the whole top-k falls on padded columns
     assert (items == PAD).all() and (scores == -1.0).all()
     assert (items < num_items).all()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnxruntime as ort
+
+from recstream.export.metadata import GRAPH_INPUTS
 
 
 class FakeBinding:
@@ -43,8 +47,17 @@ class BindingSession:
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
+    def get_inputs(self) -> list[SimpleNamespace]:
+        """The recommender graph's inputs (``slots``: its length is the items per row)."""
+        return [SimpleNamespace(name=name) for name in GRAPH_INPUTS["recs"]]
+
     def run(self, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
+
+    @staticmethod
+    def items_asked(feeds: dict[str, np.ndarray], top_k: int) -> int:
+        """The items per row a run asks for: ``slots``' length, else ``top_k``."""
+        return len(feeds["slots"]) if "slots" in feeds else top_k
 
     def io_binding(self) -> FakeBinding:
         self.bindings += 1

@@ -96,31 +96,33 @@ def test_fp16_without_cuda_gets_basic_optimizations_only(
 
 def test_batch_buffers_are_bound_once_per_shape_and_reused() -> None:
     model = _table_model()
-    first = model.buffers.get(3, 8)
+    first = model.buffers.get(3, 8, 8)
     assert first.items.shape == (3, 8) and first.words.shape == (3, 8, 4)
     assert first.top_items.shape == (3, 8) and first.top_scores.dtype == np.float32
-    assert model.buffers.get(3, 8) is first  # the same arrays, still bound
-    assert model.buffers.get(3, 16) is not first and model.buffers.get(2, 8) is not first
+    assert model.buffers.get(3, 8, 8) is first  # the same arrays, still bound
+    assert model.buffers.get(3, 16, 8) is not first and model.buffers.get(2, 8, 8) is not first
+    fewer = model.buffers.get(3, 8, 5)  # 5 items asked per row: outputs of their own
+    assert fewer is not first and fewer.top_items.shape == (3, 5)
     session = cast(_TableSession, model.session)
-    assert session.bindings == 3  # one binding per shape, none per call
+    assert session.bindings == 4  # one binding per shape, none per call
 
 
 def test_batch_buffers_keep_the_most_recently_used_shapes() -> None:
     model = _table_model()
-    one_row = scoring.BoundBatch(model.session, 1, 8, 8).nbytes
-    buffers = scoring.BatchBuffers(model.session, 8, capacity_bytes=4 * one_row)
-    a, b = buffers.get(1, 8), buffers.get(2, 8)  # 1 + 2 rows: room for 1 more row
-    assert buffers.get(1, 8) is a  # a is now the most recent: b goes first
-    buffers.get(1, 8)
-    buffers.get(3, 8)  # 1 + 2 + 3 rows > 4: b, the least recently used, goes
-    assert buffers.get(1, 8) is a and buffers.get(2, 8) is not b
+    one_row = scoring.BoundBatch(model.session, 1, 8, 8, False).nbytes
+    buffers = scoring.BatchBuffers(model.session, False, capacity_bytes=4 * one_row)
+    a, b = buffers.get(1, 8, 8), buffers.get(2, 8, 8)  # 1 + 2 rows: room for 1 more row
+    assert buffers.get(1, 8, 8) is a  # a is now the most recent: b goes first
+    buffers.get(1, 8, 8)
+    buffers.get(3, 8, 8)  # 1 + 2 + 3 rows > 4: b, the least recently used, goes
+    assert buffers.get(1, 8, 8) is a and buffers.get(2, 8, 8) is not b
 
 
 def test_batch_buffers_are_per_thread() -> None:
     model = _table_model()
-    mine = model.buffers.get(2, 8)
+    mine = model.buffers.get(2, 8, 8)
     theirs: list[scoring.BoundBatch] = []
-    thread = threading.Thread(target=lambda: theirs.append(model.buffers.get(2, 8)))
+    thread = threading.Thread(target=lambda: theirs.append(model.buffers.get(2, 8, 8)))
     thread.start()
     thread.join()
     assert not np.shares_memory(mine.items, theirs[0].items)
@@ -250,7 +252,7 @@ class _TableSession(BindingSession):
         last = feeds["items"][rows, feeds["lengths"] - 1]
         scores[rows, last] += 100.0 * (last >= FIRST_ITEM)
         scores[rows[:, None], feeds["exclude"]] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.top_k]
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.items_asked(feeds, self.top_k)]
         return [top, np.take_along_axis(scores, top, axis=1)]
 
 
@@ -461,9 +463,9 @@ def test_parts_are_encoded_then_run_then_decoded_each_in_buffers_of_its_own(
     steps: list[str] = []
     encode, run, decode = model.encode, session.run, model.decode
 
-    def recording_encode(*args: Any) -> scoring.EncodedBatch:
+    def recording_encode(*args: Any, **kwargs: Any) -> scoring.EncodedBatch:
         steps.append("encode")
-        return encode(*args)
+        return encode(*args, **kwargs)
 
     def recording_run(outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         steps.append("run")

@@ -50,7 +50,7 @@ class _TopScores(BindingSession):
         scores = np.tile(np.arange(len(VOCAB) + FIRST_ITEM, dtype=np.float32), (rows, 1))
         scores[:, :FIRST_ITEM] = -np.inf
         scores[np.arange(rows)[:, None], feeds["exclude"]] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.top_k]
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.items_asked(feeds, self.top_k)]
         return [top, np.take_along_axis(scores, top, axis=1)]
 
 
