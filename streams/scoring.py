@@ -322,10 +322,8 @@ def open_model(
         raise ModelLoadError(str(exc)) from exc
     inputs = tuple(i.name for i in peek.get_inputs())
     outputs = tuple(o.name for o in peek.get_outputs())
-    legacy = kind == "recs" and inputs == FIXED_K_RECS_INPUTS
-    if (inputs, outputs) != (GRAPH_INPUTS[kind], GRAPH_OUTPUTS[kind]) and not (
-        legacy and outputs == GRAPH_OUTPUTS[kind]
-    ):
+    served = (GRAPH_INPUTS[kind], FIXED_K_RECS_INPUTS) if kind == "recs" else (GRAPH_INPUTS[kind],)
+    if inputs not in served or outputs != GRAPH_OUTPUTS[kind]:
         raise ModelLoadError(
             f"{path}: graph has inputs {inputs} and outputs {outputs}, a {kind} model has "
             f"{GRAPH_INPUTS[kind]} and {GRAPH_OUTPUTS[kind]}"
