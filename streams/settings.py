@@ -90,7 +90,9 @@ class Settings(BaseSettings):
     model_reload_interval: float = Field(10.0, gt=0)
     """RECSTREAM_MODEL_RELOAD_INTERVAL: seconds between checks for a new model file."""
     top_k: int = Field(10, ge=1, le=100)
-    """RECSTREAM_TOP_K: items per recommendation."""
+    """RECSTREAM_TOP_K: items per recommendation; each scoring run asks the recommender
+    graph for this many (its top-k's work grows with them), at most the export's
+    ``--top-k``."""
     exclude_trigger_item: bool = True
     """RECSTREAM_EXCLUDE_TRIGGER_ITEM: leave out the item of the click being answered
     (the one on screen); items purchased in the session are always left out."""
