@@ -569,7 +569,7 @@ class Pipeline:
         cached = self._decoded.pop(user, None)
         if raw is None:
             return None
-        if cached is not None and cached[0] == raw:  # what was written: the same object
+        if cached is not None and cached[0] is raw:  # what was written: the same object
             return cached[1]
         return sessions.UserState.from_bytes(raw)
 
