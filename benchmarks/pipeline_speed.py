@@ -927,6 +927,7 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
     )
     model = load_recs_model(recs_file(model_dir), options)
     names = {i.name for i in model.session.get_inputs()}
+    k = model.items_per_row(settings.top_k)  # what the worker asks for
     rng = np.random.default_rng(3)
 
     def feeds_of(batch: list[int]) -> list[dict[str, np.ndarray]]:
@@ -935,7 +936,6 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
         for part in model.runs([range(length) for length in batch]):
             lengths = [min(batch[row], model.max_len) for row in part]
             width = bucket_length(max(lengths), model.max_len)
-            k = model.items_per_row(settings.top_k)  # what the worker asks for
             parts.append(random_feeds(rng, names, len(model.item_ids), width, lengths, k))
         return parts
 
