@@ -22,7 +22,9 @@ the event loop and the batch code, Faust's consumer thread runs aiokafka's fetch
 ``recstream-scoring_*`` run the models), how many scoring threads were busy scoring on
 average (on a core / waiting for one / blocked), and the scoring micro-batches and
 garbage collector pauses the worker counted meanwhile (``/metrics``).  Timing is on
-this machine's clock for both ends.
+this machine's clock for both ends.  This process's own collector is paused during each
+rate (:func:`bc.collector_paused`): its collections held stamped clicks and read answers
+back and counted as the worker's latency.
 
     python benchmarks/latency_probe.py [--broker noida|tansu] [--rates 300,1200,2400]
         [--seconds 8] [--scenario recstream-full|recstream-passthrough]
@@ -99,23 +101,24 @@ async def one_rate(
     worker); every answer read back and split."""
     clicks = bc.live_clicks(bc.paced_count(rate, seconds), clicks_per_user, tag)
     watch = bc.OutputWatch(target=10**12, tag=tag, keep_values=True, keep_times=True)
-    started = asyncio.Event()
-    watching = asyncio.create_task(
-        bc.watch_output(bootstrap, target.sink, watch, seconds + 30.0, started=started)
-    )
-    await started.wait()
-    port = target.env["RECSTREAM_WEB_PORT"]
-    metrics_before = bc.scrape_metrics(port)
-    scraped_at = time.monotonic()
-    cpu = ps.cpu_window(group, broker)
-    threads = bc.ThreadCpuWindow(group.pids[0])
-    cpu.begin()
-    threads.begin()
-    sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, clicks)
-    cpu_percent = cpu.end()
-    thread_percent = threads.end()
-    watch.target = sent
-    await watching
+    with bc.collector_paused():  # this process's collections would count as latency
+        started = asyncio.Event()
+        watching = asyncio.create_task(
+            bc.watch_output(bootstrap, target.sink, watch, seconds + 30.0, started=started)
+        )
+        await started.wait()
+        port = target.env["RECSTREAM_WEB_PORT"]
+        metrics_before = bc.scrape_metrics(port)
+        scraped_at = time.monotonic()
+        cpu = ps.cpu_window(group, broker)
+        threads = bc.ThreadCpuWindow(group.pids[0])
+        cpu.begin()
+        threads.begin()
+        sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, clicks)
+        cpu_percent = cpu.end()
+        thread_percent = threads.end()
+        watch.target = sent
+        await watching
     metrics_after = bc.scrape_metrics(port)
     between = time.monotonic() - scraped_at
     before, after = bc.scoring_counts(metrics_before), bc.scoring_counts(metrics_after)

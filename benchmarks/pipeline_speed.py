@@ -566,19 +566,20 @@ async def latency_phase(
     """
     clicks = bc.live_clicks(bc.paced_count(rate, seconds), clicks_per_user, tag)
     watch = bc.OutputWatch(target=10**12, tag=tag, latency=True)
-    started = asyncio.Event()
-    watcher = asyncio.create_task(
-        bc.watch_output(bootstrap, target.sink, watch, seconds + 30.0, started=started)
-    )
-    await started.wait()
-    metrics_before = "" if metrics_port is None else bc.scrape_metrics(metrics_port)
-    scraped_at = time.monotonic()
-    if cpu is not None:
-        cpu.begin()
-    sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, clicks)
-    cpu_percent = cpu.end() if cpu is not None else None
-    watch.target = sent
-    await watcher
+    with bc.collector_paused():  # this process's collections would count as latency
+        started = asyncio.Event()
+        watcher = asyncio.create_task(
+            bc.watch_output(bootstrap, target.sink, watch, seconds + 30.0, started=started)
+        )
+        await started.wait()
+        metrics_before = "" if metrics_port is None else bc.scrape_metrics(metrics_port)
+        scraped_at = time.monotonic()
+        if cpu is not None:
+            cpu.begin()
+        sent = await bc.paced_produce(bootstrap, target.source, rate, seconds, clicks)
+        cpu_percent = cpu.end() if cpu is not None else None
+        watch.target = sent
+        await watcher
     busy = None
     if metrics_port is not None:
         metrics_after = bc.scrape_metrics(metrics_port)
@@ -677,22 +678,23 @@ async def rebalance_pauses(
         rate = capacity * 0.5
         load = bc.live_clicks(bc.paced_count(rate, seconds), cfg.events / cfg.users, "reb-")
         watch = bc.OutputWatch(target=10**12, tag="reb-", keep_times=True)
-        started = asyncio.Event()
-        watcher = asyncio.create_task(
-            bc.watch_output(bootstrap, target.sink, watch, seconds + 60.0, started=started)
-        )
-        await started.wait()
-        producer = asyncio.create_task(
-            bc.paced_produce(bootstrap, target.source, rate, seconds, load)
-        )
-        t0 = time.time()
-        joins = []
-        for _ in range(1, phases):
-            await asyncio.sleep(cfg.rebalance_phase_s)
-            group.spawn()
-            joins.append(time.time())
-        watch.target = await producer
-        await watcher
+        with bc.collector_paused():  # a collection here would read as an output gap
+            started = asyncio.Event()
+            watcher = asyncio.create_task(
+                bc.watch_output(bootstrap, target.sink, watch, seconds + 60.0, started=started)
+            )
+            await started.wait()
+            producer = asyncio.create_task(
+                bc.paced_produce(bootstrap, target.source, rate, seconds, load)
+            )
+            t0 = time.time()
+            joins = []
+            for _ in range(1, phases):
+                await asyncio.sleep(cfg.rebalance_phase_s)
+                group.spawn()
+                joins.append(time.time())
+            watch.target = await producer
+            await watcher
         # did each joiner take part? (one that got no partition, or died, reads nothing)
         clicks = group.clicks_read()
     finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
+import weakref
 
 import bench_common as bc
 import pytest
@@ -25,6 +27,56 @@ def test_cpu_window_reports_the_machine_s_idle_cpu_beside_the_processes() -> Non
     assert set(result) == {"observer", bc.IDLE}
     assert 20.0 <= result["observer"] <= 110.0  # one thread; CPU clocks tick every 10 ms
     assert 0.0 <= result[bc.IDLE] <= capacity - result["observer"] + 10.0
+
+
+class _Cycle:
+    """An object that refers to itself: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_collector_paused_stops_automatic_collections_and_restores_them() -> None:
+    """Inside the block no collection runs however much cyclic garbage piles up (the
+    youngest generation's threshold is passed many times over); afterwards the
+    collector is on again, nothing is frozen, and the garbage is collectable."""
+    collections: list[int] = []
+
+    def hook(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    assert gc.isenabled()
+    with bc.collector_paused():
+        assert not gc.isenabled()
+        assert gc.get_freeze_count() > 0  # what existed before, this test's module too
+        gc.callbacks.append(hook)
+        try:
+            first = weakref.ref(_Cycle())
+            for _ in range(20 * gc.get_threshold()[0]):
+                _Cycle()
+            assert first() is not None  # garbage, but no collection came to free it
+        finally:
+            gc.callbacks.remove(hook)
+    assert collections == []
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert first() is None
+
+
+def test_collector_paused_restores_on_error_and_leaves_a_disabled_collector_off() -> None:
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError), bc.collector_paused():
+            raise RuntimeError("boom")
+        assert not gc.isenabled()
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), bc.collector_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
 
 
 def test_scoring_threads_busy_between_two_scrapes_by_state() -> None:
