@@ -616,7 +616,7 @@ def collector_paused() -> Iterator[None]:
     This process stamps each click's ``ts`` before the producer sends it, and notes each
     output when it reads it: a collection here (the clicks made beforehand and every
     output read are all tracked objects) held stamped clicks and read outputs back, and
-    counted as the worker's latency (full collections of 54-114 ms measured in
+    counted as the worker's latency (full collections of 54-153 ms measured in
     ``latency_probe.py`` at 3,900 clicks/s, at the moments of its slowest answers).
     The worker under test keeps its own collector.
     """
