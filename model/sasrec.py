@@ -144,7 +144,7 @@ class SASRec(nn.Module):
         that position alone: attention of its one query over the keys and values of
         positions ``0..lengths - 1``, then the feed-forward block.  In onnxruntime
         (int8, 50k items) a history of 16 tokens then costs about a sixth less, one of
-        50 tokens over a quarter less (README, "Speed").
+        50 tokens over a quarter less (benchmarks/speed_log.md).
         """
         x = self.embed(items, actions, words, lengths)
         rows, length, dim = x.shape
@@ -203,7 +203,7 @@ class SASRec(nn.Module):
         # Bias and mask added to each other first: in the exported graph that sum is a
         # constant, which onnxruntime folds into the output layer's bias at load time,
         # where ``+ bias + mask`` would run one more pass over the [B, V] scores
-        # (~12 % of the serving run at 50k items; README, "Speed").
+        # (~12 % of the serving run at 50k items; benchmarks/speed_log.md).
         weight, bias = self.item_emb.weight, self.item_bias + self.score_mask
         extra = (columns or self.n_items) - self.n_items
         if extra < 0:

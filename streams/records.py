@@ -283,7 +283,7 @@ def to_json(record: OutputRecord | Event | Forget) -> bytes:
     """Serialise any record to JSON bytes (the format of every topic), fields in order.
 
     orjson reads a slotted dataclass field by field through its class's field table,
-    several times slower than the same fields in a dict (orjson 3.13; README, "Speed"),
+    several times slower than the same fields in a dict (orjson 3.13; benchmarks/speed_log.md),
     and an output record is written per event.  So output records are handed over as
     the dict of their ``json_object`` (the same JSON, tested against orjson's own for
     each class); input events, written only by producers and replays, go as they are.

@@ -974,7 +974,7 @@ def _recommend_parts(
     decoded: a run streams the model's weights and score matrix through the caches,
     Python code right after it runs slower, and so does a run after Python code.
     Stage by stage, the pipeline on the benchmark's backlog took ~6 % less CPU per
-    event than part by part (README, "Speed").
+    event than part by part (benchmarks/speed_log.md).
     """
     taken: Counter[tuple[int, int]] = Counter()
     part_excludes = [[exclude[row] for row in rows] for rows in parts]

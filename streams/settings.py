@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     """RECSTREAM_SCORING_THREADS: micro-batches scored at the same time, each on its own
     thread (onnxruntime releases the GIL while it runs); an agent keeps one more batch
     than this in flight.  3-4 drained a backlog 6-17 % faster on 2 cores but lengthened
-    the latency tail near capacity (README, "Speed")."""
+    the latency tail near capacity (benchmarks/speed_log.md)."""
 
     # --- Worker process ----------------------------------------------------
     gc_young_threshold: int = Field(100_000, ge=0)
