@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -64,6 +64,12 @@ GRAPH_INPUTS: Final = {
 #: return ``top_k`` items, and are still served.
 FIXED_K_RECS_INPUTS: Final = ("items", "actions", "words", "lengths", "exclude")
 GRAPH_OUTPUTS: Final = {"recs": ("top_items", "top_scores"), "sentiment": ("probs",)}
+
+
+def takes_k(input_names: Iterable[str]) -> bool:
+    """Whether a recommender graph with these inputs returns as many items as a run asks
+    for (the length of its ``slots`` input), not always its ``top_k``."""
+    return "slots" in input_names
 
 
 class MetadataError(ValueError):

@@ -220,7 +220,7 @@ class OnnxScorer:
     def __init__(self, path: Path, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        from recstream.export.metadata import parse_metadata
+        from recstream.export.metadata import parse_metadata, takes_k
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -232,7 +232,7 @@ class OnnxScorer:
         self.size = len(self.vocab) + FIRST_ITEM
         self.top_k = self.meta.top_k
         #: Graphs exported since 2026-12-07 return as many items as a run asks for.
-        self.takes_k = "slots" in {i.name for i in self.session.get_inputs()}
+        self.takes_k = takes_k(i.name for i in self.session.get_inputs())
 
     def __call__(
         self, seqs: Sequence[Encoded], candidates: IntArray | None = None

@@ -50,6 +50,7 @@ from recstream.export.metadata import (
     MetadataError,
     ModelMetadata,
     parse_metadata,
+    takes_k,
 )
 from recstream.export.metadata import PREFIX as METADATA_PREFIX
 from recstream.model.features import (
@@ -685,7 +686,7 @@ class RecsModel:
         self.popular = list(meta.popular)
         #: Whether the graph returns as many items as a run asks (its ``slots`` input),
         #: not always ``top_k`` (graphs exported before 2026-12-07).
-        self.takes_k = "slots" in {i.name for i in session.get_inputs()}
+        self.takes_k = takes_k(i.name for i in session.get_inputs())
         self.buffers = BatchBuffers(session, self.takes_k)
         #: Whether batches run in parts by history length (the CPU pays for padding; a
         #: GPU pays more for extra runs than for padded positions).
