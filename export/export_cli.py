@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from recstream.export.metadata import DEFAULT_TOP_K, VARIANTS
+
 log = logging.getLogger(__name__)
 
 
@@ -22,13 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fp16 (CUDA); e.g. fp32,int8,fp16",
     )
     parser.add_argument(
-        "--top-k", type=int, default=20, help="items the recommender graph returns (top-k)"
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help="items the recommender graph returns (top-k)",
     )
 
 
 def _variants(text: str) -> list[str]:
-    from recstream.export.metadata import VARIANTS
-
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:

@@ -28,6 +28,8 @@ PREFIX: Final = "recstream."
 FORMAT: Final = "1"
 KINDS: Final = ("recs", "sentiment")
 VARIANTS: Final = ("fp32", "fp16", "int8")
+#: Items a recommender graph returns at most when its export names no ``--top-k``.
+DEFAULT_TOP_K: Final = 20
 
 COMMON_KEYS: Final = (
     "kind",

@@ -35,7 +35,6 @@ from recstream.streams.scoring import model_file, weights_sha256_of
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOP_K = 20
 OPSET = 20
 
 
@@ -342,7 +341,7 @@ def export_recs(
     meta: dict[str, Any],
     out_dir: Path,
     variant_names: Sequence[str] = ("fp32",),
-    top_k: int = DEFAULT_TOP_K,
+    top_k: int = md.DEFAULT_TOP_K,
 ) -> list[WrittenModel]:
     """Export a recommender (``score_last`` interface) and its variants into ``out_dir``."""
     _require(meta, ("kind", "vocab", "popular", "max_len"), "recs")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recstream.export.metadata import DEFAULT_TOP_K
 from recstream.model.features import ACTION_IDS, FIRST_ITEM, WORD_BUCKETS, WORDS_PER_SEARCH
 from recstream.model.sentiment_lexicon import LEXICON_FEATURES
 
@@ -131,7 +132,7 @@ def sentiment_batch(rng: np.random.Generator, batch: int, width: int, vocab_size
 
 
 def recs_batches(
-    num_items: int, max_len: int, seed: int = 20261129, top_k: int = 20
+    num_items: int, max_len: int, seed: int = 20261129, top_k: int = DEFAULT_TOP_K
 ) -> Iterator[Batch]:
     """The parity check's recommender batches; every other one asks for fewer items
     than ``top_k`` (the graph's K is a run-time size)."""

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recstream.export.metadata import DEFAULT_TOP_K
+
 TINY_ITEMS = [f"item-{i}" for i in range(40)]
 TINY_MAX_LEN = 16
 TINY_TEXT_LEN = 64
@@ -105,7 +107,7 @@ def tiny_sentiment(seed: int = 0) -> tuple[Any, dict[str, Any]]:
 
 
 def build_tiny_models(
-    out_dir: Path, seed: int = 0, variants: Sequence[str] = ("fp32",), top_k: int = 20
+    out_dir: Path, seed: int = 0, variants: Sequence[str] = ("fp32",), top_k: int = DEFAULT_TOP_K
 ) -> None:
     """Export tiny ``recs.onnx`` and ``sentiment.onnx`` into ``out_dir``.
 
