@@ -522,17 +522,22 @@ class BoundBatch:
     """
 
     def __init__(
-        self, session: ort.InferenceSession, rows: int, width: int, top_k: int, slots: bool
+        self,
+        session: ort.InferenceSession,
+        rows: int,
+        width: int,
+        items_per_row: int,
+        slots: bool,
     ) -> None:
-        """``top_k`` items per row; ``slots``: the graph takes them as its ``slots``
-        input's length (else it returns ``top_k``, its own fixed K)."""
+        """``slots``: the graph takes ``items_per_row`` as its ``slots`` input's length
+        (else it returns that many, its own fixed K)."""
         self.session = session
         self.items = np.zeros((rows, width), np.int64)
         self.actions = np.zeros((rows, width), np.int64)
         self.words = np.zeros((rows, width, WORDS_PER_SEARCH), np.int64)
         self.lengths = np.zeros(rows, np.int64)
-        self.top_items = np.zeros((rows, top_k), np.int64)
-        self.top_scores = np.zeros((rows, top_k), np.float32)
+        self.top_items = np.zeros((rows, items_per_row), np.int64)
+        self.top_scores = np.zeros((rows, items_per_row), np.float32)
         self.items_bytes = self.items.data.cast("B")
         self.actions_bytes = self.actions.data.cast("B")
         self.words_bytes = self.words.data.cast("B")
@@ -546,7 +551,7 @@ class BoundBatch:
             ("lengths", self.lengths),
         )
         if slots:
-            self._inputs += (("slots", np.zeros(top_k, np.bool_)),)
+            self._inputs += (("slots", np.zeros(items_per_row, np.bool_)),)
         #: Whether binding copies the inputs (to the GPU): then each run binds them anew.
         self.binds_each_run = session.get_providers()[0] == CUDA
         for name, values in self._inputs:
@@ -618,19 +623,19 @@ class BatchBuffers:
         self._capacity = capacity_bytes
         self._local = threading.local()
 
-    def get(self, rows: int, width: int, top_k: int, copy: int = 0) -> BoundBatch:
-        """The calling thread's buffers for ``rows`` x ``width`` and ``top_k`` items per
-        row (contents left over); ``copy`` numbers the buffers of one shape that hold
+    def get(self, rows: int, width: int, items_per_row: int, copy: int = 0) -> BoundBatch:
+        """The calling thread's buffers for ``rows`` x ``width`` and ``items_per_row``
+        (contents left over); ``copy`` numbers the buffers of one shape that hold
         different parts at once."""
         shapes: dict[tuple[int, int, int, int], BoundBatch] | None = getattr(
             self._local, "shapes", None
         )
         if shapes is None:
             shapes = self._local.shapes = {}
-        key = (rows, width, top_k, copy)
+        key = (rows, width, items_per_row, copy)
         bound = shapes.pop(key, None)
         if bound is None:
-            bound = BoundBatch(self._session, rows, width, top_k, self._slots)
+            bound = BoundBatch(self._session, rows, width, items_per_row, self._slots)
             held = sum(b.nbytes for b in shapes.values())
             while shapes and held + bound.nbytes > self._capacity:
                 held -= shapes.pop(next(iter(shapes))).nbytes
