@@ -35,13 +35,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.structs import ConsumerRecord
 from faust.sensors.monitor import Monitor
+from faust.tables.manager import TableManager
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, SensorT
@@ -356,12 +357,74 @@ async def ends_of_committed_records(
     return found
 
 
+def fetch_state(consumer: Any, kafka: AIOKafkaConsumer, tp: TP) -> str:
+    """Where fetching ``tp`` stands, for a log line: in Faust's bookkeeping (``consumer``:
+    active, paused, held back while its buffer is full, the read offset, the flow) and in
+    aiokafka's (``kafka``: the partition's fetch status, position and pause, a fetched
+    result not yet read, a fetch in flight to its leader, the fetch routine alive)."""
+    faust_side = (
+        f"Faust: active={tp in (consumer._active_partitions or ())} "
+        f"paused={tp in consumer._paused_partitions} "
+        f"buffered={tp in consumer._buffered_partitions} "
+        f"read_offset={consumer._read_offset.get(tp)} flow_active={consumer.flow_active}"
+    )
+    ktp = TopicPartition(tp.topic, tp.partition)
+    subscription = kafka._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None or ktp not in assignment.tps:
+        return f"{faust_side}; aiokafka: not assigned"
+    state = assignment.state_value(ktp)
+    fetcher = kafka._fetcher
+    unread = fetcher._records.get(ktp)
+    leader = kafka._client.cluster.leader_for_partition(ktp)
+    return (
+        f"{faust_side}; aiokafka: {state!r} paused={state.paused} "
+        f"unread={None if unread is None else type(unread).__name__} "
+        f"fetch_in_flight={leader in fetcher._in_flight} "
+        f"fetch_routine_done={fetcher._fetch_task.done()}"
+    )
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the fetch wait of the app's
     ``recstream_fetch_max_wait`` (seconds; Faust fixes it at 1.5 s), after an empty
     fetch the pause of its ``recstream_empty_fetch_pause`` (:func:`pace_empty_fetches`),
     the fed topics' records as aiokafka parsed them (:func:`hand_out_parsed_records`),
-    and the changelogs' end offsets asked of the broker (:meth:`_highwaters`)."""
+    and the changelogs' end offsets asked of the broker (:meth:`_highwaters`); a
+    recovery that waits on a partition says where its fetching stands
+    (:meth:`verify_recovery_event_path`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The recovery (its start) whose stalled partitions :attr:`_stalled` holds.
+        self._stalls_of: float | None = None
+        self._stalled: set[TP] = set()
+
+    def verify_recovery_event_path(self, now: float, tp: TP) -> None:
+        """Faust's check that a recovering changelog partition is fetched, then, once per
+        recovery and partition that got no record for Faust's event timeout (30 s), a
+        warning with :func:`fetch_state`: the worker reads no input until its recovery
+        ends, and Faust's own warnings do not say why nothing arrives."""
+        super().verify_recovery_event_path(now, tp)
+        recovery = cast(TableManager, self.app.tables).recovery
+        started = recovery._recovery_started_at
+        if started is None:
+            return
+        last = recovery._active_events_received_at.get(tp, started)
+        if now - last < recovery.event_timeout_secs:
+            return
+        if started != self._stalls_of:
+            self._stalls_of, self._stalled = started, set()
+        if tp in self._stalled:
+            return
+        self._stalled.add(tp)
+        log.warning(
+            "recovery got nothing from %s[%d] for %.0f s: %s",
+            tp.topic,
+            tp.partition,
+            now - last,
+            fetch_state(self.consumer, self._ensure_consumer(), tp),
+        )
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """End offsets for table recovery, from a ListOffsets request.

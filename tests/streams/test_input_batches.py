@@ -15,6 +15,7 @@ import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.consumer.fetcher import FetchError, FetchResult, PartitionRecords
+from aiokafka.consumer.subscription_state import TopicPartitionState
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
@@ -32,6 +33,7 @@ from recstream.streams.input_batches import (
     ParsedRecords,
     Taken,
     feeds_of,
+    fetch_state,
     hand_out_parsed_records,
     pace_empty_fetches,
 )
@@ -590,6 +592,79 @@ async def test_the_worker_consumer_paces_empty_fetches_by_the_setting(
     monkeypatch.setattr(input_batches.asyncio, "sleep", sleep)
     await fetcher._proc_fetch_request(None, 1, None)
     assert len(slept) == 1 and 0.0 < slept[0] <= 0.02
+
+
+def _kafka_with(tp: TopicPartition, state: Any, unread: Any, in_flight: set[int]) -> Any:
+    """Stands in for an aiokafka consumer with ``tp`` assigned (leader: node 0)."""
+    assignment = SimpleNamespace(tps={tp}, state_value=lambda _: state)
+    fetch_task = asyncio.get_running_loop().create_future()
+    return SimpleNamespace(
+        _subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)),
+        _fetcher=SimpleNamespace(
+            _records={} if unread is None else {tp: unread},
+            _in_flight=in_flight,
+            _fetch_task=fetch_task,
+        ),
+        _client=SimpleNamespace(cluster=SimpleNamespace(leader_for_partition=lambda _: 0)),
+    )
+
+
+async def test_the_fetch_state_tells_fausts_and_aiokafkas_view_of_a_partition(app: Any) -> None:
+    consumer = started(app)
+    tp = TP(CHANGELOG, 0)
+    ktp = TopicPartition(CHANGELOG, 0)
+    consumer.resume_partitions([tp])
+    consumer._read_offset[tp] = 41
+    state = TopicPartitionState(SimpleNamespace())
+    state.seek(42)
+    state.pause()
+    told = fetch_state(consumer, _kafka_with(ktp, state, object(), {0}), tp)
+    assert "Faust: active=True paused=False buffered=False read_offset=41 flow_active=True" in told
+    assert "position=42" in told and "paused=True" in told
+    assert "unread=object fetch_in_flight=True fetch_routine_done=False" in told
+    consumer.pause_partitions([tp])
+    state.resume()
+    told = fetch_state(consumer, _kafka_with(ktp, state, None, set()), tp)
+    assert "Faust: active=False paused=True" in told
+    assert "paused=False unread=None fetch_in_flight=False" in told
+    assert fetch_state(consumer, _kafka_with(ktp, state, None, set()), TP(CHANGELOG, 1)).endswith(
+        "aiokafka: not assigned"
+    )
+
+
+async def test_a_stalled_recovery_says_once_per_partition_where_fetching_stands(
+    app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After Faust's event timeout without a record of a partition, one warning per
+    recovery and partition, with :func:`fetch_state`."""
+    thread = app.consumer._thread
+    monkeypatch.setattr(
+        faust_aiokafka.AIOKafkaConsumerThread, "verify_recovery_event_path", lambda *_: None
+    )
+    monkeypatch.setattr(input_batches, "fetch_state", lambda consumer, kafka, tp: f"state {tp}")
+    monkeypatch.setattr(thread, "_ensure_consumer", lambda: None)
+    recovery = app.tables.recovery
+    quiet, heard = TP(CHANGELOG, 0), TP(CHANGELOG, 1)
+    timeout = recovery.event_timeout_secs
+
+    def warnings_at(now: float) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=input_batches.__name__):
+            thread.verify_recovery_event_path(now, quiet)
+            thread.verify_recovery_event_path(now, heard)
+        return [record.getMessage() for record in caplog.records]
+
+    assert warnings_at(1_000.0) == []  # no recovery started
+    recovery._recovery_started_at = 100.0
+    recovery._active_events_received_at[heard] = 100.0 + timeout
+    assert warnings_at(100.0 + timeout - 1) == []
+    told = warnings_at(100.0 + timeout + 1)
+    assert len(told) == 1 and str(quiet) in told[0] and "recovery got nothing" in told[0]
+    assert warnings_at(100.0 + timeout + 5) == []  # said once
+    assert [str(heard) in w for w in warnings_at(100.0 + 2 * timeout + 1)] == [True]
+    recovery._recovery_started_at = 500.0  # the next recovery says it again
+    recovery._active_events_received_at.clear()
+    assert len(warnings_at(500.0 + timeout + 1)) == 2
 
 
 #: A partition's log: plain records 0-4, producer 7's aborted transaction (5-7, its
