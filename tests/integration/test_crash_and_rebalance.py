@@ -82,6 +82,9 @@ SECOND_WORKER_TIMEOUT_S = 30.0
 #: as ``late``, correctly, and would differ from the in-order run).
 SESSION_GAP_S = 2.0
 LATENESS_S = 25.0
+#: Worker log lines that explain a stall: Faust's recovery waiting, the worker's account of
+#: the partition's fetching (``input_batches.fetch_state``), errors.
+NOTABLE_LOG_LINES = ("recovery got nothing", "No event received", "ERROR", "Traceback")
 
 
 RULES: dict[str, Any] = {
@@ -240,6 +243,17 @@ def check_outputs(
         "duplicates": duplicates,
         "duplicate_bound": bound,
     }
+
+
+def notable_lines(*logs: Path, last: int = 12) -> str:
+    """The ``last`` notable lines of each worker log (:data:`NOTABLE_LOG_LINES`), for a
+    failure message: CI keeps the test's output, not the logs."""
+    parts = []
+    for path in logs:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        lines = [line for line in text.splitlines() if any(n in line for n in NOTABLE_LOG_LINES)]
+        parts.append(f"{path.name}: " + ("\n".join(lines[-last:]) or "nothing notable"))
+    return "\n".join(parts)
 
 
 def duplicate_bound(settings: Settings, disruptions: int) -> int:
@@ -408,5 +422,9 @@ def test_second_worker_joins_and_leaves(
     finally:
         stop_processes(*workers)
     # A join and a leave are two rebalances, each may replay uncommitted batches.
-    result = check_outputs(settings, records, got, duplicate_bound(settings, 2))
+    try:
+        result = check_outputs(settings, records, got, duplicate_bound(settings, 2))
+    except AssertionError as error:
+        logs = (tmp_path / "worker-a.log", tmp_path / "worker-b.log")
+        raise AssertionError(f"{error}\n{notable_lines(*logs)}") from None
     save_result("rebalance", result)
