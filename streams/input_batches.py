@@ -401,10 +401,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         self._stalled: set[TP] = set()
 
     def verify_recovery_event_path(self, now: float, tp: TP) -> None:
-        """Faust's check that a recovering changelog partition is fetched, then, once per
-        recovery and partition that got no record for Faust's event timeout (30 s), a
-        warning with :func:`fetch_state`: the worker reads no input until its recovery
-        ends, and Faust's own warnings do not say why nothing arrives."""
+        """Faust's check that a recovering changelog partition is fetched (every 5 s
+        while the recovery has read fewer than 1,000 records), then, once per recovery
+        and partition that got no record for Faust's event timeout (30 s), a warning
+        with :func:`fetch_state`: the worker reads no input until its recovery ends, and
+        Faust's own warnings do not say why nothing arrives."""
         super().verify_recovery_event_path(now, tp)
         recovery = cast(TableManager, self.app.tables).recovery
         started = recovery._recovery_started_at
