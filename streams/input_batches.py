@@ -44,6 +44,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.sensors.monitor import Monitor
 from faust.tables.manager import TableManager
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, SensorT
 from faust.types.tuples import ack_lock
@@ -357,7 +358,7 @@ async def ends_of_committed_records(
     return found
 
 
-def fetch_state(consumer: Any, kafka: AIOKafkaConsumer, tp: TP) -> str:
+def fetch_state(consumer: FaustConsumer, kafka: AIOKafkaConsumer, tp: TP) -> str:
     """Where fetching ``tp`` stands, for a log line: in Faust's bookkeeping (``consumer``:
     active, paused, held back while its buffer is full, the read offset, the flow) and in
     aiokafka's (``kafka``: the partition's fetch status, position and pause, a fetched

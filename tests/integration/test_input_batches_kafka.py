@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from recstream.streams.input_batches import fetch_state
@@ -23,7 +25,7 @@ async def test_the_fetch_state_of_a_live_consumer(kafka_settings: Settings) -> N
         await producer.send_and_wait(topic, b"{}", key=b"u", partition=0)
     finally:
         await producer.stop()
-    faust_side = SimpleNamespace(
+    faust_side = SimpleNamespace(  # what fetch_state reads of Faust's consumer
         _active_partitions={TP(topic, 0)},
         _paused_partitions=set(),
         _buffered_partitions=set(),
@@ -38,8 +40,8 @@ async def test_the_fetch_state_of_a_live_consumer(kafka_settings: Settings) -> N
         consumer.seek(tp, 0)
         await asyncio.wait_for(consumer.getmany(tp, timeout_ms=10_000), 30)
         consumer.pause(tp)
-        told = fetch_state(faust_side, consumer, TP(topic, 0))
-        other = fetch_state(faust_side, consumer, TP(topic, 1))
+        told = fetch_state(cast(Consumer, faust_side), consumer, TP(topic, 0))
+        other = fetch_state(cast(Consumer, faust_side), consumer, TP(topic, 1))
     finally:
         await consumer.stop()
     assert "Faust: active=True paused=False buffered=False read_offset=None" in told
