@@ -19,6 +19,14 @@ after every rebalance the consumer seeks to the committed offsets and reads it a
 Unlike Faust's buffers the feeds are not cleared when the flow resumes: what they hold
 then was fetched for the new assignment, past the seek.
 
+Records fetched but not handed on (the flow stopped for a rebalance, the generation
+changed, or Faust no longer reads the partition) are fetched again: the partition is
+sought back to the first of them, unless something moved it since the fetch
+(:meth:`_ConsumerThread.fetch_again`).  Faust drops them and seeks back only the
+partitions with committed offsets, so a table changelog lost them for good: a recovery
+that had just sought the changelog to its start then waited for records its consumer
+had already passed, and the worker read no input until the next rebalance.
+
 The same consumer tells Faust's table recovery where each changelog ends: asked of the
 broker, and under exactly-once moved back over the transaction markers at the tail
 (:meth:`_ConsumerThread._highwaters`).
@@ -400,13 +408,40 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         #: The recovery (its start) whose stalled partitions :attr:`_stalled` holds.
         self._stalls_of: float | None = None
         self._stalled: set[TP] = set()
+        #: Each partition's position right after the last fetch that returned records of it.
+        self._fetched_to: dict[TP, int] = {}
+
+    async def fetch_again(self, first_offsets: Mapping[TP, int]) -> None:
+        """Seek each partition back to the given offset, the first of its records that the
+        last fetch returned and Faust did not take, so the next fetches return them again.
+
+        A partition sought, reset or unassigned since that fetch is left alone: whoever
+        moved it chose where it reads next.
+        """
+        await self.call_thread(self._fetch_again, self._ensure_consumer(), first_offsets)
+
+    async def _fetch_again(
+        self, consumer: AIOKafkaConsumer, first_offsets: Mapping[TP, int]
+    ) -> None:
+        subscription = consumer._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None:
+            return
+        for tp, offset in first_offsets.items():
+            ktp = TopicPartition(tp.topic, tp.partition)
+            if ktp not in assignment.tps:
+                continue
+            state = assignment.state_value(ktp)
+            if state.has_valid_position and state.position == self._fetched_to.get(tp):
+                log.debug("fetching %s[%d] again from offset %d", tp.topic, tp.partition, offset)
+                consumer.seek(ktp, offset)
 
     def verify_recovery_event_path(self, now: float, tp: TP) -> None:
         """Faust's check that a recovering changelog partition is fetched (every 5 s
         while the recovery has read fewer than 1,000 records), then, once per recovery
-        and partition that got no record for Faust's event timeout (30 s), a warning
-        with :func:`fetch_state`: the worker reads no input until its recovery ends, and
-        Faust's own warnings do not say why nothing arrives."""
+        and partition that got no record for Faust's event timeout (30 s) and is not read
+        to its end, a warning with :func:`fetch_state`: the worker reads no input until
+        its recovery ends, and Faust's own warnings do not say why nothing arrives."""
         super().verify_recovery_event_path(now, tp)
         recovery = cast(TableManager, self.app.tables).recovery
         started = recovery._recovery_started_at
@@ -415,6 +450,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         last = recovery._active_events_received_at.get(tp, started)
         if now - last < recovery.event_timeout_secs:
             return
+        if recovery.active_remaining().get(tp, 0) <= 0:
+            return  # read to its end (Faust still lists a partition read past it)
         if started != self._stalls_of:
             self._stalls_of, self._stalled = started, set()
         if tp in self._stalled:
@@ -464,7 +501,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     ) -> Any:
         if active_partitions:
             pause_inactive(consumer, active_partitions)
-        return await super()._fetch_records(consumer, active_partitions, timeout, max_records)
+        records = await super()._fetch_records(consumer, active_partitions, timeout, max_records)
+        if records:
+            assignment = consumer._subscription.subscription.assignment
+            for tp in records:
+                self._fetched_to[TP(tp.topic, tp.partition)] = assignment.state_value(tp).position
+        return records
 
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -530,6 +572,7 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
                     if records is None or self.should_stop:
                         continue
                     if not self.flow_active:
+                        await self._fetch_again(records)
                         await self._seek_back()
                         continue
                     await self._deliver(records, active, feeds)
@@ -561,10 +604,13 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
         feeds: Mapping[str, InputFeed],
     ) -> None:
         generation = self.app.consumer_generation_id
+        dropped: dict[TP, list[Any]] = {}
         for tp, batch in records.items():
             if not self.flow_active or self.app.consumer_generation_id != generation:
-                break
+                dropped[tp] = batch
+                continue
             if active is not None and tp not in active and tp not in self._buffered_partitions:
+                dropped[tp] = batch
                 continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             feed = feeds.get(tp.topic)
@@ -575,6 +621,21 @@ class BatchDeliveringConsumer(faust_aiokafka.Consumer):
             if self._commit_every is not None and self._n_acked >= self._commit_every:
                 self._n_acked = 0
                 self._commit_in_background()
+        if dropped:
+            await self._fetch_again(dropped)
+
+    async def _fetch_again(self, records: Mapping[TP, list[Any]]) -> None:
+        """Have the consumer thread fetch again the fetched ``records`` Faust did not take."""
+        first_offsets = {tp: batch[0].offset for tp, batch in records.items() if batch}
+        if not first_offsets:
+            return
+        thread = cast(_ConsumerThread, self._thread)
+        try:  # a consumer thread that stopped never answers
+            await asyncio.wait_for(
+                thread.fetch_again(first_offsets), self.app.conf.broker_request_timeout
+            )
+        except Exception as exc:  # as Faust's seek back: logged, a rebalance seeks anew
+            log.warning("could not seek back to records not delivered: %r", exc)
 
     def _commit_in_background(self) -> None:
         """Commit (Faust's every-``broker_commit_every``-acks commit) without holding up

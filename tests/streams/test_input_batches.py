@@ -94,10 +94,22 @@ def parsed(topic: str, partition: int, offsets: Sequence[int]) -> list[Any]:
 _PLAIN = (None, None, True, 0)
 
 
+class _Thread:
+    """Stands in for the consumer thread: notes what it is asked to fetch again."""
+
+    def __init__(self) -> None:
+        self.again: list[dict[TP, int]] = []
+
+    async def fetch_again(self, first_offsets: dict[TP, int]) -> None:
+        self.again.append(dict(first_offsets))
+
+
 def started(app: Any) -> BatchDeliveringConsumer:
-    """The app's consumer as a running worker has it (no broker: nothing is fetched)."""
+    """The app's consumer as a running worker has it (no broker: nothing is fetched, and
+    its thread is a :class:`_Thread`)."""
     consumer = app.consumer
     assert isinstance(consumer, BatchDeliveringConsumer)
+    consumer._thread = _Thread()  # type: ignore[assignment]
     consumer.highwater = lambda tp: 100  # type: ignore[method-assign]
     app.topics._acking_topics.update({CLICKS, CHANGELOG})  # set when Faust subscribes
     app.flow_control.resume()
@@ -344,6 +356,44 @@ async def test_a_partition_no_longer_assigned_is_not_delivered(app: Any) -> None
     await consumer._deliver(records, {tp1}, feeds_of(app))
     assert [r.partition for r in feeds_of(app)[CLICKS].queue.get_nowait().records] == [1]
     assert feeds_of(app)[CLICKS].queue.empty()
+
+
+async def test_records_not_delivered_are_fetched_again_from_their_first_offset(
+    app: Any,
+) -> None:
+    """Faust drops what it fetched for a partition it no longer reads, or after the flow
+    stopped, and seeks back only partitions with committed offsets: a changelog's
+    records would be lost to a recovery that sought it just before."""
+    consumer = started(app)
+    thread = consumer._thread
+    assert isinstance(thread, _Thread)
+    tp0, tp1, log0 = TP(CLICKS, 0), TP(CLICKS, 1), TP(CHANGELOG, 0)
+    records = {tp0: [record(CLICKS, 0, 5), record(CLICKS, 0, 6)], tp1: [record(CLICKS, 1, 3)]}
+    await consumer._deliver(records, {tp1}, feeds_of(app))
+    assert thread.again == [{tp0: 5}]
+    await consumer._deliver({tp1: [record(CLICKS, 1, 4)]}, {tp1}, feeds_of(app))
+    assert thread.again == [{tp0: 5}]  # all delivered: nothing to fetch again
+    consumer.stop_flow()
+    records = {log0: [record(CHANGELOG, 0, 0)], tp1: [], tp0: [record(CLICKS, 0, 7)]}
+    await consumer._deliver(records, {tp0, tp1, log0}, feeds_of(app))
+    assert thread.again[1:] == [{log0: 0, tp0: 7}]
+    assert feeds_of(app)[CLICKS].queue.qsize() == 2  # the batches of offsets 3 and 4 only
+
+
+async def test_records_fetched_as_the_generation_changes_are_fetched_again(app: Any) -> None:
+    consumer = started(app)
+    thread = consumer._thread
+    assert isinstance(thread, _Thread)
+    tp0, tp1 = TP(CLICKS, 0), TP(CLICKS, 1)
+
+    def highwater(tp: TP) -> int:
+        app.consumer_generation_id += 1  # a rebalance as tp0's records are handed over
+        return 100
+
+    consumer.highwater = highwater  # type: ignore[method-assign]
+    records = {tp0: [record(CLICKS, 0, 2)], tp1: [record(CLICKS, 1, 8), record(CLICKS, 1, 9)]}
+    await consumer._deliver(records, {tp0, tp1}, feeds_of(app))
+    assert thread.again == [{tp1: 8}]
 
 
 async def test_a_full_feed_holds_the_consumer_until_the_agent_takes(app: Any) -> None:
@@ -635,8 +685,8 @@ async def test_the_fetch_state_tells_fausts_and_aiokafkas_view_of_a_partition(ap
 async def test_a_stalled_recovery_says_once_per_partition_where_fetching_stands(
     app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """After Faust's event timeout without a record of a partition, one warning per
-    recovery and partition, with :func:`fetch_state`."""
+    """After Faust's event timeout without a record of a partition that is not read to
+    its end, one warning per recovery and partition, with :func:`fetch_state`."""
     thread = app.consumer._thread
     monkeypatch.setattr(
         faust_aiokafka.AIOKafkaConsumerThread, "verify_recovery_event_path", lambda *_: None
@@ -644,14 +694,16 @@ async def test_a_stalled_recovery_says_once_per_partition_where_fetching_stands(
     monkeypatch.setattr(input_batches, "fetch_state", lambda consumer, kafka, tp: f"state {tp}")
     monkeypatch.setattr(thread, "_ensure_consumer", lambda: None)
     recovery = app.tables.recovery
-    quiet, heard = TP(CHANGELOG, 0), TP(CHANGELOG, 1)
+    quiet, heard, past_end = TP(CHANGELOG, 0), TP(CHANGELOG, 1), TP(CHANGELOG, 2)
+    recovery.active_highwaters.update({quiet: 9, heard: 9, past_end: 9})  # last offsets
+    recovery.active_offsets.update({quiet: -1, heard: 4, past_end: 12})  # last ones read
     timeout = recovery.event_timeout_secs
 
     def warnings_at(now: float) -> list[str]:
         caplog.clear()
         with caplog.at_level("WARNING", logger=input_batches.__name__):
-            thread.verify_recovery_event_path(now, quiet)
-            thread.verify_recovery_event_path(now, heard)
+            for tp in (quiet, heard, past_end):
+                thread.verify_recovery_event_path(now, tp)
         return [record.getMessage() for record in caplog.records]
 
     assert warnings_at(1_000.0) == []  # no recovery started
@@ -864,6 +916,41 @@ async def test_records_of_a_partition_faust_does_not_read_are_not_fetched(noida:
                 records.setdefault(tp, []).extend(more)
         assert consumer.paused() == set()
         assert [r.offset for r in records[log0]] == list(range(50))
+    finally:
+        await consumer.stop()
+
+
+async def test_records_are_fetched_again_unless_their_partition_moved_since(noida: str) -> None:
+    """What the consumer thread does when Faust did not take a fetch's records: the next
+    fetch returns them again, unless the partition was sought (a recovery) meanwhile."""
+    log0 = TP("changelog", 0)
+    await _produce_plain(noida, log0.topic, 40)
+    app = build_app(Settings(bootstrap_servers=noida), FakeRecsScorer(["a"]), FakeSentimentScorer())
+    app.consumer.resume_flow()
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    consumer = AIOKafkaConsumer(bootstrap_servers=noida, auto_offset_reset="earliest")
+    await consumer.start()
+
+    async def fetch_all(start: int) -> None:
+        got: list[int] = []
+        for _ in range(20):
+            records = await thread._fetch_records(consumer, {log0}, 0.2)
+            got += [r.offset for r in records.get(log0, [])]
+            if got and got[-1] == 39:
+                break
+        assert got == list(range(start, 40))
+
+    try:
+        consumer.assign([TopicPartition(*log0)])
+        await fetch_all(0)
+        await thread._fetch_again(consumer, {log0: 0})
+        await fetch_all(0)  # all of it again
+        await thread._fetch_again(consumer, {log0: 25})
+        await fetch_all(25)
+        consumer.seek(TopicPartition(*log0), 10)  # a recovery's seek after the fetch
+        await thread._fetch_again(consumer, {log0: 25})
+        await fetch_all(10)  # the seek holds
+        await thread._fetch_again(consumer, {TP("not-assigned", 0): 0})  # ignored
     finally:
         await consumer.stop()
 
