@@ -366,6 +366,12 @@ async def ends_of_committed_records(
     return found
 
 
+def _assignment(kafka: AIOKafkaConsumer) -> Any:
+    """aiokafka's current assignment (each partition's fetch state), None before one."""
+    subscription = kafka._subscription.subscription
+    return subscription.assignment if subscription is not None else None
+
+
 def fetch_state(consumer: FaustConsumer, kafka: AIOKafkaConsumer, tp: TP) -> str:
     """Where fetching ``tp`` stands, for a log line: in Faust's bookkeeping (``consumer``:
     active, paused, held back while its buffer is full, the read offset, the flow) and in
@@ -378,8 +384,7 @@ def fetch_state(consumer: FaustConsumer, kafka: AIOKafkaConsumer, tp: TP) -> str
         f"read_offset={consumer._read_offset.get(tp)} flow_active={consumer.flow_active}"
     )
     ktp = TopicPartition(tp.topic, tp.partition)
-    subscription = kafka._subscription.subscription
-    assignment = subscription.assignment if subscription is not None else None
+    assignment = _assignment(kafka)
     if assignment is None or ktp not in assignment.tps:
         return f"{faust_side}; aiokafka: not assigned"
     state = assignment.state_value(ktp)
@@ -423,8 +428,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def _fetch_again(
         self, consumer: AIOKafkaConsumer, first_offsets: Mapping[TP, int]
     ) -> None:
-        subscription = consumer._subscription.subscription
-        assignment = subscription.assignment if subscription is not None else None
+        assignment = _assignment(consumer)
         if assignment is None:
             return
         for tp, offset in first_offsets.items():
