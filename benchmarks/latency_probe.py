@@ -58,13 +58,22 @@ WARMUP_EVENTS = 3_000
 SCENARIOS = ("recstream-full", "recstream-passthrough")
 
 
-def gc_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+def gc_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """The garbage collector's pauses between two readings of :func:`bc.gc_pauses`:
-    collections and milliseconds paused."""
-    return {
-        "collections": after["collections"] - before["collections"],
-        "ms": round((after["seconds"] - before["seconds"]) * 1000.0, 1),
+    collections and milliseconds paused, in all and per generation (0 youngest, 2 full)."""
+
+    def pauses(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "collections": new["collections"] - old["collections"],
+            "ms": round((new["seconds"] - old["seconds"]) * 1000.0, 1),
+        }
+
+    zero = {"collections": 0, "seconds": 0.0}
+    by_generation = {
+        generation: pauses(before["by_generation"].get(generation, zero), entry)
+        for generation, entry in sorted(after["by_generation"].items())
     }
+    return {**pauses(before, after), "by_generation": by_generation}
 
 
 def spread(values_ms: Sequence[float]) -> dict[str, float]:
@@ -207,7 +216,7 @@ def table(result: dict[str, Any]) -> str:
                 *(f"{p['p50']} / {p['p90']} / {p['p99']}" for p in [*parts, total]),
                 bc.fmt(phase["mean_scoring_batch"], 1),
                 f"{phase['cpu_percent'].get('app', 0):.0f}",
-                f"{phase['gc']['collections']} / {phase['gc']['ms']}" if "gc" in phase else "-",
+                gc_pauses(phase["gc"]) if "gc" in phase else "-",
             ]
         )
     headers = [
@@ -218,9 +227,20 @@ def table(result: dict[str, Any]) -> str:
         "total",
         "mean scoring batch",
         "worker CPU %",
-        "GC pauses / ms",
+        "GC pauses / ms (by generation)",
     ]
     return bc.markdown_table(headers, rows)
+
+
+def gc_pauses(gc: dict[str, Any]) -> str:
+    """``collections / ms``, then each generation that collected: ``gen N: collections / ms``."""
+    by_generation = [
+        f"gen {generation}: {pauses['collections']} / {pauses['ms']}"
+        for generation, pauses in gc.get("by_generation", {}).items()
+        if pauses["collections"]
+    ]
+    total = f"{gc['collections']} / {gc['ms']}"
+    return f"{total} ({', '.join(by_generation)})" if by_generation else total
 
 
 def threads_table(result: dict[str, Any]) -> str:

@@ -40,9 +40,29 @@ def test_worker_settings_are_taken_as_recstream_variables_only() -> None:
 
 
 def test_gc_pauses_between_two_readings() -> None:
-    before = {"collections": 3, "seconds": 0.120}
-    after = {"collections": 5, "seconds": 0.1852}
-    assert latency_probe.gc_between(before, after) == {"collections": 2, "ms": 65.2}
+    """In all and per generation; a generation first seen in the later reading counts
+    from zero."""
+    before = {
+        "collections": 3,
+        "seconds": 0.120,
+        "by_generation": {"0": {"collections": 3, "seconds": 0.120}},
+    }
+    after = {
+        "collections": 6,
+        "seconds": 0.2852,
+        "by_generation": {
+            "0": {"collections": 5, "seconds": 0.1852},
+            "1": {"collections": 1, "seconds": 0.1},
+        },
+    }
+    assert latency_probe.gc_between(before, after) == {
+        "collections": 3,
+        "ms": 165.2,
+        "by_generation": {
+            "0": {"collections": 2, "ms": 65.2},
+            "1": {"collections": 1, "ms": 100.0},
+        },
+    }
 
 
 def test_py_spy_dump_lines_name_threads_by_native_id() -> None:
@@ -116,3 +136,17 @@ def test_a_tiny_run_answers_every_click_and_writes_its_json(tmp_path: Path) -> N
         assert phase["gc"]["collections"] >= 0 and phase["gc"]["ms"] >= 0
         busy = phase["scoring_threads_busy"]
         assert busy is None or (set(busy) == {"cpu", "runqueue", "blocked"} and busy["cpu"] > 0)
+
+
+def test_the_table_gives_the_pauses_of_each_generation_that_collected() -> None:
+    gc = {
+        "collections": 3,
+        "ms": 165.2,
+        "by_generation": {
+            "0": {"collections": 2, "ms": 65.2},
+            "1": {"collections": 1, "ms": 100.0},
+            "2": {"collections": 0, "ms": 0.0},
+        },
+    }
+    assert latency_probe.gc_pauses(gc) == "3 / 165.2 (gen 0: 2 / 65.2, gen 1: 1 / 100.0)"
+    assert latency_probe.gc_pauses({"collections": 0, "ms": 0.0}) == "0 / 0.0"  # older results
