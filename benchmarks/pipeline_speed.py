@@ -76,6 +76,8 @@ RECSTREAM_SCENARIOS = (
     "recstream-full",
     "recstream-full-gpu",
 )
+#: The run of :func:`turns` that times the bare model (:func:`onnx_backlog`, no broker).
+BARE_MODEL: Final = "bare-model"
 LABELS = {
     "raw-decode": "aiokafka consume + orjson decode",
     "raw-produce": "aiokafka consume + decode + produce 1 output",
@@ -911,12 +913,15 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
     scorer runs it in (``RecsModel.runs``: one padded length per part), on random
     items made before the clock starts: the model's cost for what the full pipeline
     scores, without the scorer's encoding and decoding.  Batches in the order of
-    :func:`spread_order` until ``seconds`` have passed (at least one), so that a run
-    stopped early still samples the whole backlog, whose histories grow from its start
-    to its end; the lengths and rows reported are those of the batches run.  The
-    length-50 rows of :func:`onnx_bare` are the model's worst case.
+    :func:`spread_order`, round and round, until ``seconds`` have passed (at least one
+    batch): a run stopped early still samples the whole backlog, whose histories grow
+    from its start to its end, and a short backlog is timed for ``seconds`` all the same
+    (once through, the benchmark's 30 batches took about a second, too short a sample on
+    a machine whose speed moves from second to second: 29,322 and 39,019 sequences/s
+    twenty minutes apart on 2026-12-07).  The lengths and rows reported are those of
+    the batches run.  The length-50 rows of :func:`onnx_bare` are the model's worst case.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     import numpy as np
 
@@ -947,19 +952,23 @@ def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> d
 
     lengths = [lengths[index] for index in spread_order(len(lengths))]
     prepared = [feeds_of(batch) for batch in lengths]
+    queued: list[tuple[Future[None], list[int]]] = []
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(run_batch, prepared[:threads]))  # warm-up
         started = time.perf_counter()
         cpu_started = time.process_time()
-        futures = [pool.submit(run_batch, parts) for parts in prepared]
-        for index, future in enumerate(futures):
-            future.result()
+        # Two batches queued per thread: a thread never waits for this loop.
+        for parts, batch in itertools.cycle(zip(prepared, lengths, strict=True)):
+            queued.append((pool.submit(run_batch, parts), batch))
+            if len(queued) < 2 * threads:
+                continue
+            queued[-2 * threads][0].result()
             if time.perf_counter() - started >= seconds:
-                for later in futures[index + 1 :]:
-                    later.cancel()
                 break
+        for future, _ in queued:  # those not started yet are not counted
+            future.cancel()
         run = []
-        for future, batch in zip(futures, lengths, strict=True):
+        for future, batch in queued:
             if not future.cancelled():
                 future.result()
                 run.append(batch)
@@ -993,14 +1002,19 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def turns(scenarios: Sequence[str], repeats: int, deep: str) -> list[tuple[int, str]]:
+def turns(
+    scenarios: Sequence[str], repeats: int, deep: str, model_before: str | None = None
+) -> list[tuple[int, str]]:
     """The order of the throughput runs, (repeat, scenario): the scenarios take turns,
     one run each per round, so that the machine's speed, which drifts over minutes
     here, weighs on each of them alike (one scenario's runs back to back, then the
     next's, put the drift into their ratio: 0.71 to 1.09 within an hour, 2026-12-04).
     ``deep`` runs last in each round: the workers of its last run stay up for the
-    deeper measurements."""
+    deeper measurements.  With ``model_before`` (one of ``scenarios``), a
+    :data:`BARE_MODEL` run comes right before each of its runs, when no worker runs."""
     order = sorted(scenarios, key=lambda scenario: scenario == deep)  # stable
+    if model_before in order:
+        order.insert(order.index(model_before), BARE_MODEL)
     return [(repeat, scenario) for repeat in range(repeats) for scenario in order]
 
 
@@ -1010,10 +1024,13 @@ async def measure_throughput(
     cfg: Config,
     model_dir: Path | None,
     deep: str,
-) -> tuple[dict[str, Any], Workers | None]:
-    """Each scenario's throughput entry on ``broker`` (in ``cfg.scenarios`` order), and
-    the workers kept running from the last run of ``deep`` (the deep part's scenario)
-    when ``cfg.deep``."""
+    model_lengths: list[list[int]] | None = None,
+) -> tuple[dict[str, Any], Workers | None, list[dict[str, Any]]]:
+    """Each scenario's throughput entry on ``broker`` (in ``cfg.scenarios`` order), the
+    workers kept running from the last run of ``deep`` (the deep part's scenario) when
+    ``cfg.deep``, and, given the backlog's ``model_lengths``, the bare model's runs
+    (:func:`onnx_backlog`), one right before each full-pipeline run: goal 2's bound,
+    measured in the same rounds as the pipeline it bounds."""
     entries: dict[str, dict[str, Any]] = {}
     runnable = []
     for scenario in cfg.scenarios:
@@ -1024,9 +1041,22 @@ async def measure_throughput(
             entries[scenario] = {"label": LABELS[scenario]}
             runnable.append(scenario)
     runs: dict[str, list[dict[str, Any]]] = {scenario: [] for scenario in runnable}
+    model_runs: list[dict[str, Any]] = []
     kept: Workers | None = None
     kind = broker.kind
-    for repeat, scenario in turns(runnable, cfg.repeats, deep):
+    timed = model_dir is not None and model_lengths is not None
+    for repeat, scenario in turns(runnable, cfg.repeats, deep, "recstream-full" if timed else None):
+        if scenario == BARE_MODEL and model_dir is not None and model_lengths is not None:
+            log(f"{kind}: bare onnxruntime on the backlog's histories, run {repeat + 1}")
+            try:
+                model_runs.append(
+                    await asyncio.to_thread(
+                        onnx_backlog, model_dir, model_lengths, cfg.onnx_seconds
+                    )
+                )
+            except Exception as exc:  # the goal-2 line then uses the run's first measurement
+                log(f"{kind}: the bare model failed: {exc!r}"[:300])
+            continue
         entry = entries[scenario]
         if "error" in entry:  # one broken scenario must not hide the others
             continue
@@ -1048,13 +1078,33 @@ async def measure_throughput(
     for scenario, done in runs.items():
         if done:
             entries[scenario].update(summarise(done))
-    return entries, kept
+    return entries, kept, model_runs
+
+
+def summarise_model(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bare model's runs of :func:`measure_throughput` as one figure: medians, every
+    run's rate kept ({} when there was none)."""
+    if not runs:
+        return {}
+    rates = [run["sequences_per_s"] for run in runs]
+    return {
+        "sequences_per_s": bc.median(rates),
+        "rates": rates,
+        "cpu_us_per_sequence": bc.median([run["cpu_us_per_sequence"] for run in runs]),
+        "threads": runs[0]["threads"],
+        "intra_op_threads": runs[0]["intra_op_threads"],
+    }
 
 
 async def run_broker(
-    kind: str, backlog: bc.Backlog, cfg: Config, model_dir: Path | None
+    kind: str,
+    backlog: bc.Backlog,
+    cfg: Config,
+    model_dir: Path | None,
+    model_lengths: list[list[int]] | None = None,
 ) -> dict[str, Any]:
-    """Every broker-bound measurement on one fresh broker of ``kind``."""
+    """Every broker-bound measurement on one fresh broker of ``kind`` (with the bare
+    model timed in turns with the full pipeline, given the backlog's ``model_lengths``)."""
     out: dict[str, Any] = {"caveats": BROKER_CAVEATS[kind], "throughput": {}}
     broker = EmbeddedBroker(kind)  # type: ignore[arg-type]
     broker.start()
@@ -1063,7 +1113,11 @@ async def run_broker(
         main = main or "recstream-passthrough"
         out["main_scenario"] = main
         deep = cfg.deep_scenario or main
-        out["throughput"], kept = await measure_throughput(broker, backlog, cfg, model_dir, deep)
+        out["throughput"], kept, model_runs = await measure_throughput(
+            broker, backlog, cfg, model_dir, deep, model_lengths
+        )
+        if model_runs:
+            out["bare_model"] = summarise_model(model_runs)
         if kept is not None:
             try:
                 out.update(
@@ -1203,6 +1257,8 @@ def full_pipeline_share(
         "bound_by": "passthrough" if passthrough["rate"] <= model_limit else "model",
         "share": full["rate"] / bound,
     }
+    if model.get("rates"):  # timed in turns with the full pipeline (:func:`summarise_model`)
+        share["model_rates"] = model["rates"]
     passthrough_cpu = passthrough.get("app_cpu_us_per_event")
     model_cpu = model.get("cpu_us_per_sequence")
     full_cpu = full.get("app_cpu_us_per_event")
@@ -1230,10 +1286,14 @@ def full_pipeline_share(
 
 
 def add_full_pipeline_shares(results: dict[str, Any]) -> None:
-    """:func:`full_pipeline_share` on every broker of ``results``."""
-    model = results.get("onnx", {}).get("backlog", {})
+    """:func:`full_pipeline_share` on every broker of ``results``: over the bare model
+    timed in turns with that broker's full-pipeline runs, or, where there is none
+    (results before 2026-12-07 15:30 UTC), over the one timed at the run's start."""
+    first = results.get("onnx", {}).get("backlog", {})
     cores = results.get("meta", {}).get("cpus")
     for out in results["brokers"].values():
+        in_turns = out.get("bare_model", {})
+        model = in_turns if in_turns.get("sequences_per_s") else first
         out["full_pipeline_share"] = full_pipeline_share(out["throughput"], model, cores)
 
 
@@ -1459,7 +1519,12 @@ def onnx_table(results: dict[str, Any]) -> str:
     backlog = onnx.get("backlog")
     if backlog and backlog.get("sequences_per_s"):
         run, of_all = backlog["batches"], backlog.get("backlog_batches", backlog["batches"])
-        which = f"its {run:,} batches" if run == of_all else f"{run:,} of its {of_all:,} batches"
+        if run == of_all:
+            which = f"its {run:,} batches"
+        elif run < of_all:
+            which = f"{run:,} of its {of_all:,} batches"
+        else:  # round and round the backlog (since 2026-12-07)
+            which = f"{run:,} batches, round and round its {of_all:,},"
         text += (
             f"\n\nOn the backlog's own histories ({which} of "
             f"{backlog['mean_rows']:,.0f} histories, {backlog['mean_length']:.1f} tokens long on "
@@ -1467,7 +1532,8 @@ def onnx_table(results: dict[str, Any]) -> str:
             f"them in, as the worker's scorer: {backlog['threads']} threads, "
             f"{backlog['intra_op_threads']} onnxruntime thread per run): "
             f"**{backlog['sequences_per_s']:,.0f} sequences/s** over {backlog['sequences']:,} "
-            "histories, the model's limit for the full pipeline"
+            "histories, timed at the start of the run (the goal-2 lines above use each "
+            "broker's own runs, timed right before its full-pipeline runs, where it has them)"
             + (
                 f", {backlog['cpu_us_per_sequence']:.1f} µs of CPU per history."
                 if backlog.get("cpu_us_per_sequence")
@@ -1528,6 +1594,13 @@ def render(results: dict[str, Any]) -> str:
                 f"histories) (goal 2, aim >= 0.8): {share['full']:,.0f} / "
                 f"min({share['passthrough']:,.0f}, {share['model_limit']:,.0f}) = "
                 f"**{share['share']:.2f}** (bound by the {share['bound_by']})"
+                + (
+                    "; the bare model timed right before each full-pipeline run: "
+                    + " / ".join(f"{rate:,.0f}" for rate in rates)
+                    + " sequences/s"
+                    if (rates := share.get("model_rates"))
+                    else ""
+                )
                 + (
                     f"; CPU per event, pass-through {cpu['passthrough']:.1f} + bare model "
                     f"{cpu['model']:.1f} µs against {cpu['full']:.1f} µs in the full pipeline: "
@@ -1625,6 +1698,7 @@ async def run(cfg: Config, mode: str, with_models: bool) -> dict[str, Any]:
             model_dir = None
     else:
         results["onnx"] = {"skipped": "--no-models"}
+    lengths: list[list[int]] | None = None
     if model_dir is not None:
         log("bare onnxruntime on the backlog's own histories")
         try:
@@ -1635,7 +1709,7 @@ async def run(cfg: Config, mode: str, with_models: bool) -> dict[str, Any]:
     full_model_dir = model_dir if worker_available() is None else None
     for kind in cfg.brokers:
         log(f"broker {kind}")
-        results["brokers"][kind] = await run_broker(kind, backlog, cfg, full_model_dir)
+        results["brokers"][kind] = await run_broker(kind, backlog, cfg, full_model_dir, lengths)
     add_full_pipeline_shares(results)
     results["capacity_guide"] = capacity_guide.from_results(results)
     results["meta"]["duration_s"] = round(time.time() - started, 1)

@@ -201,13 +201,15 @@ def test_ratios_stay_on_the_main_scenario_when_the_deep_part_runs_on_another(
         def stop(self) -> None:
             pass
 
-    async def throughput(*args: Any) -> tuple[dict[str, Any], Kept]:
-        seen["kept"] = args[-1]
+    async def throughput(
+        broker: Any, backlog: Any, cfg: Any, model_dir: Any, deep: str, *_: Any
+    ) -> tuple[dict[str, Any], Kept, list[dict[str, Any]]]:
+        seen["kept"] = deep
         entries = {
             "recstream-full": {"rate": 100.0, "rates": [100.0]},
             "recstream-full-gpu": {"rate": 150.0, "rates": [150.0]},
         }
-        return entries, Kept()
+        return entries, Kept(), []
 
     async def deep(broker: Any, scenario: str, *rest: Any) -> dict[str, Any]:
         seen["deep"] = scenario
@@ -550,6 +552,105 @@ def test_scenarios_take_turns_and_the_main_one_runs_last_in_each_round() -> None
     ]
 
 
+def test_the_bare_model_is_timed_right_before_each_full_pipeline_run() -> None:
+    """Goal 2's bound is measured in the same rounds as the pipeline it bounds, when the
+    workers of the run before have stopped and those of the full pipeline not started."""
+    order = ps.turns(["recstream-full", "quix-memory"], 2, "recstream-full", "recstream-full")
+    assert order == [
+        (repeat, scenario)
+        for repeat in range(2)
+        for scenario in ("quix-memory", ps.BARE_MODEL, "recstream-full")
+    ]
+    assert ps.turns(["quix-memory"], 1, "recstream-full", "recstream-full") == [
+        (0, "quix-memory")  # no full pipeline, no bare model
+    ]
+
+
+def test_each_full_pipeline_run_follows_a_bare_model_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """:func:`ps.measure_throughput` with the backlog's lengths: the runs in the order of
+    :func:`ps.turns`, the bare model's runs returned; without them, no bare model."""
+    ran: list[str] = []
+
+    async def app_throughput(
+        broker: Any, scenario: str, backlog: Any, cfg: Any, **_: Any
+    ) -> tuple[dict[str, Any], None]:
+        ran.append(scenario)
+        return {"rate": 100.0}, None
+
+    def onnx_backlog(model_dir: Path, lengths: list[list[int]], seconds: float) -> dict[str, Any]:
+        ran.append(ps.BARE_MODEL)
+        assert (model_dir, lengths) == (tmp_path, [[1, 2]])
+        return {"sequences_per_s": 1_000.0 + len(ran)}
+
+    monkeypatch.setattr(ps, "app_throughput", app_throughput)
+    monkeypatch.setattr(ps, "onnx_backlog", onnx_backlog)
+    monkeypatch.setattr(ps, "skip_reason", lambda *_: None)
+    broker: Any = dataclasses.make_dataclass("Broker", ["kind", "traits"])(
+        "noida", dataclasses.make_dataclass("Traits", ["transactions"])(True)
+    )
+    cfg = dataclasses.replace(
+        ps.QUICK, scenarios=("faust-naive", "recstream-full"), repeats=2, deep=False
+    )
+    entries, kept, model_runs = asyncio.run(
+        ps.measure_throughput(broker, None, cfg, tmp_path, "recstream-full", [[1, 2]])  # type: ignore[arg-type]
+    )
+    assert ran == ["faust-naive", ps.BARE_MODEL, "recstream-full"] * 2
+    assert [run["sequences_per_s"] for run in model_runs] == [1_002.0, 1_005.0]
+    assert entries["recstream-full"]["rates"] == [100.0, 100.0] and kept is None
+    ran.clear()
+    asyncio.run(ps.measure_throughput(broker, None, cfg, tmp_path, "recstream-full"))  # type: ignore[arg-type]
+    assert ps.BARE_MODEL not in ran
+
+
+def test_the_bare_model_s_runs_in_turns_are_summarised_by_their_medians() -> None:
+    runs = [
+        {"sequences_per_s": rate, "cpu_us_per_sequence": cpu, "threads": 2, "intra_op_threads": 1}
+        for rate, cpu in ((30_000.0, 50.0), (40_000.0, 45.0), (35_000.0, 60.0))
+    ]
+    summary = ps.summarise_model(runs)
+    assert summary["sequences_per_s"] == 35_000.0 and summary["cpu_us_per_sequence"] == 50.0
+    assert summary["rates"] == [30_000.0, 40_000.0, 35_000.0] and summary["threads"] == 2
+    assert ps.summarise_model([]) == {}
+
+
+def test_the_full_pipeline_share_is_over_the_model_timed_beside_it() -> None:
+    """A broker's bare-model runs in turns with its full pipeline are the bound; the
+    run's first measurement only where a broker has none (older results)."""
+    throughput: dict[str, Any] = {
+        "recstream-full": {"rate": 800.0, "us_per_event": 1_250.0},
+        "recstream-passthrough": {"rate": 5_000.0, "us_per_event": 200.0},
+    }
+    in_turns = ps.summarise_model(
+        [
+            {
+                "sequences_per_s": r,
+                "cpu_us_per_sequence": 100.0,
+                "threads": 2,
+                "intra_op_threads": 1,
+            }
+            for r in (900.0, 1_100.0)
+        ]
+    )
+    results: dict[str, Any] = {
+        "meta": _render_meta(cpus=2),
+        "onnx": {"backlog": {"sequences_per_s": 4_000.0}},
+        "brokers": {
+            "tansu": {"throughput": throughput, "bare_model": in_turns},
+            "noida": {"throughput": dict(throughput)},
+        },
+    }
+    ps.add_full_pipeline_shares(results)
+    beside = results["brokers"]["tansu"]["full_pipeline_share"]
+    assert beside["model_limit"] == 1_000.0 and beside["share"] == pytest.approx(0.8)
+    assert beside["model_rates"] == [900.0, 1_100.0]
+    first = results["brokers"]["noida"]["full_pipeline_share"]
+    assert first["model_limit"] == 4_000.0 and "model_rates" not in first
+    report = ps.render(results)
+    assert "the bare model timed right before each full-pipeline run: 900 / 1,100" in report
+
+
 def test_ratios_of_the_main_scenario() -> None:
     throughput = {
         "recstream-full": {"rate": 100.0, "app_cpu_us_per_event": 2_000.0},
@@ -598,14 +699,16 @@ def test_the_bare_model_runs_the_backlog_s_histories_in_the_scorer_s_parts(
 
     build_tiny_models(tmp_path)
     lengths = [[1, 3, 5, 12, 40] * 4, [2] * 9]
-    result = ps.onnx_backlog(tmp_path, lengths, seconds=60.0)
-    assert result["sequences"] == 29 and result["batches"] == 2
+    result = ps.onnx_backlog(tmp_path, lengths, seconds=0.5)
+    assert result["batches"] > len(lengths)  # round and round until the time is up
+    counted = [lengths[n % len(lengths)] for n in range(result["batches"])]
+    assert result["sequences"] == sum(map(len, counted))
     assert result["sequences_per_s"] > 0
     import onnxruntime as ort
 
     meta = ort.InferenceSession(str(tmp_path / "recs.onnx")).get_modelmeta()
     max_len = int(meta.custom_metadata_map["recstream.max_len"])
-    capped = [min(n, max_len) for batch in lengths for n in batch]
+    capped = [min(n, max_len) for batch in counted for n in batch]
     assert result["mean_length"] == pytest.approx(sum(capped) / len(capped))
     assert result["threads"] == 2 and result["intra_op_threads"] == 1  # the worker's defaults
     assert result["cpu_us_per_sequence"] > 0
@@ -630,7 +733,7 @@ def test_the_bare_model_runs_the_variant_the_workers_serve(
     assert ps.recs_file(tmp_path) == tmp_path / "recs.int8.onnx"
     cfg = dataclasses.replace(ps.QUICK, onnx_batches=(1,), onnx_seconds=0.0)
     assert ps.onnx_bare(tmp_path, cfg)["model"]["file"] == "recs.int8.onnx"
-    assert ps.onnx_backlog(tmp_path, [[3, 5]], seconds=0.0)["sequences"] == 2
+    assert ps.onnx_backlog(tmp_path, [[3, 5]], seconds=0.0)["batches"] >= 1
     monkeypatch.delenv("RECSTREAM_MODEL_VARIANT")
     with pytest.raises(ModelLoadError, match=r"recs\.onnx"):
         ps.onnx_backlog(tmp_path, [[3, 5]], seconds=0.0)
@@ -919,3 +1022,27 @@ def test_tiny_run_writes_well_formed_results(tmp_path: Path) -> None:
         assert isinstance(example["partitions"], int) and example["partitions"] >= 4
         assert isinstance(example["cpu_only"]["workers"], int)
         assert example["cpu_only"]["workers"] >= 1
+
+
+def test_the_scoring_section_says_how_the_backlog_s_batches_were_run() -> None:
+    backlog = {
+        "sequences_per_s": 30_000.0,
+        "sequences": 190_000,
+        "mean_rows": 1_000.0,
+        "mean_length": 12.5,
+        "threads": 2,
+        "intra_op_threads": 1,
+        "backlog_batches": 30,
+    }
+    bare = {
+        "batches": [{"batch": 32, "sequences_per_s": 20_000.0, "ms_per_batch": 1.6}],
+        "model": {"items": 50_000, "max_len": 50},
+        "threads": 2,
+    }
+    for batches, words in (
+        (190, "190 batches, round and round its 30,"),
+        (30, "its 30 batches"),
+        (4, "4 of its 30 batches"),
+    ):
+        results = {"onnx": {**bare, "backlog": {**backlog, "batches": batches}}}
+        assert f"own histories ({words} of 1,000 histories" in ps.onnx_table(results)
