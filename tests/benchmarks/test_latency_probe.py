@@ -39,28 +39,33 @@ def test_worker_settings_are_taken_as_recstream_variables_only() -> None:
             latency_probe.parse_env([bad])
 
 
+#: Two readings of a worker's collector pauses (``bc.gc_pauses``): generation 1 first
+#: collected between them, generation 2 not at all.
+GC_BEFORE = {
+    "collections": 3,
+    "seconds": 0.120,
+    "by_generation": {"0": {"collections": 3, "seconds": 0.120}},
+}
+GC_AFTER = {
+    "collections": 6,
+    "seconds": 0.2852,
+    "by_generation": {
+        generation: {"collections": collections, "seconds": seconds}
+        for generation, collections, seconds in (("0", 5, 0.1852), ("1", 1, 0.1), ("2", 0, 0.0))
+    },
+}
+
+
 def test_gc_pauses_between_two_readings() -> None:
     """In all and per generation; a generation first seen in the later reading counts
     from zero."""
-    before = {
-        "collections": 3,
-        "seconds": 0.120,
-        "by_generation": {"0": {"collections": 3, "seconds": 0.120}},
-    }
-    after = {
-        "collections": 6,
-        "seconds": 0.2852,
-        "by_generation": {
-            "0": {"collections": 5, "seconds": 0.1852},
-            "1": {"collections": 1, "seconds": 0.1},
-        },
-    }
-    assert latency_probe.gc_between(before, after) == {
+    assert latency_probe.gc_between(GC_BEFORE, GC_AFTER) == {
         "collections": 3,
         "ms": 165.2,
         "by_generation": {
             "0": {"collections": 2, "ms": 65.2},
             "1": {"collections": 1, "ms": 100.0},
+            "2": {"collections": 0, "ms": 0.0},
         },
     }
 
@@ -139,14 +144,6 @@ def test_a_tiny_run_answers_every_click_and_writes_its_json(tmp_path: Path) -> N
 
 
 def test_the_table_gives_the_pauses_of_each_generation_that_collected() -> None:
-    gc = {
-        "collections": 3,
-        "ms": 165.2,
-        "by_generation": {
-            "0": {"collections": 2, "ms": 65.2},
-            "1": {"collections": 1, "ms": 100.0},
-            "2": {"collections": 0, "ms": 0.0},
-        },
-    }
+    gc = latency_probe.gc_between(GC_BEFORE, GC_AFTER)
     assert latency_probe.gc_pauses(gc) == "3 / 165.2 (gen 0: 2 / 65.2, gen 1: 1 / 100.0)"
     assert latency_probe.gc_pauses({"collections": 0, "ms": 0.0}) == "0 / 0.0"  # older results
