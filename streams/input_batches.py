@@ -506,8 +506,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if active_partitions:
             pause_inactive(consumer, active_partitions)
         records = await super()._fetch_records(consumer, active_partitions, timeout, max_records)
-        if records:
-            assignment = consumer._subscription.subscription.assignment
+        assignment = _assignment(consumer) if records else None
+        if assignment is not None:
             for tp in records:
                 self._fetched_to[TP(tp.topic, tp.partition)] = assignment.state_value(tp).position
         return records
