@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -1044,16 +1045,17 @@ async def measure_throughput(
     model_runs: list[dict[str, Any]] = []
     kept: Workers | None = None
     kind = broker.kind
-    timed = model_dir is not None and model_lengths is not None
-    for repeat, scenario in turns(runnable, cfg.repeats, deep, "recstream-full" if timed else None):
-        if scenario == BARE_MODEL and model_dir is not None and model_lengths is not None:
+    time_model = (
+        functools.partial(onnx_backlog, model_dir, model_lengths, cfg.onnx_seconds)
+        if model_dir is not None and model_lengths is not None
+        else None
+    )
+    model_before = "recstream-full" if time_model is not None else None
+    for repeat, scenario in turns(runnable, cfg.repeats, deep, model_before):
+        if scenario == BARE_MODEL and time_model is not None:
             log(f"{kind}: bare onnxruntime on the backlog's histories, run {repeat + 1}")
             try:
-                model_runs.append(
-                    await asyncio.to_thread(
-                        onnx_backlog, model_dir, model_lengths, cfg.onnx_seconds
-                    )
-                )
+                model_runs.append(await asyncio.to_thread(time_model))
             except Exception as exc:  # the goal-2 line then uses the run's first measurement
                 log(f"{kind}: the bare model failed: {exc!r}"[:300])
             continue
