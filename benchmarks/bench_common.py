@@ -747,8 +747,9 @@ def scoring_thread_shares(metrics_text: str) -> dict[str, float] | None:
 def scoring_threads_busy(before: str, after: str, seconds: float) -> dict[str, float] | None:
     """How many of a worker's scoring threads were busy scoring, on average, between two
     scrapes of its metrics ``seconds`` apart, by state (cpu; runqueue: waiting for a
-    core; blocked: mostly for the GIL).  A sum near ``RECSTREAM_SCORING_THREADS`` means
-    the scoring threads are the bottleneck.  None when nothing was scored."""
+    core; blocked: for the GIL, or for the model processes' answers).  A sum near
+    ``RECSTREAM_SCORING_THREADS`` means the scoring threads are the bottleneck.  None
+    when nothing was scored."""
     start, end = scoring_thread_seconds(before), scoring_thread_seconds(after)
     spent = {state: end[state] - start.get(state, 0.0) for state in end}
     if not any(spent.values()) or seconds <= 0:

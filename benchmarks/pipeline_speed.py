@@ -68,6 +68,7 @@ THROUGHPUT_SCENARIOS = (
     "recstream-passthrough",
     "recstream-passthrough-eos",
     "recstream-full",
+    "recstream-full-in-thread",
     "recstream-full-gpu",
 )
 #: The scenarios that run recstream's own worker code.
@@ -75,6 +76,7 @@ RECSTREAM_SCENARIOS = (
     "recstream-passthrough",
     "recstream-passthrough-eos",
     "recstream-full",
+    "recstream-full-in-thread",
     "recstream-full-gpu",
 )
 #: The run of :func:`turns` that times the bare model (:func:`onnx_backlog`, no broker).
@@ -88,6 +90,7 @@ LABELS = {
     "recstream-passthrough": "recstream sessions + 1 output (scoring disabled)",
     "recstream-passthrough-eos": "same, exactly_once (Kafka transactions)",
     "recstream-full": "recstream worker, full pipeline with scoring",
+    "recstream-full-in-thread": "same, onnxruntime in the scoring threads (no model processes)",
     "recstream-full-gpu": "same, scorer on CUDA (RECSTREAM_REQUIRE_GPU)",
 }
 
@@ -276,6 +279,8 @@ def make_target(
         }
         if scenario == "recstream-passthrough-eos":
             env["RECSTREAM_PROCESSING_GUARANTEE"] = "exactly_once"
+        if scenario == "recstream-full-in-thread":
+            env["RECSTREAM_MODEL_PROCESSES"] = "false"
         if scenario == "recstream-full-gpu":
             env["RECSTREAM_PROVIDERS"] = "CUDAExecutionProvider,CPUExecutionProvider"
             env["RECSTREAM_REQUIRE_GPU"] = "true"
@@ -1637,7 +1642,8 @@ def render(results: dict[str, Any]) -> str:
                 scoring_threads_summary,
                 f"Scoring threads on {kind}, share of their scoring time (the worker's "
                 "`recstream_scoring_thread_seconds_total`, median of the runs; runqueue: "
-                "waiting for a core, blocked: mostly for the GIL)",
+                "waiting for a core, blocked: for the GIL, or for the model processes' answers "
+                "where the worker has them)",
             ),
             (
                 cpu_summary,

@@ -15,7 +15,8 @@ Exported series (every name is listed in :data:`METRIC_NAMES`)::
     recstream_scoring_batch_size{model}          histogram of micro-batch sizes
     recstream_scoring_latency_seconds{model}     histogram of one micro-batch's scoring time
     recstream_scoring_thread_seconds_total{state}  the scoring threads' time while scoring,
-                                                 by state: cpu, runqueue, blocked (the GIL)
+                                                 by state: cpu, runqueue, blocked (the GIL,
+                                                 or the answers of model processes)
     recstream_end_to_end_latency_seconds         histogram: input event time -> output emitted
     recstream_session_table_users                users held in this worker's session table
     recstream_model_info{kind,version,provider}  1 for each loaded model
@@ -264,8 +265,9 @@ class Metrics:
         self._scoring_threads = Counter(
             "recstream_scoring_thread_seconds",
             "The scoring threads' wall time while scoring micro-batches, by state: cpu (on "
-            "a core), runqueue (runnable, waiting for a core; Linux only), blocked (waiting, "
-            "almost always for the GIL; includes the run-queue wait where it is not known).",
+            "a core), runqueue (runnable, waiting for a core; Linux only), blocked (waiting for "
+            "the GIL, or for the model processes' answers where they run the model; includes "
+            "the run-queue wait where it is not known).",
             ["state"],
             registry=reg,
         )

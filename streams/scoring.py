@@ -13,6 +13,10 @@ Execution providers come from ``settings.providers`` in order of preference; the
 providers onnxruntime really obtained are logged (it falls back to the CPU
 silently), and ``settings.require_gpu`` refuses to load without CUDA.
 
+Model processes (``settings.model_processes``, on the CPU): a recommender's runs go to
+a child process per scoring thread (``recstream.streams.model_process``), tensors in
+and out, so they never wait for the worker's GIL; encoding and decoding stay here.
+
 Hot reload: each scorer checks at most every ``reload_interval`` seconds whether
 its file changed (inode, size, mtime; ``recstream export`` replaces files
 atomically), or reloads when ``reload()`` is called.  The new session is swapped
@@ -30,6 +34,7 @@ import operator
 import struct
 import threading
 import time
+import weakref
 import zlib
 from array import array
 from collections import Counter
@@ -62,6 +67,7 @@ from recstream.model.features import (
     query_hashes,
 )
 from recstream.model.text_tokens import TextTokenizer
+from recstream.streams.model_process import ModelProcesses, SessionSpec
 from recstream.streams.records import RecordBuilder, ScoredItem
 from recstream.streams.settings import Settings
 
@@ -220,6 +226,8 @@ class RuntimeOptions:
     require_gpu: bool = False
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+    #: Whether a recommender on the CPU runs in model processes (``model_process``).
+    model_processes: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
@@ -228,6 +236,7 @@ class RuntimeOptions:
             settings.require_gpu,
             settings.intra_op_threads,
             settings.inter_op_threads,
+            settings.model_processes,
         )
 
 
@@ -300,18 +309,34 @@ def optimization_level(variant: str, providers: Sequence[str]) -> ort.GraphOptim
     return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
-def open_model(
-    path: Path, kind: str, options: RuntimeOptions
-) -> tuple[ort.InferenceSession, ModelMetadata]:
-    """Open and check one exported model; ``ModelLoadError`` says what is wrong."""
+@dataclass(frozen=True)
+class OpenedModel:
+    """A checked model: its session, metadata, the bytes both came from, and the
+    optimisation level the session was opened with."""
+
+    session: ort.InferenceSession
+    meta: ModelMetadata
+    data: bytes
+    level: ort.GraphOptimizationLevel
+
+
+def open_model(path: Path, kind: str, options: RuntimeOptions) -> OpenedModel:
+    """Open and check one exported model; ``ModelLoadError`` says what is wrong.
+
+    The file is read once: a new export replacing it meanwhile cannot mix two models.
+    """
     if not path.is_file():
         raise ModelLoadError(f"no {kind} model at {path} (run `recstream export`)")
     providers = _providers(options)
     try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    try:
         # A first, unoptimised CPU session only reads the metadata: the variant
         # decides how the real session may be optimised.
         peek = ort.InferenceSession(
-            str(path),
+            data,
             _session_options(options, ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
             providers=["CPUExecutionProvider"],
         )
@@ -329,7 +354,7 @@ def open_model(
             f"{path}: graph has inputs {inputs} and outputs {outputs}, a {kind} model has "
             f"{GRAPH_INPUTS[kind]} and {GRAPH_OUTPUTS[kind]}"
         )
-    if CUDA in providers and not runs_on_cuda(path):
+    if CUDA in providers and not runs_on_cuda(data):
         if options.require_gpu:
             raise ModelLoadError(
                 f"RECSTREAM_REQUIRE_GPU is set but onnxruntime cannot run {path} on {CUDA} "
@@ -341,9 +366,7 @@ def open_model(
             raise ModelLoadError(f"{path}: {CUDA} cannot run here and no other provider is set")
     level = optimization_level(meta.variant, providers)
     try:
-        session = ort.InferenceSession(
-            str(path), _session_options(options, level), providers=providers
-        )
+        session = ort.InferenceSession(data, _session_options(options, level), providers=providers)
     except Exception as exc:
         raise ModelLoadError(f"{path} cannot be opened with {providers}: {exc}") from exc
     obtained = session.get_providers()
@@ -355,7 +378,7 @@ def open_model(
         )
     if obtained[0] != providers[0]:
         log.warning("%s runs on %s, not on the preferred %s", kind, obtained[0], providers[0])
-    return session, meta
+    return OpenedModel(session, meta, data, level)
 
 
 # --- hot reload ------------------------------------------------------------------
@@ -592,6 +615,18 @@ class BoundBatch:
         self.session.run_with_iobinding(self.binding)
         return self.top_items, self.top_scores
 
+    def feeds(self, exclude: np.ndarray) -> dict[str, np.ndarray]:
+        """The inputs as named arrays, with ``exclude``: a run elsewhere (a model process)."""
+        if exclude.shape[0] != self.lengths.size:
+            raise ValueError(f"{exclude.shape[0]} exclusion rows for {self.lengths.size}")
+        return {**dict(self._inputs), "exclude": np.ascontiguousarray(exclude, np.int64)}
+
+
+def _top(outputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(top_items, top_scores)`` of a run's outputs (the graph's output order)."""
+    top_items, top_scores = outputs
+    return top_items, top_scores
+
 
 def _fill_padded(view: memoryview, rows: Iterable[list[int]], width: int) -> None:
     """Write ``rows``, each right-padded with PAD to ``width``, into the flat int64
@@ -663,9 +698,19 @@ class EncodedBatch:
 class RecsModel:
     """One loaded recommender: session, vocabulary, popular items, buffers."""
 
-    def __init__(self, session: ort.InferenceSession, meta: ModelMetadata) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        meta: ModelMetadata,
+        processes: ModelProcesses | None = None,
+    ) -> None:
+        """``processes``: where the runs go (None: ``session``, in the calling thread);
+        they are closed when this model is dropped (a hot reload replaced it)."""
         self.session = session
         self.meta = meta
+        self.processes = processes
+        if processes is not None:
+            weakref.finalize(self, processes.close)
         self.version = meta.version
         self.max_len = meta.max_len
         self.top_k = meta.top_k
@@ -860,6 +905,24 @@ class RecsModel:
         output arrays, valid until its next run of a batch of this shape."""
         return _bound(batch).run(exclude)
 
+    def run_all(
+        self, batches: Sequence[EncodedBatch], excludes: Sequence[np.ndarray | None]
+    ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Each batch run with its exclusions (None: not run, None out): in this thread,
+        or all in one round trip to the thread's model process."""
+        if self.processes is None:
+            return [
+                None if exclude is None else self.run(batch, exclude)
+                for batch, exclude in zip(batches, excludes, strict=True)
+            ]
+        feeds = [
+            _bound(batch).feeds(exclude)
+            for batch, exclude in zip(batches, excludes, strict=True)
+            if exclude is not None
+        ]
+        outputs = iter(self.processes.run(feeds))
+        return [None if exclude is None else _top(next(outputs)) for exclude in excludes]
+
     def decode(
         self, top_items: np.ndarray, top_scores: np.ndarray, k: int
     ) -> list[tuple[ScoredItem, ...]]:
@@ -903,8 +966,16 @@ class RecsModel:
 
 
 def load_recs_model(path: Path, options: RuntimeOptions) -> RecsModel:
-    session, meta = open_model(path, "recs", options)
-    return RecsModel(session, meta)
+    """Open a recommender; on the CPU with ``options.model_processes``, its runs go to
+    model processes (on CUDA the device does the work, and a run holds no core)."""
+    opened = open_model(path, "recs", options)
+    processes = None
+    if options.model_processes and opened.session.get_providers()[0] != CUDA:
+        spec = SessionSpec(
+            opened.data, options.intra_op_threads, options.inter_op_threads, int(opened.level)
+        )
+        processes = ModelProcesses(spec)
+    return RecsModel(opened.session, opened.meta, processes)
 
 
 class OnnxRecsScorer(ReloadingScorer[RecsModel]):
@@ -963,8 +1034,8 @@ def _recommend(
 ) -> list[RecsResult]:
     """``recommend`` for the histories of one run of ``model``."""
     batch = model.encode(histories, k=k)
-    outputs = model.run(batch, model.exclusions(batch, exclude)) if batch.rows else None
-    return _results(model, batch, outputs, exclude, k)
+    mask = model.exclusions(batch, exclude) if batch.rows else None
+    return _results(model, batch, model.run_all([batch], [mask])[0], exclude, k)
 
 
 def _recommend_parts(
@@ -989,10 +1060,7 @@ def _recommend_parts(
         model.exclusions(batch, part_exclude) if batch.rows else None
         for batch, part_exclude in zip(batches, part_excludes, strict=True)
     ]
-    outputs = [
-        None if mask is None else model.run(batch, mask)
-        for batch, mask in zip(batches, masks, strict=True)
-    ]
+    outputs = model.run_all(batches, masks)
     results: list[RecsResult] = [_NO_RESULT] * len(histories)
     for rows, batch, output, part_exclude in zip(
         parts, batches, outputs, part_excludes, strict=True
@@ -1072,8 +1140,8 @@ class SentimentModel:
 
 
 def load_sentiment_model(path: Path, options: RuntimeOptions) -> SentimentModel:
-    session, meta = open_model(path, "sentiment", options)
-    return SentimentModel(session, meta)
+    opened = open_model(path, "sentiment", options)
+    return SentimentModel(opened.session, opened.meta)
 
 
 class OnnxSentimentScorer(ReloadingScorer[SentimentModel]):

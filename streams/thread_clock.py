@@ -6,8 +6,9 @@ wall time split three ways tells an operator which one holds a worker back:
 
 - ``cpu``: the thread ran (``time.thread_time``);
 - ``runqueue``: it could run but waited for a core (Linux's ``schedstat`` run delay);
-- ``blocked``: the rest, waiting for something, almost always the GIL (a scoring
-  thread does no I/O).
+- ``blocked``: the rest, waiting for something: the GIL, or, where the model runs in
+  model processes (``RECSTREAM_MODEL_PROCESSES``), their answers (a scoring thread
+  does no other I/O).
 
 Where the kernel does not report run delays (not Linux), ``runqueue`` is None and
 ``blocked`` holds that wait too.

@@ -46,6 +46,22 @@ def test_recstream_targets_put_the_worker_on_the_run_s_topics_and_group(tmp_path
     assert env["RECSTREAM_PROVIDERS"] == "CPUExecutionProvider"
 
 
+def test_the_in_thread_full_pipeline_differs_only_in_where_the_model_runs(
+    tmp_path: Path,
+) -> None:
+    full = ps.make_target("recstream-full", "127.0.0.1:19092", 2, model_dir=tmp_path)
+    in_thread = ps.make_target("recstream-full-in-thread", "127.0.0.1:19092", 2, model_dir=tmp_path)
+    assert "RECSTREAM_MODEL_PROCESSES" not in full.env  # the worker's default: processes
+    assert in_thread.env.pop("RECSTREAM_MODEL_PROCESSES") == "false"
+    assert in_thread.command == full.command
+    different = {"RECSTREAM_TOPIC_PREFIX", "RECSTREAM_APP_ID", "RECSTREAM_WEB_PORT"}
+    different |= {"RECSTREAM_DATA_DIR"}
+    assert {k: v for k, v in in_thread.env.items() if k not in different} == {
+        k: v for k, v in full.env.items() if k not in different
+    }
+    assert in_thread.env.keys() == full.env.keys()
+
+
 def test_the_exactly_once_pass_through_needs_transactions() -> None:
     target = ps.make_target("recstream-passthrough-eos", "127.0.0.1:19092", 2)
     assert target.env["RECSTREAM_PROCESSING_GUARANTEE"] == "exactly_once"

@@ -1,0 +1,204 @@
+"""A recommender's onnxruntime runs in a child process, off the worker's interpreter lock.
+
+On the CPU the worker's scoring threads share one interpreter with its event loop.
+onnxruntime lets go of the GIL while it runs, but every run of a batch's parts has
+to take it back, and each part's Python work waits for the event loop: measured
+under a backlog, the scoring threads spent a quarter of their time blocked on the
+GIL and ~40 % of the two cores stayed idle (benchmarks/speed_log.md).
+
+A :class:`ModelProcess` is a child interpreter that opens the very bytes the worker
+loaded and answers runs: tensors in, tensors out, over a pipe.
+The worker still encodes histories and decodes the top-k (the per-token encodings
+are cached on its session state); only the model runs elsewhere.  Each scoring
+thread has its own child (:class:`ModelProcesses`), so a pipe is never shared.
+
+A child that dies (killed, out of memory) or hangs past ``RUN_TIMEOUT`` fails the run
+it was given with :class:`ModelProcessError`; the pipeline retries a failed batch
+once, and the retry starts a fresh child.  A child exits when its pipe closes: when
+the model it serves is replaced or dropped, or when the worker exits, however it exits.
+
+No torch here: this module is on the serving path.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Final
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+#: Seconds a run may take before its child is deemed hung and killed (a batch of
+#: 1,000 histories runs in well under a second on two cores).
+RUN_TIMEOUT: Final = 60.0
+#: Seconds a child may take to import onnxruntime and open the model.
+START_TIMEOUT: Final = 120.0
+#: Seconds a closing child gets to exit before it is killed.
+CLOSE_TIMEOUT: Final = 5.0
+_CPU: Final = "CPUExecutionProvider"
+#: Feeds of one run: input name -> array.
+Feeds = dict[str, np.ndarray]
+
+
+class ModelProcessError(RuntimeError):
+    """A model process could not start, died, or hung; the next run starts a new one."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a child needs to open the worker's session: the model's bytes and options.
+
+    ``level`` is an ``ort.GraphOptimizationLevel`` as an int (picklable).
+    """
+
+    model: bytes
+    intra_op_threads: int
+    inter_op_threads: int
+    level: int
+
+
+def _serve(conn: Connection) -> None:
+    """The child: open the session sent first, then answer each list of feeds.
+
+    Replies are ``("ready", providers)`` once, then ``("ok", outputs)`` or
+    ``("error", text)`` per request; the loop ends when the pipe closes.
+    """
+    spec: SessionSpec = conn.recv()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec.intra_op_threads
+    options.inter_op_num_threads = spec.inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel(spec.level)
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(spec.model, options, providers=[_CPU])
+    except Exception as exc:
+        conn.send(("error", f"cannot open the model: {exc}"))
+        return
+    conn.send(("ready", session.get_providers()))
+    while True:
+        try:
+            runs: list[Feeds] = conn.recv()
+        except EOFError:
+            return
+        try:
+            outputs = [tuple(session.run(None, feeds)) for feeds in runs]
+        except Exception as exc:  # a bad input fails its request, not the child
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            continue
+        conn.send(("ok", outputs))
+
+
+class ModelProcess:
+    """One child process serving one session, used by one thread at a time.
+
+    The child is a fresh interpreter (``python -m recstream.streams.model_process``)
+    that imports numpy and onnxruntime only; its end of a socket pair is its one link.
+    """
+
+    def __init__(self, spec: SessionSpec) -> None:
+        parent_end, child_end = socket.socketpair()
+        with parent_end, child_end:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(child_end.fileno())],
+                pass_fds=[child_end.fileno()],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to the worker's terminal is the worker's
+            )
+            self._conn = Connection(parent_end.detach())
+        try:
+            self._conn.send(spec)
+            status, detail = self._reply(START_TIMEOUT)
+        except (OSError, ModelProcessError) as exc:
+            self.close()
+            raise ModelProcessError(f"model process {self.pid} did not start: {exc}") from exc
+        if status != "ready":
+            self.close()
+            raise ModelProcessError(f"model process {self.pid}: {detail}")
+        log.info("model process %d started with providers %s", self.pid, detail)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def is_alive(self) -> bool:
+        return self._process.poll() is None and not self._conn.closed
+
+    def run(self, runs: Sequence[Feeds]) -> list[tuple[np.ndarray, ...]]:
+        """The outputs of each run of ``runs``, in order (one round trip for all)."""
+        try:
+            self._conn.send(list(runs))
+        except OSError as exc:  # BrokenPipeError included: the child is gone
+            self.close()
+            raise ModelProcessError(f"model process {self.pid} is gone: {exc}") from exc
+        status, detail = self._reply(RUN_TIMEOUT)
+        if status != "ok":
+            raise RuntimeError(f"model process {self.pid}: {detail}")
+        outputs: list[tuple[np.ndarray, ...]] = detail  # type: ignore[assignment]
+        return outputs
+
+    def _reply(self, timeout: float) -> tuple[str, object]:
+        try:
+            if not self._conn.poll(timeout):
+                self.close()
+                raise ModelProcessError(f"model process {self.pid} gave no answer in {timeout} s")
+            reply: tuple[str, object] = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            self.close()
+            code = self._process.returncode
+            raise ModelProcessError(f"model process {self.pid} exited (code {code})") from exc
+        return reply
+
+    def close(self) -> None:
+        """End the child: its pipe closes, it exits; killed if it does not."""
+        if not self._conn.closed:
+            self._conn.close()
+        try:
+            self._process.wait(CLOSE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(CLOSE_TIMEOUT)
+
+
+class ModelProcesses:
+    """The model processes of one loaded model: one per calling thread, each started
+    on its thread's first run and again after it failed."""
+
+    def __init__(self, spec: SessionSpec) -> None:
+        self._spec = spec
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._started: list[ModelProcess] = []
+
+    def run(self, runs: Sequence[Feeds]) -> list[tuple[np.ndarray, ...]]:
+        """``ModelProcess.run`` in the calling thread's process."""
+        process: ModelProcess | None = getattr(self._local, "process", None)
+        if process is None or not process.is_alive():
+            process = self._local.process = ModelProcess(self._spec)
+            with self._lock:
+                self._started = [p for p in self._started if p.is_alive()] + [process]
+        return process.run(runs)
+
+    def pids(self) -> list[int]:
+        """The process ids of the live children."""
+        with self._lock:
+            return [p.pid for p in self._started if p.is_alive()]
+
+    def close(self) -> None:
+        """End every child (a thread's next run would start a new one)."""
+        with self._lock:
+            started, self._started = self._started, []
+        for process in started:
+            process.close()
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])))

@@ -1,0 +1,256 @@
+"""Model processes: a recommender's runs in child processes, on a real tiny exported model."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recstream.streams import model_process, scoring
+from recstream.streams.model_process import ModelProcess, ModelProcessError, SessionSpec
+from recstream.streams.pipeline import _twice
+from recstream.streams.scoring import OnnxRecsScorer, RuntimeOptions, Token
+from recstream.streams.settings import Settings
+
+CPU = RuntimeOptions(providers=("CPUExecutionProvider",))
+IN_PROCESSES = RuntimeOptions(providers=("CPUExecutionProvider",), model_processes=True)
+CLICKS = [Token(f"item-{i}", "view") for i in range(40)]
+#: Histories of many lengths: a batch of them runs in several parts.
+LENGTHS = [1, 2, 3, 16, 2, 30, 1, 5, 9, 3, 2, 40, 7, 1, 2, 12, 3, 2, 1, 20]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from recstream.export.tiny import build_tiny_models
+
+    folder = tmp_path_factory.mktemp("tiny-models")
+    build_tiny_models(folder)
+    return folder
+
+
+@pytest.fixture
+def recs(tiny_models: Path) -> OnnxRecsScorer:
+    return OnnxRecsScorer(tiny_models / "recs.onnx", IN_PROCESSES)
+
+
+def _pids(scorer: OnnxRecsScorer) -> list[int]:
+    processes = scorer._model.current().processes
+    assert processes is not None
+    return processes.pids()
+
+
+def _recommend(scorer: OnnxRecsScorer, lengths: list[int] = LENGTHS) -> list[scoring.RecsResult]:
+    histories = [CLICKS[:n] for n in lengths]
+    exclude = [{f"item-{n}"} for n in lengths]
+    return scorer.recommend(histories, exclude, 10)
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended (and been reaped) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_results_from_model_processes_are_those_of_runs_in_the_thread(
+    tiny_models: Path, recs: OnnxRecsScorer
+) -> None:
+    in_thread = OnnxRecsScorer(tiny_models / "recs.onnx", CPU)
+    assert in_thread._model.current().processes is None
+    parts = recs._model.current().runs([CLICKS[:n] for n in LENGTHS])
+    assert len(parts) > 1
+    for lengths in (LENGTHS, [4]):  # several parts, and one run of one history
+        expected, got = _recommend(in_thread, lengths), _recommend(recs, lengths)
+        assert [[s.item_id for s in r.items] for r in got] == [
+            [s.item_id for s in r.items] for r in expected
+        ]
+        for result, wanted in zip(got, expected, strict=True):
+            np.testing.assert_allclose(
+                [s.score for s in result.items], [s.score for s in wanted.items], rtol=1e-6
+            )
+    [pid] = _pids(recs)
+    assert pid != os.getpid()
+
+
+def test_each_calling_thread_has_a_process_of_its_own(recs: OnnxRecsScorer) -> None:
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        start.wait()
+        try:
+            for _ in range(3):
+                _recommend(recs)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(set(_pids(recs))) == 2
+
+
+def test_a_killed_process_fails_one_attempt_and_the_retry_starts_a_new_one(
+    recs: OnnxRecsScorer,
+) -> None:
+    expected = _recommend(recs)
+    [first] = _pids(recs)
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(ModelProcessError, match=f"model process {first} "):
+        _recommend(recs)
+    assert _gone(first)
+    # The pipeline calls a scorer twice before it gives up on a batch: a kill costs one.
+    second = _start_one(recs)
+    os.kill(second, signal.SIGKILL)
+    assert _twice(lambda: _recommend(recs), len(LENGTHS)) == (expected, None)
+    assert set(_pids(recs)).isdisjoint({first, second})
+
+
+def _start_one(scorer: OnnxRecsScorer) -> int:
+    _recommend(scorer, [3])
+    [pid] = _pids(scorer)
+    return pid
+
+
+def test_a_hung_process_is_killed_after_the_run_timeout(
+    recs: OnnxRecsScorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = _start_one(recs)
+    monkeypatch.setattr(model_process, "RUN_TIMEOUT", 0.5)
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(ModelProcessError, match=r"no answer in 0\.5 s"):
+        _recommend(recs)
+    assert time.monotonic() - started < 10
+    assert _gone(pid)
+    assert _recommend(recs)  # and the next run gets a new process
+
+
+def test_a_run_the_model_rejects_fails_that_run_only(tiny_models: Path) -> None:
+    model = scoring.load_recs_model(tiny_models / "recs.onnx", IN_PROCESSES)
+    batch = model.encode([CLICKS[:3]], k=10)
+    feeds = scoring._bound(batch).feeds(model.exclusions(batch, [set()]))
+    process = ModelProcess(_spec(tiny_models))
+    try:
+        good = process.run([feeds])
+        with pytest.raises(RuntimeError, match=f"model process {process.pid}: .*items"):
+            process.run([{name: v for name, v in feeds.items() if name != "items"}])
+        assert process.is_alive()
+        again = process.run([feeds])
+        for got, wanted in zip(again[0], good[0], strict=True):
+            np.testing.assert_array_equal(got, wanted)
+    finally:
+        process.close()
+    assert not process.is_alive()
+
+
+def _spec(tiny_models: Path, data: bytes | None = None) -> SessionSpec:
+    model = (tiny_models / "recs.onnx").read_bytes() if data is None else data
+    return SessionSpec(model, 1, 1, int(scoring.ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
+
+
+def test_a_model_the_process_cannot_open_is_a_clear_start_error(tiny_models: Path) -> None:
+    with pytest.raises(ModelProcessError, match="cannot open the model"):
+        ModelProcess(_spec(tiny_models, b"not an onnx model"))
+
+
+def test_a_replaced_model_s_processes_end(tiny_models: Path, tmp_path: Path) -> None:
+    path = tmp_path / "recs.onnx"
+    path.write_bytes((tiny_models / "recs.onnx").read_bytes())
+    scorer = OnnxRecsScorer(path, IN_PROCESSES)
+    old = _start_one(scorer)
+    assert scorer.reload()
+    gc.collect()
+    assert _gone(old)
+    assert _start_one(scorer) != old
+
+
+def test_processes_end_when_the_worker_is_killed(tiny_models: Path) -> None:
+    """However the worker ends (here SIGKILL), its model processes see their pipe close."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from recstream.streams.scoring import OnnxRecsScorer, RuntimeOptions, Token\n"
+        "options = RuntimeOptions(providers=('CPUExecutionProvider',), model_processes=True)\n"
+        "scorer = OnnxRecsScorer(Path(sys.argv[1]), options)\n"
+        "scorer.recommend([[Token('item-1', 'view')]], [set()], 5)\n"
+        "print(*scorer._model.current().processes.pids(), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code, str(tiny_models / "recs.onnx")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    [child] = map(int, worker.stdout.readline().split())
+    assert Path(f"/proc/{child}").exists()
+    worker.kill()
+    worker.wait()
+    # The orphan is reaped by init, not by this process: wait for it to leave.
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists()
+
+
+def test_a_model_on_cuda_runs_in_its_thread(
+    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CUDA the device does the work: no model processes, whatever the setting."""
+    opened = scoring.open_model
+
+    class OnCuda:
+        def __init__(self, session: object) -> None:
+            self._session = session
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._session, name)
+
+        def get_providers(self) -> list[str]:
+            return [scoring.CUDA, "CPUExecutionProvider"]
+
+    def on_cuda(path: Path, kind: str, options: RuntimeOptions) -> scoring.OpenedModel:
+        real = opened(path, kind, options)
+        return scoring.OpenedModel(OnCuda(real.session), real.meta, real.data, real.level)
+
+    monkeypatch.setattr(scoring, "open_model", on_cuda)
+    model = scoring.load_recs_model(tiny_models / "recs.onnx", IN_PROCESSES)
+    assert model.processes is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), ("false", False), ("1", True)])
+def test_the_setting_reaches_the_runtime_options(
+    value: str | None, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("RECSTREAM_MODEL_PROCESSES", value)
+    else:
+        monkeypatch.delenv("RECSTREAM_MODEL_PROCESSES", raising=False)
+    assert RuntimeOptions.from_settings(Settings()).model_processes is expected
+
+
+def test_the_child_imports_neither_torch_nor_the_worker() -> None:
+    """A child is a fresh interpreter with numpy and onnxruntime, not faust or torch."""
+    code = (
+        "import sys, recstream.streams.model_process\n"
+        "bad = [m for m in ('torch', 'faust', 'aiokafka') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
