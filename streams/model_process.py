@@ -148,7 +148,7 @@ class ModelProcess:
     def _reply(self, timeout: float) -> tuple[str, object]:
         try:
             if not self._conn.poll(timeout):
-                self.close()
+                self.close(kill=True)
                 raise ModelProcessError(f"model process {self.pid} gave no answer in {timeout} s")
             reply: tuple[str, object] = self._conn.recv()
         except (EOFError, OSError) as exc:
@@ -157,12 +157,13 @@ class ModelProcess:
             raise ModelProcessError(f"model process {self.pid} exited (code {code})") from exc
         return reply
 
-    def close(self) -> None:
-        """End the child: its pipe closes, it exits; killed if it does not."""
+    def close(self, kill: bool = False) -> None:
+        """End the child: its pipe closes and it exits, or is killed if it does not
+        within ``CLOSE_TIMEOUT`` (at once with ``kill``: a hung child reads nothing)."""
         if not self._conn.closed:
             self._conn.close()
         try:
-            self._process.wait(CLOSE_TIMEOUT)
+            self._process.wait(0 if kill else CLOSE_TIMEOUT)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(CLOSE_TIMEOUT)

@@ -136,7 +136,7 @@ def test_a_hung_process_is_killed_after_the_run_timeout(
     started = time.monotonic()
     with pytest.raises(ModelProcessError, match=r"no answer in 0\.5 s"):
         _recommend(recs)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 4  # killed at once, not after the closing grace
     assert _gone(pid)
     assert _recommend(recs)  # and the next run gets a new process
 
