@@ -134,9 +134,10 @@ class Settings(BaseSettings):
     onnxruntime runs in the scoring threads themselves."""
     scoring_threads: int = Field(2, ge=1, le=64)
     """RECSTREAM_SCORING_THREADS: micro-batches scored at the same time, each on its own
-    thread (onnxruntime releases the GIL while it runs); an agent keeps one more batch
-    than this in flight.  3-4 drained a backlog 6-17 % faster on 2 cores but lengthened
-    the latency tail near capacity (benchmarks/speed_log.md)."""
+    thread (and, with model processes, its own model process); an agent keeps one more
+    batch than this in flight.  With the model in the threads, 3-4 drained a backlog
+    6-17 % faster on 2 cores but lengthened the latency tail near capacity
+    (benchmarks/speed_log.md)."""
 
     # --- Worker process ----------------------------------------------------
     gc_young_threshold: int = Field(100_000, ge=0)
