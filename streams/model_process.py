@@ -12,10 +12,12 @@ The worker still encodes histories and decodes the top-k (the per-token encoding
 are cached on its session state); only the model runs elsewhere.  Each scoring
 thread has its own child (:class:`ModelProcesses`), so a pipe is never shared.
 
-A child that dies (killed, out of memory) or hangs past ``RUN_TIMEOUT`` fails the run
-it was given with :class:`ModelProcessError`; the pipeline retries a failed batch
-once, and the retry starts a fresh child.  A child exits when its pipe closes: when
-the model it serves is replaced or dropped, or when the worker exits, however it exits.
+A child that dies (killed, out of memory) or hangs past ``RUN_TIMEOUT`` fails the
+runs it was given with :class:`ModelProcessError`: the scorer then runs that batch in
+its thread, and the thread's next batch starts a new child.  A child that cannot
+start is not tried again for ``START_RETRY_PAUSE`` seconds; meanwhile the runs stay
+in the scoring threads.  A child exits when its pipe closes: when the model it serves
+is replaced or dropped, or when the worker exits, however it exits.
 
 No torch here: this module is on the serving path.
 """
@@ -23,11 +25,13 @@ No torch here: this module is on the serving path.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Final
@@ -44,6 +48,8 @@ RUN_TIMEOUT: Final = 60.0
 START_TIMEOUT: Final = 120.0
 #: Seconds a closing child gets to exit before it is killed.
 CLOSE_TIMEOUT: Final = 5.0
+#: Seconds after a failed start before a thread tries to start a model process again.
+START_RETRY_PAUSE: Final = 30.0
 _CPU: Final = "CPUExecutionProvider"
 #: Feeds of one run: input name -> array.
 Feeds = dict[str, np.ndarray]
@@ -173,17 +179,31 @@ class ModelProcesses:
     """The model processes of one loaded model: one per calling thread, each started
     on its thread's first run and again after it failed."""
 
-    def __init__(self, spec: SessionSpec) -> None:
+    def __init__(self, spec: SessionSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self._spec = spec
+        self._clock = clock
         self._local = threading.local()
         self._lock = threading.Lock()
         self._started: list[ModelProcess] = []
+        #: When a start may be tried again (a start failed ``START_RETRY_PAUSE`` before).
+        self._retry_at = -math.inf
+
+    def available(self) -> bool:
+        """Whether the calling thread's runs can go to a model process now: it has a
+        live one, or no start has failed in the last ``START_RETRY_PAUSE`` seconds."""
+        process: ModelProcess | None = getattr(self._local, "process", None)
+        return (process is not None and process.is_alive()) or self._clock() >= self._retry_at
 
     def run(self, runs: Sequence[Feeds]) -> list[tuple[np.ndarray, ...]]:
-        """``ModelProcess.run`` in the calling thread's process."""
+        """``ModelProcess.run`` in the calling thread's process, started if need be."""
         process: ModelProcess | None = getattr(self._local, "process", None)
         if process is None or not process.is_alive():
-            process = self._local.process = ModelProcess(self._spec)
+            try:
+                process = ModelProcess(self._spec)
+            except ModelProcessError:
+                self._retry_at = self._clock() + START_RETRY_PAUSE
+                raise
+            self._local.process = process
             with self._lock:
                 self._started = [p for p in self._started if p.is_alive()] + [process]
         return process.run(runs)

@@ -67,7 +67,7 @@ from recstream.model.features import (
     query_hashes,
 )
 from recstream.model.text_tokens import TextTokenizer
-from recstream.streams.model_process import ModelProcesses, SessionSpec
+from recstream.streams.model_process import ModelProcessError, ModelProcesses, SessionSpec
 from recstream.streams.records import RecordBuilder, ScoredItem
 from recstream.streams.settings import Settings
 
@@ -909,19 +909,30 @@ class RecsModel:
         self, batches: Sequence[EncodedBatch], excludes: Sequence[np.ndarray | None]
     ) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Each batch run with its exclusions (None: not run, None out): in this thread,
-        or all in one round trip to the thread's model process."""
-        if self.processes is None:
-            return [
-                None if exclude is None else self.run(batch, exclude)
-                for batch, exclude in zip(batches, excludes, strict=True)
-            ]
+        or all in one round trip to the thread's model process (in this thread after
+        all when that process failed, or while none can start)."""
+        if self.processes is None or not self.processes.available():
+            return self._run_here(batches, excludes)
         feeds = [
             _bound(batch).feeds(exclude)
             for batch, exclude in zip(batches, excludes, strict=True)
             if exclude is not None
         ]
-        outputs = iter(self.processes.run(feeds))
+        try:
+            outputs = iter(self.processes.run(feeds))
+        except ModelProcessError as exc:  # the inputs are still bound here: run them
+            log.warning("%s; this batch runs in the scoring thread", exc)
+            return self._run_here(batches, excludes)
         return [None if exclude is None else _top(next(outputs)) for exclude in excludes]
+
+    def _run_here(
+        self, batches: Sequence[EncodedBatch], excludes: Sequence[np.ndarray | None]
+    ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """``run_all`` in the calling thread."""
+        return [
+            None if exclude is None else self.run(batch, exclude)
+            for batch, exclude in zip(batches, excludes, strict=True)
+        ]
 
     def decode(
         self, top_items: np.ndarray, top_scores: np.ndarray, k: int
