@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -161,6 +163,69 @@ def test_recstream_worker_with_tiny_models_end_to_end(
     try:
         wait_ready(proc, e2e_settings.web_port, log, 40)
         _check_outputs(e2e_settings, proc)
+    finally:
+        stop_processes(proc)
+
+
+def _model_processes(worker: int) -> set[int]:
+    """The pids of ``worker``'s model processes (children running ``model_process``)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue  # not a process, or gone meanwhile
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == worker and b"recstream.streams.model_process" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def _clicks(tag: str, now: float) -> list[tuple[str, bytes | None, bytes]]:
+    return [
+        ("clicks", f"user-{n % 4}".encode(), orjson.dumps(
+            {"event_id": f"{tag}-{n}", "user_id": f"user-{n % 4}", "item_id": f"item-{n}",
+             "action": "view", "ts": now + n / 100}))
+        for n in range(12)
+    ]  # fmt: skip
+
+
+def test_a_killed_model_process_costs_no_recommendation(
+    e2e_settings: Settings, tmp_path: Path
+) -> None:
+    """SIGKILL the worker's model processes: the next clicks are still answered by the
+    model (no fallback), the worker keeps running and starts new model processes."""
+    from recstream.export.tiny import build_tiny_models
+
+    models = tmp_path / "models"
+    build_tiny_models(models)
+    asyncio.run(create_topics(e2e_settings, ALL_TOPICS))
+    env = e2e_env(e2e_settings, models, tmp_path / "data")
+    log = tmp_path / "worker.log"
+    proc = start_process(WORKER_COMMAND, env, log)
+    try:
+        wait_ready(proc, e2e_settings.web_port, log, 40)
+        answered: list[dict[str, Any]] = []
+        killed: set[int] = set()
+        for round_, tag in enumerate(("before", "after", "again")):
+            asyncio.run(produce(e2e_settings, _clicks(tag, time.time())))
+            wanted = {"recommendations": 12 * (round_ + 1)}
+            answered = asyncio.run(collect(e2e_settings, wanted, OUTPUT_TIMEOUT_S))[
+                "recommendations"
+            ]
+            mine = [r for r in answered if r["trigger_event_id"].startswith(f"{tag}-")]
+            assert len(mine) == 12, log.read_text()[-3000:]
+            assert not any(r["fallback"] for r in mine)
+            children = _model_processes(proc.pid)
+            if tag == "before":
+                assert children, "no model process started"
+                for pid in children:
+                    os.kill(pid, signal.SIGKILL)
+                killed = children
+        assert children and not children & killed  # new ones answered the last clicks
+        assert proc.poll() is None, "worker died"
+        assert len({r["trigger_event_id"] for r in answered}) == 36
     finally:
         stop_processes(proc)
 
