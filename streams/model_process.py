@@ -4,7 +4,7 @@ On the CPU the worker's scoring threads share one interpreter with its event loo
 onnxruntime lets go of the GIL while it runs, but every run of a batch's parts has
 to take it back, and each part's Python work waits for the event loop: measured
 under a backlog, the scoring threads spent a quarter of their time blocked on the
-GIL and ~40 % of the two cores stayed idle (benchmarks/speed_log.md).
+GIL and ~40 % of a core stayed idle (benchmarks/speed_log.md).
 
 A :class:`ModelProcess` is a child interpreter that opens the very bytes the worker
 loaded and answers runs: tensors in, tensors out, over a pipe.

@@ -149,9 +149,9 @@ def test_worker_with_fake_scorers_end_to_end(
     _check_outputs(e2e_settings, fake_worker)
 
 
-def test_recstream_worker_with_tiny_models_end_to_end(
-    e2e_settings: Settings, tmp_path: Path
-) -> None:
+@pytest.fixture
+def tiny_worker(e2e_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``recstream worker`` with tiny models on fresh topics, ready."""
     from recstream.export.tiny import build_tiny_models
 
     models = tmp_path / "models"
@@ -162,9 +162,15 @@ def test_recstream_worker_with_tiny_models_end_to_end(
     proc = start_process(WORKER_COMMAND, env, log)
     try:
         wait_ready(proc, e2e_settings.web_port, log, 40)
-        _check_outputs(e2e_settings, proc)
+        yield proc
     finally:
         stop_processes(proc)
+
+
+def test_recstream_worker_with_tiny_models_end_to_end(
+    e2e_settings: Settings, tiny_worker: subprocess.Popen[bytes]
+) -> None:
+    _check_outputs(e2e_settings, tiny_worker)
 
 
 def _model_processes(worker: int) -> set[int]:
@@ -192,42 +198,28 @@ def _clicks(tag: str, now: float) -> list[tuple[str, bytes | None, bytes]]:
 
 
 def test_a_killed_model_process_costs_no_recommendation(
-    e2e_settings: Settings, tmp_path: Path
+    e2e_settings: Settings, tiny_worker: subprocess.Popen[bytes]
 ) -> None:
     """SIGKILL the worker's model processes: the next clicks are still answered by the
     model (no fallback), the worker keeps running and starts new model processes."""
-    from recstream.export.tiny import build_tiny_models
-
-    models = tmp_path / "models"
-    build_tiny_models(models)
-    asyncio.run(create_topics(e2e_settings, ALL_TOPICS))
-    env = e2e_env(e2e_settings, models, tmp_path / "data")
-    log = tmp_path / "worker.log"
-    proc = start_process(WORKER_COMMAND, env, log)
-    try:
-        wait_ready(proc, e2e_settings.web_port, log, 40)
-        answered: list[dict[str, Any]] = []
-        killed: set[int] = set()
-        for round_, tag in enumerate(("before", "after", "again")):
-            asyncio.run(produce(e2e_settings, _clicks(tag, time.time())))
-            wanted = {"recommendations": 12 * (round_ + 1)}
-            answered = asyncio.run(collect(e2e_settings, wanted, OUTPUT_TIMEOUT_S))[
-                "recommendations"
-            ]
-            mine = [r for r in answered if r["trigger_event_id"].startswith(f"{tag}-")]
-            assert len(mine) == 12, log.read_text()[-3000:]
-            assert not any(r["fallback"] for r in mine)
-            children = _model_processes(proc.pid)
-            if tag == "before":
-                assert children, "no model process started"
-                for pid in children:
-                    os.kill(pid, signal.SIGKILL)
-                killed = children
-        assert children and not children & killed  # new ones answered the last clicks
-        assert proc.poll() is None, "worker died"
-        assert len({r["trigger_event_id"] for r in answered}) == 36
-    finally:
-        stop_processes(proc)
+    answered: list[dict[str, Any]] = []
+    killed: set[int] = set()
+    for round_, tag in enumerate(("before", "after", "again")):
+        asyncio.run(produce(e2e_settings, _clicks(tag, time.time())))
+        wanted = {"recommendations": 12 * (round_ + 1)}
+        answered = asyncio.run(collect(e2e_settings, wanted, OUTPUT_TIMEOUT_S))["recommendations"]
+        mine = [r for r in answered if r["trigger_event_id"].startswith(f"{tag}-")]
+        assert len(mine) == 12
+        assert not any(r["fallback"] for r in mine)
+        children = _model_processes(tiny_worker.pid)
+        if tag == "before":
+            assert children, "no model process started"
+            for pid in children:
+                os.kill(pid, signal.SIGKILL)
+            killed = children
+    assert children and not children & killed  # new ones answered the last clicks
+    assert tiny_worker.poll() is None, "worker died"
+    assert len({r["trigger_event_id"] for r in answered}) == 36
 
 
 def test_worker_refuses_to_start_without_models(e2e_settings: Settings, tmp_path: Path) -> None:

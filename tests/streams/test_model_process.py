@@ -31,16 +31,6 @@ CLICKS = [Token(f"item-{i}", "view") for i in range(40)]
 LENGTHS = [1, 2, 3, 16, 2, 30, 1, 5, 9, 3, 2, 40, 7, 1, 2, 12, 3, 2, 1, 20]
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from recstream.export.tiny import build_tiny_models
-
-    folder = tmp_path_factory.mktemp("tiny-models")
-    build_tiny_models(folder)
-    return folder
-
-
 @pytest.fixture
 def recs(tiny_models: Path) -> OnnxRecsScorer:
     return OnnxRecsScorer(tiny_models / "recs.onnx", IN_PROCESSES)

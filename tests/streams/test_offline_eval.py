@@ -93,16 +93,6 @@ def test_percentiles_nearest_rank() -> None:
 # ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from recstream.export.tiny import build_tiny_models
-
-    folder = tmp_path_factory.mktemp("tiny-models")
-    build_tiny_models(folder)
-    return folder
-
-
 def _tiny_item(item: str) -> str:
     return f"item-{int(item[1:])}"
 
