@@ -24,6 +24,8 @@ Exported series (every name is listed in :data:`METRIC_NAMES`)::
     recstream_reread_records_total               input records the consumer skipped, read again
     recstream_repeated_records_total             input records handed over twice, dropped
     recstream_gc_pause_seconds{generation}       histogram of the garbage collector's pauses
+    recstream_model_process_failures_total       model processes that could not start, died
+                                                 or hung (their batch ran in its thread)
 
 The consumer lag here is this worker's own view of the partitions it holds.  The
 consumer-group lag that drives autoscaling comes from a Kafka exporter
@@ -46,7 +48,12 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -90,6 +97,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "recstream_reread_records_total",
     "recstream_repeated_records_total",
     "recstream_gc_pause_seconds",
+    "recstream_model_process_failures_total",
 )
 
 #: A source of (topic, partition, lag) triples, read at every scrape.
@@ -118,6 +126,23 @@ class _LagCollector(Collector):
         if self.source is not None:
             for topic, partition, lag in self.source():
                 family.add_metric([topic, str(partition)], float(lag))
+        yield family
+
+
+class _ModelProcessFailures(Collector):
+    """``recstream_model_process_failures_total``, read from a source when Prometheus
+    scrapes (0 without one: a worker whose model runs in its threads)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "recstream_model_process_failures",
+            "Model processes that could not start, died or hung; the batch each was given "
+            "ran in its scoring thread instead.",
+        )
+        family.add_metric([], float(self.source() if self.source is not None else 0))
         yield family
 
 
@@ -299,6 +324,8 @@ class Metrics:
         reg.register(self._lag)
         self._gc = _GcPauses()
         reg.register(self._gc)
+        self._model_process_failures = _ModelProcessFailures()
+        reg.register(self._model_process_failures)
         # Every topic and model series exists from the start, so rate() sees the first event.
         for topic in TOPICS:
             self._events_in.labels(topic)
@@ -365,6 +392,10 @@ class Metrics:
         """Read ``recstream_model_info`` from ``source`` at every scrape (instead of
         :meth:`model_loaded`), so a model the scorer hot-reloaded shows its new version."""
         self._models.source = source
+
+    def watch_model_processes(self, failures: Callable[[], int]) -> None:
+        """Read ``recstream_model_process_failures_total`` from ``failures`` at every scrape."""
+        self._model_process_failures.source = failures
 
     def watch_gc(self) -> Callable[[], None]:
         """Time the garbage collector's pauses from now on; returns what stops it."""

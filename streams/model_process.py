@@ -12,9 +12,10 @@ The worker still encodes histories and decodes the top-k (the per-token encoding
 are cached on its session state); only the model runs elsewhere.  Each scoring
 thread has its own child (:class:`ModelProcesses`), so a pipe is never shared.
 
-A child that dies (killed, out of memory) or hangs past ``RUN_TIMEOUT`` fails the
-runs it was given with :class:`ModelProcessError`: the scorer then runs that batch in
-its thread, and the thread's next batch starts a new child.  A child that cannot
+A child found dead before a batch is replaced at once.  One that dies with a batch
+(killed, out of memory) or hangs past ``RUN_TIMEOUT`` fails the runs it was given with
+:class:`ModelProcessError` (counted by :func:`failures`): the scorer then runs that
+batch in its thread, and the thread's next batch starts a new child.  A child that cannot
 start is not tried again for ``START_RETRY_PAUSE`` seconds; meanwhile the runs stay
 in the scoring threads.  A child exits when its pipe closes: when the model it serves
 is replaced or dropped, or when the worker exits, however it exits.
@@ -57,6 +58,27 @@ Feeds = dict[str, np.ndarray]
 
 class ModelProcessError(RuntimeError):
     """A model process could not start, died, or hung; the next run starts a new one."""
+
+
+class _FailureCount:
+    """How many times a model process failed in this worker (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+_FAILURES: Final = _FailureCount()
+
+
+def failures() -> int:
+    """Model process failures in this worker so far (starts, deaths, hangs): what
+    ``recstream_model_process_failures_total`` reports."""
+    return _FAILURES.count
 
 
 @dataclass(frozen=True)
@@ -195,18 +217,28 @@ class ModelProcesses:
         return (process is not None and process.is_alive()) or self._clock() >= self._retry_at
 
     def run(self, runs: Sequence[Feeds]) -> list[tuple[np.ndarray, ...]]:
-        """``ModelProcess.run`` in the calling thread's process, started if need be."""
-        process: ModelProcess | None = getattr(self._local, "process", None)
-        if process is None or not process.is_alive():
-            try:
-                process = ModelProcess(self._spec)
-            except ModelProcessError:
-                self._retry_at = self._clock() + START_RETRY_PAUSE
-                raise
-            self._local.process = process
-            with self._lock:
-                self._started = [p for p in self._started if p.is_alive()] + [process]
-        return process.run(runs)
+        """``ModelProcess.run`` in the calling thread's process, started if need be
+        (each :class:`ModelProcessError` is counted in :func:`failures`)."""
+        try:
+            process: ModelProcess | None = getattr(self._local, "process", None)
+            if process is None or not process.is_alive():
+                process = self._start()
+            return process.run(runs)
+        except ModelProcessError:
+            _FAILURES.add()
+            raise
+
+    def _start(self) -> ModelProcess:
+        """A new process for the calling thread; a failed start pauses the next ones."""
+        try:
+            process = ModelProcess(self._spec)
+        except ModelProcessError:
+            self._retry_at = self._clock() + START_RETRY_PAUSE
+            raise
+        self._local.process = process
+        with self._lock:
+            self._started = [p for p in self._started if p.is_alive()] + [process]
+        return process
 
     def pids(self) -> list[int]:
         """The process ids of the live children."""

@@ -122,6 +122,7 @@ def serve(settings: Settings, scorers: tuple[RecsScorer, SentimentScorer] | None
     from recstream.streams.kafka_config import describe
     from recstream.streams.logs import configure_logging, logging_config
     from recstream.streams.metrics import Metrics, instrument
+    from recstream.streams.model_process import failures as model_process_failures
     from recstream.streams.state_store import TABLE_NAME
     from recstream.streams.storefront import TABLE_NAME as STOREFRONT_TABLE
     from recstream.streams.storefront import load_catalog, popular_items, register_storefront
@@ -155,6 +156,7 @@ def serve(settings: Settings, scorers: tuple[RecsScorer, SentimentScorer] | None
             )
             return EXIT_BAD_CONFIG
     metrics = Metrics()
+    metrics.watch_model_processes(model_process_failures)
     for kind, scorer in (("recs", recs), ("sentiment", sentiment)):
         providers = getattr(scorer, "providers", None)
         provider = providers[0] if providers else "unknown"

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from worker_processes import (
     WORKER_COMMAND,
     collect,
     e2e_env,
+    metric_samples,
     produce,
     start_process,
     stop_processes,
@@ -220,6 +222,14 @@ def test_a_killed_model_process_costs_no_recommendation(
     assert children and not children & killed  # new ones answered the last clicks
     assert tiny_worker.poll() is None, "worker died"
     assert len({r["trigger_event_id"] for r in answered}) == 36
+    url = f"http://127.0.0.1:{e2e_settings.web_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        failures = metric_samples(response.read())[
+            ("recstream_model_process_failures_total", frozenset())
+        ]
+    # A process found dead before a batch is replaced without a failure; one that
+    # died with a batch failed it (the batch then ran in the thread).
+    assert failures <= len(killed)
 
 
 def test_worker_refuses_to_start_without_models(e2e_settings: Settings, tmp_path: Path) -> None:

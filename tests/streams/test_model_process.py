@@ -99,19 +99,41 @@ def test_each_calling_thread_has_a_process_of_its_own(recs: OnnxRecsScorer) -> N
     assert len(set(_pids(recs))) == 2
 
 
-def test_a_killed_process_s_batch_runs_in_the_thread_and_the_next_starts_a_new_one(
+def test_a_process_killed_between_batches_is_replaced_before_the_next(
     recs: OnnxRecsScorer, caplog: pytest.LogCaptureFixture
 ) -> None:
     expected = _recommend(recs)
     [first] = _pids(recs)
+    failed = model_process.failures()
     os.kill(first, signal.SIGKILL)
-    assert _recommend(recs) == expected  # that batch ran in the thread
-    assert f"model process {first} " in caplog.text and "runs in the scoring thread" in caplog.text
-    assert _gone(first)
-    assert _pids(recs) == []
+    deadline = time.monotonic() + 10
+    while _pids(recs) and time.monotonic() < deadline:  # until the worker sees it gone
+        time.sleep(0.01)
     assert _recommend(recs) == expected
     [second] = _pids(recs)
-    assert second != first
+    assert second != first and _gone(first)
+    assert model_process.failures() == failed  # nothing was sent to the dead one
+    assert "runs in the scoring thread" not in caplog.text
+
+
+def test_a_process_that_dies_with_a_batch_gives_it_back_to_the_thread(
+    recs: OnnxRecsScorer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _recommend(recs)
+    processes = recs._model.current().processes
+    assert processes is not None
+    process: ModelProcess = processes._local.process
+    failed = model_process.failures()
+    os.kill(process.pid, signal.SIGKILL)
+    process._process.wait()
+    monkeypatch.setattr(process, "is_alive", lambda: True)  # dead only once it is sent to
+    assert _recommend(recs) == expected  # that batch ran in the thread
+    assert f"model process {process.pid} " in caplog.text
+    assert "runs in the scoring thread" in caplog.text
+    assert model_process.failures() == failed + 1
+    monkeypatch.undo()
+    assert _recommend(recs) == expected
+    assert _pids(recs) and process.pid not in _pids(recs)
 
 
 def _start_one(scorer: OnnxRecsScorer) -> int:
@@ -126,10 +148,12 @@ def test_a_hung_process_is_killed_after_the_run_timeout(
     expected = _recommend(recs)
     [pid] = _pids(recs)
     monkeypatch.setattr(model_process, "RUN_TIMEOUT", 0.5)
+    failed = model_process.failures()
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
     assert _recommend(recs) == expected  # run in the thread once the child gave up
     assert time.monotonic() - started < 4  # killed at once, not after the closing grace
+    assert model_process.failures() == failed + 1
     assert _gone(pid)
     _recommend(recs)
     assert len(_pids(recs)) == 1 and pid not in _pids(recs)
@@ -180,8 +204,10 @@ def test_after_a_failed_start_runs_stay_in_the_thread_for_a_while(
 
     monkeypatch.setattr(model_process, "ModelProcess", counted)
     recs._model.current().processes = broken
+    failed = model_process.failures()
     assert _recommend(recs) == expected
     assert not broken.available() and len(starts) == 1
+    assert model_process.failures() == failed + 1
     now[0] += model_process.START_RETRY_PAUSE - 1
     assert _recommend(recs) == expected
     assert len(starts) == 1

@@ -218,6 +218,16 @@ def test_lag_is_read_from_the_source_at_each_scrape() -> None:
     assert value(metrics, "recstream_consumer_lag", topic="reviews", partition="3") == 0
 
 
+def test_model_process_failures_are_read_at_each_scrape() -> None:
+    metrics = Metrics()
+    assert value(metrics, "recstream_model_process_failures_total") == 0
+    failures = [3]
+    metrics.watch_model_processes(lambda: failures[0])
+    assert value(metrics, "recstream_model_process_failures_total") == 3
+    failures[0] = 4
+    assert value(metrics, "recstream_model_process_failures_total") == 4
+
+
 def test_sensor_counts_recstream_topics_by_logical_name_only() -> None:
     metrics = Metrics()
     sensor = KafkaSensor(metrics, Settings(topic_prefix="shop1."))
