@@ -606,9 +606,7 @@ class BoundBatch:
             for name, values in self._inputs:
                 self._bind(name, values)
         if exclude is not self._bound_exclude or self.binds_each_run:
-            if exclude.shape[0] != self.lengths.size:
-                raise ValueError(f"{exclude.shape[0]} exclusion rows for {self.lengths.size}")
-            contiguous = np.ascontiguousarray(exclude, np.int64)
+            contiguous = self._exclusions(exclude)
             self._bind("exclude", contiguous)
             # A copy was bound: bind anew next time, the caller may change ``exclude``.
             self._bound_exclude = exclude if contiguous is exclude else None
@@ -617,9 +615,13 @@ class BoundBatch:
 
     def feeds(self, exclude: np.ndarray) -> dict[str, np.ndarray]:
         """The inputs as named arrays, with ``exclude``: a run elsewhere (a model process)."""
+        return {**dict(self._inputs), "exclude": self._exclusions(exclude)}
+
+    def _exclusions(self, exclude: np.ndarray) -> np.ndarray:
+        """``exclude`` as the graph takes it (int64, contiguous), one row per history."""
         if exclude.shape[0] != self.lengths.size:
             raise ValueError(f"{exclude.shape[0]} exclusion rows for {self.lengths.size}")
-        return {**dict(self._inputs), "exclude": np.ascontiguousarray(exclude, np.int64)}
+        return np.ascontiguousarray(exclude, np.int64)
 
 
 def _top(outputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
