@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +49,19 @@ def _recommend(scorer: OnnxRecsScorer, lengths: list[int] = LENGTHS) -> list[sco
     return scorer.recommend(histories, exclude, 10)
 
 
-def _gone(pid: int, within: float = 10.0) -> bool:
-    """Whether process ``pid`` has ended (and been reaped) within ``within`` seconds."""
+def _eventually(check: Callable[[], bool], within: float = 10.0) -> bool:
+    """Whether ``check`` holds within ``within`` seconds."""
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
-            return True
-        time.sleep(0.05)
-    return False
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` ends (and is reaped) within 10 s."""
+    return _eventually(lambda: not Path(f"/proc/{pid}").exists())
 
 
 def test_results_from_model_processes_are_those_of_runs_in_the_thread(
@@ -106,9 +112,7 @@ def test_a_process_killed_between_batches_is_replaced_before_the_next(
     [first] = _pids(recs)
     failed = model_process.failures()
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while _pids(recs) and time.monotonic() < deadline:  # until the worker sees it gone
-        time.sleep(0.01)
+    assert _eventually(lambda: not _pids(recs))  # the worker sees it gone
     assert _recommend(recs) == expected
     [second] = _pids(recs)
     assert second != first and _gone(first)
@@ -251,11 +255,7 @@ def test_processes_end_when_the_worker_is_killed(tiny_models: Path) -> None:
     assert Path(f"/proc/{child}").exists()
     worker.kill()
     worker.wait()
-    # The orphan is reaped by init, not by this process: wait for it to leave.
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(f"/proc/{child}").exists()
+    assert _gone(child)  # reaped by init, not by this process
 
 
 def test_a_model_on_cuda_runs_in_its_thread(
