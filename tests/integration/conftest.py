@@ -103,13 +103,3 @@ def kafka_settings(kafka_bootstrap: str, unique_prefix: str) -> Settings:
         partitions=2,
         security_protocol="PLAINTEXT",
     )
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of tiny random-init ONNX models (``export.tiny``), built once per module."""
-    from recstream.export.tiny import build_tiny_models
-
-    folder = tmp_path_factory.mktemp("models")
-    build_tiny_models(folder)
-    return folder

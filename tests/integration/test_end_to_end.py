@@ -152,14 +152,12 @@ def test_worker_with_fake_scorers_end_to_end(
 
 
 @pytest.fixture
-def tiny_worker(e2e_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def tiny_worker(
+    e2e_settings: Settings, tiny_models: Path, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """``recstream worker`` with tiny models on fresh topics, ready."""
-    from recstream.export.tiny import build_tiny_models
-
-    models = tmp_path / "models"
-    build_tiny_models(models)
     asyncio.run(create_topics(e2e_settings, ALL_TOPICS))
-    env = e2e_env(e2e_settings, models, tmp_path / "data")
+    env = e2e_env(e2e_settings, tiny_models, tmp_path / "data")
     log = tmp_path / "worker.log"
     proc = start_process(WORKER_COMMAND, env, log)
     try:

@@ -1,4 +1,4 @@
-"""Fixtures of the streams tests that need real exported models."""
+"""Fixtures shared by the test packages."""
 
 from __future__ import annotations
 
