@@ -33,13 +33,14 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -94,6 +95,44 @@ LABELS = {
     "recstream-full-gpu": "same, scorer on CUDA (RECSTREAM_REQUIRE_GPU)",
 }
 
+#: Joins a recstream scenario and the settings of a variant of it, run in turns with
+#: the rest: ``recstream-full+RECSTREAM_SCORING_THREADS=3``.
+VARIANT_SEP: Final = "+"
+
+
+def split_variant(scenario: str) -> tuple[str, dict[str, str]]:
+    """A scenario's base scenario and its variant's settings ({} for a plain one)."""
+    base, *pairs = scenario.split(VARIANT_SEP)
+    return base, dict(pair.partition("=")[::2] for pair in pairs)
+
+
+def scenario_problem(scenario: str) -> str | None:
+    """Why ``scenario`` is not one this benchmark can run (None when it is)."""
+    base, settings = split_variant(scenario)
+    if base not in THROUGHPUT_SCENARIOS:
+        return f"unknown scenario {base!r}"
+    if settings and base not in RECSTREAM_SCENARIOS:
+        return f"{scenario}: only recstream scenarios take settings"
+    for key, value in settings.items():
+        if not key.startswith("RECSTREAM_") or not value:
+            return f"{scenario}: settings are RECSTREAM_NAME=value"
+    return None
+
+
+def label(scenario: str) -> str:
+    """The report's words for a scenario, with its variant's settings."""
+    base, settings = split_variant(scenario)
+    pairs = ", ".join(f"{key}={value}" for key, value in settings.items())
+    return LABELS[base] + (f", with {pairs}" if pairs else "")
+
+
+def table_order(scenarios: Iterable[str]) -> list[str]:
+    """Scenarios in table order: by base scenario, each variant after its base (the
+    variants of one base by name)."""
+    return sorted(
+        scenarios, key=lambda name: (THROUGHPUT_SCENARIOS.index(split_variant(name)[0]), name)
+    )
+
 
 @dataclass(frozen=True)
 class Config:
@@ -119,6 +158,8 @@ class Config:
     """Run latency, state/recovery and scale-out on the main recstream scenario."""
     deep_scenario: str | None = None
     """The scenario the deep part runs on instead of the main one (e.g. the GPU scorer)."""
+    worker_cpus: tuple[int, ...] = ()
+    """CPUs the apps' processes (and their children) are pinned to; () = all."""
 
 
 #: About two minutes: one broker (noida starts Faust workers fastest), the scenarios
@@ -186,6 +227,7 @@ class Target:
 def skip_reason(scenario: str, model_dir: Path | None, transactions: bool = True) -> str | None:
     """Why a scenario cannot run here (None when it can): scoring without a model or
     GPU, exactly-once on a broker without ``transactions``."""
+    scenario = split_variant(scenario)[0]
     if scenario == "recstream-passthrough-eos" and not transactions:
         return "this broker has no Kafka transactions"
     if not scenario.startswith("recstream-full"):
@@ -211,7 +253,7 @@ def make_target(
     scenario: str, bootstrap: str, partitions: int, model_dir: Path | None = None
 ) -> Target:
     """Fresh topic and group names for one run of ``scenario``."""
-    run = bc.unique_name("bench", scenario.replace("-", ""))
+    run = bc.unique_name("bench", re.sub("[^A-Za-z0-9]", "", scenario))  # a legal topic name
     workers = str(bc.BENCH_DIR / "bench_workers.py")
     if scenario.startswith("quix-"):
         source, sink = f"{run}-in", f"{run}-out"
@@ -262,7 +304,8 @@ def make_target(
                 str(partitions),
             ),
         )
-    if scenario in RECSTREAM_SCENARIOS:
+    base, variant = split_variant(scenario)
+    if base in RECSTREAM_SCENARIOS:
         prefix = f"{run}."
         connection = Settings(
             bootstrap_servers=bootstrap,
@@ -277,18 +320,19 @@ def make_target(
             "RECSTREAM_LOG_LEVEL": "warning",
             "RECSTREAM_PROVIDERS": "CPUExecutionProvider",
         }
-        if scenario == "recstream-passthrough-eos":
+        if base == "recstream-passthrough-eos":
             env["RECSTREAM_PROCESSING_GUARANTEE"] = "exactly_once"
-        if scenario == "recstream-full-in-thread":
+        if base == "recstream-full-in-thread":
             env["RECSTREAM_MODEL_PROCESSES"] = "false"
-        if scenario == "recstream-full-gpu":
+        if base == "recstream-full-gpu":
             env["RECSTREAM_PROVIDERS"] = "CUDAExecutionProvider,CPUExecutionProvider"
             env["RECSTREAM_REQUIRE_GPU"] = "true"
-        if scenario.startswith("recstream-full"):
+        env.update(variant)
+        if base.startswith("recstream-full"):
             env["RECSTREAM_MODEL_DIR"] = str(model_dir)
             command: tuple[str, ...] = (bc.PYTHON, "-m", "recstream", "worker")
         else:
-            command = (bc.PYTHON, workers, scenario.removesuffix("-eos"))
+            command = (bc.PYTHON, workers, base.removesuffix("-eos"))
         return Target(
             scenario,
             f"{prefix}clicks",
@@ -317,6 +361,8 @@ class Workers:
     """Child worker processes of one target, with their log files."""
 
     target: Target
+    cpus: tuple[int, ...] = ()
+    """CPUs each worker and its children are pinned to (() = not pinned)."""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     spawned_at: list[float] = field(default_factory=list)
@@ -355,12 +401,17 @@ class Workers:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self._pin if self.cpus else None,
             )
         self.procs.append(proc)
         self.logs.append(log)
         started = time.perf_counter()
         self.spawned_at.append(started)
         return started
+
+    def _pin(self) -> None:
+        """In the forked child before it runs the worker: keep it on ``cpus``."""
+        os.sched_setaffinity(0, self.cpus)
 
     @property
     def pids(self) -> list[int]:
@@ -504,7 +555,7 @@ async def app_throughput(
     bootstrap = broker.bootstrap_servers
     target = make_target(scenario, bootstrap, cfg.partitions, model_dir)
     await prepare_target(bootstrap, target, cfg.partitions, backlog)
-    group = Workers(target)
+    group = Workers(target, cfg.worker_cpus)
     try:
         spawned = group.spawn()  # the cold start counts from the first worker's
         for _ in range(workers - 1):
@@ -677,7 +728,7 @@ async def rebalance_pauses(
     bootstrap = broker.bootstrap_servers
     target = make_target(scenario, bootstrap, cfg.partitions, model_dir)
     await prepare_target(bootstrap, target, cfg.partitions, bc.Backlog([], "none", 0))
-    group = Workers(target)
+    group = Workers(target, cfg.worker_cpus)
     try:
         group.spawn()
         await probe(bootstrap, target, "u0", "warm-", cfg.timeout_s)
@@ -1044,7 +1095,7 @@ async def measure_throughput(
         if skipped:
             entries[scenario] = {"skipped": skipped}
         else:
-            entries[scenario] = {"label": LABELS[scenario]}
+            entries[scenario] = {"label": label(scenario)}
             runnable.append(scenario)
     runs: dict[str, list[dict[str, Any]]] = {scenario: [] for scenario in runnable}
     model_runs: list[dict[str, Any]] = []
@@ -1298,7 +1349,11 @@ def add_full_pipeline_shares(results: dict[str, Any]) -> None:
     (results before 2026-12-07 15:30 UTC), over the one timed at the run's start."""
     first = results.get("onnx", {}).get("backlog", {})
     cores = results.get("meta", {}).get("cpus")
+    pinned = bool(results.get("meta", {}).get("worker_cpus"))
     for out in results["brokers"].values():
+        if pinned:  # the workers had fewer cores than the bare model: no like-for-like share
+            out["full_pipeline_share"] = {}
+            continue
         in_turns = out.get("bare_model", {})
         model = in_turns if in_turns.get("sequences_per_s") else first
         out["full_pipeline_share"] = full_pipeline_share(out["throughput"], model, cores)
@@ -1392,8 +1447,9 @@ def throughput_table(results: dict[str, Any]) -> str:
     for kind in kinds:
         headers += [f"{kind} ev/s", f"{kind} µs/ev", f"{kind} app CPU %", f"{kind} CPU µs/ev"]
     rows = []
-    for scenario in THROUGHPUT_SCENARIOS:
-        row = [LABELS[scenario]]
+    measured = {name for kind in kinds for name in results["brokers"][kind]["throughput"]}
+    for scenario in table_order(measured):
+        row = [label(scenario)]
         present = False
         for kind in kinds:
             entry = results["brokers"][kind]["throughput"].get(scenario, {})
@@ -1572,6 +1628,12 @@ def render(results: dict[str, Any]) -> str:
         + f"; load average at start {meta['load_average']}. "
         "Absolute figures depend on what else ran; compare ratios within this run."
         + _env_note(meta.get("recstream_env"))
+        + (
+            f" The apps were pinned to CPU(s) {', '.join(map(str, cpus))}; the brokers and "
+            "the benchmark were not."
+            if (cpus := meta.get("worker_cpus"))
+            else ""
+        )
         + "\n",
         "## Throughput\n",
         "ev/s: outputs per second from the first output to the last (median of the runs); "
@@ -1689,6 +1751,7 @@ async def run(cfg: Config, mode: str, with_models: bool) -> dict[str, Any]:
             **{k: v for k, v in asdict(cfg).items() if not isinstance(v, tuple)},
             "brokers": list(cfg.brokers),
             "scenarios": list(cfg.scenarios),
+            "worker_cpus": list(cfg.worker_cpus),
             "runs_in_turns": True,  # (:func:`turns`; earlier results ran each back to back)
             # the workers inherit these (what a run changed from the defaults)
             "recstream_env": {k: v for k, v in os.environ.items() if k.startswith("RECSTREAM_")},
@@ -1728,7 +1791,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny configuration (~2 minutes)")
     parser.add_argument("--brokers", help="comma-separated subset of tansu,noida")
-    parser.add_argument("--scenarios", help=f"comma-separated subset of {THROUGHPUT_SCENARIOS}")
+    parser.add_argument(
+        "--scenarios",
+        help=f"comma-separated subset of {THROUGHPUT_SCENARIOS}; a recstream scenario "
+        f"with settings, e.g. recstream-full{VARIANT_SEP}RECSTREAM_SCORING_THREADS=3, runs "
+        "as one more scenario in turns with the rest (values without commas)",
+    )
     parser.add_argument("--events", type=int, help="backlog size")
     parser.add_argument("--users", type=int, help="distinct users in the backlog")
     parser.add_argument("--repeats", type=int, help="runs per throughput figure (median)")
@@ -1747,6 +1815,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--latency-seconds", type=float, help="seconds of paced load per level")
     parser.add_argument(
+        "--worker-cpus",
+        help="comma-separated CPU numbers the apps (workers and their children) are pinned "
+        "to, e.g. 1: a worker with one core of its own, as in a pod with one CPU (goal 2's "
+        "share is then not computed: the bare model runs on every core)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         help="where the JSON goes, the .md beside it (default benchmarks/results/"
@@ -1763,9 +1837,9 @@ def config_from(args: argparse.Namespace) -> Config:
         updates["brokers"] = tuple(b.strip() for b in args.brokers.split(",") if b.strip())
     if args.scenarios:
         names = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
-        unknown = set(names) - set(THROUGHPUT_SCENARIOS)
-        if unknown:
-            raise SystemExit(f"unknown scenarios: {sorted(unknown)}")
+        problems = [problem for name in names if (problem := scenario_problem(name))]
+        if problems:
+            raise SystemExit("; ".join(problems))
         updates["scenarios"] = names
     for name in ("events", "users", "repeats"):
         if getattr(args, name):
@@ -1780,6 +1854,11 @@ def config_from(args: argparse.Namespace) -> Config:
         updates["latency_seconds"] = args.latency_seconds
     if args.no_deep:
         updates["deep"] = False
+    if args.worker_cpus:
+        updates["worker_cpus"] = tuple(int(n) for n in args.worker_cpus.split(","))
+        unknown_cpus = set(updates["worker_cpus"]) - os.sched_getaffinity(0)
+        if unknown_cpus:
+            raise SystemExit(f"--worker-cpus: not CPUs of this process: {sorted(unknown_cpus)}")
     return replace(cfg, **updates)
 
 

@@ -10,6 +10,8 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +62,99 @@ def test_the_in_thread_full_pipeline_differs_only_in_where_the_model_runs(
         k: v for k, v in full.env.items() if k not in different
     }
     assert in_thread.env.keys() == full.env.keys()
+
+
+def test_a_variant_is_its_base_scenario_with_its_settings(tmp_path: Path) -> None:
+    name = "recstream-full-in-thread+RECSTREAM_SCORING_THREADS=3+RECSTREAM_BATCH_SIZE=512"
+    cfg = ps.config_from(ps.parse_args(["--scenarios", f"recstream-full,{name}"]))
+    assert cfg.scenarios == ("recstream-full", name)
+    base = ps.make_target("recstream-full-in-thread", "127.0.0.1:19092", 2, model_dir=tmp_path)
+    variant = ps.make_target(name, "127.0.0.1:19092", 2, model_dir=tmp_path)
+    assert variant.scenario == name
+    for topic in (variant.source, variant.sink, variant.app_id):
+        assert re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic), topic
+    assert variant.command == base.command
+    assert variant.env.pop("RECSTREAM_SCORING_THREADS") == "3"
+    assert variant.env.pop("RECSTREAM_BATCH_SIZE") == "512"
+    assert variant.env["RECSTREAM_MODEL_PROCESSES"] == "false"  # the base's own setting
+    assert variant.env.keys() == base.env.keys()
+    assert ps.label(name) == (
+        ps.LABELS["recstream-full-in-thread"]
+        + ", with RECSTREAM_SCORING_THREADS=3, RECSTREAM_BATCH_SIZE=512"
+    )
+    assert ps.skip_reason(name, None) == ps.skip_reason("recstream-full-in-thread", None)
+    assert ps.table_order([name, "recstream-full", "raw-decode"]) == [
+        "raw-decode",
+        "recstream-full",
+        name,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("scenarios", "problem"),
+    [
+        ("recstream-fast+RECSTREAM_SCORING_THREADS=3", "unknown scenario 'recstream-fast'"),
+        ("quix-memory+RECSTREAM_SCORING_THREADS=3", "only recstream scenarios"),
+        ("recstream-full+SCORING_THREADS=3", "RECSTREAM_NAME=value"),
+        ("recstream-full+RECSTREAM_SCORING_THREADS", "RECSTREAM_NAME=value"),
+    ],
+)
+def test_a_variant_that_cannot_run_is_refused(scenarios: str, problem: str) -> None:
+    with pytest.raises(SystemExit, match=problem):
+        ps.config_from(ps.parse_args(["--scenarios", scenarios]))
+
+
+def test_a_variant_gets_its_own_row(tmp_path: Path) -> None:
+    name = "recstream-full+RECSTREAM_SCORING_THREADS=3"
+    entry = {"rate": 1_000.0, "us_per_event": 1_000.0, "app_cpu_us_per_event": 900.0}
+    results = {"brokers": {"noida": {"throughput": {"recstream-full": entry, name: entry}}}}
+    rows = ps.throughput_table(results).splitlines()[2:]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [
+        ps.label("recstream-full"),
+        ps.label(name),
+    ]
+
+
+def test_workers_can_be_pinned_to_cpus(tmp_path: Path) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    cfg = ps.config_from(ps.parse_args(["--worker-cpus", str(cpu)]))
+    assert cfg.worker_cpus == (cpu,)
+    with pytest.raises(SystemExit, match="not CPUs of this process"):
+        ps.config_from(ps.parse_args(["--worker-cpus", "4096"]))
+    target = ps.Target(
+        "affinity",
+        "in",
+        "out",
+        "group",
+        "changelog",
+        {},
+        command=(sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"),
+    )
+    group = ps.Workers(target, cfg.worker_cpus)
+    group.spawn()
+    try:
+        assert group.procs[0].wait(30) == 0
+        assert group.logs[0].read_text().strip() == f"[{cpu}]"
+    finally:
+        group.stop()
+
+
+def test_pinned_workers_get_no_goal_2_share() -> None:
+    throughput = {
+        "recstream-full": {"rate": 500.0, "app_cpu_us_per_event": 100.0},
+        "recstream-passthrough": {"rate": 2_000.0, "app_cpu_us_per_event": 20.0},
+    }
+    model = {"sequences_per_s": 1_000.0, "cpu_us_per_sequence": 50.0, "threads": 2}
+    results: dict[str, Any] = {
+        "meta": {"cpus": 2, "worker_cpus": [1]},
+        "onnx": {"backlog": model},
+        "brokers": {"noida": {"throughput": throughput}},
+    }
+    ps.add_full_pipeline_shares(results)
+    assert results["brokers"]["noida"]["full_pipeline_share"] == {}
+    results["meta"]["worker_cpus"] = []
+    ps.add_full_pipeline_shares(results)
+    assert results["brokers"]["noida"]["full_pipeline_share"]["share"] == 0.5
 
 
 def test_the_exactly_once_pass_through_needs_transactions() -> None:

@@ -94,7 +94,7 @@ def test_every_alert_has_unit_tests() -> None:
         for check in case["alert_rule_test"]:
             (firing if check["exp_alerts"] else quiet).add(check["alertname"])
     assert firing == EXPECTED
-    # Lag, ScoringOnCpu and ModelProcessesFailing have their quiet series inside the firing case (exp_alerts is
+    # Lag and ScoringOnCpu have their quiet series inside the firing case (exp_alerts is
     # exhaustive: a draining lag or a CUDA worker there would make the case fail).
     assert quiet >= EXPECTED - {"RecstreamConsumerLagGrowing", "RecstreamScoringOnCpu"}
 
