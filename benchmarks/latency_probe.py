@@ -28,7 +28,7 @@ back and counted as the worker's latency.
 
     python benchmarks/latency_probe.py [--broker noida|tansu] [--rates 300,1200,2400]
         [--seconds 8] [--scenario recstream-full|recstream-passthrough]
-        [--env RECSTREAM_BATCH_WITHIN=0.001 ...]
+        [--env RECSTREAM_BATCH_WITHIN=0.001 ...] [--worker-cpus 1]
     python benchmarks/latency_probe.py --quick     # two low rates, 3 s each
 
 Prints a table and writes ``benchmarks/results/latency_probe.json`` (``_quick``).
@@ -158,7 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         target = ps.make_target(args.scenario, bootstrap, PARTITIONS, model_dir)
         target.env.update(args.env)
         await ps.prepare_target(bootstrap, target, PARTITIONS, warmup)
-        group = ps.Workers(target)
+        group = ps.Workers(target, args.worker_cpus)
         group.spawn()
         try:
             drained = bc.OutputWatch(target=len(warmup))
@@ -198,6 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "users": args.users,
             "clicks_per_user": args.clicks_per_user,
             "env": args.env,
+            "worker_cpus": list(args.worker_cpus),
         },
         "phases": phases,
     }
@@ -292,6 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=WARMUP_EVENTS, help="clicks drained first")
     parser.add_argument("--env", action="append", default=[], help="RECSTREAM_NAME=value")
+    parser.add_argument(
+        "--worker-cpus",
+        default="",
+        help="comma-separated CPUs the worker and its model processes are pinned to",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the warm-up")
     parser.add_argument("--quick", action="store_true", help="rates 100,400 for 3 s each")
     parser.add_argument("--out", type=Path, help="default: results/latency_probe[_quick].json")
@@ -300,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rates, args.seconds, args.warmup = "100,400", 3.0, 500
     args.rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
     args.env = parse_env(args.env)
+    args.worker_cpus = tuple(int(cpu) for cpu in args.worker_cpus.split(",") if cpu.strip())
     args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     result = asyncio.run(run(args))
     print(table(result))

@@ -128,9 +128,12 @@ def test_a_busy_thread_shows_its_cpu_in_the_window() -> None:
 def test_a_tiny_run_answers_every_click_and_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "latency_probe.json"
     args = ["--scenario", "recstream-passthrough", "--rates", "50,100", "--seconds", "1"]
+    cpu = min(os.sched_getaffinity(0))  # the worker pinned to one core still answers
+    args += ["--worker-cpus", str(cpu)]
     assert latency_probe.main([*args, "--warmup", "200", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["meta"]["broker"] == "noida"
+    assert result["meta"]["worker_cpus"] == [cpu]
     assert [phase["rate"] for phase in result["phases"]] == [50.0, 100.0]
     for phase in result["phases"]:
         assert phase["received"] == phase["sent"] > 0
