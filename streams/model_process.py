@@ -20,6 +20,10 @@ start is not tried again for ``START_RETRY_PAUSE`` seconds; meanwhile the runs s
 in the scoring threads.  A child exits when its pipe closes: when the model it serves
 is replaced or dropped, or when the worker exits, however it exits.
 
+``RECSTREAM_MODEL_PROCESSES=auto`` (the default) uses model processes only where the
+worker can use two CPUs or more (:func:`auto_enabled`): on one core they gained
+nothing and cost CPU per batch.
+
 No torch here: this module is on the serving path.
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -35,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -54,6 +60,68 @@ START_RETRY_PAUSE: Final = 30.0
 _CPU: Final = "CPUExecutionProvider"
 #: Feeds of one run: input name -> array.
 Feeds = dict[str, np.ndarray]
+
+
+#: Usable CPUs from which ``RECSTREAM_MODEL_PROCESSES=auto`` runs the model in model
+#: processes: on one core they gained nothing and cost CPU (benchmarks/speed_log.md).
+AUTO_MIN_CPUS: Final = 2.0
+
+
+def cpu_quota(root: Path = Path("/")) -> float | None:
+    """The CPUs this process's cgroup may use (a container's CPU limit: cgroup v2
+    ``cpu.max``, v1 ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``); None where no
+    limit is set or none can be read.  ``root``: where ``/proc`` and ``/sys`` are."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    mounts = root / "sys/fs/cgroup"
+    try:
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            inside = path.lstrip("/")
+            if not controllers:  # cgroup v2; a container sees its own cgroup at the root
+                for folder in (mounts / inside, mounts):
+                    limit = _read_first_line(folder / "cpu.max")
+                    if limit is not None:
+                        quota, _, period = limit.partition(" ")
+                        return None if quota == "max" else int(quota) / int(period)
+            elif "cpu" in controllers.split(","):
+                for folder in (mounts / controllers / inside, mounts / controllers):
+                    quota_us = _read_first_line(folder / "cpu.cfs_quota_us")
+                    period_us = _read_first_line(folder / "cpu.cfs_period_us")
+                    if quota_us is not None and period_us is not None:
+                        return None if int(quota_us) < 0 else int(quota_us) / int(period_us)
+    except (ValueError, ZeroDivisionError):  # not what the kernel writes: no limit known
+        return None
+    return None
+
+
+def _read_first_line(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def usable_cpus(root: Path = Path("/")) -> float:
+    """CPUs this process can run on: its affinity, capped by its cgroup's CPU limit."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    quota = cpu_quota(root)
+    return cpus if quota is None else min(cpus, quota)
+
+
+def auto_enabled(cpus: float | None = None) -> bool:
+    """What ``RECSTREAM_MODEL_PROCESSES=auto`` means here: model processes where the
+    worker can use at least ``AUTO_MIN_CPUS`` (``cpus``, default :func:`usable_cpus`)."""
+    cpus = usable_cpus() if cpus is None else cpus
+    enabled = cpus >= AUTO_MIN_CPUS
+    log.info(
+        "RECSTREAM_MODEL_PROCESSES=auto: %s (usable CPUs: %.3g)",
+        "model processes" if enabled else "the model runs in the scoring threads",
+        cpus,
+    )
+    return enabled
 
 
 class ModelProcessError(RuntimeError):

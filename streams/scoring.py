@@ -67,6 +67,7 @@ from recstream.model.features import (
     query_hashes,
 )
 from recstream.model.text_tokens import TextTokenizer
+from recstream.streams import model_process
 from recstream.streams.model_process import ModelProcessError, ModelProcesses, SessionSpec
 from recstream.streams.records import RecordBuilder, ScoredItem
 from recstream.streams.settings import Settings
@@ -231,12 +232,14 @@ class RuntimeOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
+        """The options of ``settings`` (``model_processes="auto"`` decided here)."""
+        processes = settings.model_processes
         return cls(
             tuple(settings.providers),
             settings.require_gpu,
             settings.intra_op_threads,
             settings.inter_op_threads,
-            settings.model_processes,
+            model_process.auto_enabled() if processes == "auto" else processes,
         )
 
 

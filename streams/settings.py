@@ -127,11 +127,12 @@ class Settings(BaseSettings):
     """RECSTREAM_INTRA_OP_THREADS: onnxruntime threads inside one operator (0 = all cores)."""
     inter_op_threads: int = Field(1, ge=0)
     """RECSTREAM_INTER_OP_THREADS: onnxruntime threads across operators."""
-    model_processes: bool = True
+    model_processes: bool | Literal["auto"] = "auto"
     """RECSTREAM_MODEL_PROCESSES: on the CPU, run the recommender in a child process per
     scoring thread (``recstream.streams.model_process``), so its runs do not wait for
     the worker's GIL; the worker still encodes and decodes.  Ignored on CUDA.  false:
-    onnxruntime runs in the scoring threads themselves."""
+    onnxruntime runs in the scoring threads themselves.  auto: true where the worker
+    can use two CPUs or more (its affinity and its cgroup's CPU limit), false on one."""
     scoring_threads: int = Field(2, ge=1, le=64)
     """RECSTREAM_SCORING_THREADS: micro-batches scored at the same time, each on its own
     thread (and, with model processes, its own model process); an agent keeps one more

@@ -158,6 +158,7 @@ def tiny_worker(
     """``recstream worker`` with tiny models on fresh topics, ready."""
     asyncio.run(create_topics(e2e_settings, ALL_TOPICS))
     env = e2e_env(e2e_settings, tiny_models, tmp_path / "data")
+    env["RECSTREAM_MODEL_PROCESSES"] = "true"  # also on a machine with one CPU (auto: off)
     log = tmp_path / "worker.log"
     proc = start_process(WORKER_COMMAND, env, log)
     try:

@@ -283,15 +283,94 @@ def test_a_model_on_cuda_runs_in_its_thread(
     assert model.processes is None
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, True), ("false", False), ("1", True)])
+@pytest.mark.parametrize(
+    ("value", "cpus", "expected"),
+    [
+        (None, 2.0, True),  # the default is auto
+        (None, 1.0, False),
+        ("auto", 4.0, True),
+        ("auto", 1.5, False),
+        ("false", 8.0, False),
+        ("1", 1.0, True),
+    ],
+)
 def test_the_setting_reaches_the_runtime_options(
-    value: str | None, expected: bool, monkeypatch: pytest.MonkeyPatch
+    value: str | None, cpus: float, expected: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if value is not None:
         monkeypatch.setenv("RECSTREAM_MODEL_PROCESSES", value)
     else:
         monkeypatch.delenv("RECSTREAM_MODEL_PROCESSES", raising=False)
+    monkeypatch.setattr(model_process, "usable_cpus", lambda: cpus)
     assert RuntimeOptions.from_settings(Settings()).model_processes is expected
+
+
+def test_the_setting_takes_true_false_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSTREAM_MODEL_PROCESSES", "sometimes")
+    with pytest.raises(ValueError, match="model_processes"):
+        Settings()
+
+
+def test_auto_says_what_it_chose(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger=model_process.__name__):
+        assert model_process.auto_enabled(2.0)
+        assert not model_process.auto_enabled(1.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "RECSTREAM_MODEL_PROCESSES=auto: model processes (usable CPUs: 2)",
+        "RECSTREAM_MODEL_PROCESSES=auto: the model runs in the scoring threads (usable CPUs: 1)",
+    ]
+
+
+def _fake_root(tmp_path: Path, cgroup: str, files: dict[str, str]) -> Path:
+    """A folder standing for ``/``: ``proc/self/cgroup`` and files under sys/fs/cgroup."""
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text(cgroup)
+    for name, text in files.items():
+        path = tmp_path / "sys/fs/cgroup" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "files", "quota"),
+    [
+        # cgroup v2 inside a container: its own cgroup at the root
+        ("0::/\n", {"cpu.max": "150000 100000\n"}, 1.5),
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+        # cgroup v2 seen from the host: the process's cgroup folder
+        ("0::/kubepods/pod1\n", {"kubepods/pod1/cpu.max": "200000 100000\n"}, 2.0),
+        # cgroup v1 (a Kubernetes pod with a CPU limit of 1), and without a limit
+        (
+            "4:cpu,cpuacct:/kubepods/pod1\n1:memory:/kubepods/pod1\n",
+            {
+                "cpu,cpuacct/kubepods/pod1/cpu.cfs_quota_us": "100000\n",
+                "cpu,cpuacct/kubepods/pod1/cpu.cfs_period_us": "100000\n",
+            },
+            1.0,
+        ),
+        (
+            "1:cpu:/\n0::/\n",
+            {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
+            None,
+        ),
+        ("0::/\n", {}, None),  # nothing readable: no limit known
+        ("0::/\n", {"cpu.max": "lots\n"}, None),  # nor anything unexpected
+        ("garbage\n", {}, None),
+    ],
+)
+def test_the_cgroup_cpu_limit_is_read(
+    tmp_path: Path, cgroup: str, files: dict[str, str], quota: float | None
+) -> None:
+    root = _fake_root(tmp_path, cgroup, files)
+    assert model_process.cpu_quota(root) == quota
+    affinity = len(os.sched_getaffinity(0))
+    expected = float(affinity) if quota is None else min(float(affinity), quota)
+    assert model_process.usable_cpus(root) == expected
+
+
+def test_no_proc_means_no_limit(tmp_path: Path) -> None:
+    assert model_process.cpu_quota(tmp_path) is None
 
 
 def test_the_child_imports_neither_torch_nor_the_worker() -> None:
