@@ -201,15 +201,18 @@ class ModelProcess:
     """
 
     def __init__(self, spec: SessionSpec) -> None:
-        parent_end, child_end = socket.socketpair()
-        with parent_end, child_end:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(child_end.fileno())],
-                pass_fds=[child_end.fileno()],
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C to the worker's terminal is the worker's
-            )
-            self._conn = Connection(parent_end.detach())
+        try:
+            parent_end, child_end = socket.socketpair()
+            with parent_end, child_end:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", __name__, str(child_end.fileno())],
+                    pass_fds=[child_end.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # a Ctrl-C to the worker's terminal is its own
+                )
+                self._conn = Connection(parent_end.detach())
+        except OSError as exc:  # out of processes, memory or file descriptors
+            raise ModelProcessError(f"cannot start a model process: {exc}") from exc
         try:
             self._conn.send(spec)
             status, detail = self._reply(START_TIMEOUT)
@@ -267,16 +270,35 @@ class ModelProcess:
 
 class ModelProcesses:
     """The model processes of one loaded model: one per calling thread, each started
-    on its thread's first run and again after it failed."""
+    on its thread's first run (or ahead of it: ``prestart``) and again after it failed."""
 
-    def __init__(self, spec: SessionSpec, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        spec: SessionSpec,
+        clock: Callable[[], float] = time.monotonic,
+        prestart: int = 0,
+    ) -> None:
+        """``prestart``: processes started now, in the background, for the first runs
+        of that many threads (a thread's first run waits for one still starting)."""
         self._spec = spec
         self._clock = clock
         self._local = threading.local()
-        self._lock = threading.Lock()
+        self._ready = threading.Condition()
         self._started: list[ModelProcess] = []
+        #: Started ahead of the threads' first runs, not yet taken by a thread.
+        self._spares: list[ModelProcess] = []
+        #: Whether spares are still starting.
+        self._starting = prestart > 0
+        self._closed = False
         #: When a start may be tried again (a start failed ``START_RETRY_PAUSE`` before).
         self._retry_at = -math.inf
+        if prestart:
+            threading.Thread(
+                target=self._prestart,
+                args=(prestart,),
+                name="recstream-model-process-start",
+                daemon=True,
+            ).start()
 
     def available(self) -> bool:
         """Whether the calling thread's runs can go to a model process now: it has a
@@ -296,27 +318,62 @@ class ModelProcesses:
             _FAILURES.add()
             raise
 
+    def _prestart(self, count: int) -> None:
+        """``count`` spares, one after the other; a failed start ends them (counted, and
+        the next starts wait ``START_RETRY_PAUSE``)."""
+        try:
+            for _ in range(count):
+                if self._closed:
+                    return
+                try:
+                    process = ModelProcess(self._spec)
+                except ModelProcessError as exc:
+                    _FAILURES.add()
+                    log.warning("%s; the scoring threads run the model until one starts", exc)
+                    self._retry_at = self._clock() + START_RETRY_PAUSE
+                    return
+                with self._ready:
+                    if not self._closed:
+                        self._spares.append(process)
+                        self._started.append(process)
+                        self._ready.notify_all()
+                        continue
+                process.close()  # the model was dropped meanwhile
+        finally:
+            with self._ready:
+                self._starting = False
+                self._ready.notify_all()
+
     def _start(self) -> ModelProcess:
-        """A new process for the calling thread; a failed start pauses the next ones."""
+        """A process for the calling thread: a spare (waiting for one that is starting)
+        or a new one; a failed start pauses the next ones."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._spares or not self._starting, START_TIMEOUT)
+            while self._spares:
+                spare = self._spares.pop()
+                if spare.is_alive():
+                    self._local.process = spare
+                    return spare
         try:
             process = ModelProcess(self._spec)
         except ModelProcessError:
             self._retry_at = self._clock() + START_RETRY_PAUSE
             raise
         self._local.process = process
-        with self._lock:
+        with self._ready:
             self._started = [p for p in self._started if p.is_alive()] + [process]
         return process
 
     def pids(self) -> list[int]:
-        """The process ids of the live children."""
-        with self._lock:
+        """The process ids of the live children (spares included)."""
+        with self._ready:
             return [p.pid for p in self._started if p.is_alive()]
 
     def close(self) -> None:
         """End every child (a thread's next run would start a new one)."""
-        with self._lock:
-            started, self._started = self._started, []
+        with self._ready:
+            started, self._started, self._spares = self._started, [], []
+            self._closed = True
         for process in started:
             process.close()
 

@@ -399,7 +399,7 @@ def load_model(spec: str, settings: Settings) -> tuple[RecsScorer, SentimentScor
         served_file,
     )
 
-    options = RuntimeOptions.from_settings(settings)
+    options = RuntimeOptions.from_settings(settings, scoring_threads=1)  # the replay's own
     path = Path(spec)
     recs_path, sentiment_path = path, None
     if path.is_dir():

@@ -16,6 +16,7 @@ silently), and ``settings.require_gpu`` refuses to load without CUDA.
 Model processes (``settings.model_processes``, on the CPU): a recommender's runs go to
 a child process per scoring thread (``recstream.streams.model_process``), tensors in
 and out, so they never wait for the worker's GIL; encoding and decoding stay here.
+The processes start as the model loads, in the background.
 
 Hot reload: each scorer checks at most every ``reload_interval`` seconds whether
 its file changed (inode, size, mtime; ``recstream export`` replaces files
@@ -229,17 +230,26 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     #: Whether a recommender on the CPU runs in model processes (``model_process``).
     model_processes: bool = False
+    #: Model processes a recommender starts as it loads, one per thread that will score
+    #: (a thread beyond them starts its own on its first run).
+    prestart_processes: int = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RuntimeOptions:
-        """The options of ``settings`` (``model_processes="auto"`` decided here)."""
+    def from_settings(
+        cls, settings: Settings, scoring_threads: int | None = None
+    ) -> RuntimeOptions:
+        """The options of ``settings`` (``model_processes="auto"`` decided here), for
+        ``scoring_threads`` threads (default ``settings.scoring_threads``)."""
         processes = settings.model_processes
+        enabled = model_process.auto_enabled() if processes == "auto" else processes
+        threads = settings.scoring_threads if scoring_threads is None else scoring_threads
         return cls(
             tuple(settings.providers),
             settings.require_gpu,
             settings.intra_op_threads,
             settings.inter_op_threads,
-            model_process.auto_enabled() if processes == "auto" else processes,
+            enabled,
+            threads if enabled else 0,
         )
 
 
@@ -990,7 +1000,7 @@ def load_recs_model(path: Path, options: RuntimeOptions) -> RecsModel:
         spec = SessionSpec(
             opened.data, options.intra_op_threads, options.inter_op_threads, int(opened.level)
         )
-        processes = ModelProcesses(spec)
+        processes = ModelProcesses(spec, prestart=options.prestart_processes)
     return RecsModel(opened.session, opened.meta, processes)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import os
 import signal
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from recstream.streams import model_process, scoring
@@ -221,6 +224,82 @@ def test_after_a_failed_start_runs_stay_in_the_thread_for_a_while(
     assert len(starts) == 2
 
 
+def test_processes_start_as_the_model_loads_and_serve_the_first_runs(
+    tiny_models: Path,
+) -> None:
+    options = dataclasses.replace(IN_PROCESSES, prestart_processes=2)
+    scorer = OnnxRecsScorer(tiny_models / "recs.onnx", options)
+    assert _eventually(lambda: len(_pids(scorer)) == 2)  # before any run
+    prestarted = set(_pids(scorer))
+    assert prestarted <= _model_process_children()
+    start = threading.Barrier(2)
+
+    def work() -> None:
+        start.wait()
+        _recommend(scorer)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(_pids(scorer)) == prestarted  # the two threads took one each
+    processes = scorer._model.current().processes
+    assert processes is not None and not processes._spares
+    processes.close()
+    assert all(_gone(pid) for pid in prestarted)
+
+
+def test_a_first_run_waits_for_a_process_still_starting(tiny_models: Path) -> None:
+    feeds = _feeds(tiny_models)
+    processes = ModelProcesses(_spec(tiny_models), prestart=1)
+    try:
+        assert processes._starting  # a start takes a fresh interpreter ~0.1 s
+        processes.run([feeds])
+        assert len(processes.pids()) == 1  # it waited for the spare, started no other
+    finally:
+        processes.close()
+
+
+def test_a_prestart_that_fails_leaves_the_runs_in_the_threads(
+    tiny_models: Path, recs: OnnxRecsScorer, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = _recommend(recs)
+    failed = model_process.failures()
+    broken = ModelProcesses(_spec(tiny_models, b"not an onnx model"), prestart=2)
+    assert _eventually(lambda: not broken.available())
+    assert model_process.failures() == failed + 1  # one failure, not one per spare
+    assert "the scoring threads run the model until one starts" in caplog.text
+    recs._model.current().processes = broken
+    assert _recommend(recs) == expected  # in the thread
+    assert model_process.failures() == failed + 1
+
+
+def _model_process_children() -> set[int]:
+    """This process's live model process children."""
+    found = set()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):  # gone, or a zombie meanwhile
+            if "recstream.streams.model_process" in child.cmdline():
+                found.add(child.pid)
+    return found
+
+
+def test_spares_started_after_the_model_was_dropped_end(tiny_models: Path) -> None:
+    before = _model_process_children()
+    processes = ModelProcesses(_spec(tiny_models), prestart=2)
+    processes.close()  # while the first spare starts
+    assert _eventually(lambda: not processes._starting)
+    assert processes.pids() == [] and not processes._spares
+    assert _eventually(lambda: _model_process_children() <= before)
+
+
+def _feeds(tiny_models: Path) -> model_process.Feeds:
+    model = scoring.load_recs_model(tiny_models / "recs.onnx", CPU)
+    batch = model.encode([CLICKS[:3]], k=10)
+    return scoring._bound(batch).feeds(model.exclusions(batch, [set()]))
+
+
 def test_a_replaced_model_s_processes_end(tiny_models: Path, tmp_path: Path) -> None:
     path = tmp_path / "recs.onnx"
     path.write_bytes((tiny_models / "recs.onnx").read_bytes())
@@ -302,7 +381,12 @@ def test_the_setting_reaches_the_runtime_options(
     else:
         monkeypatch.delenv("RECSTREAM_MODEL_PROCESSES", raising=False)
     monkeypatch.setattr(model_process, "usable_cpus", lambda: cpus)
-    assert RuntimeOptions.from_settings(Settings()).model_processes is expected
+    monkeypatch.setenv("RECSTREAM_SCORING_THREADS", "3")
+    options = RuntimeOptions.from_settings(Settings())
+    assert options.model_processes is expected
+    assert options.prestart_processes == (3 if expected else 0)
+    replay = RuntimeOptions.from_settings(Settings(), scoring_threads=1)
+    assert replay.prestart_processes == (1 if expected else 0)
 
 
 def test_the_setting_takes_true_false_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
