@@ -194,6 +194,17 @@ def test_a_model_the_process_cannot_open_is_a_clear_start_error(tiny_models: Pat
         ModelProcess(_spec(tiny_models, b"not an onnx model"))
 
 
+def test_no_process_to_spare_is_a_start_error(
+    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(model_process.subprocess, "Popen", refused)
+    with pytest.raises(ModelProcessError, match=r"cannot start a model process: .*unavailable"):
+        ModelProcess(_spec(tiny_models))
+
+
 def test_after_a_failed_start_runs_stay_in_the_thread_for_a_while(
     tiny_models: Path, recs: OnnxRecsScorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
