@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rates, args.seconds, args.warmup = "100,400", 3.0, 500
     args.rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
     args.env = parse_env(args.env)
-    args.worker_cpus = tuple(int(cpu) for cpu in args.worker_cpus.split(",") if cpu.strip())
+    args.worker_cpus = ps.parse_cpus(args.worker_cpus)
     args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     result = asyncio.run(run(args))
     print(table(result))

@@ -1855,11 +1855,17 @@ def config_from(args: argparse.Namespace) -> Config:
     if args.no_deep:
         updates["deep"] = False
     if args.worker_cpus:
-        updates["worker_cpus"] = tuple(int(n) for n in args.worker_cpus.split(","))
-        unknown_cpus = set(updates["worker_cpus"]) - os.sched_getaffinity(0)
-        if unknown_cpus:
-            raise SystemExit(f"--worker-cpus: not CPUs of this process: {sorted(unknown_cpus)}")
+        updates["worker_cpus"] = parse_cpus(args.worker_cpus)
     return replace(cfg, **updates)
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """``--worker-cpus``: comma-separated CPU numbers, each one this process may use."""
+    cpus = tuple(int(cpu) for cpu in text.split(",") if cpu.strip())
+    unknown = set(cpus) - os.sched_getaffinity(0)
+    if unknown:
+        raise SystemExit(f"--worker-cpus: not CPUs of this process: {sorted(unknown)}")
+    return cpus
 
 
 def main(argv: Sequence[str] | None = None) -> int:
