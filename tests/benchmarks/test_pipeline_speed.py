@@ -104,7 +104,7 @@ def test_a_variant_that_cannot_run_is_refused(scenarios: str, problem: str) -> N
         ps.config_from(ps.parse_args(["--scenarios", scenarios]))
 
 
-def test_a_variant_gets_its_own_row(tmp_path: Path) -> None:
+def test_a_variant_gets_its_own_row() -> None:
     name = "recstream-full+RECSTREAM_SCORING_THREADS=3"
     entry = {"rate": 1_000.0, "us_per_event": 1_000.0, "app_cpu_us_per_event": 900.0}
     results = {"brokers": {"noida": {"throughput": {"recstream-full": entry, name: entry}}}}
@@ -115,7 +115,7 @@ def test_a_variant_gets_its_own_row(tmp_path: Path) -> None:
     ]
 
 
-def test_workers_can_be_pinned_to_cpus(tmp_path: Path) -> None:
+def test_workers_can_be_pinned_to_cpus() -> None:
     cpu = min(os.sched_getaffinity(0))
     cfg = ps.config_from(ps.parse_args(["--worker-cpus", str(cpu)]))
     assert cfg.worker_cpus == (cpu,)
