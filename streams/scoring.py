@@ -68,8 +68,12 @@ from recstream.model.features import (
     query_hashes,
 )
 from recstream.model.text_tokens import TextTokenizer
-from recstream.streams import model_process
-from recstream.streams.model_process import ModelProcessError, ModelProcesses, SessionSpec
+from recstream.streams.model_process import (
+    ModelProcessError,
+    ModelProcesses,
+    SessionSpec,
+    auto_enabled,
+)
 from recstream.streams.records import RecordBuilder, ScoredItem
 from recstream.streams.settings import Settings
 
@@ -241,7 +245,7 @@ class RuntimeOptions:
         """The options of ``settings`` (``model_processes="auto"`` decided here), for
         ``scoring_threads`` threads (default ``settings.scoring_threads``)."""
         processes = settings.model_processes
-        enabled = model_process.auto_enabled() if processes == "auto" else processes
+        enabled = auto_enabled() if processes == "auto" else processes
         threads = settings.scoring_threads if scoring_threads is None else scoring_threads
         return cls(
             tuple(settings.providers),
