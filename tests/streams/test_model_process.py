@@ -167,9 +167,7 @@ def test_a_hung_process_is_killed_after_the_run_timeout(
 
 
 def test_a_run_the_model_rejects_fails_that_run_only(tiny_models: Path) -> None:
-    model = scoring.load_recs_model(tiny_models / "recs.onnx", IN_PROCESSES)
-    batch = model.encode([CLICKS[:3]], k=10)
-    feeds = scoring._bound(batch).feeds(model.exclusions(batch, [set()]))
+    feeds = _feeds(tiny_models)
     process = ModelProcess(_spec(tiny_models))
     try:
         good = process.run([feeds])
