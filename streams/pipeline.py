@@ -274,8 +274,10 @@ class Pipeline:
         self.exclude_trigger = settings.exclude_trigger_item
         #: partition -> largest valid event time seen on it.
         self.watermarks: dict[int, float] = {}
-        # partition -> user -> watermark at which a sweep changes the user's state,
-        # plus a heap of (deadline, user) over it (stale entries are skipped).
+        # partition -> user -> watermark at which a sweep changes the user's state, plus
+        # a heap of (deadline, user) holding for each of them an entry at or before that
+        # deadline (entries are pushed only when a deadline moves earlier: one that moved
+        # later is pushed again when its old entry comes up; stale entries are skipped).
         self._deadlines: dict[int, dict[str, float]] = {}
         self._heaps: dict[int, list[tuple[float, str]]] = {}
         #: user -> (the bytes last stored, the state they encode, its partition), least
@@ -494,10 +496,15 @@ class Pipeline:
         deadlines = self._deadlines[partition]
         due: list[str] = []
         while heap and heap[0][0] <= watermark:
-            deadline, user = heapq.heappop(heap)
-            if deadlines.get(user) == deadline:  # else a stale heap entry
+            user = heapq.heappop(heap)[1]
+            deadline = deadlines.get(user)
+            if deadline is None:  # a stale entry of a user no longer tracked
+                continue
+            if deadline <= watermark:
                 del deadlines[user]
                 due.append(user)
+            else:  # the user's deadline moved later since this entry was pushed
+                heapq.heappush(heap, (deadline, user))
         closed: list[SessionSummary] = []
         for user in due:  # each user once: a state the sweep left as it was is re-tracked
             loaded = self._load(user, store)
@@ -603,16 +610,22 @@ class Pipeline:
                 self._decoded.popitem(last=False)
 
     def _track(self, partition: int, user: str, state: sessions.UserState) -> None:
+        """Note when a sweep must next look at the user's state.
+
+        A deadline that moved later (most events: the user's latest event moved on) keeps
+        its earlier heap entry, so a busy user adds no heap entry per batch.
+        """
         deadline = sessions.next_deadline(state, self.rules)
         deadlines = self._deadlines.setdefault(partition, {})
-        if deadlines.get(user) == deadline:
-            return
+        before = deadlines.get(user)
         deadlines[user] = deadline
+        if before is not None and before <= deadline:
+            return
         heap = self._heaps.setdefault(partition, [])
         heapq.heappush(heap, (deadline, user))
         if len(heap) > 2 * len(deadlines) + HEAP_SLACK:
-            # Mostly stale entries (a busy user's deadline moves with every batch):
-            # rebuild from the live deadlines, so the heap stays O(users), not O(events).
+            # Mostly stale entries (deadlines that moved earlier, users forgotten or
+            # swept): rebuild from the live deadlines, so the heap stays O(users).
             heap[:] = [(when, who) for who, when in deadlines.items()]
             heapq.heapify(heap)
 

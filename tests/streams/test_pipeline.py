@@ -17,6 +17,7 @@ from recstream.streams.pipeline import (
     DictStore,
     Pipeline,
     RawRecord,
+    StateStore,
     UserIds,
     home_partition,
     raw_records,
@@ -549,17 +550,111 @@ def test_malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_pr
     )
 
 
-def test_the_sweep_heap_stays_proportional_to_users_not_events() -> None:
-    """Every batch moves a busy user's deadline and pushes a heap entry; the stale ones
-    are compacted away instead of piling up until their deadlines pass."""
-    pipeline, _, _, store = make()
+def test_a_user_whose_deadline_only_moves_later_keeps_one_heap_entry() -> None:
+    """Events in order move a busy user's deadline later at every batch: its first heap
+    entry stays, and is pushed again at its new deadline when it comes up."""
+    pipeline, _, _, store = make(session_max_events=5_000)  # no full session: never earlier
     views = 0
     for n in range(3_000):  # one user, one event per batch: 3,000 deadline moves
         out = pipeline.run([click(f"e{n}", n * 0.01, f"i{n % 7}")], store)
         views += sum(s.counts["view"] for s in out.sessions)
-    heap = pipeline._heaps[0]  # internal: the size is what this test is about
-    assert len(heap) <= 2 * len(pipeline._deadlines[0]) + HEAP_SLACK
-    # The live deadline survives compaction: a far-later watermark closes what is open.
+    assert len(pipeline._heaps[0]) == 1  # internal: the heap's size is what this is about
     pipeline.watermarks[0] = NOW + 10_000
     views += sum(s.counts["view"] for s in pipeline.sweep(0, store))
-    assert views == 3_000 and store.get("u1") is not None
+    assert views == 3_000 and store.get("u1") is not None  # closed; the history stays
+
+
+def test_stale_heap_entries_are_compacted_and_the_live_deadline_kept() -> None:
+    """A user forgotten and seen again leaves its old heap entry behind each time; the
+    heap is rebuilt from the live deadlines instead of growing with the events."""
+    pipeline, _, _, store = make()
+    for n in range(3_000):
+        forget = rec("privacy", {"event_id": f"f{n}", "user_id": "u1", "ts": T0 + n * 0.01})
+        pipeline.run([forget, click(f"e{n}", n * 0.01 + 0.005, "a")], store)
+    assert len(pipeline._heaps[0]) <= 2 * len(pipeline._deadlines[0]) + HEAP_SLACK
+    pipeline.watermarks[0] = NOW + 10_000
+    assert [s.counts["view"] for s in pipeline.sweep(0, store)] == [1]
+
+
+def test_a_deadline_that_moves_earlier_is_swept_at_the_earlier_time() -> None:
+    """A full session followed by another closes at its end plus the lateness, earlier
+    than the gap would close it: the earlier deadline gets its own heap entry."""
+    pipeline, _, _, store = make(session_max_events=2)
+    pipeline.run([click("c1", 0, "a"), click("c2", 1, "b")], store)  # full, deadline 131
+    pipeline.run([click("c3", 2, "c")], store)  # full and followed: closes at 1 + 30
+    out = pipeline.run([click("x1", 40, "q", user="u2")], store)
+    assert [(s.user_id, s.items) for s in out.sessions] == [("u1", ("a", "b"))]
+
+
+class SweepEveryone(Pipeline):
+    """The sweep's definition: every stored user swept at the partition's watermark."""
+
+    def sweep(self, partition: int, store: StateStore) -> list[sessions.SessionSummary]:
+        assert isinstance(store, DictStore)
+        watermark = self.watermarks.get(partition)
+        if watermark is None:
+            return []
+        closed: list[sessions.SessionSummary] = []
+        for user, raw in sorted(store.data.items()):
+            state, done = sessions.sweep(
+                sessions.UserState.from_bytes(raw), user, watermark, self.rules
+            )
+            closed += done
+            if state is None:
+                store.delete(user, partition)
+            elif done:
+                store.put(user, state.to_bytes(), partition)
+        return closed
+
+
+SWEEP_RULES: dict[str, object] = {
+    "session_gap": 100.0, "allowed_lateness": 30.0, "top_k": 3, "history_length": 5,
+    "session_max_events": 3, "state_ttl": 1_000.0,
+}  # fmt: skip
+#: One input: (user, seconds after the user's latest event (negative: that far behind
+#: it, late beyond 30), 0 for a forget request or the clicked item's number).
+INPUTS = st.tuples(
+    st.integers(1, 3),
+    st.one_of(st.floats(0, 5), st.floats(90, 1_500), st.floats(-40, 0)),
+    st.integers(0, 19),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    inputs=st.lists(INPUTS, max_size=60),
+    sizes=st.lists(st.integers(1, 8), min_size=1, max_size=20),
+)
+def test_the_heap_sweep_closes_what_sweeping_every_user_closes(
+    inputs: list[tuple[int, float, int]], sizes: list[int]
+) -> None:
+    """Whatever the order of arrival (late events, forgotten users, full sessions, idle
+    users expiring), each batch's sweep closes the same sessions as sweeping every user."""
+    settings = Settings(**SWEEP_RULES)  # type: ignore[arg-type]
+    lazy, lazy_store = (
+        Pipeline(settings, EchoRecs(), LengthSentiment(), clock=lambda: NOW),
+        DictStore(),
+    )
+    every = SweepEveryone(settings, EchoRecs(), LengthSentiment(), clock=lambda: NOW)
+    every_store = DictStore()
+    latest = dict.fromkeys(range(1, 4), 0.0)
+    records = []
+    for n, (user, delta, roll) in enumerate(inputs):
+        latest[user] += max(delta, 0.0)
+        ts = latest[user] + min(delta, 0.0)
+        if roll == 0:
+            obj = {"event_id": f"f{n}", "user_id": f"u{user}", "ts": T0 + ts}
+            records.append(rec("privacy", obj, offset=n))
+        else:
+            records.append(click(f"e{n}", ts, f"i{roll}", user=f"u{user}"))
+    at = 0
+    while at < len(records):
+        size = sizes[at % len(sizes)]
+        batch, at = records[at : at + size], at + size
+        got, want = lazy.run(batch, lazy_store), every.run(batch, every_store)
+        assert sorted(map(repr, got.sessions)) == sorted(map(repr, want.sessions))
+        assert got.recommendations == want.recommendations
+    lazy.watermarks[0] = every.watermarks[0] = T0 + 1e6  # every state closed and expired
+    final = lazy.sweep(0, lazy_store)
+    assert sorted(map(repr, final)) == sorted(map(repr, every.sweep(0, every_store)))
+    assert lazy_store.data == every_store.data == {}
