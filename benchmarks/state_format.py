@@ -75,9 +75,8 @@ def build(mod: Any, id_chars: int, n_history: int, n_pending: int, searches: boo
 def format1_size(state: Any) -> int:
     """Bytes of ``state`` in the JSON layout of format 1 (what the previous release wrote)."""
     seen = base64.b64encode(state.seen).decode("ascii")
-    return len(
-        orjson.dumps([1, state.last_ts, state.closed_until, state.history, state.pending, seen])
-    )
+    history = [[ord(step[0]), step[1:]] for step in state.history]  # (code, text) pairs
+    return len(orjson.dumps([1, state.last_ts, state.closed_until, history, state.pending, seen]))
 
 
 def replayed_states(events: Iterator[dict[str, Any]]) -> dict[str, Any]:

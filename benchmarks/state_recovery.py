@@ -40,7 +40,7 @@ import psutil
 from recstream.model.features import ACTION_IDS
 from recstream.streams.broker import EmbeddedBroker
 from recstream.streams.pipeline import home_partition
-from recstream.streams.sessions import UserState, event_hash, session_id_of
+from recstream.streams.sessions import UserState, event_hash, history_step, session_id_of
 from recstream.streams.settings import Settings
 
 RESULTS = bc.RESULTS_DIR / "state_recovery.json"
@@ -60,7 +60,7 @@ def user_state(index: int, now: float, history: int, dedup: int) -> bytes:
     state = UserState(
         last_ts=now - 60.0,
         closed_until=now - 4000.0,
-        history=[(views, f"p{(index * 7919 + n) % 10**9:09d}") for n in range(history)],
+        history=[history_step(views, f"p{(index * 7919 + n) % 10**9:09d}") for n in range(history)],
         pending=[(start + 30.0 * n, views, f"p{n:09d}") for n in range(3)],
         seen=b"".join(event_hash(f"u{index}-e{n}") for n in range(dedup)),
     )

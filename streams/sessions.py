@@ -1,10 +1,11 @@
 """Per-user session state and its rules: pure Python, no Faust, no I/O.
 
 A user's state holds the events of the sessions that are not yet *final*
-(``pending``, kept sorted by event time), the tokens of finalized sessions
-(``history``, the most recent ``history_length``), a small memory of recent event
-ids for de-duplication, the user's latest event time and ``closed_until`` (events at
-or before it would fall into a session that was already emitted).
+(``pending``, kept sorted by event time), the steps of finalized sessions
+(``history``, the most recent ``history_length``, each as its stored text), a small
+memory of recent event ids for de-duplication, the user's latest event time and
+``closed_until`` (events at or before it would fall into a session that was already
+emitted).
 
 Rules (all in event time):
 
@@ -31,6 +32,11 @@ C-level operation, no per-entry Python code::
 
 The action codes (1..4) are C0 control characters, so each code also marks where its
 text starts; :func:`step_of` replaces C0 characters in the texts by spaces.
+
+The history is kept in memory as those stored texts, one string per step, not as
+(code, text) tuples: a string is no container for Python's garbage collector, so the
+history of every user adds nothing to what its collections walk, and it is written
+and read back by joining and splitting.
 """
 
 from __future__ import annotations
@@ -39,11 +45,9 @@ import base64
 import hashlib
 import struct
 from bisect import bisect_right
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from itertools import starmap
 from operator import itemgetter
 from typing import Final
 
@@ -72,8 +76,6 @@ _CONTROL_TO_SPACE: Final = dict.fromkeys(range(0x20), " ")
 _NOT_CODES: Final = bytes(range(0x20, 0x100)) + b"\x00"
 _CODES_TO_SEP: Final = bytes.maketrans(bytes(range(1, 0x20)), b"\x1f" * 0x1F)
 _TS: Final = itemgetter(0)
-_HISTORY_TEXT: Final = itemgetter(1)
-_CODE_TEXT: Final = itemgetter(1, 2)
 #: Action code (a C0 character's number) -> that character, as the stored texts hold it.
 _CODE_CHARS: Final = {code: chr(code) for code in range(1, 0x20)}
 
@@ -104,19 +106,22 @@ class SessionRules:
 
 #: One stored event: (event time, action code, item id or query text).
 Step = tuple[float, int, str]
+#: One step of the history: chr(action code) + item id or query text (its stored text).
+HistoryStep = str
 
 
 @dataclass(slots=True)
 class UserState:
     """Everything kept about one user; see the module docstring.
 
+    ``history`` holds :data:`HistoryStep` strings (:func:`history_step` makes one).
     ``seen`` is the de-duplication memory: the 6-byte hashes (:func:`event_hash`) of
     the user's most recent event ids, concatenated, oldest first.
     """
 
     last_ts: float = 0.0
     closed_until: float = 0.0
-    history: list[tuple[int, str]] = field(default_factory=list)
+    history: list[HistoryStep] = field(default_factory=list)
     pending: list[Step] = field(default_factory=list)
     seen: bytes = b""
     #: The scoring tokens of ``history + pending``: built by the first :meth:`tokens`
@@ -147,7 +152,7 @@ class UserState:
         times = _times(n).pack(*map(_TS, pending))
         history_texts = self.history_texts
         if history_texts is None:
-            history_texts = self.history_texts = _texts(history)
+            history_texts = self.history_texts = "".join(history).encode("utf-8")
         pending_texts = _pending_texts(pending)
         return b"".join((head, times, seen, history_texts, pending_texts))
 
@@ -172,11 +177,12 @@ class UserState:
         if len(raw) < end or texts[0] or len(codes) != n_history + n:
             raise ValueError("corrupt user state: its counts do not match its contents")
         del texts[0]
-        # zip without strict=True (its keyword is slow to parse): the lengths match, see above.
+        # Code characters put back before the texts, and zip without strict=True (its
+        # keyword is slow to parse): C loops over lengths that match, see above.
         return cls(
             last_ts,
             closed_until,
-            list(zip(codes[:n_history], texts[:n_history])),  # noqa: B905
+            list(map(str.__add__, codes[:n_history].decode("ascii"), texts[:n_history])),
             list(zip(times, codes[n_history:], texts[n_history:])),  # noqa: B905
             raw[start:end],
         )
@@ -193,7 +199,7 @@ class UserState:
         return cls(
             last_ts=last_ts,
             closed_until=closed_until,
-            history=[(code, _without_controls(text)) for code, text in history],
+            history=[history_step(code, _without_controls(text)) for code, text in history],
             pending=[(ts, code, _without_controls(text)) for ts, code, text in pending],
             seen=base64.b64decode(seen_b64),
         )
@@ -207,8 +213,8 @@ class UserState:
         """
         tokens = self.token_list
         if tokens is None:
-            tokens = self.token_list = list(starmap(_token, self.history))
-            tokens += starmap(_token, map(_CODE_TEXT, self.pending))  # C loops
+            tokens = self.token_list = list(map(_token, self.history))  # a C loop
+            tokens += [_token(_CODE_CHARS[code] + text) for _, code, text in self.pending]
         return tokens[-limit:]
 
 
@@ -251,6 +257,11 @@ def event_hash(event_id: str) -> bytes:
     return hasher.digest()
 
 
+def history_step(code: int, text: str) -> HistoryStep:
+    """The history's form of a step with action ``code`` and ``text`` (no C0 characters)."""
+    return _CODE_CHARS[code] + text
+
+
 def step_of(action: str, ts: float, item_id: str | None, query: str | None) -> Step:
     """The stored form of a click (``action``, ``item_id``) or a search (``query``).
 
@@ -290,7 +301,7 @@ def apply(
     at = bisect_right(pending, step)
     pending.insert(at, step)
     if st.token_list is not None:
-        st.token_list.insert(len(st.history) + at, _token(step[1], step[2]))
+        st.token_list.insert(len(st.history) + at, _token(_CODE_CHARS[step[1]] + step[2]))
     if rules.dedup_window:
         st.seen = (st.seen + digest)[-rules.dedup_window * _HASH_BYTES :]
     if ts > st.last_ts:  # not max(): a builtin call with keyword parsing, per event
@@ -356,15 +367,9 @@ def remembered(seen: bytes, digest: bytes) -> bool:
     return False
 
 
-def _texts(history: Iterable[tuple[int, str]]) -> bytes:
-    """The stored texts of history steps: chr(action code) + text each, UTF-8."""
-    # Concatenation in a list comprehension: ~2/3 of the time of one "%c%s" * n format.
-    return "".join([_CODE_CHARS[code] + text for code, text in history]).encode("utf-8")
-
-
 def _pending_texts(pending: list[Step]) -> bytes:
-    """:func:`_texts` of pending steps, unpacked in place: written for every user at
-    every save, where making (code, text) pairs first costs more than the join."""
+    """The stored texts of pending steps: chr(action code) + text each, UTF-8."""
+    # Concatenation in a list comprehension: ~2/3 of the time of one "%c%s" * n format.
     return "".join([_CODE_CHARS[code] + text for _, code, text in pending]).encode("utf-8")
 
 
@@ -380,8 +385,9 @@ def _without_controls(text: str) -> str:
 
 
 @lru_cache(maxsize=65_536)
-def _token(code: int, text: str) -> Token:
-    """The (shared, immutable) scoring token of a stored step."""
+def _token(step: HistoryStep) -> Token:
+    """The (shared, immutable) scoring token of a step in the history's form."""
+    code, text = ord(step[0]), step[1:]
     if code == SEARCH:
         return new_token(None, "search", text)
     return new_token(text, ACTION_NAMES[code], None)
@@ -451,12 +457,12 @@ def _finalize_split(
         retired += 1
         steps_retired += len(steps)
     if steps_retired:
-        moved = list(map(_CODE_TEXT, st.pending[:steps_retired]))
+        moved = [_CODE_CHARS[code] + text for _, code, text in st.pending[:steps_retired]]
         del st.pending[:steps_retired]
         st.history += moved
         dropped = max(0, len(st.history) - rules.history_length)
         if st.history_texts is not None:  # kept in step, not rebuilt from all the history
-            texts = st.history_texts + _texts(moved)
+            texts = st.history_texts + "".join(moved).encode("utf-8")
             st.history_texts = texts[_stored_size(st.history[:dropped]) :]
         if dropped:
             del st.history[:dropped]
@@ -465,10 +471,10 @@ def _finalize_split(
     return retired
 
 
-def _stored_size(history: list[tuple[int, str]]) -> int:
-    """The bytes the stored texts of ``history`` take (each step: its code, its UTF-8)."""
-    texts = "".join(map(_HISTORY_TEXT, history))
-    return len(history) + (len(texts) if texts.isascii() else len(texts.encode("utf-8")))
+def _stored_size(history: list[HistoryStep]) -> int:
+    """The bytes the stored texts of ``history`` take (UTF-8)."""
+    texts = "".join(history)
+    return len(texts) if texts.isascii() else len(texts.encode("utf-8"))
 
 
 def _summary(user_id: str, steps: list[Step]) -> SessionSummary:

@@ -21,7 +21,7 @@ def test_a_written_state_is_a_full_history_and_an_open_session() -> None:
     assert len(state.history) == 50 and len(state.pending) == 3
     assert len(state.seen) == 64 * 6
     assert state.pending[0][0] == start < state.last_ts
-    assert {len(text) for _, text in state.history} == {10}
+    assert {len(step) for step in state.history} == {1 + 10}  # the action code, the item id
     other = state_recovery.user_state(8, now, 50, 64)
     assert UserState.from_bytes(other).history != state.history
 

@@ -24,6 +24,7 @@ from recstream.streams.sessions import (
     _split,
     apply,
     event_hash,
+    history_step,
     next_deadline,
     remembered,
     session_id_of,
@@ -280,7 +281,7 @@ def test_empty_texts_and_no_texts_survive_the_round_trip() -> None:
         UserState(
             last_ts=T0 + 5,
             closed_until=T0 + 1,
-            history=[(ACTION_IDS["view"], ""), (ACTION_IDS["search"], "")],
+            history=[history_step(ACTION_IDS["view"], ""), history_step(ACTION_IDS["search"], "")],
             pending=[(T0 + 5, ACTION_IDS["purchase"], ""), (T0 + 5, ACTION_IDS["view"], "a")],
             seen=event_hash("e1"),
         ),
@@ -313,7 +314,9 @@ def stored_steps(draw: st.DrawFn) -> Step:
 
 @st.composite
 def user_states(draw: st.DrawFn) -> UserState:
-    history = [step[1:] for step in draw(st.lists(stored_steps(), max_size=60))]
+    history = [
+        history_step(code, text) for _, code, text in draw(st.lists(stored_steps(), max_size=60))
+    ]
     return UserState(
         last_ts=draw(times),
         closed_until=draw(times),
@@ -332,7 +335,8 @@ def test_any_state_round_trips(state: UserState) -> None:
 def _format1(state: UserState) -> bytes:
     """The JSON layout the previous release wrote (format 1)."""
     seen = base64.b64encode(state.seen).decode("ascii")
-    return orjson.dumps([1, state.last_ts, state.closed_until, state.history, state.pending, seen])
+    history = [[ord(step[0]), step[1:]] for step in state.history]  # (code, text) pairs
+    return orjson.dumps([1, state.last_ts, state.closed_until, history, state.pending, seen])
 
 
 @settings(max_examples=100, deadline=None)
@@ -351,7 +355,10 @@ def test_a_state_written_by_the_previous_release_is_read_with_its_dedup_memory()
     assert state == UserState(
         last_ts=T0 + 400.5,
         closed_until=T0 + 101,
-        history=[(ACTION_IDS["search"], "红色 跑鞋 👟"), (ACTION_IDS["view"], "B000000001")],
+        history=[
+            history_step(ACTION_IDS["search"], "红色 跑鞋 👟"),
+            history_step(ACTION_IDS["view"], "B000000001"),
+        ],
         pending=[(T0 + 300, ACTION_IDS["add_to_cart"], ""), (T0 + 400.5, ACTION_IDS["view"],
                  "B000000002")],
         seen=b"".join(map(event_hash, ["e1", "e2", "e3", "e4"])),
@@ -364,11 +371,11 @@ def test_control_characters_in_format_1_queries_become_spaces() -> None:
     # The previous release stored queries as they came, newlines and all.
     state = UserState(
         last_ts=T0 + 1,
-        history=[(ACTION_IDS["search"], "red\nshoes\x1f")],
+        history=[history_step(ACTION_IDS["search"], "red\nshoes\x1f")],
         pending=[(T0 + 1, ACTION_IDS["search"], "\tblue\x01 hat")],
     )
     read = UserState.from_bytes(_format1(state))
-    assert read.history == [(ACTION_IDS["search"], "red shoes ")]
+    assert read.history == [history_step(ACTION_IDS["search"], "red shoes ")]
     assert read.pending == [(T0 + 1, ACTION_IDS["search"], " blue  hat")]
     assert UserState.from_bytes(read.to_bytes()) == read
 
@@ -384,7 +391,10 @@ def test_unreadable_state_is_a_value_error(raw: bytes) -> None:
 
 def test_state_whose_counts_do_not_match_its_contents_is_a_value_error() -> None:
     state = UserState(
-        last_ts=T0, history=[(1, "a"), (1, "b")], pending=[(T0, 1, "c")], seen=event_hash("e")
+        last_ts=T0,
+        history=[history_step(1, "a"), history_step(1, "b")],
+        pending=[(T0, 1, "c")],
+        seen=event_hash("e"),
     )
     raw = state.to_bytes()
     for cut in (raw[:-2], raw[:-4], raw[:40]):  # lose one text / two texts / the seen bytes
