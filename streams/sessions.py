@@ -78,6 +78,7 @@ _CODES_TO_SEP: Final = bytes.maketrans(bytes(range(1, 0x20)), b"\x1f" * 0x1F)
 _TS: Final = itemgetter(0)
 #: Action code (a C0 character's number) -> that character, as the stored texts hold it.
 _CODE_CHARS: Final = {code: chr(code) for code in range(1, 0x20)}
+_NOTHING_BOUGHT: Final[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,5 +520,7 @@ def _last_session(st: UserState, user_id: str, steps: list[Step], step: Step) ->
 
 
 def _open_session(user_id: str, steps: list[Step]) -> OpenSession:
-    purchased = frozenset([text for _, code, text in steps if code == PURCHASE])
+    bought = [text for _, code, text in steps if code == PURCHASE]
+    # Most sessions buy nothing: they share one empty set (one container less to collect).
+    purchased = frozenset(bought) if bought else _NOTHING_BOUGHT
     return OpenSession(session_id_of(user_id, steps[0][0]), purchased)

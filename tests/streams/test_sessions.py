@@ -114,6 +114,15 @@ def test_late_event_is_merged_in_order() -> None:
     assert state.tokens(10) == [Token("a", "view"), Token("b", "view"), Token("c", "view")]
 
 
+def test_sessions_without_purchases_share_one_empty_set() -> None:
+    """One container less per open session for the garbage collector to walk."""
+    _, _, first = feed([("e1", click(0, "a"))])
+    _, _, second = feed([("e2", click(5, "b")), ("e3", click(6, "c"))])
+    sessions = [applied.session for applied in first + second]
+    assert all(s is not None and s.purchased == frozenset() for s in sessions)
+    assert len({id(s.purchased) for s in sessions if s is not None}) == 1
+
+
 def test_searches_and_purchases() -> None:
     state, _, results = feed(
         [
