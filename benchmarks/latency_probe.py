@@ -28,7 +28,7 @@ back and counted as the worker's latency.
 
     python benchmarks/latency_probe.py [--broker noida|tansu] [--rates 300,1200,2400]
         [--seconds 8] [--scenario recstream-full|recstream-passthrough]
-        [--env RECSTREAM_BATCH_WITHIN=0.001 ...] [--worker-cpus 1]
+        [--env RECSTREAM_BATCH_WITHIN=0.001 ...] [--worker-cpus 1] [--worker-cpu-limit 1.5]
     python benchmarks/latency_probe.py --quick     # two low rates, 3 s each
 
 Prints a table and writes ``benchmarks/results/latency_probe.json`` (``_quick``).
@@ -158,7 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         target = ps.make_target(args.scenario, bootstrap, PARTITIONS, model_dir)
         target.env.update(args.env)
         await ps.prepare_target(bootstrap, target, PARTITIONS, warmup)
-        group = ps.Workers(target, args.worker_cpus)
+        group = ps.Workers(target, args.worker_cpus, args.worker_cpu_limit)
         group.spawn()
         try:
             drained = bc.OutputWatch(target=len(warmup))
@@ -199,6 +199,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "clicks_per_user": args.clicks_per_user,
             "env": args.env,
             "worker_cpus": list(args.worker_cpus),
+            "worker_cpu_limit": args.worker_cpu_limit,
         },
         "phases": phases,
     }
@@ -297,6 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--worker-cpus",
         default="",
         help="comma-separated CPUs the worker and its model processes are pinned to",
+    )
+    parser.add_argument(
+        "--worker-cpu-limit",
+        type=ps.positive_float,
+        help="CPUs the worker and its model processes may use in all (a cgroup of their "
+        "own, as a container's CPU limit; needs root)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the warm-up")
     parser.add_argument("--quick", action="store_true", help="rates 100,400 for 3 s each")

@@ -160,6 +160,9 @@ class Config:
     """The scenario the deep part runs on instead of the main one (e.g. the GPU scorer)."""
     worker_cpus: tuple[int, ...] = ()
     """CPUs the apps' processes (and their children) are pinned to; () = all."""
+    worker_cpu_limit: float | None = None
+    """CPUs each app process (with its children: a worker's model processes) may use in
+    all, as a container's CPU limit (:class:`CpuLimit`); None = no limit."""
 
 
 #: About two minutes: one broker (noida starts Faust workers fastest), the scenarios
@@ -356,6 +359,67 @@ def make_target(
     raise ValueError(f"not a stream-app scenario: {scenario}")
 
 
+#: CFS period of the workers' cgroups, microseconds (the kernel's default).
+CFS_PERIOD_US: Final = 100_000
+#: Numbers the workers' cgroups (unique within this run).
+_CGROUP_SERIAL: Final = itertools.count()
+
+
+@dataclass(frozen=True)
+class CpuLimit:
+    """A cgroup of its own for one app process and its children, allowed ``cpus`` CPUs in all
+    (CFS bandwidth, what a container's CPU limit sets: cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``).  Making one needs root and a writable cgroup file system."""
+
+    cpus: float
+    folder: Path
+    #: The file a process joins the cgroup through (its pid written there).
+    procs: Path
+
+    @classmethod
+    def make(cls, cpus: float, name: str, root: Path = Path("/sys/fs/cgroup")) -> CpuLimit:
+        """A new cgroup ``name`` under ``root`` (v2 where ``root`` is a unified hierarchy
+        with the cpu controller, else v1's ``cpu`` hierarchy); SystemExit if none can be."""
+        quota = round(cpus * CFS_PERIOD_US)
+        try:
+            if "cpu" in _read(root / "cgroup.controllers").split():
+                (root / "cgroup.subtree_control").write_text("+cpu")
+                folder = root / name
+                folder.mkdir()
+                (folder / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
+            else:
+                folder = root / "cpu" / name
+                folder.mkdir()
+                (folder / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+                (folder / "cpu.cfs_quota_us").write_text(str(quota))
+        except OSError as exc:
+            raise SystemExit(f"--worker-cpu-limit: cannot make a cgroup ({exc})") from None
+        return cls(cpus, folder, folder / "cgroup.procs")
+
+    def join(self) -> None:
+        """Move the calling process into the cgroup (its children follow it)."""
+        self.procs.write_text(str(os.getpid()))
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Remove the cgroup once its processes are gone (a worker's model processes
+        exit when their pipes close); left with a warning if they are not."""
+        deadline = time.monotonic() + timeout
+        while _read(self.procs).strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            self.folder.rmdir()
+        except OSError as exc:
+            print(f"warning: cgroup {self.folder} left: {exc}", file=sys.stderr)
+
+
+def _read(path: Path) -> str:
+    """A file's text, or "" when it cannot be read."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 @dataclass
 class Workers:
     """Child worker processes of one target, with their log files."""
@@ -363,6 +427,10 @@ class Workers:
     target: Target
     cpus: tuple[int, ...] = ()
     """CPUs each worker and its children are pinned to (() = not pinned)."""
+    cpu_limit: float | None = None
+    """CPUs each worker and its children may use in all (None: no limit)."""
+    limits: list[CpuLimit] = field(default_factory=list)
+    """The workers' cgroups, in spawn order (with ``cpu_limit``)."""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     spawned_at: list[float] = field(default_factory=list)
@@ -393,6 +461,11 @@ class Workers:
         env = self.own_env()
         if "RECSTREAM_WEB_PORT" in env:
             self.web_ports.append(env["RECSTREAM_WEB_PORT"])
+        limit = None
+        if self.cpu_limit is not None:
+            name = f"recstream-bench-{os.getpid()}-{next(_CGROUP_SERIAL)}"
+            limit = CpuLimit.make(self.cpu_limit, name)
+            self.limits.append(limit)
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 self.target.command,
@@ -401,7 +474,7 @@ class Workers:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=self._pin if self.cpus else None,
+                preexec_fn=functools.partial(self._confine, limit) if self.cpus or limit else None,
             )
         self.procs.append(proc)
         self.logs.append(log)
@@ -409,9 +482,13 @@ class Workers:
         self.spawned_at.append(started)
         return started
 
-    def _pin(self) -> None:
-        """In the forked child before it runs the worker: keep it on ``cpus``."""
-        os.sched_setaffinity(0, self.cpus)
+    def _confine(self, limit: CpuLimit | None) -> None:
+        """In the forked child before it runs the worker: keep it on ``cpus``, and in
+        ``limit``'s cgroup."""
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
+        if limit is not None:
+            limit.join()
 
     @property
     def pids(self) -> list[int]:
@@ -443,9 +520,12 @@ class Workers:
             log.unlink(missing_ok=True)
         for folder in self.data_dirs:
             shutil.rmtree(folder, ignore_errors=True)
+        for limit in self.limits:
+            limit.remove()
         self.procs.clear()
         self.logs.clear()
         self.data_dirs.clear()
+        self.limits.clear()
 
 
 def tail(path: Path, chars: int = 1_500) -> str:
@@ -555,7 +635,7 @@ async def app_throughput(
     bootstrap = broker.bootstrap_servers
     target = make_target(scenario, bootstrap, cfg.partitions, model_dir)
     await prepare_target(bootstrap, target, cfg.partitions, backlog)
-    group = Workers(target, cfg.worker_cpus)
+    group = Workers(target, cfg.worker_cpus, cfg.worker_cpu_limit)
     try:
         spawned = group.spawn()  # the cold start counts from the first worker's
         for _ in range(workers - 1):
@@ -728,7 +808,7 @@ async def rebalance_pauses(
     bootstrap = broker.bootstrap_servers
     target = make_target(scenario, bootstrap, cfg.partitions, model_dir)
     await prepare_target(bootstrap, target, cfg.partitions, bc.Backlog([], "none", 0))
-    group = Workers(target, cfg.worker_cpus)
+    group = Workers(target, cfg.worker_cpus, cfg.worker_cpu_limit)
     try:
         group.spawn()
         await probe(bootstrap, target, "u0", "warm-", cfg.timeout_s)
@@ -1349,9 +1429,10 @@ def add_full_pipeline_shares(results: dict[str, Any]) -> None:
     (results before 2026-12-07 15:30 UTC), over the one timed at the run's start."""
     first = results.get("onnx", {}).get("backlog", {})
     cores = results.get("meta", {}).get("cpus")
-    pinned = bool(results.get("meta", {}).get("worker_cpus"))
+    meta = results.get("meta", {})
+    confined = bool(meta.get("worker_cpus")) or meta.get("worker_cpu_limit") is not None
     for out in results["brokers"].values():
-        if pinned:  # the workers had fewer cores than the bare model: no like-for-like share
+        if confined:  # the workers had fewer cores than the bare model: no like-for-like share
             out["full_pipeline_share"] = {}
             continue
         in_turns = out.get("bare_model", {})
@@ -1634,6 +1715,13 @@ def render(results: dict[str, Any]) -> str:
             if (cpus := meta.get("worker_cpus"))
             else ""
         )
+        + (
+            f" Each app process, a worker's model processes included, was limited to "
+            f"{limit:g} CPUs (a cgroup of its own, as a container's CPU limit); the brokers "
+            "and the benchmark were not."
+            if (limit := meta.get("worker_cpu_limit")) is not None
+            else ""
+        )
         + "\n",
         "## Throughput\n",
         "ev/s: outputs per second from the first output to the last (median of the runs); "
@@ -1821,6 +1909,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "share is then not computed: the bare model runs on every core)",
     )
     parser.add_argument(
+        "--worker-cpu-limit",
+        type=positive_float,
+        help="CPUs each app process (a worker with its model processes) may use in all: "
+        "a cgroup of its own with that CPU quota, as a container's CPU limit (needs root; "
+        "goal 2's share is then not computed)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         help="where the JSON goes, the .md beside it (default benchmarks/results/"
@@ -1856,7 +1951,17 @@ def config_from(args: argparse.Namespace) -> Config:
         updates["deep"] = False
     if args.worker_cpus:
         updates["worker_cpus"] = parse_cpus(args.worker_cpus)
+    if args.worker_cpu_limit:
+        updates["worker_cpu_limit"] = args.worker_cpu_limit
     return replace(cfg, **updates)
+
+
+def positive_float(text: str) -> float:
+    """An argument that must be a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not above 0: {text}")
+    return value
 
 
 def parse_cpus(text: str) -> tuple[int, ...]:

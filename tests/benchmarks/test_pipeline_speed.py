@@ -139,6 +139,60 @@ def test_workers_can_be_pinned_to_cpus() -> None:
         group.stop()
 
 
+def test_a_cpu_limit_is_a_cgroup_with_that_quota(tmp_path: Path) -> None:
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    limit = ps.CpuLimit.make(1.5, "bench-1", root=v1)
+    assert limit.folder == v1 / "cpu" / "bench-1"
+    assert (limit.folder / "cpu.cfs_quota_us").read_text() == "150000"
+    assert (limit.folder / "cpu.cfs_period_us").read_text() == "100000"
+    limit.join()
+    assert limit.procs.read_text() == str(os.getpid())
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    limit = ps.CpuLimit.make(0.5, "bench-2", root=v2)
+    assert (v2 / "cgroup.subtree_control").read_text() == "+cpu"
+    assert (limit.folder / "cpu.max").read_text() == "50000 100000"
+    with pytest.raises(SystemExit, match="cannot make a cgroup"):
+        ps.CpuLimit.make(0.5, "bench-2", root=v2)  # exists already
+
+
+def test_a_cpu_limit_is_an_option_above_zero() -> None:
+    cfg = ps.config_from(ps.parse_args(["--worker-cpu-limit", "1.5"]))
+    assert cfg.worker_cpu_limit == 1.5
+    assert ps.config_from(ps.parse_args([])).worker_cpu_limit is None
+    with pytest.raises(SystemExit):
+        ps.parse_args(["--worker-cpu-limit", "0"])
+
+
+def _cgroups_writable() -> bool:
+    """Whether this process may make cgroups with a CPU quota (root, cgroup v1 or v2)."""
+    root = Path("/sys/fs/cgroup")
+    controllers = root / "cgroup.controllers"
+    v2 = controllers.is_file() and "cpu" in controllers.read_text().split()
+    folder = root if v2 else root / "cpu"
+    return os.geteuid() == 0 and folder.is_dir() and os.access(folder, os.W_OK)
+
+
+@pytest.mark.skipif(not _cgroups_writable(), reason="needs root and a writable cgroup fs")
+def test_a_worker_in_a_cpu_limit_sees_that_limit() -> None:
+    """The worker's ``RECSTREAM_MODEL_PROCESSES=auto`` reads the quota the kernel gives it."""
+    code = "from recstream.streams.model_process import usable_cpus; print(usable_cpus())"
+    target = ps.Target(
+        "limited", "in", "out", "group", "changelog", {}, command=(sys.executable, "-c", code)
+    )
+    group = ps.Workers(target, cpu_limit=0.5)
+    group.spawn()
+    try:
+        assert group.procs[0].wait(60) == 0
+        assert group.logs[0].read_text().strip() == "0.5"
+    finally:
+        folder = group.limits[0].folder
+        group.stop()
+    assert not folder.exists()
+
+
 def test_pinned_workers_get_no_goal_2_share() -> None:
     throughput = {
         "recstream-full": {"rate": 500.0, "app_cpu_us_per_event": 100.0},
@@ -155,6 +209,9 @@ def test_pinned_workers_get_no_goal_2_share() -> None:
     results["meta"]["worker_cpus"] = []
     ps.add_full_pipeline_shares(results)
     assert results["brokers"]["noida"]["full_pipeline_share"]["share"] == 0.5
+    results["meta"]["worker_cpu_limit"] = 1.5  # limited like a container: not either
+    ps.add_full_pipeline_shares(results)
+    assert results["brokers"]["noida"]["full_pipeline_share"] == {}
 
 
 def test_the_exactly_once_pass_through_needs_transactions() -> None:
