@@ -244,6 +244,9 @@ class BatchProcessor:
             else:  # forwarded to the partition that owns the user's state
                 payload = repartition_payload(item.event, item.source.kind)
                 outbox.add(repartition, item.event.user_id.encode("utf-8"), payload, item.home)
+        if self.metrics is not None and local:  # forwarded events count where they land
+            begun = pipeline.clock()
+            self.metrics.input_delay([begun - item.event.ts for item in local])
         if self.latest is not None:  # before prepare: it deletes forgotten users' state
             self.latest.forget([i.event.user_id for i in local if isinstance(i.event, Forget)])
         work = pipeline.prepare(local, self.store)

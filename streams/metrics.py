@@ -18,6 +18,9 @@ Exported series (every name is listed in :data:`METRIC_NAMES`)::
                                                  by state: cpu, runqueue, blocked (the GIL,
                                                  or the answers of model processes)
     recstream_end_to_end_latency_seconds         histogram: input event time -> output emitted
+    recstream_input_delay_seconds                histogram: input event time -> its batch's
+                                                 processing begins (producer, broker, fetch,
+                                                 the micro-batch's gathering)
     recstream_session_table_users                users held in this worker's session table
     recstream_model_info{kind,version,provider}  1 for each loaded model
     recstream_consumer_lag{topic,partition}      highwater - next offset to read, per partition
@@ -91,6 +94,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "recstream_scoring_latency_seconds",
     "recstream_scoring_thread_seconds_total",
     "recstream_end_to_end_latency_seconds",
+    "recstream_input_delay_seconds",
     "recstream_session_table_users",
     "recstream_model_info",
     "recstream_consumer_lag",
@@ -302,6 +306,14 @@ class Metrics:
             _END_TO_END_BUCKETS,
         )
         reg.register(self._end_to_end)
+        self._input_delay = _BatchHistogram(
+            "recstream_input_delay_seconds",
+            "Seconds from an input event's timestamp to the start of its batch's processing: "
+            "the producer, the broker, the fetch and the micro-batch's gathering (the rest of "
+            "the end-to-end latency is the worker's: sessions, scoring, outputs).",
+            _END_TO_END_BUCKETS,
+        )
+        reg.register(self._input_delay)
         self._session_users = Gauge(
             "recstream_session_table_users",
             "Users with a session in this worker's session table.",
@@ -366,6 +378,11 @@ class Metrics:
         """Record the delays from input events' times to the emission of their outputs
         (negative ones, from clocks that disagree, as 0)."""
         self._end_to_end.observe([s if s > 0.0 else 0.0 for s in seconds])
+
+    def input_delay(self, seconds: Iterable[float]) -> None:
+        """Record the delays from input events' times to the start of their batch's
+        processing (negative ones, from clocks that disagree, as 0)."""
+        self._input_delay.observe([s if s > 0.0 else 0.0 for s in seconds])
 
     def reread(self, n: int) -> None:
         """Count ``n`` input records read again because the consumer skipped them."""

@@ -129,6 +129,7 @@ def test_every_query_uses_existing_metrics_and_labels(dashboard: dict[str, Any])
         "recstream_scoring_batch_size_bucket",
         "recstream_scoring_latency_seconds_bucket",
         "recstream_end_to_end_latency_seconds_bucket",
+        "recstream_input_delay_seconds_bucket",
         "recstream_session_table_users",
         "recstream_model_info",
         "recstream_consumer_lag",

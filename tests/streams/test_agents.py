@@ -331,6 +331,32 @@ def test_records_on_the_home_partition_are_processed_and_others_forwarded() -> N
     assert set(table.data) == {pseudo.encode()}
 
 
+def test_input_delays_are_recorded_where_the_events_are_processed() -> None:
+    """From each event's time to its batch's start (the pipeline's clock), once per event:
+    a forwarded click counts on its home partition, not where it was forwarded from."""
+    processor, app, _ = make()
+    metrics = processor.metrics = Metrics()
+    home = home_partition("erin", PARTITIONS)
+    other = (home + 1) % PARTITIONS
+    sample = metrics.registry.get_sample_value
+
+    async def scenario() -> None:
+        await whole(
+            processor, "clicks", batch(click("e1", "erin", home), click("e2", "erin", other))
+        )
+        assert sample("recstream_input_delay_seconds_count") == 1
+        assert sample("recstream_input_delay_seconds_sum") == pytest.approx(5.0)  # NOW - ts
+        topic, key, value, _ = next(
+            s for s in app.producer.sent if s[0] == "app-events-repartition"
+        )
+        await whole(processor, REPARTITIONED, batch(Message(topic, home, 0, value, key)))
+        assert sample("recstream_input_delay_seconds_count") == 2
+        assert sample("recstream_input_delay_seconds_bucket", {"le": "5.0"}) == 2
+
+    asyncio.run(scenario())
+    processor.close()
+
+
 def test_invalid_records_are_dead_lettered_and_the_batch_goes_on() -> None:
     processor, app, _ = make()
     home = home_partition("bob", PARTITIONS)

@@ -119,6 +119,16 @@ def test_scoring_thread_time_is_added_by_state() -> None:
     )
 
 
+def test_input_delay_clamps_clock_skew_to_zero() -> None:
+    metrics = Metrics()
+    metrics.input_delay([0.02, 0.2])
+    metrics.input_delay([-1.0])  # event stamped slightly in the future
+    assert value(metrics, "recstream_input_delay_seconds_count") == 3
+    assert value(metrics, "recstream_input_delay_seconds_sum") == pytest.approx(0.22)
+    assert value(metrics, "recstream_input_delay_seconds_bucket", le="0.005") == 1
+    assert value(metrics, "recstream_input_delay_seconds_bucket", le="0.025") == 2
+
+
 def test_end_to_end_latency_clamps_clock_skew_to_zero() -> None:
     metrics = Metrics()
     metrics.end_to_end([0.3])
