@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import psutil
@@ -755,6 +755,44 @@ def scoring_threads_busy(before: str, after: str, seconds: float) -> dict[str, f
     if not any(spent.values()) or seconds <= 0:
         return None
     return {state: round(value / seconds, 3) for state, value in spent.items()}
+
+
+#: The worker's latency histograms :func:`latency_means` reads: (key, name, labels).
+WORKER_LATENCIES: Final[tuple[tuple[str, str, dict[str, str]], ...]] = (
+    ("input_delay", "recstream_input_delay_seconds", {}),
+    ("scoring_per_batch", "recstream_scoring_latency_seconds", {"model": "recs"}),
+    ("end_to_end", "recstream_end_to_end_latency_seconds", {}),
+)
+
+
+def histogram_totals(metrics_text: str, name: str, labels: dict[str, str]) -> tuple[float, float]:
+    """``(count, sum)`` of the histogram ``name`` with ``labels`` in a worker's metrics
+    (zeros when it is not there)."""
+    count = total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if any(sample.labels.get(key) != value for key, value in labels.items()):
+                continue
+            if sample.name == f"{name}_count":
+                count = sample.value
+            elif sample.name == f"{name}_sum":
+                total = sample.value
+    return count, total
+
+
+def latency_means(before: str, after: str) -> dict[str, float | None]:
+    """The mean of each of the worker's latency histograms between two scrapes of its
+    metrics, in ms (:data:`WORKER_LATENCIES`: an event's input delay, a batch's scoring,
+    an event's end-to-end time); None where nothing was observed meanwhile."""
+    means: dict[str, float | None] = {}
+    for key, name, labels in WORKER_LATENCIES:
+        count_before, sum_before = histogram_totals(before, name, labels)
+        count_after, sum_after = histogram_totals(after, name, labels)
+        count = count_after - count_before
+        means[key] = round(1e3 * (sum_after - sum_before) / count, 2) if count else None
+    return means
 
 
 def gc_pauses(metrics_text: str) -> dict[str, Any]:

@@ -20,8 +20,9 @@ broker and this process (% of one core), the worker's CPU thread by thread (name
 the last rate by ``py-spy dump``, which pauses the worker a moment: ``MainThread`` runs
 the event loop and the batch code, Faust's consumer thread runs aiokafka's fetches,
 ``recstream-scoring_*`` run the models), how many scoring threads were busy scoring on
-average (on a core / waiting for one / blocked), and the scoring micro-batches and
-garbage collector pauses the worker counted meanwhile (``/metrics``).  Timing is on
+average (on a core / waiting for one / blocked), and the scoring micro-batches, garbage
+collector pauses and mean latencies (an event's input delay, a batch's scoring, an
+event's end-to-end time) the worker counted meanwhile (``/metrics``).  Timing is on
 this machine's clock for both ends.  This process's own collector is paused during each
 rate (:func:`bc.collector_paused`): its collections held stamped clicks and read answers
 back and counted as the worker's latency.
@@ -144,6 +145,7 @@ async def one_rate(
         "scoring_batches": batches,
         "mean_scoring_batch": (after["events"] - before["events"]) / batches if batches else None,
         "gc": gc,
+        "worker_means_ms": bc.latency_means(metrics_before, metrics_after),
     }
 
 
@@ -217,6 +219,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{phase['received']:,}/{phase['sent']:,}",
                 *(f"{p['p50']} / {p['p90']} / {p['p99']}" for p in [*parts, total]),
                 bc.fmt(phase["mean_scoring_batch"], 1),
+                worker_means(phase.get("worker_means_ms")),
                 f"{phase['cpu_percent'].get('app', 0):.0f}",
                 gc_pauses(phase["gc"]) if "gc" in phase else "-",
             ]
@@ -228,10 +231,18 @@ def table(result: dict[str, Any]) -> str:
         "emitted->received",
         "total",
         "mean scoring batch",
+        "worker: input delay / scoring a batch / end-to-end, mean ms",
         "worker CPU %",
         "GC pauses / ms (by generation)",
     ]
     return bc.markdown_table(headers, rows)
+
+
+def worker_means(means: dict[str, float | None] | None) -> str:
+    """The worker's own latency means (``bc.latency_means``) as ``a / b / c``."""
+    if not means:
+        return "-"
+    return " / ".join(bc.fmt(means.get(key), 1) for key, _, _ in bc.WORKER_LATENCIES)
 
 
 def gc_pauses(gc: dict[str, Any]) -> str:

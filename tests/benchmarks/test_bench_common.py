@@ -96,6 +96,29 @@ def test_scoring_threads_busy_between_two_scrapes_by_state() -> None:
     )
 
 
+def test_latency_means_between_two_scrapes() -> None:
+    metrics = Metrics()
+    before = metrics.render()[0].decode()
+    assert bc.latency_means(before, before) == dict.fromkeys(
+        ("input_delay", "scoring_per_batch", "end_to_end")
+    )
+    metrics.input_delay([0.010, 0.030])
+    metrics.scoring_batch("recs", 2, 0.004)
+    metrics.scoring_batch("sentiment", 1, 0.5)  # another model's batches are not counted
+    metrics.end_to_end([0.020, 0.040])
+    after = metrics.render()[0].decode()
+    assert bc.latency_means(before, after) == pytest.approx(
+        {"input_delay": 20.0, "scoring_per_batch": 4.0, "end_to_end": 30.0}
+    )
+    metrics.input_delay([0.1])
+    later = metrics.render()[0].decode()
+    assert bc.latency_means(after, later) == {
+        "input_delay": 100.0,
+        "scoring_per_batch": None,
+        "end_to_end": None,
+    }
+
+
 def _mean_history(keys: list[bytes]) -> float:
     """Each click's history length (its user's clicks so far), averaged over the clicks."""
     seen: dict[bytes, int] = {}

@@ -142,6 +142,8 @@ def test_a_tiny_run_answers_every_click_and_writes_its_json(tmp_path: Path) -> N
         assert phase["total_ms"]["p50"] >= phase["event_to_emitted_ms"]["p50"] > 0
         assert phase["scoring_batches"] >= 1 and phase["mean_scoring_batch"] >= 1
         assert phase["gc"]["collections"] >= 0 and phase["gc"]["ms"] >= 0
+        means = phase["worker_means_ms"]  # the input delay is a part of the end-to-end time
+        assert 0 <= means["input_delay"] <= means["end_to_end"]
         busy = phase["scoring_threads_busy"]
         assert busy is None or (set(busy) == {"cpu", "runqueue", "blocked"} and busy["cpu"] > 0)
 
