@@ -694,21 +694,30 @@ def events_in(metrics_text: str, topic: str) -> int:
     return 0
 
 
+def histogram_totals(metrics_text: str, name: str, labels: dict[str, str]) -> tuple[float, float]:
+    """``(count, sum)`` of the histogram ``name`` with ``labels`` in a worker's metrics
+    (zeros when it is not there)."""
+    count = total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if any(sample.labels.get(key) != value for key, value in labels.items()):
+                continue
+            if sample.name == f"{name}_count":
+                count = sample.value
+            elif sample.name == f"{name}_sum":
+                total = sample.value
+    return count, total
+
+
 def scoring_counts(metrics_text: str, model: str = "recs") -> dict[str, float]:
     """How many micro-batches a worker has scored for ``model`` so far, and how many
     events they held (its ``recstream_scoring_batch_size`` histogram); zeros when none."""
-    found = {"batches": 0.0, "events": 0.0}
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != "recstream_scoring_batch_size":
-            continue
-        for sample in family.samples:
-            if sample.labels.get("model") != model:
-                continue
-            if sample.name.endswith("_count"):
-                found["batches"] = sample.value
-            elif sample.name.endswith("_sum"):
-                found["events"] = sample.value
-    return found
+    batches, events = histogram_totals(
+        metrics_text, "recstream_scoring_batch_size", {"model": model}
+    )
+    return {"batches": batches, "events": events}
 
 
 def scoring_batches(metrics_text: str, model: str = "recs") -> dict[str, float] | None:
@@ -763,23 +772,6 @@ WORKER_LATENCIES: Final[tuple[tuple[str, str, dict[str, str]], ...]] = (
     ("scoring_per_batch", "recstream_scoring_latency_seconds", {"model": "recs"}),
     ("end_to_end", "recstream_end_to_end_latency_seconds", {}),
 )
-
-
-def histogram_totals(metrics_text: str, name: str, labels: dict[str, str]) -> tuple[float, float]:
-    """``(count, sum)`` of the histogram ``name`` with ``labels`` in a worker's metrics
-    (zeros when it is not there)."""
-    count = total = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != name:
-            continue
-        for sample in family.samples:
-            if any(sample.labels.get(key) != value for key, value in labels.items()):
-                continue
-            if sample.name == f"{name}_count":
-                count = sample.value
-            elif sample.name == f"{name}_sum":
-                total = sample.value
-    return count, total
 
 
 def latency_means(before: str, after: str) -> dict[str, float | None]:

@@ -158,6 +158,11 @@ def _cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[
     ]
 
 
+def _skew_as_zero(seconds: Iterable[float]) -> list[float]:
+    """Delays between two clocks, a negative one (the clocks disagree) as 0."""
+    return [s if s > 0.0 else 0.0 for s in seconds]
+
+
 class _BatchHistogram(Collector):
     """A histogram observed a batch of values per call (prometheus-client's takes one
     value per call, with its lock, ~1 us each: one per recommendation added up)."""
@@ -377,12 +382,12 @@ class Metrics:
     def end_to_end(self, seconds: Iterable[float]) -> None:
         """Record the delays from input events' times to the emission of their outputs
         (negative ones, from clocks that disagree, as 0)."""
-        self._end_to_end.observe([s if s > 0.0 else 0.0 for s in seconds])
+        self._end_to_end.observe(_skew_as_zero(seconds))
 
     def input_delay(self, seconds: Iterable[float]) -> None:
         """Record the delays from input events' times to the start of their batch's
         processing (negative ones, from clocks that disagree, as 0)."""
-        self._input_delay.observe([s if s > 0.0 else 0.0 for s in seconds])
+        self._input_delay.observe(_skew_as_zero(seconds))
 
     def reread(self, n: int) -> None:
         """Count ``n`` input records read again because the consumer skipped them."""
