@@ -81,13 +81,13 @@ def cpu_quota(root: Path = Path("/")) -> float | None:
             _, controllers, path = line.split(":", 2)
             inside = path.lstrip("/")
             if not controllers:  # cgroup v2; a container sees its own cgroup at the root
-                for folder in (mounts / inside, mounts):
+                for folder in dict.fromkeys((mounts / inside, mounts)):  # each folder once
                     limit = _read_first_line(folder / "cpu.max")
                     if limit is not None:
                         quota, _, period = limit.partition(" ")
                         return None if quota == "max" else int(quota) / int(period)
             elif "cpu" in controllers.split(","):
-                for folder in (mounts / controllers / inside, mounts / controllers):
+                for folder in dict.fromkeys((mounts / controllers / inside, mounts / controllers)):
                     quota_us = _read_first_line(folder / "cpu.cfs_quota_us")
                     period_us = _read_first_line(folder / "cpu.cfs_period_us")
                     if quota_us is not None and period_us is not None:
