@@ -6,16 +6,18 @@
 Starts a broker, loads the backlog, runs the worker under ``py-spy record`` (raw
 collapsed stacks, written to ``$TMPDIR/recstream-profile-<scenario>-<broker>.txt``) until
 every output has arrived, then prints the functions with the most samples, self and
-inclusive, as a share of all samples and as microseconds per event.  Needs ``py-spy``
-(``pip install py-spy``) and permission to trace child processes.
+inclusive, as a share of all samples and as microseconds per event.  The worker's
+model processes are profiled with it (their samples count towards the events' CPU, and
+in the group "child processes").  Needs ``py-spy`` (``pip install py-spy``) and
+permission to trace child processes.
 
 ``--paced`` profiles live traffic instead: the worker drains a small backlog first (so
 start-up is over), then py-spy attaches for ``--seconds`` while clicks of new users, as
 many per user as in that backlog, arrive at the given rate, and the CPU is also given
-per thread (event loop, Faust's consumer thread, scoring threads).  With ``--gil`` only
-the thread holding the GIL is sampled: the threads' shares then add up to the share of
-the time the GIL was held, which tells a worker held back by its Python work (near
-100 %) from one waiting on something else.
+per thread (event loop, Faust's consumer thread, scoring threads, each model process's
+threads).  With ``--gil`` only the thread holding the GIL is sampled: the worker's
+threads' shares then add up to the share of the time its GIL was held, which tells a
+worker held back by its Python work (near 100 %) from one waiting on something else.
 """
 
 from __future__ import annotations
@@ -76,10 +78,30 @@ def _matches(frame: str, function: str, fragment: str) -> bool:
     return not function or name == function or name.endswith(f".{function}")
 
 
+#: The group of the samples taken in the worker's children (its model processes).
+CHILDREN = "child processes (model processes)"
+
+
+def split_process(frames: list[str]) -> tuple[str | None, list[str]]:
+    """A stack recorded with ``--subprocesses``: the child of the worker it ran in (None:
+    the worker itself; else e.g. "child 812 (model process)"), and its frames below the
+    process frames (``process 812:"command line"``, the worker's first)."""
+    depth = 0
+    while depth < len(frames) and frames[depth].startswith("process "):
+        depth += 1
+    if depth < 2:
+        return None, frames[depth:]
+    frame = frames[depth - 1]
+    pid = frame.removeprefix("process ").split(":", 1)[0]
+    kind = "model process" if "recstream.streams.model_process" in frame else "process"
+    return f"child {pid} ({kind})", frames[depth:]
+
+
 def parse_collapsed(path: Path) -> tuple[int, Counter[str], Counter[str]]:
     """(total samples, self samples per leaf frame, inclusive samples per group).
 
-    Stacks inside an import (start-up) are left out.
+    Stacks inside an import (start-up) are left out.  The worker's children count too
+    (group :data:`CHILDREN`): a model process's run is CPU spent on the worker's events.
     """
     total = 0
     leaf: Counter[str] = Counter()
@@ -89,11 +111,13 @@ def parse_collapsed(path: Path) -> tuple[int, Counter[str], Counter[str]]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
-        if any("_find_and_load" in frame for frame in frames):
+        child, frames = split_process(stack.split(";"))
+        if not frames or any("_find_and_load" in frame for frame in frames):
             continue
         total += count
         leaf[frames[-1]] += count
+        if child is not None:
+            groups[CHILDREN] += count
         for name, (function, fragment) in GROUPS.items():
             if any(_matches(frame, function, fragment) for frame in frames):
                 groups[name] += count
@@ -101,13 +125,19 @@ def parse_collapsed(path: Path) -> tuple[int, Counter[str], Counter[str]]:
 
 
 def thread_samples(path: Path) -> Counter[str]:
-    """Samples per thread of a profile recorded with ``--threads`` (the stacks' first frame)."""
+    """Samples per thread of a profile recorded with ``--threads`` (the first frame below
+    the process frames); a child's threads are named after it ("child 812 (model
+    process): MainThread")."""
     threads: Counter[str] = Counter()
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if stack and count_text.isdigit():
-            name = stack.split(";", 1)[0]
-            threads[name.split(": ", 1)[-1] if ": " in name else name] += int(count_text)
+        if not stack or not count_text.isdigit():
+            continue
+        child, frames = split_process(stack.split(";"))
+        if not frames:
+            continue
+        name = frames[0].split(": ", 1)[-1] if ": " in frames[0] else frames[0]
+        threads[name if child is None else f"{child}: {name}"] += int(count_text)
     return threads
 
 
@@ -140,6 +170,7 @@ def record_options(args: argparse.Namespace, out_path: Path) -> tuple[str, ...]:
         "--rate",
         str(args.rate),
         *sampling,
+        "--subprocesses",  # the model processes
         "--nolineno",
         "--output",
         str(out_path),
@@ -299,8 +330,9 @@ def thread_lines(
     for name, count in threads.most_common():
         share = count / rate / seconds
         lines.append(f"  {share:6.1%} {count * us_per_sample:8.1f} µs  {name}")
-    if gil:  # one thread holds the GIL at a time: the shares add up
-        held = sum(threads.values()) / rate / seconds
+    if gil:  # one of the worker's threads holds its GIL at a time: their shares add up
+        worker = sum(n for name, n in threads.items() if not name.startswith("child "))
+        held = worker / rate / seconds
         lines.append(f"  {held:6.1%} of the time some thread held the GIL")
     return lines
 

@@ -387,7 +387,7 @@ class BatchProcessor:
         for dead in out.dead_letters:
             reason = dead.error.split(":", 1)[0]
             metrics.deadletter(Reason(reason) if reason in _REASONS else PROCESSING_ERROR)
-        now = time.time()
+        now = self.pipeline.clock()
         metrics.end_to_end([now - ts for ts in map(_EVENT_TS, out.recommendations)])
         metrics.session_users(len(self.store))
 

@@ -300,18 +300,16 @@ class ModelProcesses:
                 daemon=True,
             ).start()
 
-    def available(self) -> bool:
-        """Whether the calling thread's runs can go to a model process now: it has a
-        live one, or no start has failed in the last ``START_RETRY_PAUSE`` seconds."""
-        process: ModelProcess | None = getattr(self._local, "process", None)
-        return (process is not None and process.is_alive()) or self._clock() >= self._retry_at
-
-    def run(self, runs: Sequence[Feeds]) -> list[tuple[np.ndarray, ...]]:
-        """``ModelProcess.run`` in the calling thread's process, started if need be
-        (each :class:`ModelProcessError` is counted in :func:`failures`)."""
+    def run(self, runs: Sequence[Feeds]) -> list[tuple[np.ndarray, ...]] | None:
+        """``ModelProcess.run`` in the calling thread's process, started if need be; None
+        while starts are paused (one failed in the last ``START_RETRY_PAUSE`` seconds and
+        this thread has no live process): the caller runs the model itself.  Each
+        :class:`ModelProcessError` is counted in :func:`failures`."""
         try:
             process: ModelProcess | None = getattr(self._local, "process", None)
             if process is None or not process.is_alive():
+                if self._clock() < self._retry_at:
+                    return None
                 process = self._start()
             return process.run(runs)
         except ModelProcessError:
@@ -326,11 +324,10 @@ class ModelProcesses:
                 if self._closed:
                     return
                 try:
-                    process = ModelProcess(self._spec)
+                    process = self._new_process()
                 except ModelProcessError as exc:
                     _FAILURES.add()
                     log.warning("%s; the scoring threads run the model until one starts", exc)
-                    self._retry_at = self._clock() + START_RETRY_PAUSE
                     return
                 with self._ready:
                     if not self._closed:
@@ -354,15 +351,19 @@ class ModelProcesses:
                 if spare.is_alive():
                     self._local.process = spare
                     return spare
-        try:
-            process = ModelProcess(self._spec)
-        except ModelProcessError:
-            self._retry_at = self._clock() + START_RETRY_PAUSE
-            raise
+        process = self._new_process()
         self._local.process = process
         with self._ready:
             self._started = [p for p in self._started if p.is_alive()] + [process]
         return process
+
+    def _new_process(self) -> ModelProcess:
+        """A new child; a failed start pauses the next ones for ``START_RETRY_PAUSE``."""
+        try:
+            return ModelProcess(self._spec)
+        except ModelProcessError:
+            self._retry_at = self._clock() + START_RETRY_PAUSE
+            raise
 
     def pids(self) -> list[int]:
         """The process ids of the live children (spares included)."""

@@ -930,7 +930,7 @@ class RecsModel:
         """Each batch run with its exclusions (None: not run, None out): in this thread,
         or all in one round trip to the thread's model process (in this thread after
         all when that process failed, or while none can start)."""
-        if self.processes is None or not self.processes.available():
+        if self.processes is None:
             return self._run_here(batches, excludes)
         feeds = [
             _bound(batch).feeds(exclude)
@@ -938,11 +938,14 @@ class RecsModel:
             if exclude is not None
         ]
         try:
-            outputs = iter(self.processes.run(feeds))
+            outputs = self.processes.run(feeds)
         except ModelProcessError as exc:  # the inputs are still bound here: run them
             log.warning("%s; this batch runs in the scoring thread", exc)
             return self._run_here(batches, excludes)
-        return [None if exclude is None else _top(next(outputs)) for exclude in excludes]
+        if outputs is None:  # no model process to be had now
+            return self._run_here(batches, excludes)
+        results = iter(outputs)
+        return [None if exclude is None else _top(next(results)) for exclude in excludes]
 
     def _run_here(
         self, batches: Sequence[EncodedBatch], excludes: Sequence[np.ndarray | None]

@@ -18,6 +18,7 @@ def test_gil_mode_asks_py_spy_for_the_gil_holder_only(tmp_path: Path) -> None:
     plain = profile_worker.record_options(_args(gil=False), out)
     held = profile_worker.record_options(_args(gil=True), out)
     assert "--gil" not in plain and "--nonblocking" in plain
+    assert "--subprocesses" in plain  # the model processes
     assert [o for o in held if o != "--gil"] == list(plain) and held.count("--gil") == 1
     assert held[held.index("--output") + 1] == str(out)
 
@@ -43,3 +44,28 @@ def test_gil_shares_add_up_to_the_time_the_gil_was_held() -> None:
     assert lines[-1].split()[0] == "55.0%" and lines[-1].endswith("some thread held the GIL")
     busy = profile_worker.thread_lines(threads, 100, 10, 10.0, gil=False)
     assert "% of one core" in busy[0] and len(busy) == 4  # no GIL total without --gil
+
+
+_WORKER = 'process 700:"python -m recstream worker"'
+_CHILD = 'process 812:"python -m recstream.streams.model_process 5"'
+
+
+def test_model_processes_are_named_and_grouped_apart_from_the_worker(tmp_path: Path) -> None:
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text(  # py-spy's raw format with --threads --subprocesses
+        f"{_WORKER};thread (700): MainThread;prepare (recstream/streams/pipeline.py) 10\n"
+        f"{_WORKER};{_CHILD};thread (812): MainThread;_serve (model_process.py) 6\n"
+        f"{_WORKER};thread (700): MainThread;_find_and_load (<frozen importlib>) 3\n"
+    )
+    assert profile_worker.thread_samples(stacks) == Counter(
+        {"MainThread": 13, "child 812 (model process): MainThread": 6}
+    )
+    total, leaf, groups = profile_worker.parse_collapsed(stacks)
+    assert total == 16  # the import left out
+    assert leaf["_serve (model_process.py)"] == 6
+    assert groups[profile_worker.CHILDREN] == 6
+    assert groups["recstream Pipeline.prepare"] == 10
+    lines = profile_worker.thread_lines(
+        profile_worker.thread_samples(stacks), 100, 1, 1.0, gil=True
+    )
+    assert lines[-1].split()[0] == "13.0%"  # the worker's GIL only

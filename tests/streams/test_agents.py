@@ -333,7 +333,8 @@ def test_records_on_the_home_partition_are_processed_and_others_forwarded() -> N
 
 def test_input_delays_are_recorded_where_the_events_are_processed() -> None:
     """From each event's time to its batch's start (the pipeline's clock), once per event:
-    a forwarded click counts on its home partition, not where it was forwarded from."""
+    a forwarded click counts on its home partition, not where it was forwarded from.  The
+    end-to-end latency is read on the same clock."""
     processor, app, _ = make()
     metrics = processor.metrics = Metrics()
     home = home_partition("erin", PARTITIONS)
@@ -352,6 +353,8 @@ def test_input_delays_are_recorded_where_the_events_are_processed() -> None:
         await whole(processor, REPARTITIONED, batch(Message(topic, home, 0, value, key)))
         assert sample("recstream_input_delay_seconds_count") == 2
         assert sample("recstream_input_delay_seconds_bucket", {"le": "5.0"}) == 2
+        assert sample("recstream_end_to_end_latency_seconds_count") == 2
+        assert sample("recstream_end_to_end_latency_seconds_sum") == pytest.approx(10.0)
 
     asyncio.run(scenario())
     processor.close()

@@ -222,13 +222,13 @@ def test_after_a_failed_start_runs_stay_in_the_thread_for_a_while(
     recs._model.current().processes = broken
     failed = model_process.failures()
     assert _recommend(recs) == expected
-    assert not broken.available() and len(starts) == 1
+    assert len(starts) == 1
     assert model_process.failures() == failed + 1
+    assert broken.run([_feeds(tiny_models)]) is None  # paused: no start tried
     now[0] += model_process.START_RETRY_PAUSE - 1
     assert _recommend(recs) == expected
     assert len(starts) == 1
     now[0] += 1
-    assert broken.available()
     assert _recommend(recs) == expected
     assert len(starts) == 2
 
@@ -276,8 +276,9 @@ def test_a_prestart_that_fails_leaves_the_runs_in_the_threads(
     expected = _recommend(recs)
     failed = model_process.failures()
     broken = ModelProcesses(_spec(tiny_models, b"not an onnx model"), prestart=2)
-    assert _eventually(lambda: not broken.available())
+    assert _eventually(lambda: not broken._starting)
     assert model_process.failures() == failed + 1  # one failure, not one per spare
+    assert broken.run([_feeds(tiny_models)]) is None  # paused: no start tried
     assert "the scoring threads run the model until one starts" in caplog.text
     recs._model.current().processes = broken
     assert _recommend(recs) == expected  # in the thread
