@@ -136,7 +136,7 @@ def thread_samples(path: Path) -> Counter[str]:
         child, frames = split_process(stack.split(";"))
         if not frames:
             continue
-        name = frames[0].split(": ", 1)[-1] if ": " in frames[0] else frames[0]
+        name = frames[0].split(": ", 1)[-1]  # "thread (812): MainThread" -> its name
         threads[name if child is None else f"{child}: {name}"] += int(count_text)
     return threads
 
