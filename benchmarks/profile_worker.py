@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,19 @@ def split_process(frames: list[str]) -> tuple[str | None, list[str]]:
     return f"child {pid} ({kind})", frames[depth:]
 
 
+def read_stacks(path: Path) -> Iterator[tuple[str | None, list[str], int]]:
+    """Each stack of a raw py-spy file as (:func:`split_process`'s child, its frames,
+    its sample count); lines that are not stacks, and stacks of process frames alone,
+    left out."""
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        child, frames = split_process(stack.split(";"))
+        if frames:
+            yield child, frames, int(count_text)
+
+
 def parse_collapsed(path: Path) -> tuple[int, Counter[str], Counter[str]]:
     """(total samples, self samples per leaf frame, inclusive samples per group).
 
@@ -106,13 +119,8 @@ def parse_collapsed(path: Path) -> tuple[int, Counter[str], Counter[str]]:
     total = 0
     leaf: Counter[str] = Counter()
     groups: Counter[str] = Counter()
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        child, frames = split_process(stack.split(";"))
-        if not frames or any("_find_and_load" in frame for frame in frames):
+    for child, frames, count in read_stacks(path):
+        if any("_find_and_load" in frame for frame in frames):
             continue
         total += count
         leaf[frames[-1]] += count
@@ -129,15 +137,9 @@ def thread_samples(path: Path) -> Counter[str]:
     the process frames); a child's threads are named after it ("child 812 (model
     process): MainThread")."""
     threads: Counter[str] = Counter()
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        child, frames = split_process(stack.split(";"))
-        if not frames:
-            continue
+    for child, frames, count in read_stacks(path):
         name = frames[0].split(": ", 1)[-1]  # "thread (812): MainThread" -> its name
-        threads[name if child is None else f"{child}: {name}"] += int(count_text)
+        threads[name if child is None else f"{child}: {name}"] += count
     return threads
 
 
