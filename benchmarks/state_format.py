@@ -76,7 +76,11 @@ def format1_size(state: Any) -> int:
     """Bytes of ``state`` in the JSON layout of format 1 (what the previous release wrote)."""
     seen = base64.b64encode(state.seen).decode("ascii")
     history = [[ord(step[0]), step[1:]] for step in state.history]  # (code, text) pairs
-    return len(orjson.dumps([1, state.last_ts, state.closed_until, history, state.pending, seen]))
+    steps = [
+        [ts, ord(step[0]), step[1:]]
+        for ts, step in zip(state.pending_times, state.pending, strict=True)
+    ]
+    return len(orjson.dumps([1, state.last_ts, state.closed_until, history, steps, seen]))
 
 
 def replayed_states(events: Iterator[dict[str, Any]]) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def user_state(index: int, now: float, history: int, dedup: int) -> bytes:
         last_ts=now - 60.0,
         closed_until=now - 4000.0,
         history=[history_step(views, f"p{(index * 7919 + n) % 10**9:09d}") for n in range(history)],
-        pending=[(start + 30.0 * n, views, f"p{n:09d}") for n in range(3)],
+        pending=[history_step(views, f"p{n:09d}") for n in range(3)],
+        pending_times=[start + 30.0 * n for n in range(3)],
         seen=b"".join(event_hash(f"u{index}-e{n}") for n in range(dedup)),
     )
     return state.to_bytes()

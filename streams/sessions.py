@@ -1,11 +1,11 @@
 """Per-user session state and its rules: pure Python, no Faust, no I/O.
 
 A user's state holds the events of the sessions that are not yet *final*
-(``pending``, kept sorted by event time), the steps of finalized sessions
-(``history``, the most recent ``history_length``, each as its stored text), a small
-memory of recent event ids for de-duplication, the user's latest event time and
-``closed_until`` (events at or before it would fall into a session that was already
-emitted).
+(``pending``, kept sorted by event time, their times in ``pending_times``), the steps
+of finalized sessions (``history``, the most recent ``history_length``), each step as
+its stored text, a small memory of recent event ids for de-duplication, the user's
+latest event time and ``closed_until`` (events at or before it would fall into a
+session that was already emitted).
 
 Rules (all in event time):
 
@@ -33,9 +33,11 @@ C-level operation, no per-entry Python code::
 The action codes (1..4) are C0 control characters, so each code also marks where its
 text starts; :func:`step_of` replaces C0 characters in the texts by spaces.
 
-The history is kept in memory as those stored texts, one string per step, not as
-(code, text) tuples: a string is no container for Python's garbage collector, so the
-history of every user adds nothing to what its collections walk, and it is written
+The history and the pending events are kept in memory as those stored texts, one string
+per step, and the pending events' times in a list beside them, not as (time, code, text)
+tuples: a string or a float is no container for Python's garbage collector, so the steps
+of every user add nothing to what its collections walk (a pending step's tuple was a
+third of the objects a young collection walked under live clicks), and they are written
 and read back by joining and splitting.
 """
 
@@ -48,7 +50,6 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from operator import itemgetter
 from typing import Final
 
 import orjson
@@ -75,9 +76,10 @@ _CONTROL_TO_SPACE: Final = dict.fromkeys(range(0x20), " ")
 #: Stored texts: keep only the action codes / turn every code into one separator.
 _NOT_CODES: Final = bytes(range(0x20, 0x100)) + b"\x00"
 _CODES_TO_SEP: Final = bytes.maketrans(bytes(range(1, 0x20)), b"\x1f" * 0x1F)
-_TS: Final = itemgetter(0)
 #: Action code (a C0 character's number) -> that character, as the stored texts hold it.
 _CODE_CHARS: Final = {code: chr(code) for code in range(1, 0x20)}
+_SEARCH_CHAR: Final = chr(SEARCH)
+_PURCHASE_CHAR: Final = chr(PURCHASE)
 _NOTHING_BOUGHT: Final[frozenset[str]] = frozenset()
 
 
@@ -105,17 +107,19 @@ class SessionRules:
         )
 
 
-#: One stored event: (event time, action code, item id or query text).
-Step = tuple[float, int, str]
-#: One step of the history: chr(action code) + item id or query text (its stored text).
+#: One step of the history or of the pending events: chr(action code) + item id or
+#: query text (its stored text).
 HistoryStep = str
+#: One event for :func:`apply`: (event time, its step).
+Step = tuple[float, HistoryStep]
 
 
 @dataclass(slots=True)
 class UserState:
     """Everything kept about one user; see the module docstring.
 
-    ``history`` holds :data:`HistoryStep` strings (:func:`history_step` makes one).
+    ``history`` and ``pending`` hold :data:`HistoryStep` strings (:func:`history_step`
+    makes one); ``pending_times`` holds the pending steps' event times, one per step.
     ``seen`` is the de-duplication memory: the 6-byte hashes (:func:`event_hash`) of
     the user's most recent event ids, concatenated, oldest first.
     """
@@ -123,7 +127,8 @@ class UserState:
     last_ts: float = 0.0
     closed_until: float = 0.0
     history: list[HistoryStep] = field(default_factory=list)
-    pending: list[Step] = field(default_factory=list)
+    pending: list[HistoryStep] = field(default_factory=list)
+    pending_times: list[float] = field(default_factory=list)
     seen: bytes = b""
     #: The scoring tokens of ``history + pending``: built by the first :meth:`tokens`
     #: call, then kept in step by :func:`apply` and the sweep (not stored, not compared).
@@ -133,15 +138,15 @@ class UserState:
     #: first :meth:`to_bytes`, then kept in step when sessions move into the history
     #: (their texts appended, the trimmed steps' cut off; not stored, not compared).
     history_texts: bytes | None = field(default=None, init=False, compare=False, repr=False)
-    #: ``pending`` cut into sessions (:func:`_split`) under ``parts_rules``: made when
-    #: first needed, then kept in step by :func:`apply` for events that arrive in order
-    #: and by retirements (not stored, not compared; lists of the same step tuples).
-    parts: list[list[Step]] | None = field(default=None, init=False, compare=False, repr=False)
+    #: ``pending`` cut into sessions (:func:`_split`) under ``parts_rules``: the index
+    #: in ``pending`` where each session starts.  Made when first needed, then kept in
+    #: step by :func:`apply` for events that arrive in order and by retirements (not
+    #: stored, not compared).
+    starts: list[int] | None = field(default=None, init=False, compare=False, repr=False)
     parts_rules: SessionRules | None = field(default=None, init=False, compare=False, repr=False)
-    #: What :func:`apply` answered for the last session of ``parts`` (``open_steps``),
-    #: kept while events arriving in order extend it (not stored, not compared).
+    #: What :func:`apply` answered for the last session of ``starts``, kept while events
+    #: arriving in order extend it (not stored, not compared).
     open_session: OpenSession | None = field(default=None, init=False, compare=False, repr=False)
-    open_steps: list[Step] | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """The stored form (format 2, in the module docstring)."""
@@ -150,11 +155,11 @@ class UserState:
         head = _HEADER.pack(
             _FORMAT, self.last_ts, self.closed_until, len(history), n, len(seen) // _HASH_BYTES
         )
-        times = _times(n).pack(*map(_TS, pending))
+        times = _times(n).pack(*self.pending_times)
         history_texts = self.history_texts
         if history_texts is None:
             history_texts = self.history_texts = "".join(history).encode("utf-8")
-        pending_texts = _pending_texts(pending)
+        pending_texts = "".join(pending).encode("utf-8")
         return b"".join((head, times, seen, history_texts, pending_texts))
 
     @classmethod
@@ -178,14 +183,10 @@ class UserState:
         if len(raw) < end or texts[0] or len(codes) != n_history + n:
             raise ValueError("corrupt user state: its counts do not match its contents")
         del texts[0]
-        # Code characters put back before the texts, and zip without strict=True (its
-        # keyword is slow to parse): C loops over lengths that match, see above.
+        # Code characters put back before the texts (C loops over lengths that match).
+        steps = list(map(str.__add__, codes.decode("ascii"), texts))
         return cls(
-            last_ts,
-            closed_until,
-            list(map(str.__add__, codes[:n_history].decode("ascii"), texts[:n_history])),
-            list(zip(times, codes[n_history:], texts[n_history:])),  # noqa: B905
-            raw[start:end],
+            last_ts, closed_until, steps[:n_history], steps[n_history:], list(times), raw[start:end]
         )
 
     @classmethod
@@ -201,7 +202,8 @@ class UserState:
             last_ts=last_ts,
             closed_until=closed_until,
             history=[history_step(code, _without_controls(text)) for code, text in history],
-            pending=[(ts, code, _without_controls(text)) for ts, code, text in pending],
+            pending=[history_step(code, _without_controls(text)) for _, code, text in pending],
+            pending_times=[ts for ts, _, _ in pending],
             seen=base64.b64decode(seen_b64),
         )
 
@@ -215,7 +217,7 @@ class UserState:
         tokens = self.token_list
         if tokens is None:
             tokens = self.token_list = list(map(_token, self.history))  # a C loop
-            tokens += map(_token, _history_steps(self.pending))
+            tokens += map(_token, self.pending)
         return tokens[-limit:]
 
 
@@ -264,14 +266,15 @@ def history_step(code: int, text: str) -> HistoryStep:
 
 
 def step_of(action: str, ts: float, item_id: str | None, query: str | None) -> Step:
-    """The stored form of a click (``action``, ``item_id``) or a search (``query``).
+    """A click (``action``, ``item_id``) or a search (``query``) at ``ts``, as
+    :func:`apply` takes it.
 
     C0 control characters become spaces (the stored form reserves them); the words of
     a query (``features.query_words``) stay the same, and valid item ids have none.
     """
     if action == "search":
-        return (ts, SEARCH, _without_controls((query or "")[:MAX_STORED_QUERY]))
-    return (ts, ACTION_IDS[action], _without_controls(item_id or ""))
+        return (ts, _SEARCH_CHAR + _without_controls((query or "")[:MAX_STORED_QUERY]))
+    return (ts, _CODE_CHARS[ACTION_IDS[action]] + _without_controls(item_id or ""))
 
 
 def session_id_of(user_id: str, start_ts: float) -> str:
@@ -290,7 +293,7 @@ def apply(
     digest = event_hash(event_id)
     if rules.dedup_window and remembered(st.seen, digest):
         return Applied(DUPLICATE, st, [])
-    ts = step[0]
+    ts, text = step
     closed: list[SessionSummary] = []
     if st.last_ts and ts - st.last_ts > rules.ttl:
         # The user was idle past the TTL: what a sweep would have dropped is dropped.
@@ -298,33 +301,38 @@ def apply(
         st = UserState()
     elif st.last_ts and (ts < st.last_ts - rules.lateness or ts <= st.closed_until):
         return Applied(LATE, st, [])
-    pending = st.pending
-    at = bisect_right(pending, step)
-    pending.insert(at, step)
+    pending, times = st.pending, st.pending_times
+    at = _place(times, pending, ts, text)
+    pending.insert(at, text)
+    times.insert(at, ts)
     if st.token_list is not None:
-        st.token_list.insert(len(st.history) + at, _token(_CODE_CHARS[step[1]] + step[2]))
+        st.token_list.insert(len(st.history) + at, _token(text))
     if rules.dedup_window:
         st.seen = (st.seen + digest)[-rules.dedup_window * _HASH_BYTES :]
     if ts > st.last_ts:  # not max(): a builtin call with keyword parsing, per event
         st.last_ts = ts
-    parts = st.parts if st.parts_rules is rules else None
+    starts = st.starts if st.parts_rules is rules else None
     last_step = at == len(pending) - 1
-    if parts is None or not last_step:
-        parts = _split(pending, rules)
-    elif parts and ts - parts[-1][-1][0] <= rules.gap and len(parts[-1]) < rules.max_events:
-        parts[-1].append(step)  # in order: the split grows at its end, as _split would
+    grown = False  # whether the step only extended the kept split's last session
+    if starts is None or not last_step:
+        starts = _split(times, rules)
+    elif starts and ts - times[at - 1] <= rules.gap and at - starts[-1] < rules.max_events:
+        grown = True  # in order: the last session grows at its end, as _split would cut it
     else:
-        parts.append([step])
+        starts.append(at)
+    n = len(pending)
     # A lone session holds this step, so it ends at or after the horizon: it stays open.
     retired = (
-        _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, parts, closed)
-        if len(parts) > 1
+        _finalize_split(st, user_id, st.last_ts - rules.lateness, rules, starts, closed)
+        if len(starts) > 1
         else 0
     )
-    parts = _keep_parts(st, rules, parts, retired)
+    starts = _keep_parts(st, rules, starts, retired)
     if last_step:  # the newest step is in the last session, which is never retired
-        return Applied(APPLIED, st, closed, _last_session(st, user_id, parts[-1], step))
-    return Applied(APPLIED, st, closed, _session_containing(user_id, step, parts))
+        return Applied(APPLIED, st, closed, _last_session(st, user_id, grown, text))
+    # An accepted step is at or after the horizon: its session was not retired either.
+    st.open_session = None  # a step inside the split: the last session may have changed
+    return Applied(APPLIED, st, closed, _session_containing(st, user_id, at - (n - len(pending))))
 
 
 def sweep(
@@ -342,16 +350,33 @@ def sweep(
 def next_deadline(state: UserState, rules: SessionRules) -> float:
     """The partition watermark at which :func:`sweep` will next change this state."""
     expiry = state.last_ts + rules.ttl
-    sessions = _parts(state, rules)
-    if not sessions:
+    starts = _parts(state, rules)
+    if not starts:
         return expiry
-    first = sessions[0]
-    end = first[-1][0]
-    if len(first) >= rules.max_events and len(sessions) > 1:
+    first_size = starts[1] if len(starts) > 1 else len(state.pending)  # the first starts at 0
+    end = state.pending_times[first_size - 1]
+    if first_size >= rules.max_events and len(starts) > 1:
         closes = end + rules.lateness
     else:
         closes = end + rules.gap + rules.lateness
     return closes if closes < expiry else expiry
+
+
+def latest_session(
+    state: UserState, user_id: str, rules: SessionRules
+) -> tuple[SessionSummary, list[tuple[float, int, str]]] | None:
+    """The last of the user's pending sessions (the open one, as far as ``state`` knows):
+    its summary so far and its events as (time, action code, text), oldest first; None
+    when nothing is pending."""
+    starts = _parts(state, rules)
+    if not starts:
+        return None
+    start, stop = starts[-1], len(state.pending)
+    steps = [
+        (ts, ord(step[0]), step[1:])
+        for ts, step in zip(state.pending_times[start:], state.pending[start:], strict=True)
+    ]
+    return _summary(user_id, state, start, stop), steps
 
 
 def remembered(seen: bytes, digest: bytes) -> bool:
@@ -368,15 +393,14 @@ def remembered(seen: bytes, digest: bytes) -> bool:
     return False
 
 
-def _history_steps(steps: list[Step]) -> list[HistoryStep]:
-    """:func:`history_step` of each step (inlined: this runs for every user at every save)."""
-    # Concatenation in a list comprehension: ~2/3 of the time of one "%c%s" * n format.
-    return [_CODE_CHARS[code] + text for _, code, text in steps]
-
-
-def _pending_texts(pending: list[Step]) -> bytes:
-    """The stored texts of pending steps: chr(action code) + text each, UTF-8."""
-    return "".join(_history_steps(pending)).encode("utf-8")
+def _place(times: list[float], pending: list[HistoryStep], ts: float, step: HistoryStep) -> int:
+    """Where a step at ``ts`` goes in the pending events: after those at earlier times,
+    and among those at the same time after the smaller texts and the equal ones."""
+    at = bisect_right(times, ts)
+    # Ties are ordered by their texts, so any arrival order gives one order.
+    while at and times[at - 1] == ts and pending[at - 1] > step:
+        at -= 1
+    return at
 
 
 @lru_cache(maxsize=256)
@@ -399,18 +423,16 @@ def _token(step: HistoryStep) -> Token:
     return new_token(text, ACTION_NAMES[code], None)
 
 
-def _split(pending: list[Step], rules: SessionRules) -> list[list[Step]]:
-    """Pending events cut into sessions by the gap and length rules."""
-    sessions: list[list[Step]] = []
-    current: list[Step] = []
-    for step in pending:
-        if current and (step[0] - current[-1][0] > rules.gap or len(current) >= rules.max_events):
-            sessions.append(current)
-            current = []
-        current.append(step)
-    if current:
-        sessions.append(current)
-    return sessions
+def _split(times: list[float], rules: SessionRules) -> list[int]:
+    """Pending events (their ``times``) cut into sessions by the gap and length rules:
+    the index at which each session starts."""
+    starts: list[int] = []
+    previous = 0.0
+    for at, ts in enumerate(times):
+        if not starts or ts - previous > rules.gap or at - starts[-1] >= rules.max_events:
+            starts.append(at)
+        previous = ts
+    return starts
 
 
 def _finalize(
@@ -423,21 +445,21 @@ def _finalize(
     return closed
 
 
-def _parts(st: UserState, rules: SessionRules) -> list[list[Step]]:
+def _parts(st: UserState, rules: SessionRules) -> list[int]:
     """``st.pending`` cut into sessions: the kept split when it was made under ``rules``."""
-    if st.parts is not None and st.parts_rules is rules:
-        return st.parts
-    return _split(st.pending, rules)
+    if st.starts is not None and st.parts_rules is rules:
+        return st.starts
+    return _split(st.pending_times, rules)
 
 
-def _keep_parts(
-    st: UserState, rules: SessionRules, parts: list[list[Step]], retired: int
-) -> list[list[Step]]:
-    """Keep ``parts`` less the ``retired`` first sessions as ``st``'s split; returns it."""
+def _keep_parts(st: UserState, rules: SessionRules, starts: list[int], retired: int) -> list[int]:
+    """Keep ``starts`` less the ``retired`` first sessions (whose steps left ``pending``)
+    as ``st``'s split; returns it."""
     if retired:
-        parts = parts[retired:]
-    st.parts, st.parts_rules = parts, rules
-    return parts
+        removed = starts[retired] if retired < len(starts) else 0
+        starts = [start - removed for start in starts[retired:]]
+    st.starts, st.parts_rules = starts, rules
+    return starts
 
 
 def _finalize_split(
@@ -445,26 +467,29 @@ def _finalize_split(
     user_id: str,
     horizon: float,
     rules: SessionRules,
-    parts: list[list[Step]],
+    starts: list[int],
     closed: list[SessionSummary],
 ) -> int:
     """:func:`_finalize` on the already split pending events; returns how many it retired."""
+    times = st.pending_times
     retired = steps_retired = 0
-    for index, steps in enumerate(parts):
-        end = steps[-1][0]
-        full_and_followed = len(steps) >= rules.max_events and index + 1 < len(parts)
+    for index, start in enumerate(starts):
+        followed = index + 1 < len(starts)
+        stop = starts[index + 1] if followed else len(times)
+        end = times[stop - 1]
         if end + rules.gap < horizon:
             st.closed_until = max(st.closed_until, end + rules.gap)
-        elif full_and_followed and end < horizon:
+        elif followed and stop - start >= rules.max_events and end < horizon:
             st.closed_until = max(st.closed_until, end)
         else:
             break
-        closed.append(_summary(user_id, steps))
+        closed.append(_summary(user_id, st, start, stop))
         retired += 1
-        steps_retired += len(steps)
+        steps_retired = stop
     if steps_retired:
-        moved = _history_steps(st.pending[:steps_retired])
+        moved = st.pending[:steps_retired]
         del st.pending[:steps_retired]
+        del times[:steps_retired]
         st.history += moved
         dropped = max(0, len(st.history) - rules.history_length)
         if st.history_texts is not None:  # kept in step, not rebuilt from all the history
@@ -483,49 +508,56 @@ def _stored_size(history: list[HistoryStep]) -> int:
     return len(texts) if texts.isascii() else len(texts.encode("utf-8"))
 
 
-def _summary(user_id: str, steps: list[Step]) -> SessionSummary:
+def _summary(user_id: str, st: UserState, start: int, stop: int) -> SessionSummary:
+    """The summary of the pending session ``st.pending[start:stop]``."""
     counts = dict.fromkeys(ACTION_IDS, 0)
     items: dict[str, None] = {}
     searches: dict[str, None] = {}
-    for _, code, text in steps:
+    for step in st.pending[start:stop]:
+        code, text = ord(step[0]), step[1:]
         counts[ACTION_NAMES[code]] += 1
         if code == SEARCH:
             searches[text] = None
         else:
             items[text] = None
-    start = steps[0][0]
+    first = st.pending_times[start]
     return SessionSummary(  # by position: the generated __init__ matches keywords in Python
         user_id,
-        session_id_of(user_id, start),
-        start,
-        steps[-1][0],
+        session_id_of(user_id, first),
+        first,
+        st.pending_times[stop - 1],
         counts,
         tuple(items),
         tuple(searches),
     )
 
 
-def _session_containing(user_id: str, step: Step, parts: list[list[Step]]) -> OpenSession | None:
-    for steps in parts:
-        if steps[0] <= step <= steps[-1]:
-            return _open_session(user_id, steps)
-    return None
+def _session_containing(st: UserState, user_id: str, at: int) -> OpenSession:
+    """The session of the pending step at index ``at`` (of the kept split)."""
+    starts = st.starts
+    assert starts is not None  # apply keeps its split before asking
+    index = bisect_right(starts, at) - 1
+    stop = starts[index + 1] if index + 1 < len(starts) else len(st.pending)
+    return _open_session(st, user_id, starts[index], stop)
 
 
-def _last_session(st: UserState, user_id: str, steps: list[Step], step: Step) -> OpenSession:
-    """The session of ``steps``, which ends with ``step``: the kept one, grown by ``step``,
-    when ``steps`` only grew since it was made (a list kept in ``parts``)."""
+def _last_session(st: UserState, user_id: str, grown: bool, step: HistoryStep) -> OpenSession:
+    """The last pending session, which ends with ``step``: the kept one, grown by
+    ``step``, when the step only extended it (``grown``)."""
     session = st.open_session
-    if session is None or st.open_steps is not steps:
-        session = _open_session(user_id, steps)
-    elif step[1] == PURCHASE and step[2] not in session.purchased:
-        session = OpenSession(session.session_id, session.purchased | {step[2]})
-    st.open_session, st.open_steps = session, steps
+    if session is None or not grown:
+        starts = st.starts
+        assert starts is not None  # apply keeps its split before asking
+        session = _open_session(st, user_id, starts[-1], len(st.pending))
+    elif step[0] == _PURCHASE_CHAR and step[1:] not in session.purchased:
+        session = OpenSession(session.session_id, session.purchased | {step[1:]})
+    st.open_session = session
     return session
 
 
-def _open_session(user_id: str, steps: list[Step]) -> OpenSession:
-    bought = [text for _, code, text in steps if code == PURCHASE]
+def _open_session(st: UserState, user_id: str, start: int, stop: int) -> OpenSession:
+    """What :func:`apply` answers for the pending session ``st.pending[start:stop]``."""
+    bought = [step[1:] for step in st.pending[start:stop] if step[0] == _PURCHASE_CHAR]
     # Most sessions buy nothing: they share one empty set (one container less to collect).
     purchased = frozenset(bought) if bought else _NOTHING_BOUGHT
-    return OpenSession(session_id_of(user_id, steps[0][0]), purchased)
+    return OpenSession(session_id_of(user_id, st.pending_times[start]), purchased)

@@ -375,11 +375,10 @@ def session_view(
     state = sessions.UserState.from_bytes(raw_state)
     body["last_ts"] = state.last_ts
     # The pending events form the sessions not yet emitted; the last one is open.
-    # (sessions._split/_summary are the session rules; no copy of them here.)
-    pending = sessions._split(state.pending, rules)
-    if pending:
-        steps = pending[-1]
-        body["session"] = asdict(sessions._summary(stored_id, steps))
+    latest = sessions.latest_session(state, stored_id, rules)
+    if latest is not None:
+        summary, steps = latest
+        body["session"] = asdict(summary)
         body["recent"] = [
             {
                 "ts": ts,

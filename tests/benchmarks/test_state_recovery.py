@@ -20,7 +20,7 @@ def test_a_written_state_is_a_full_history_and_an_open_session() -> None:
     start = now - state_recovery.OPEN_SESSION_AGE
     assert len(state.history) == 50 and len(state.pending) == 3
     assert len(state.seen) == 64 * 6
-    assert state.pending[0][0] == start < state.last_ts
+    assert state.pending_times[0] == start < state.last_ts
     assert {len(step) for step in state.history} == {1 + 10}  # the action code, the item id
     other = state_recovery.user_state(8, now, 50, 64)
     assert UserState.from_bytes(other).history != state.history

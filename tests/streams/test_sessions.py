@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+from typing import Any
 
 import orjson
 import pytest
@@ -40,6 +41,14 @@ RULES = SessionRules(
 
 def click(ts: float, item: str = "i1", action: str = "view") -> Step:
     return step_of(action, T0 + ts, item, None)
+
+
+def pending(*steps: tuple[float, int, str]) -> dict[str, Any]:
+    """``UserState`` keywords for pending ``steps`` given as (time, action code, text)."""
+    return {
+        "pending": [history_step(code, text) for _, code, text in steps],
+        "pending_times": [ts for ts, _, _ in steps],
+    }
 
 
 def feed(
@@ -78,7 +87,7 @@ def test_events_within_gap_share_a_session_and_a_gap_closes_it() -> None:
     assert (summary.start_ts, summary.end_ts) == (T0, T0 + 50)
     assert summary.items == ("a", "b")
     assert summary.counts == {"view": 2, "add_to_cart": 0, "purchase": 0, "search": 0}
-    assert state is not None and [s[2] for s in state.pending] == ["c", "d"]
+    assert state is not None and [s[1:] for s in state.pending] == ["c", "d"]
 
 
 def test_session_is_cut_at_max_events() -> None:
@@ -96,13 +105,13 @@ def test_session_is_cut_at_max_events() -> None:
 def test_duplicate_event_id_changes_nothing() -> None:
     state, _, results = feed([("e1", click(0, "a")), ("e1", click(5, "b"))])
     assert results[1].status is Status.DUPLICATE
-    assert state is not None and [s[2] for s in state.pending] == ["a"]
+    assert state is not None and [s[1:] for s in state.pending] == ["a"]
 
 
 def test_event_beyond_lateness_is_late() -> None:
     state, _, results = feed([("e1", click(100)), ("e2", click(69)), ("e3", click(71))])
     assert [r.status for r in results] == [Status.APPLIED, Status.LATE, Status.APPLIED]
-    assert state is not None and [s[0] - T0 for s in state.pending] == [71, 100]
+    assert state is not None and [t - T0 for t in state.pending_times] == [71, 100]
 
 
 def test_late_event_is_merged_in_order() -> None:
@@ -217,7 +226,12 @@ def test_kept_tokens_and_texts_follow_every_change_of_the_state(seed: int) -> No
             state = sweep(state, "u", T0 + ts + rng.uniform(0, 300), RULES)[0] or UserState()
         # The same state without anything kept between changes.
         fresh = UserState(
-            state.last_ts, state.closed_until, list(state.history), list(state.pending), state.seen
+            state.last_ts,
+            state.closed_until,
+            list(state.history),
+            list(state.pending),
+            list(state.pending_times),
+            state.seen,
         )
         if rng.random() < 0.4:  # written now and then: some writes follow several changes
             assert UserState.from_bytes(state.to_bytes()) == state
@@ -225,8 +239,8 @@ def test_kept_tokens_and_texts_follow_every_change_of_the_state(seed: int) -> No
         for limit in (1, 3, RULES.history_length, 100):
             assert state.tokens(limit) == fresh.tokens(limit)
         assert state.token_list == fresh.tokens(10_000)
-        if state.parts is not None:  # the kept split is the split of the pending events
-            assert state.parts == _split(state.pending, RULES)
+        if state.starts is not None:  # the kept split is the split of the pending events
+            assert state.starts == _split(state.pending_times, RULES)
 
 
 def _long_run(gap_s: float, n: int) -> UserState:
@@ -286,12 +300,12 @@ def test_an_active_user_with_a_full_history_takes_at_most_1_kib() -> None:
 def test_empty_texts_and_no_texts_survive_the_round_trip() -> None:
     cases = [
         UserState(),
-        UserState(last_ts=T0, pending=[(T0, ACTION_IDS["view"], "")]),
+        UserState(last_ts=T0, **pending((T0, ACTION_IDS["view"], ""))),
         UserState(
             last_ts=T0 + 5,
             closed_until=T0 + 1,
             history=[history_step(ACTION_IDS["view"], ""), history_step(ACTION_IDS["search"], "")],
-            pending=[(T0 + 5, ACTION_IDS["purchase"], ""), (T0 + 5, ACTION_IDS["view"], "a")],
+            **pending((T0 + 5, ACTION_IDS["purchase"], ""), (T0 + 5, ACTION_IDS["view"], "a")),
             seen=event_hash("e1"),
         ),
     ]
@@ -323,14 +337,14 @@ def stored_steps(draw: st.DrawFn) -> Step:
 
 @st.composite
 def user_states(draw: st.DrawFn) -> UserState:
-    history = [
-        history_step(code, text) for _, code, text in draw(st.lists(stored_steps(), max_size=60))
-    ]
+    history = [step for _, step in draw(st.lists(stored_steps(), max_size=60))]
+    steps = draw(st.lists(stored_steps(), max_size=8))
     return UserState(
         last_ts=draw(times),
         closed_until=draw(times),
         history=history,
-        pending=draw(st.lists(stored_steps(), max_size=8)),
+        pending=[step for _, step in steps],
+        pending_times=[ts for ts, _ in steps],
         seen=draw(st.binary(max_size=64).map(lambda b: b"".join(map(event_hash, map(str, b))))),
     )
 
@@ -345,7 +359,11 @@ def _format1(state: UserState) -> bytes:
     """The JSON layout the previous release wrote (format 1)."""
     seen = base64.b64encode(state.seen).decode("ascii")
     history = [[ord(step[0]), step[1:]] for step in state.history]  # (code, text) pairs
-    return orjson.dumps([1, state.last_ts, state.closed_until, history, state.pending, seen])
+    steps = [
+        [ts, ord(step[0]), step[1:]]
+        for ts, step in zip(state.pending_times, state.pending, strict=True)
+    ]
+    return orjson.dumps([1, state.last_ts, state.closed_until, history, steps, seen])
 
 
 @settings(max_examples=100, deadline=None)
@@ -368,8 +386,8 @@ def test_a_state_written_by_the_previous_release_is_read_with_its_dedup_memory()
             history_step(ACTION_IDS["search"], "红色 跑鞋 👟"),
             history_step(ACTION_IDS["view"], "B000000001"),
         ],
-        pending=[(T0 + 300, ACTION_IDS["add_to_cart"], ""), (T0 + 400.5, ACTION_IDS["view"],
-                 "B000000002")],
+        **pending((T0 + 300, ACTION_IDS["add_to_cart"], ""), (T0 + 400.5, ACTION_IDS["view"],
+                  "B000000002")),
         seen=b"".join(map(event_hash, ["e1", "e2", "e3", "e4"])),
     )  # fmt: skip
     assert apply(state, "u", "e3", click(401, "x"), RULES).status is Status.DUPLICATE
@@ -381,11 +399,12 @@ def test_control_characters_in_format_1_queries_become_spaces() -> None:
     state = UserState(
         last_ts=T0 + 1,
         history=[history_step(ACTION_IDS["search"], "red\nshoes\x1f")],
-        pending=[(T0 + 1, ACTION_IDS["search"], "\tblue\x01 hat")],
+        **pending((T0 + 1, ACTION_IDS["search"], "\tblue\x01 hat")),
     )
     read = UserState.from_bytes(_format1(state))
     assert read.history == [history_step(ACTION_IDS["search"], "red shoes ")]
-    assert read.pending == [(T0 + 1, ACTION_IDS["search"], " blue  hat")]
+    assert read.pending == [history_step(ACTION_IDS["search"], " blue  hat")]
+    assert read.pending_times == [T0 + 1]
     assert UserState.from_bytes(read.to_bytes()) == read
 
 
@@ -402,7 +421,7 @@ def test_state_whose_counts_do_not_match_its_contents_is_a_value_error() -> None
     state = UserState(
         last_ts=T0,
         history=[history_step(1, "a"), history_step(1, "b")],
-        pending=[(T0, 1, "c")],
+        **pending((T0, 1, "c")),
         seen=event_hash("e"),
     )
     raw = state.to_bytes()
@@ -454,17 +473,19 @@ def test_dedup_memory_keeps_the_last_window_of_ids() -> None:
 @settings(max_examples=300, deadline=None)
 @given(queries)
 def test_stored_queries_have_no_control_characters_and_the_same_words(query: str) -> None:
-    stored = step_of("search", T0, None, query)[2]
+    stored = step_of("search", T0, None, query)[1][1:]
     assert not any(ord(ch) < 0x20 for ch in stored)
     assert len(stored) == len(query[:MAX_STORED_QUERY])
     assert query_words(stored) == query_words(query[:MAX_STORED_QUERY])
 
 
 def test_control_characters_in_a_query_become_spaces() -> None:
-    stored = step_of("search", T0, None, "red\x1fshoes\x01红鞋\n")[2]
+    stored = step_of("search", T0, None, "red\x1fshoes\x01红鞋\n")[1][1:]
     assert stored == "red shoes 红鞋 "
     assert query_words(stored) == ["red", "shoes", "红鞋"]
-    assert step_of("view", T0, "B000000001", None)[2] == "B000000001"
+    assert step_of("view", T0, "B000000001", None)[1] == history_step(
+        ACTION_IDS["view"], "B000000001"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -605,8 +626,8 @@ def test_next_deadline_is_the_first_watermark_at_which_a_sweep_changes_the_state
     times = [T0 + sum(gaps[: i + 1]) for i in range(len(gaps))]
 
     def fresh() -> UserState:
-        pending = [(ts, ACTION_IDS["view"], f"i{n}") for n, ts in enumerate(times)]
-        return UserState(last_ts=times[-1] if times else T0, pending=pending)
+        steps = [(ts, ACTION_IDS["view"], f"i{n}") for n, ts in enumerate(times)]
+        return UserState(last_ts=times[-1] if times else T0, **pending(*steps))
 
     deadline = next_deadline(fresh(), rules)
     before = fresh()
@@ -629,7 +650,7 @@ def test_the_kept_split_gives_what_splitting_afresh_gives(
     for index in order + data.draw(st.lists(st.sampled_from(order), max_size=5)):
         event_id, step = events[index]
         if afresh is not None:
-            afresh.parts = None
+            afresh.starts = None
         a = apply(kept, "u", event_id, step, PROP_RULES)
         b = apply(afresh, "u", event_id, step, PROP_RULES)
         assert (a.status, a.closed, a.session) == (b.status, b.closed, b.session)
@@ -639,14 +660,14 @@ def test_the_kept_split_gives_what_splitting_afresh_gives(
             afresh.history,
             afresh.closed_until,
         )
-        assert kept.parts == _split(kept.pending, PROP_RULES)
+        assert kept.starts == _split(kept.pending_times, PROP_RULES)
         if data.draw(st.booleans()):
             watermark = kept.last_ts + data.draw(st.sampled_from([0.0, 30.0, 100.0, 1e6]))
-            afresh.parts = None
+            afresh.starts = None
             kept_swept, afresh_swept = (
                 sweep(kept, "u", watermark, PROP_RULES),
                 sweep(afresh, "u", watermark, PROP_RULES),
             )
             assert kept_swept[1] == afresh_swept[1]
-            assert kept.parts == _split(kept.pending, PROP_RULES)
+            assert kept.starts == _split(kept.pending_times, PROP_RULES)
             assert next_deadline(kept, PROP_RULES) == next_deadline(afresh, PROP_RULES)

@@ -153,10 +153,12 @@ def rec(user: str, event_ts: float, items: list[str], trigger: str = "e1") -> Re
     )
 
 
-def put_state(w: Worker, user: str, steps: list[sessions.Step]) -> None:
+def put_state(w: Worker, user: str, steps: list[tuple[float, int, str]]) -> None:
+    """Store the state of ``user`` after ``steps`` (time, action code, item id or query)."""
     rules = sessions.SessionRules.from_settings(w.settings)
     state: sessions.UserState | None = None
-    for i, step in enumerate(steps):
+    for i, (ts, code, text) in enumerate(steps):
+        step = (ts, sessions.history_step(code, text))
         state = sessions.apply(state, user, f"{user}-{i}", step, rules).state
     assert state is not None
     TableStateStore(w.user_state).put(
