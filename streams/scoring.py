@@ -129,6 +129,8 @@ _KIND_BITS: Final = 2
 #: One int64 in the buffers' (native) byte order: ``_INT64(n)``.
 _INT64: Final = struct.Struct("q").pack
 _ACTION_BYTES: Final = {action: _INT64(action) for action in range(len(ACTION_IDS) + 1)}
+#: Room for every action id under one vocab index, in the keys of click encodings.
+_ACTION_SLOTS: Final = len(ACTION_IDS) + 1
 #: Serials of loaded recommenders (``RecsModel.serial``), never 0.
 _SERIALS: Final = count(1)
 #: A token's encoding for one model (``Token.encoded``): (tag, vocab index, action id,
@@ -748,6 +750,10 @@ class RecsModel:
         #: The tags of encodings that are this model's and read by it.
         self._fresh_tags = frozenset(self._tags[_TELLING:])
         self._unread: Encoding = (self._tags[_UNREAD], b"", b"", b"")
+        #: Click encodings by ``index * _ACTION_SLOTS + action``, each made once: every
+        #: token of one item and action shares one tuple, so a token new to the model
+        #: leaves no new container for the garbage collector once its click was encoded.
+        self._click_encodings: dict[int, Encoding] = {}
         #: Each vocab index as native int64 bytes (PAD and OOV included).
         self.item_bytes = [_INT64(index) for index in range(len(self.item_ids))]
         self._padding = [_PADDING] * self.max_len
@@ -860,8 +866,13 @@ class RecsModel:
             encoding = (self._tags[kind], self.item_bytes[PAD], _ACTION_BYTES[action], words)
         elif action and token.item_id is not None:
             item = self.index.get(token.item_id, OOV)
-            kind = _TELLING if item != OOV else _READ
-            encoding = (self._tags[kind], self.item_bytes[item], _ACTION_BYTES[action], _NO_WORDS)
+            key = item * _ACTION_SLOTS + action
+            found = self._click_encodings.get(key)
+            if found is None:
+                kind = _TELLING if item != OOV else _READ
+                found = (self._tags[kind], self.item_bytes[item], _ACTION_BYTES[action], _NO_WORDS)
+                self._click_encodings[key] = found  # two threads at once make equal tuples
+            encoding = found
         else:
             encoding = self._unread
         _SET_ENCODED(token, encoding)

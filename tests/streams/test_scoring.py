@@ -315,6 +315,22 @@ def test_encoding_of_one_history() -> None:
     assert batch.lengths.tolist() == [3]
 
 
+def test_tokens_of_one_click_share_one_encoding_per_model() -> None:
+    """A token new to the model leaves no new tuple when its item and action were
+    encoded before (one container less per event for the garbage collector)."""
+    model, other = _table_model(), _table_model()
+    first, again = Token("v0", "view"), Token("v0", "view")
+    assert model.encoding(first) is model.encoding(again)
+    assert model.encoding(Token("v0", "purchase")) is not model.encoding(first)
+    assert model.encoding(Token("nope", "view")) is model.encoding(Token("gone", "view"))
+    assert model.encoding(Token("nope", "view")) is not model.encoding(Token("nope", "purchase"))
+    # Another model (a hot reload) has encodings of its own, with its own tag.
+    assert other.encoding(Token("v0", "view"))[0] != model.encoding(first)[0]
+    batch = model.encode([[first, again, Token("nope", "view")]])
+    assert batch.items.tolist() == [[2, 2, 1] + [0] * 5]
+    assert batch.actions.tolist() == [[1, 1, 1] + [0] * 5]
+
+
 @pytest.mark.parametrize("batch", [3, 70])  # list path (<= SMALL_EXCLUSIONS) and numpy path
 def test_exclusions_pad_unknown_ids(batch: int) -> None:
     model = _table_model()
