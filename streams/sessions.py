@@ -327,7 +327,7 @@ def apply(
         if len(starts) > 1
         else 0
     )
-    starts = _keep_parts(st, rules, starts, retired)
+    _keep_parts(st, rules, starts, retired)
     if last_step:  # the newest step is in the last session, which is never retired
         return Applied(APPLIED, st, closed, _last_session(st, user_id, grown, text))
     # An accepted step is at or after the horizon: its session was not retired either.
@@ -452,14 +452,13 @@ def _parts(st: UserState, rules: SessionRules) -> list[int]:
     return _split(st.pending_times, rules)
 
 
-def _keep_parts(st: UserState, rules: SessionRules, starts: list[int], retired: int) -> list[int]:
+def _keep_parts(st: UserState, rules: SessionRules, starts: list[int], retired: int) -> None:
     """Keep ``starts`` less the ``retired`` first sessions (whose steps left ``pending``)
-    as ``st``'s split; returns it."""
+    as ``st``'s split."""
     if retired:
         removed = starts[retired] if retired < len(starts) else 0
         starts = [start - removed for start in starts[retired:]]
     st.starts, st.parts_rules = starts, rules
-    return starts
 
 
 def _finalize_split(
