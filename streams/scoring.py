@@ -865,17 +865,20 @@ class RecsModel:
             kind = _TELLING if words != _NO_WORDS else _READ
             encoding = (self._tags[kind], self.item_bytes[PAD], _ACTION_BYTES[action], words)
         elif action and token.item_id is not None:
-            item = self.index.get(token.item_id, OOV)
-            key = item * _ACTION_SLOTS + action
-            found = self._click_encodings.get(key)
-            if found is None:
-                kind = _TELLING if item != OOV else _READ
-                found = (self._tags[kind], self.item_bytes[item], _ACTION_BYTES[action], _NO_WORDS)
-                self._click_encodings[key] = found  # two threads at once make equal tuples
-            encoding = found
+            encoding = self._click_encoding(self.index.get(token.item_id, OOV), action)
         else:
             encoding = self._unread
         _SET_ENCODED(token, encoding)
+        return encoding
+
+    def _click_encoding(self, item: int, action: int) -> Encoding:
+        """The encoding of a click with ``action`` on vocab index ``item``, made once."""
+        key = item * _ACTION_SLOTS + action
+        encoding = self._click_encodings.get(key)
+        if encoding is None:  # two threads at once make equal tuples: either is kept
+            kind = _TELLING if item != OOV else _READ
+            encoding = (self._tags[kind], self.item_bytes[item], _ACTION_BYTES[action], _NO_WORDS)
+            self._click_encodings[key] = encoding
         return encoding
 
     def _read_encodings(self, tokens: Sequence[Token], encodings: list[Encoding]) -> list[Encoding]:
