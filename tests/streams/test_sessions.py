@@ -26,6 +26,7 @@ from recstream.streams.sessions import (
     apply,
     event_hash,
     history_step,
+    latest_session,
     next_deadline,
     remembered,
     session_id_of,
@@ -121,6 +122,25 @@ def test_late_event_is_merged_in_order() -> None:
     assert results[2].status is Status.APPLIED
     assert state is not None
     assert state.tokens(10) == [Token("a", "view"), Token("b", "view"), Token("c", "view")]
+
+
+def test_latest_session_is_the_last_pending_one_with_its_events() -> None:
+    # e3 starts a second session (101 s > gap); the first is not final yet.
+    search = step_of("search", T0 + 151, None, "red shoes")
+    state, closed, _ = feed(
+        [("e1", click(0, "a")), ("e2", click(50, "b")), ("e3", search),
+         ("e4", click(160, "c", "purchase"))]
+    )  # fmt: skip
+    assert state is not None and closed == [] and len(state.pending) == 4
+    latest = latest_session(state, "u", RULES)
+    assert latest is not None
+    summary, steps = latest
+    assert summary.session_id == session_id_of("u", T0 + 151)
+    assert (summary.start_ts, summary.end_ts) == (T0 + 151, T0 + 160)
+    assert summary.items == ("c",) and summary.searches == ("red shoes",)
+    assert steps == [(T0 + 151, ACTION_IDS["search"], "red shoes"),
+                     (T0 + 160, ACTION_IDS["purchase"], "c")]  # fmt: skip
+    assert latest_session(UserState(), "u", RULES) is None
 
 
 def test_sessions_without_purchases_share_one_empty_set() -> None:
