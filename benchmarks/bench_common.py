@@ -729,18 +729,24 @@ def scoring_batches(metrics_text: str, model: str = "recs") -> dict[str, float] 
     return {"batches": counts["batches"], "mean_events": counts["events"] / counts["batches"]}
 
 
+def seconds_by_state(metrics_text: str, family: str) -> dict[str, float]:
+    """A worker's counter of seconds by ``state`` (``family``: its name without
+    ``_total``), as scraped; empty when it has no samples."""
+    seconds: dict[str, float] = {}
+    for found in text_string_to_metric_families(metrics_text):
+        if found.name != family:
+            continue
+        for sample in found.samples:
+            if sample.name.endswith("_total"):
+                seconds[sample.labels["state"]] = sample.value
+    return seconds
+
+
 def scoring_thread_seconds(metrics_text: str) -> dict[str, float]:
     """Seconds the worker's scoring threads have spent scoring so far, by state
     (``recstream_scoring_thread_seconds_total``: cpu, runqueue, blocked); empty when
     they scored nothing."""
-    seconds: dict[str, float] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != "recstream_scoring_thread_seconds":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                seconds[sample.labels["state"]] = sample.value
-    return seconds
+    return seconds_by_state(metrics_text, "recstream_scoring_thread_seconds")
 
 
 def scoring_thread_shares(metrics_text: str) -> dict[str, float] | None:
@@ -764,6 +770,17 @@ def scoring_threads_busy(before: str, after: str, seconds: float) -> dict[str, f
     if not any(spent.values()) or seconds <= 0:
         return None
     return {state: round(value / seconds, 3) for state, value in spent.items()}
+
+
+def event_loop_busy(before: str, after: str, seconds: float) -> dict[str, float] | None:
+    """The share of ``seconds`` between two scrapes of a worker's metrics that its event
+    loop's thread spent on a core (cpu) and runnable but waiting for one (runqueue),
+    from ``recstream_event_loop_seconds_total``; None where the worker does not report it."""
+    start = seconds_by_state(before, "recstream_event_loop_seconds")
+    end = seconds_by_state(after, "recstream_event_loop_seconds")
+    if not end or seconds <= 0:
+        return None
+    return {state: round((end[state] - start.get(state, 0.0)) / seconds, 3) for state in end}
 
 
 #: The worker's latency histograms :func:`latency_means` reads: (key, name, labels).

@@ -142,6 +142,7 @@ async def one_rate(
         "cpu_percent": cpu_percent,
         "worker_thread_percent": thread_percent,
         "scoring_threads_busy": bc.scoring_threads_busy(metrics_before, metrics_after, between),
+        "event_loop": bc.event_loop_busy(metrics_before, metrics_after, between),
         "scoring_batches": batches,
         "mean_scoring_batch": (after["events"] - before["events"]) / batches if batches else None,
         "gc": gc,
@@ -257,24 +258,26 @@ def gc_pauses(gc: dict[str, Any]) -> str:
 
 
 def threads_table(result: dict[str, Any]) -> str:
-    """The worker's CPU per thread at each rate (% of one core), and how many scoring
-    threads were busy scoring, on average, by state."""
+    """The worker's CPU per thread at each rate (% of one core), how many scoring threads
+    were busy scoring, on average, by state, and the event loop's share of the time on a
+    core and waiting for one."""
     rows = []
     for phase in result["phases"]:
         threads = phase["worker_thread_percent"]
         busy = phase.get("scoring_threads_busy")
-        if not threads and not busy:
+        loop = phase.get("event_loop")
+        if not threads and not busy and not loop:
             continue
         rows.append(
             [
                 f"{phase['rate']:,.0f}",
                 ", ".join(f"{name} {percent:.0f}" for name, percent in threads.items()),
                 " + ".join(f"{busy[state]:.2f} {state}" for state in busy) if busy else "-",
+                " + ".join(f"{loop[state]:.2f} {state}" for state in loop) if loop else "-",
             ]
         )
-    return bc.markdown_table(
-        ["clicks/s", "worker CPU % by thread", "scoring threads busy (threads)"], rows
-    )
+    headers = ["clicks/s", "worker CPU % by thread", "scoring threads busy (threads)"]
+    return bc.markdown_table([*headers, "event loop (share of the time)"], rows)
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:

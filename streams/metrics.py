@@ -29,6 +29,9 @@ Exported series (every name is listed in :data:`METRIC_NAMES`)::
     recstream_gc_pause_seconds{generation}       histogram of the garbage collector's pauses
     recstream_model_process_failures_total       model processes that could not start, died
                                                  or hung (their batch ran in its thread)
+    recstream_event_loop_seconds_total{state}    the event loop's thread: cpu (on a core),
+                                                 runqueue (runnable, waiting for a core);
+                                                 Linux only
 
 The consumer lag here is this worker's own view of the partitions it holds.  The
 consumer-group lag that drives autoscaling comes from a Kafka exporter
@@ -63,7 +66,7 @@ from prometheus_client.utils import floatToGoString
 
 from recstream.streams.records import Reason
 from recstream.streams.settings import Settings
-from recstream.streams.thread_clock import STATES, ThreadTimes
+from recstream.streams.thread_clock import STATES, ThreadTimes, thread_core_seconds
 
 #: The topics recstream reads or writes (logical names, without the topic prefix).
 Topic = Literal[
@@ -102,6 +105,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "recstream_repeated_records_total",
     "recstream_gc_pause_seconds",
     "recstream_model_process_failures_total",
+    "recstream_event_loop_seconds_total",
 )
 
 #: A source of (topic, partition, lag) triples, read at every scrape.
@@ -147,6 +151,30 @@ class _ModelProcessFailures(Collector):
             "ran in its scoring thread instead.",
         )
         family.add_metric([], float(self.source() if self.source is not None else 0))
+        yield family
+
+
+class _EventLoopTimes(Collector):
+    """``recstream_event_loop_seconds_total``: how long the event loop's thread has run on
+    a core and waited for one, read from its ``schedstat`` when Prometheus scrapes (no
+    samples until a thread is watched, or where the kernel does not report them)."""
+
+    def __init__(self) -> None:
+        self.native_id: int | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "recstream_event_loop_seconds",
+            "The worker's event-loop thread: seconds on a core (cpu) and runnable but "
+            "waiting for a core (runqueue).  Every input batch, session update and output "
+            "goes through this thread: a large runqueue share is latency the worker's "
+            "own code does not explain.",
+            labels=["state"],
+        )
+        seconds = None if self.native_id is None else thread_core_seconds(self.native_id)
+        if seconds is not None:
+            family.add_metric(["cpu"], seconds[0])
+            family.add_metric(["runqueue"], seconds[1])
         yield family
 
 
@@ -343,6 +371,8 @@ class Metrics:
         reg.register(self._gc)
         self._model_process_failures = _ModelProcessFailures()
         reg.register(self._model_process_failures)
+        self._event_loop = _EventLoopTimes()
+        reg.register(self._event_loop)
         # Every topic and model series exists from the start, so rate() sees the first event.
         for topic in TOPICS:
             self._events_in.labels(topic)
@@ -418,6 +448,10 @@ class Metrics:
     def watch_model_processes(self, failures: Callable[[], int]) -> None:
         """Read ``recstream_model_process_failures_total`` from ``failures`` at every scrape."""
         self._model_process_failures.source = failures
+
+    def watch_event_loop(self) -> None:
+        """Report the calling thread (the event loop's) as ``recstream_event_loop_seconds``."""
+        self._event_loop.native_id = threading.get_native_id()
 
     def watch_gc(self) -> Callable[[], None]:
         """Time the garbage collector's pauses from now on; returns what stops it."""

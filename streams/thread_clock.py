@@ -117,6 +117,19 @@ def _runqueue_seconds() -> float | None:
         return None
 
 
+def thread_core_seconds(native_id: int) -> tuple[float, float] | None:
+    """Seconds a thread of this process (its ``threading.get_native_id()``) has run on a
+    core and has waited on a run queue, from its ``schedstat``; None where that cannot be
+    read (not Linux, or the thread ended).  For a reader in another thread, now and then:
+    it opens the file, which gives up the GIL."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat", "rb") as file:
+            on_core, waited = file.read().split()[:2]
+        return int(on_core) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 def thread_times() -> ThreadTimes:
     """The calling thread's clocks now (``wall`` is ``time.perf_counter``)."""
     return ThreadTimes(time.perf_counter(), time.thread_time(), _runqueue_seconds())

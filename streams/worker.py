@@ -197,6 +197,7 @@ def serve(settings: Settings, scorers: tuple[RecsScorer, SentimentScorer] | None
     worker.spinner = None
     prepare_garbage_collector(settings.gc_young_threshold)
     stop_watching_gc = metrics.watch_gc()  # after start-up: the pauses of serving
+    metrics.watch_event_loop()  # execute_from_commandline runs the loop in this thread
     try:
         worker.execute_from_commandline()
     except SystemExit as done:

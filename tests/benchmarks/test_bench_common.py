@@ -10,6 +10,7 @@ import weakref
 import bench_common as bc
 import pytest
 
+from recstream.streams import metrics as metrics_module
 from recstream.streams.metrics import Metrics
 from recstream.streams.thread_clock import ThreadTimes
 
@@ -94,6 +95,19 @@ def test_scoring_threads_busy_between_two_scrapes_by_state() -> None:
     assert bc.scoring_threads_busy(middle, after, 0.5) == pytest.approx(
         {"cpu": 2.8, "runqueue": 1.0, "blocked": 2.2}
     )
+
+
+def test_event_loop_busy_between_two_scrapes_is_a_share_of_the_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = Metrics()
+    before = metrics.render()[0].decode()
+    assert bc.event_loop_busy(before, before, 2.0) is None  # no event loop watched
+    readings = iter([(10.0, 4.0), (10.5, 4.4)])  # seconds on a core, in the run queue
+    monkeypatch.setattr(metrics_module, "thread_core_seconds", lambda _: next(readings))
+    metrics.watch_event_loop()
+    first, later = metrics.render()[0].decode(), metrics.render()[0].decode()
+    assert bc.event_loop_busy(first, later, 2.0) == pytest.approx({"cpu": 0.25, "runqueue": 0.2})
 
 
 def test_latency_means_between_two_scrapes() -> None:

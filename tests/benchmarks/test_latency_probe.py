@@ -146,6 +146,8 @@ def test_a_tiny_run_answers_every_click_and_writes_its_json(tmp_path: Path) -> N
         assert 0 <= means["input_delay"] <= means["end_to_end"]
         busy = phase["scoring_threads_busy"]
         assert busy is None or (set(busy) == {"cpu", "runqueue", "blocked"} and busy["cpu"] > 0)
+        loop = phase["event_loop"]  # the worker's event loop ran in every phase
+        assert set(loop) == {"cpu", "runqueue"} and loop["cpu"] > 0 and loop["runqueue"] >= 0
 
 
 def test_the_table_gives_the_pauses_of_each_generation_that_collected() -> None:

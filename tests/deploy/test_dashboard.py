@@ -36,6 +36,7 @@ def exported_series() -> dict[str, set[str]]:
     metrics.scoring_batch("recs", 1, 0.001)
     metrics.scoring_batch("sentiment", 1, 0.001)
     metrics.model_loaded("recs", "v1", "CPUExecutionProvider")
+    metrics.watch_event_loop()
     series: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:
@@ -136,6 +137,7 @@ def test_every_query_uses_existing_metrics_and_labels(dashboard: dict[str, Any])
         "recstream_reread_records_total",
         "recstream_repeated_records_total",
         "recstream_scoring_thread_seconds_total",
+        "recstream_event_loop_seconds_total",
     ):
         assert metric in used, f"no panel shows {metric}"
 

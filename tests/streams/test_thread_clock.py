@@ -131,3 +131,37 @@ def test_a_forked_child_reads_its_own_threads_file() -> None:
     os.close(reader)
     os.close(writer)
     assert path == f"/proc/{child}/task/{tid}/schedstat"
+
+
+def _spin(seconds: float) -> None:
+    """Run on a core for ``seconds`` of this thread's CPU time."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="schedstat is read on Linux only")
+def test_another_threads_core_seconds_are_read_by_its_native_id() -> None:
+    ids: list[int] = []
+    started, spun = threading.Event(), threading.Event()
+
+    def spin_then_wait() -> None:
+        ids.append(threading.get_native_id())
+        started.wait()
+        _spin(0.05)
+        spun.set()
+        time.sleep(0.2)  # alive while it is read
+
+    spinner = threading.Thread(target=spin_then_wait)
+    spinner.start()
+    while not ids:
+        time.sleep(0.001)
+    before = thread_clock.thread_core_seconds(ids[0])
+    started.set()
+    spun.wait()
+    after = thread_clock.thread_core_seconds(ids[0])
+    spinner.join()
+    assert before is not None and after is not None
+    assert after[0] - before[0] >= 0.045  # its CPU time, not the reader's
+    assert after[1] >= before[1] >= 0.0
+    assert thread_clock.thread_core_seconds(ids[0]) is None  # the thread ended

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import sys
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import cast
@@ -117,6 +119,21 @@ def test_scoring_thread_time_is_added_by_state() -> None:
     assert value(metrics, "recstream_scoring_thread_seconds_total", state="blocked") == (
         pytest.approx(0.6)
     )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="schedstat is read on Linux only")
+def test_the_watched_event_loop_threads_core_time_is_read_at_each_scrape() -> None:
+    metrics = Metrics()
+    assert value(metrics, "recstream_event_loop_seconds_total", state="cpu") is None
+    metrics.watch_event_loop()  # this thread
+    before = value(metrics, "recstream_event_loop_seconds_total", state="cpu")
+    until = time.thread_time() + 0.05
+    while time.thread_time() < until:
+        pass
+    after = value(metrics, "recstream_event_loop_seconds_total", state="cpu")
+    assert before is not None and after is not None and after - before >= 0.045
+    runqueue = value(metrics, "recstream_event_loop_seconds_total", state="runqueue")
+    assert runqueue is not None and runqueue >= 0.0
 
 
 def test_input_delay_clamps_clock_skew_to_zero() -> None:
