@@ -107,13 +107,7 @@ PYTHON_GC, WORKER_GC = "python-default", "worker"
 def backlog_records(events: int, users: int, partitions: int) -> tuple[list[RawRecord], str]:
     """The benchmark backlog as raw records on the partitions their keys hash to."""
     backlog = bc.make_backlog(events, users)
-    next_offsets = [0] * partitions
-    records = []
-    for key, value in backlog.records:
-        partition = partition_for_key(key, partitions)
-        offset, next_offsets[partition] = next_offsets[partition], next_offsets[partition] + 1
-        records.append(RawRecord("clicks", "clicks", partition, offset, value, key))
-    return records, backlog.source
+    return bc.click_records(backlog.records, partitions), backlog.source
 
 
 class Delivery:

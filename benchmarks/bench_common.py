@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from recstream.streams.input_batches import pace_empty_fetches
+from recstream.streams.pipeline import RawRecord, partition_for_key
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -110,6 +111,18 @@ def shoplog_clicks(n: int, users: int, items: int, seed: int = 7) -> Backlog | N
         return None
     source = f"recstream.model.shoplog ({len(seen)} users, {items} items, seed {seed})"
     return Backlog(records, source, len(seen))
+
+
+def click_records(keyed: Iterable[tuple[bytes, bytes]], partitions: int) -> list[RawRecord]:
+    """Keyed click JSONs as a worker fetches them from the clicks topic: each on the
+    partition its key hashes to, with offsets counted per partition."""
+    next_offsets = [0] * partitions
+    records = []
+    for key, value in keyed:
+        partition = partition_for_key(key, partitions)
+        offset, next_offsets[partition] = next_offsets[partition], next_offsets[partition] + 1
+        records.append(RawRecord("clicks", "clicks", partition, offset, value, key))
+    return records
 
 
 def make_backlog(n: int, users: int, items: int = 50_000, seed: int = 7) -> Backlog:

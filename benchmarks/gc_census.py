@@ -10,10 +10,11 @@ about as many objects whatever their kind (40-120 ms each measured under 5,000 c
 
 Live clicks of new users (``bench_common.live_clicks``, the shape of pipeline_speed's
 backlog) run through :class:`recstream.streams.pipeline.Pipeline` in batches, as the
-worker's agents do, with every partition swept after each batch.  After ``--warmup``
-clicks (the caches of tokens and decoded states fill) everything is collected and frozen,
-the collector is turned off, ``--events`` more clicks run, and what is left in the young
-generation is counted, by type (tuples and lists also by the types of their items).
+worker's agents do: each decoded, applied, scored, turned into outputs and its partitions
+swept (``Pipeline.run``).  After ``--warmup`` clicks (the caches of tokens and decoded
+states fill) everything is collected and frozen, the collector is turned off,
+``--events`` more clicks run, and what is left in the young generation is counted, by
+type (tuples and lists also by the types of their items).
 No clock is read: the counts are the same from run to run on the same code.
 
     python benchmarks/gc_census.py                   # SASRec-size model, 100,000 warm-up
@@ -39,7 +40,7 @@ import bench_common as bc
 import orjson
 from bench_workers import NullRecs, NullSentiment
 
-from recstream.streams.pipeline import DictStore, Pipeline, RawRecord, partition_for_key
+from recstream.streams.pipeline import DictStore, Pipeline, RawRecord
 from recstream.streams.scoring import RecsScorer, SentimentScorer, load_scorers
 from recstream.streams.settings import Settings
 
@@ -64,15 +65,11 @@ def kind_of(obj: object) -> str:
 def clicks(n: int, clicks_per_user: float, rate: float) -> list[RawRecord]:
     """``n`` live clicks as fetched records, ``rate`` clicks per second of event time."""
     start = 1_700_000_000.0
-    offsets = [0] * PARTITIONS
-    records = []
+    keyed = []
     for i, (key, event) in enumerate(bc.live_clicks(n, clicks_per_user, "g")):
         event["ts"] = start + i / rate
-        partition = partition_for_key(key, PARTITIONS)
-        value = orjson.dumps(event)
-        records.append(RawRecord("clicks", "clicks", partition, offsets[partition], value, key))
-        offsets[partition] += 1
-    return records
+        keyed.append((key, orjson.dumps(event)))
+    return bc.click_records(keyed, PARTITIONS)
 
 
 def scorers(model: str, items: int) -> tuple[RecsScorer, SentimentScorer]:
@@ -93,20 +90,12 @@ def census(args: argparse.Namespace) -> dict[str, Any]:
     pipeline = Pipeline(Settings(), recs, sentiment, partitions=PARTITIONS)
     store = DictStore()
     records = clicks(args.warmup + args.events, args.clicks_per_user, args.rate)
-
-    def run(batch: list[RawRecord]) -> None:
-        decoded, _ = pipeline.decode(batch)
-        work = pipeline.prepare(decoded, store)
-        pipeline.finish(work, pipeline.score(work))
-        for partition in range(PARTITIONS):
-            pipeline.sweep(partition, store)
-
     size = args.batch_size
     for start in range(0, args.warmup, size):
-        run(records[start : min(start + size, args.warmup)])
+        pipeline.run(records[start : min(start + size, args.warmup)], store)
     with bc.collector_paused():  # what exists frozen, no collection until the count
         for start in range(args.warmup, len(records), size):
-            run(records[start : start + size])
+            pipeline.run(records[start : start + size], store)
         kinds = Counter(map(kind_of, gc.get_objects(0)))
     total = sum(kinds.values())
     return {
